@@ -1,0 +1,3 @@
+from syncworker.web import create_app
+
+app = create_app()

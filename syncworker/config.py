@@ -1,0 +1,266 @@
+"""Settings: every knob, read once from the environment, validated all at once.
+
+Global settings are ``SYNCWORKER_<NAME>`` (plus ``REDIS_URL`` and ``SENTRY_DSN``). Each enabled source
+and destination reads ``SYNCWORKER_<SLUG>_<KEY>``. An unknown ``SYNCWORKER_`` key, a bad value or a
+missing secret stops startup with one message listing every problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from syncworker.errors import ConfigError
+
+PREFIX = "SYNCWORKER_"
+_SLUG = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One global setting: its env var (after ``SYNCWORKER_``), type, default and unit."""
+
+    env: str
+    kind: type
+    default: Any
+    unit: str
+    help: str
+
+
+# field name -> Option. The README's configuration table is generated from and tested against this.
+OPTIONS: dict[str, Option] = {
+    "sources": Option("SOURCES", str, "", "", "comma list of sources, `name` or `name:esp`"),
+    "destinations": Option("DESTINATIONS", str, "", "", "comma list of destinations (mapping modules)"),
+    "api_token": Option("API_TOKEN", str, "", "", "bearer token for /v1 and /metrics; empty = API off"),
+    "public_url": Option("PUBLIC_URL", str, "", "", "public base URL, for URL-signing ESPs behind a proxy"),
+    "max_body_bytes": Option("MAX_BODY_BYTES", int, 10 * 1024 * 1024, "bytes", "largest webhook body"),
+    "signature_tolerance_s": Option(
+        "SIGNATURE_TOLERANCE", float, 300.0, "s", "allowed skew of signed timestamps"
+    ),
+    "redis_timeout_s": Option(
+        "REDIS_TIMEOUT", float, 1.0, "s", "connect/read timeout; past it intake answers 503"
+    ),
+    "intake_retry_after_s": Option(
+        "INTAKE_RETRY_AFTER", int, 60, "s", "Retry-After sent with a 503 when Redis is down"
+    ),
+    "soft_bounce_threshold": Option(
+        "SOFT_BOUNCE_THRESHOLD", int, 3, "events", "soft bounces/blocks that suppress an address"
+    ),
+    "soft_bounce_window_s": Option(
+        "SOFT_BOUNCE_WINDOW", float, 30 * 86400.0, "s", "window those soft bounces/blocks count in"
+    ),
+    "history_limit": Option("HISTORY_LIMIT", int, 50, "entries", "history kept per address"),
+    "dedupe_ttl_s": Option("DEDUPE_TTL", int, 7 * 86400, "s", "how long event keys are remembered"),
+    "max_attempts": Option("MAX_ATTEMPTS", int, 8, "attempts", "retries before a dead letter"),
+    "max_age_s": Option("MAX_AGE", float, 86400.0, "s", "retrying stops this long after 1st try"),
+    "backoff_base_s": Option("BACKOFF_BASE", float, 5.0, "s", "first retry delay (doubles, jittered)"),
+    "backoff_cap_s": Option("BACKOFF_CAP", float, 1800.0, "s", "longest retry delay"),
+    "auth_pause_s": Option(
+        "AUTH_PAUSE", float, 300.0, "s", "pause of a destination after 401/403"
+    ),
+    "lease_s": Option("LEASE", float, 120.0, "s", "a batch in flight is retaken after this"),
+    "job_budget_s": Option(
+        "JOB_BUDGET", float, 10.0, "s", "a deliver job yields to other destinations after this"
+    ),
+    "rate_wait_cap_s": Option(
+        "RATE_WAIT_CAP", float, 2.0, "s", "longer waits for the rate limiter become a pause"
+    ),
+    "http_timeout_s": Option("HTTP_TIMEOUT", float, 15.0, "s", "timeout of one destination call"),
+    "quarantine_limit": Option(
+        "QUARANTINE_LIMIT", int, 10000, "entries", "quarantined events kept (oldest dropped)"
+    ),
+    "worker_class": Option(
+        "WORKER_CLASS", str, "fork", "", "`fork` (crash-safe) or `simple` (no fork per job)"
+    ),
+}
+
+DESTINATION_COMMON = ("BASE_URL", "RATE", "BATCH_SIZE")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One configured source: a name (the URL path), the ESP module it uses and its settings."""
+
+    name: str
+    esp: str
+    values: Mapping[str, str] = field(default_factory=dict)
+    signature_tolerance_s: float = 300.0
+    public_url: str = ""
+
+    def get(self, key: str, default: str = "") -> str:
+        return self.values.get(key, default)
+
+    def secrets(self, key: str) -> list[str]:
+        return [v for v in (self.values.get(key), self.values.get(key + "_PREVIOUS")) if v]
+
+
+@dataclass(frozen=True)
+class DestinationConfig:
+    """One configured destination: its name (= mapping module) and its settings."""
+
+    name: str
+    values: Mapping[str, str] = field(default_factory=dict)
+
+    def get(self, key: str, default: str = "") -> str:
+        return self.values.get(key, default)
+
+    def flag(self, key: str, default: bool = False) -> bool:
+        value = self.values.get(key)
+        return default if value is None else value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = ""
+    sentry_dsn: str = ""
+    sources: Mapping[str, SourceConfig] = field(default_factory=dict)
+    destinations: Mapping[str, DestinationConfig] = field(default_factory=dict)
+    api_token: str = ""
+    public_url: str = ""
+    max_body_bytes: int = 10 * 1024 * 1024
+    signature_tolerance_s: float = 300.0
+    redis_timeout_s: float = 1.0
+    intake_retry_after_s: int = 60
+    soft_bounce_threshold: int = 3
+    soft_bounce_window_s: float = 30 * 86400.0
+    history_limit: int = 50
+    dedupe_ttl_s: int = 7 * 86400
+    max_attempts: int = 8
+    max_age_s: float = 86400.0
+    backoff_base_s: float = 5.0
+    backoff_cap_s: float = 1800.0
+    auth_pause_s: float = 300.0
+    lease_s: float = 120.0
+    job_budget_s: float = 10.0
+    rate_wait_cap_s: float = 2.0
+    http_timeout_s: float = 15.0
+    quarantine_limit: int = 10000
+    worker_class: str = "fork"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Read and validate every setting; raise ConfigError listing all problems at once."""
+        from syncworker.destinations import destination_class
+        from syncworker.intake.registry import ESP_PARSERS
+
+        problems: list[str] = []
+        used: set[str] = set()
+        values: dict[str, Any] = {}
+        for name, opt in OPTIONS.items():
+            key = PREFIX + opt.env
+            used.add(key)
+            raw = environ.get(key)
+            if raw is None or raw == "":
+                values[name] = opt.default
+                continue
+            try:
+                value = opt.kind(raw.strip())
+                if opt.kind in (int, float) and value < 0:
+                    raise ValueError("negative")
+            except ValueError:
+                problems.append(f"{key}={raw!r}: expected a non-negative {opt.kind.__name__}")
+                continue
+            values[name] = value
+        if values["worker_class"] not in ("fork", "simple"):
+            problems.append(f"{PREFIX}WORKER_CLASS must be `fork` or `simple`")
+
+        def scoped(slug: str, keys: list[str]) -> dict[str, str]:
+            out: dict[str, str] = {}
+            for key in keys:
+                env = f"{PREFIX}{slug.upper()}_{key}"
+                used.add(env)
+                if environ.get(env, "") != "":
+                    out[key] = environ[env]
+            return out
+
+        sources: dict[str, SourceConfig] = {}
+        for item in _split(values.pop("sources")):
+            name, _, esp = item.partition(":")
+            esp = esp or name
+            if not _SLUG.match(name):
+                problems.append(f"{PREFIX}SOURCES: {name!r} is not a valid source name")
+                continue
+            parser = ESP_PARSERS.get(esp)
+            if parser is None:
+                known = ", ".join(sorted(ESP_PARSERS))
+                problems.append(f"{PREFIX}SOURCES: unknown ESP {esp!r} for source {name!r} ({known})")
+                continue
+            keys = [*parser.settings, *(k + "_PREVIOUS" for k in parser.settings)]
+            keys += list(parser.optional_settings)
+            vals = {**parser.optional_settings, **scoped(name, keys)}
+            for key in parser.settings:
+                if not vals.get(key):
+                    problems.append(f"{PREFIX}{name.upper()}_{key} is required by source {name!r}")
+            sources[name] = SourceConfig(
+                name=name,
+                esp=esp,
+                values=vals,
+                signature_tolerance_s=values["signature_tolerance_s"],
+                public_url=values["public_url"],
+            )
+
+        destinations: dict[str, DestinationConfig] = {}
+        for name in _split(values.pop("destinations")):
+            if name in sources:
+                problems.append(f"{name!r} is both a source and a destination: rename the source")
+                continue
+            try:
+                dest = destination_class(name)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+                continue
+            keys = [*dest.settings, *dest.optional_settings, *DESTINATION_COMMON]
+            vals = {**dest.optional_settings, **scoped(name, keys)}
+            for key in dest.settings:
+                if not vals.get(key):
+                    problems.append(f"{PREFIX}{name.upper()}_{key} is required by destination {name!r}")
+            destinations[name] = DestinationConfig(name=name, values=vals)
+
+        for key in sorted(environ):
+            if key.startswith(PREFIX) and key not in used:
+                problems.append(f"{key} is not a known setting (typo, or its source/destination is off)")
+        if problems:
+            raise ConfigError(problems)
+        return cls(
+            redis_url=environ.get("REDIS_URL", ""),
+            sentry_dsn=environ.get("SENTRY_DSN", ""),
+            sources=sources,
+            destinations=destinations,
+            **values,
+        )
+
+    def describe(self) -> list[tuple[str, str]]:
+        """(env var, value) pairs with secrets masked, for ``syncworker check-config``."""
+        rows = [("REDIS_URL", _mask_url(self.redis_url) or "(embedded with `run`)")]
+        rows.append(("SENTRY_DSN", "***" if self.sentry_dsn else "(off)"))
+        for name, opt in OPTIONS.items():
+            if name in ("sources", "destinations"):
+                value = ",".join(
+                    f"{s.name}:{s.esp}" if name == "sources" else s.name  # type: ignore[attr-defined]
+                    for s in getattr(self, name).values()
+                )
+            else:
+                value = getattr(self, name)
+                if name == "api_token" and value:
+                    value = "***"
+            rows.append((PREFIX + opt.env, f"{value}{' ' + opt.unit if opt.unit else ''}"))
+        for scope in (self.sources, self.destinations):
+            for cfg in scope.values():
+                for key, val in cfg.values.items():
+                    secret = not key.endswith(("BASE_URL", "RATE", "BATCH_SIZE", "URL"))
+                    rows.append((f"{PREFIX}{cfg.name.upper()}_{key}", "***" if secret else val))
+        return rows
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip().lower() for part in value.split(",") if part.strip()]
+
+
+def _mask_url(url: str) -> str:
+    return re.sub(r"//([^:@/]*):([^@/]*)@", r"//\1:***@", url)

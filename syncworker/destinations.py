@@ -1,0 +1,320 @@
+"""What a mapping module implements, and the HTTP client it is given.
+
+A mapping module (``mappings/<name>.py``) defines one :class:`Destination` subclass whose ``name`` is
+the module name. It imports only from this module. The delivery loop hands it batches of
+:class:`ContactChange` and records the :class:`Outcome` it returns for each.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import importlib
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, ClassVar
+
+import requests
+
+from syncworker.config import DestinationConfig
+from syncworker.errors import (
+    BadCredentials,
+    ConfigError,
+    DestinationError,
+    NotConfigured,
+    PermanentError,
+    RetryableError,
+    Throttled,
+)
+from syncworker.events import (
+    HYGIENE_KINDS,
+    MANUAL,
+    ContactState,
+    HygieneEvent,
+    Kind,
+    ReasonEntry,
+)
+
+__all__ = [
+    "MANUAL",
+    "BadCredentials",
+    "ContactChange",
+    "ContactState",
+    "Destination",
+    "DestinationConfig",
+    "DestinationError",
+    "HttpClient",
+    "HygieneEvent",
+    "Kind",
+    "Mode",
+    "NotConfigured",
+    "Outcome",
+    "OutcomeStatus",
+    "PermanentError",
+    "Rate",
+    "ReasonEntry",
+    "RetryableError",
+    "Throttled",
+    "destination_class",
+]
+
+
+class Mode(StrEnum):
+    #: CRMs: the contact's current state is sent; changes coalesce, order cannot go stale
+    STATE = "state"
+    #: event streams: each hygiene event is sent once, with an id derived from its key
+    EVENTS = "events"
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """``requests`` calls per ``per_seconds``, shared by every worker process."""
+
+    requests: int
+    per_seconds: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        """``"100/10"`` -> 100 requests per 10 s; ``"5"`` -> 5 per second."""
+        count, _, per = text.partition("/")
+        rate = cls(int(count), float(per) if per else 1.0)
+        if rate.requests <= 0 or rate.per_seconds <= 0:
+            raise ValueError(text)
+        return rate
+
+
+class OutcomeStatus(StrEnum):
+    APPLIED = "applied"  # the destination changed
+    ALREADY = "already"  # it was already in that state: success, nothing changed
+    NOT_FOUND = "not_found"  # no such contact there, and this destination does not create them
+    RETRY = "retry"  # transient: try again later (backoff, or after ``retry_after``)
+    FAILED = "failed"  # permanent for this contact: recorded and dead-lettered
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: OutcomeStatus
+    detail: str = ""
+    retry_after: float | None = None
+
+    @classmethod
+    def applied(cls, detail: str = "") -> Outcome:
+        return cls(OutcomeStatus.APPLIED, detail)
+
+    @classmethod
+    def already(cls, detail: str = "") -> Outcome:
+        return cls(OutcomeStatus.ALREADY, detail)
+
+    @classmethod
+    def not_found(cls, detail: str = "") -> Outcome:
+        return cls(OutcomeStatus.NOT_FOUND, detail)
+
+    @classmethod
+    def retry(cls, detail: str = "", after: float | None = None) -> Outcome:
+        return cls(OutcomeStatus.RETRY, detail, after)
+
+    @classmethod
+    def failed(cls, detail: str = "") -> Outcome:
+        return cls(OutcomeStatus.FAILED, detail)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (OutcomeStatus.APPLIED, OutcomeStatus.ALREADY, OutcomeStatus.NOT_FOUND)
+
+
+@dataclass(frozen=True, slots=True)
+class ContactChange:
+    """One item of a batch.
+
+    ``state`` is the address's state in the ledger *now*. For ``Mode.EVENTS`` destinations ``event``
+    is the hygiene event to send and ``key`` its event key (derive the vendor's dedupe id from it);
+    for ``Mode.STATE`` destinations ``key`` is the address and ``event`` is the newest event, if any.
+    """
+
+    key: str
+    email: str
+    state: ContactState
+    event: HygieneEvent | None = None
+
+
+class HttpClient:
+    """The HTTP client a mapping calls through: base URL, timeouts, shared rate limit, error classes.
+
+    Every request first waits at the destination's shared rate limiter (which raises
+    :class:`Throttled` when the wait would be long), then is classified: 429 -> Throttled (honouring
+    Retry-After / X-RateLimit-Reset), 401/403 -> BadCredentials, 408/5xx/timeouts -> RetryableError,
+    other 4xx -> PermanentError. Statuses listed in ``allow`` are returned for the caller to read.
+    """
+
+    def __init__(
+        self,
+        destination: str,
+        base_url: str,
+        *,
+        session: requests.Session | None = None,
+        timeout: float = 15.0,
+        before_request: Callable[[], None] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.destination = destination
+        self.base_url = base_url.rstrip("/")
+        self.session = session or requests.Session()
+        self.timeout = timeout
+        self.before_request = before_request
+        if headers:
+            self.session.headers.update(headers)
+        self.session.headers.setdefault("User-Agent", "syncworker")
+        self.requests_made = 0
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        allow: Iterable[int] = (),
+        **kwargs: Any,
+    ) -> requests.Response:
+        if self.before_request is not None:
+            self.before_request()
+        url = path if path.startswith(("http://", "https://")) else self.base_url + path
+        kwargs.setdefault("timeout", self.timeout)
+        self.requests_made += 1
+        try:
+            response = self.session.request(method, url, **kwargs)
+        except requests.Timeout as exc:
+            raise RetryableError(self.destination, f"timeout: {type(exc).__name__}") from None
+        except requests.RequestException as exc:
+            raise RetryableError(self.destination, f"connection failed: {type(exc).__name__}") from None
+        status = response.status_code
+        if status < 400 or status in set(allow):
+            return response
+        body = response.text[:500]
+        if status == 429:
+            raise Throttled(
+                self.destination, retry_after_seconds(response), status=status, body=body
+            )
+        if status in (401, 403):
+            raise BadCredentials(self.destination, "credentials rejected", status=status, body=body)
+        if status == 408 or status >= 500:
+            raise RetryableError(self.destination, "server error", status=status, body=body)
+        raise PermanentError(self.destination, "request rejected", status=status, body=body)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("POST", path, **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("PUT", path, **kwargs)
+
+    def patch(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("PATCH", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("DELETE", path, **kwargs)
+
+
+def retry_after_seconds(response: requests.Response, default: float = 10.0) -> float:
+    """Seconds to wait from ``Retry-After`` (seconds or HTTP date), else ``X-RateLimit-Reset``."""
+    value = response.headers.get("Retry-After")
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            parsed = email.utils.parsedate_to_datetime(value) if value.strip() else None
+            if parsed is not None:
+                return max(0.0, parsed.timestamp() - time.time())
+    reset = response.headers.get("X-RateLimit-Reset")
+    if reset:
+        try:
+            number = float(reset)
+        except ValueError:
+            return default
+        # an epoch timestamp, or seconds from now
+        return max(0.0, number - time.time()) if number > 1e9 else max(0.0, number)
+    return default
+
+
+class Destination:
+    """Base class of a mapping module's destination.
+
+    Set ``name`` (= module name), ``settings`` (required keys, read as ``SYNCWORKER_<NAME>_<KEY>``),
+    ``optional_settings`` (key -> default), ``batch_size`` (the API's batch limit), ``rate``,
+    ``mode`` and ``kinds`` (the hygiene kinds it cares about). Implement ``sync`` for a batch API,
+    or ``sync_one`` and inherit a ``sync`` that loops. Every call must be safe to repeat.
+    ``BASE_URL``, ``RATE`` (e.g. ``100/10``) and ``BATCH_SIZE`` may be overridden per deployment.
+    """
+
+    name: ClassVar[str]
+    settings: ClassVar[tuple[str, ...]] = ()
+    optional_settings: ClassVar[Mapping[str, str]] = {}
+    base_url: ClassVar[str] = ""
+    batch_size: ClassVar[int] = 1
+    rate: ClassVar[Rate] = Rate(10, 1.0)
+    mode: ClassVar[Mode] = Mode.STATE
+    kinds: ClassVar[frozenset[Kind]] = HYGIENE_KINDS
+
+    def __init__(self, config: DestinationConfig, http: HttpClient) -> None:
+        self.config = config
+        self.http = http
+
+    def sync(self, changes: list[ContactChange]) -> list[Outcome]:
+        """Bring each contact to ``change.state``; one Outcome per change, in order.
+
+        Raise :class:`Throttled` or :class:`BadCredentials` for the whole batch. The default loops
+        over :meth:`sync_one`, turning a per-contact Retryable/Permanent error into its outcome.
+        """
+        outcomes: list[Outcome] = []
+        for change in changes:
+            try:
+                outcomes.append(self.sync_one(change))
+            except RetryableError as exc:
+                outcomes.append(Outcome.retry(str(exc)))
+            except PermanentError as exc:
+                outcomes.append(Outcome.failed(f"{exc} {exc.body}".strip()))
+        return outcomes
+
+    def sync_one(self, change: ContactChange) -> Outcome:
+        """Bring one contact to ``change.state`` (for APIs without a batch endpoint)."""
+        raise TypeError(f"{type(self).__name__} must implement sync() or sync_one()")
+
+    # -- what the delivery loop reads ----------------------------------------------------------
+
+    @classmethod
+    def effective_rate(cls, config: DestinationConfig) -> Rate:
+        text = config.get("RATE")
+        return Rate.parse(text) if text else cls.rate
+
+    @classmethod
+    def effective_batch_size(cls, config: DestinationConfig) -> int:
+        text = config.get("BATCH_SIZE")
+        return max(1, min(int(text), cls.batch_size)) if text else cls.batch_size
+
+    @classmethod
+    def effective_base_url(cls, config: DestinationConfig) -> str:
+        return config.get("BASE_URL") or cls.base_url
+
+
+def destination_class(name: str) -> type[Destination]:
+    """Import ``mappings.<name>`` and return its Destination subclass named ``name``."""
+    if not name.isidentifier():
+        raise ConfigError([f"destination {name!r} is not a valid module name"])
+    try:
+        module = importlib.import_module(f"mappings.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name in (f"mappings.{name}", "mappings"):
+            raise ConfigError([f"destination {name!r}: no module mappings/{name}.py"]) from None
+        raise NotConfigured([f"destination {name!r} needs a package: {exc.name}"]) from None
+    found = [
+        obj
+        for obj in vars(module).values()
+        if isinstance(obj, type)
+        and issubclass(obj, Destination)
+        and obj is not Destination
+        and getattr(obj, "name", None) == name
+    ]
+    if len(found) != 1:
+        raise ConfigError([f"mappings/{name}.py must define one Destination with name = {name!r}"])
+    return found[0]

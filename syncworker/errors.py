@@ -1,0 +1,110 @@
+"""The one error tree of syncworker.
+
+    SyncWorkerError
+    ├── ConfigError           at startup; lists every bad or missing setting at once, by env var name
+    ├── NotConfigured         a listed destination lacks a setting; startup stops and names it
+    ├── IntakeError           web.py turns it into JSON {"error", "detail"} with .status
+    │   ├── UnknownEsp        404
+    │   ├── SignatureInvalid  401
+    │   ├── PayloadTooLarge   413
+    │   └── PayloadInvalid    400; detail = what is wrong (marshmallow messages where they apply)
+    └── DestinationError      carries destination, HTTP status, first 500 chars of the response body
+        ├── Throttled         429 / quota: the destination pauses until retry_after; no retry is spent
+        ├── BadCredentials    401/403: the destination pauses and an alert goes out; contacts stay pending
+        ├── RetryableError    timeout, 5xx: the contacts go back to pending with backoff
+        └── PermanentError    other 4xx: the contacts' sync is recorded failed and dead-lettered
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SyncWorkerError(Exception):
+    """Base of every error syncworker raises on purpose."""
+
+
+class ConfigError(SyncWorkerError):
+    """One or more settings are missing or wrong; ``problems`` lists every one."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid configuration:\n  - " + "\n  - ".join(self.problems))
+
+
+class NotConfigured(ConfigError):
+    """An enabled source or destination lacks a setting it needs."""
+
+
+class IntakeError(SyncWorkerError):
+    status = 400
+    error = "bad_request"
+
+    def __init__(self, detail: Any = None) -> None:
+        self.detail = detail
+        super().__init__(f"{self.error}: {detail}")
+
+
+class UnknownEsp(IntakeError):
+    status = 404
+    error = "unknown_source"
+
+
+class SignatureInvalid(IntakeError):
+    status = 401
+    error = "signature_invalid"
+
+
+class PayloadTooLarge(IntakeError):
+    status = 413
+    error = "payload_too_large"
+
+
+class PayloadInvalid(IntakeError):
+    status = 400
+    error = "payload_invalid"
+
+
+class DestinationError(SyncWorkerError):
+    """A destination call failed; the subclass says what the delivery loop does about it."""
+
+    def __init__(
+        self,
+        destination: str,
+        message: str,
+        *,
+        status: int | None = None,
+        body: str = "",
+    ) -> None:
+        self.destination = destination
+        self.status = status
+        self.body = body[:500]
+        super().__init__(f"{destination}: {message}" + (f" (HTTP {status})" if status else ""))
+
+
+class Throttled(DestinationError):
+    """Rate limited or over quota: pause for ``retry_after`` seconds; no retry is spent."""
+
+    def __init__(
+        self,
+        destination: str,
+        retry_after: float,
+        message: str = "throttled",
+        *,
+        status: int | None = None,
+        body: str = "",
+    ) -> None:
+        self.retry_after = max(0.0, float(retry_after))
+        super().__init__(destination, message, status=status, body=body)
+
+
+class BadCredentials(DestinationError):
+    """401/403: credentials are wrong or lack a scope; the destination pauses and alerts."""
+
+
+class RetryableError(DestinationError):
+    """Timeout, connection error or 5xx: try again later with backoff."""
+
+
+class PermanentError(DestinationError):
+    """A 4xx that repeating cannot fix: record the failure and dead-letter the contacts."""

@@ -1,0 +1,1 @@
+"""Webhook intake: POST /webhooks/<source> -> verify -> parse -> one RQ ingest job -> 200."""

@@ -1,0 +1,155 @@
+"""The contract of an ESP module (``verify`` + ``parse``) and the checks ESP modules share."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import orjson
+from marshmallow import Schema, ValidationError
+
+from syncworker.errors import PayloadInvalid, SignatureInvalid
+from syncworker.events import HygieneEvent
+
+if TYPE_CHECKING:  # avoids an import cycle with config
+    from syncworker.config import SourceConfig
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRequest:
+    """What an ESP module may look at: the raw body and the request's metadata.
+
+    ``headers`` is case-insensitive (werkzeug ``Headers`` in the web app). ``url`` is the public URL
+    the ESP posted to (``SYNCWORKER_PUBLIC_URL`` + path behind a proxy), for schemes that sign it.
+    """
+
+    body: bytes
+    headers: Mapping[str, str]
+    url: str
+    remote_addr: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """An event from a verified request that failed validation: kept with the reason, replayable."""
+
+    reason: str
+    raw: Any
+
+
+@dataclass(slots=True)
+class ParseResult:
+    """What a request yielded: hygiene events, counts of ignored native event types, bad events."""
+
+    events: list[HygieneEvent] = field(default_factory=list)
+    ignored: Counter[str] = field(default_factory=Counter)
+    quarantined: list[Quarantined] = field(default_factory=list)
+    #: a handshake the ESP expects an answer to (e.g. SNS SubscriptionConfirmation), if any
+    response: dict[str, Any] | None = None
+
+
+class EspParser:
+    """Base of every ESP module. Subclasses set ``esp`` and ``settings`` and implement both methods.
+
+    ``settings`` are read as ``SYNCWORKER_<SOURCE>_<KEY>``; each may be rotated by also setting
+    ``SYNCWORKER_<SOURCE>_<KEY>_PREVIOUS`` (both accepted). ``optional_settings`` maps keys to defaults.
+    A parser does no HTTP, no queueing and no logging.
+    """
+
+    esp: ClassVar[str]
+    settings: ClassVar[tuple[str, ...]] = ()
+    optional_settings: ClassVar[Mapping[str, str]] = {}
+    #: how this source proves a request is genuine, for the README and ``check-config``
+    verification: ClassVar[str] = ""
+
+    def __init__(self, source: SourceConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.source = source
+        self.clock = clock
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    def verify(self, request: InboundRequest) -> None:
+        """Raise :class:`SignatureInvalid` unless the request provably comes from the ESP."""
+        raise SignatureInvalid(f"{type(self).__name__} does not implement verify()")
+
+    def parse(self, body: bytes) -> ParseResult:
+        """Turn a verified body into events; raise :class:`PayloadInvalid` for a malformed body."""
+        raise PayloadInvalid(f"{type(self).__name__} does not implement parse()")
+
+    # -- helpers shared by ESP modules -------------------------------------------------------
+
+    def secrets(self, key: str) -> list[str]:
+        """The current and, during rotation, previous value of a secret setting."""
+        return self.source.secrets(key)
+
+    def check_timestamp(self, timestamp: str | float | None) -> float:
+        """Parse a signed Unix timestamp and bound its skew; raise SignatureInvalid otherwise."""
+        try:
+            ts = float(timestamp)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise SignatureInvalid("timestamp missing or not a number") from None
+        if ts != ts or abs(self.clock() - ts) > self.source.signature_tolerance_s:
+            raise SignatureInvalid("timestamp outside the allowed skew")
+        return ts
+
+
+def equal(a: str | bytes, b: str | bytes) -> bool:
+    """Constant-time comparison of two secrets or signatures."""
+    a_b = a.encode() if isinstance(a, str) else a
+    b_b = b.encode() if isinstance(b, str) else b
+    return hmac.compare_digest(a_b, b_b)
+
+
+def check_basic_auth(request: InboundRequest, credentials: Iterable[tuple[str, str]]) -> None:
+    """Accept the request if its Basic credentials match any configured pair."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic" or not value:
+        raise SignatureInvalid("basic auth credentials missing")
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise SignatureInvalid("basic auth header malformed") from None
+    user, sep, password = decoded.partition(":")
+    if not sep:
+        raise SignatureInvalid("basic auth header malformed")
+    ok = False
+    for want_user, want_password in credentials:
+        # no early exit: every configured pair is compared
+        ok |= equal(user, want_user) & equal(password, want_password)
+    if not ok:
+        raise SignatureInvalid("basic auth credentials do not match")
+
+
+def load_json(body: bytes) -> Any:
+    """Parse a JSON body; PayloadInvalid with a short reason otherwise."""
+    if not body.strip():
+        raise PayloadInvalid("empty body")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise PayloadInvalid(f"body is not valid JSON: {exc.msg}") from None
+
+
+def validate_items(
+    schema: Schema, items: Iterable[Any], quarantined: list[Quarantined]
+) -> list[dict[str, Any]]:
+    """Load each item with ``schema``; items that fail go to ``quarantined`` with the reason."""
+    valid: list[dict[str, Any]] = []
+    for item in items:
+        if not isinstance(item, dict):
+            quarantined.append(Quarantined("event is not a JSON object", item))
+            continue
+        try:
+            valid.append(schema.load(item))
+        except ValidationError as exc:
+            quarantined.append(Quarantined(f"invalid: {orjson.dumps(exc.messages).decode()}", item))
+    return valid

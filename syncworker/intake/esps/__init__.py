@@ -1,0 +1,1 @@
+"""One module per ESP: its event-code table, payload schema and parser."""
