@@ -1,8 +1,8 @@
 """Settings: every knob, read once from the environment, validated all at once.
 
-Global settings are ``SYNCWORKER_<NAME>`` (plus ``REDIS_URL`` and ``SENTRY_DSN``). Each enabled source
-and destination reads ``SYNCWORKER_<SLUG>_<KEY>``. An unknown ``SYNCWORKER_`` key, a bad value or a
-missing secret stops startup with one message listing every problem.
+Global settings are ``SYNCWORKER_<NAME>`` (plus ``REDIS_URL`` and ``SENTRY_DSN``). Each enabled
+source and destination reads ``SYNCWORKER_<SLUG>_<KEY>``. An unknown ``SYNCWORKER_`` key, a bad
+value or a missing secret stops startup with one message listing every problem.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ class Option:
 # field name -> Option. The README's configuration table is generated from and tested against this.
 OPTIONS: dict[str, Option] = {
     "sources": Option("SOURCES", str, "", "", "comma list of sources, `name` or `name:esp`"),
-    "destinations": Option("DESTINATIONS", str, "", "", "comma list of destinations (mapping modules)"),
-    "api_token": Option("API_TOKEN", str, "", "", "bearer token for /v1 and /metrics; empty = API off"),
-    "public_url": Option("PUBLIC_URL", str, "", "", "public base URL, for URL-signing ESPs behind a proxy"),
-    "max_body_bytes": Option("MAX_BODY_BYTES", int, 10 * 1024 * 1024, "bytes", "largest webhook body"),
+    "destinations": Option("DESTINATIONS", str, "", "", "comma list of destinations"),
+    "api_token": Option("API_TOKEN", str, "", "", "bearer token for /v1; empty = API off"),
+    "public_url": Option("PUBLIC_URL", str, "", "", "public base URL (URL-signing ESPs)"),
+    "max_body_bytes": Option("MAX_BODY_BYTES", int, 10 * 1024 * 1024, "bytes", "largest body"),
     "signature_tolerance_s": Option(
         "SIGNATURE_TOLERANCE", float, 300.0, "s", "allowed skew of signed timestamps"
     ),
@@ -56,11 +56,9 @@ OPTIONS: dict[str, Option] = {
     "dedupe_ttl_s": Option("DEDUPE_TTL", int, 7 * 86400, "s", "how long event keys are remembered"),
     "max_attempts": Option("MAX_ATTEMPTS", int, 8, "attempts", "retries before a dead letter"),
     "max_age_s": Option("MAX_AGE", float, 86400.0, "s", "retrying stops this long after 1st try"),
-    "backoff_base_s": Option("BACKOFF_BASE", float, 5.0, "s", "first retry delay (doubles, jittered)"),
+    "backoff_base_s": Option("BACKOFF_BASE", float, 5.0, "s", "first retry delay, doubling"),
     "backoff_cap_s": Option("BACKOFF_CAP", float, 1800.0, "s", "longest retry delay"),
-    "auth_pause_s": Option(
-        "AUTH_PAUSE", float, 300.0, "s", "pause of a destination after 401/403"
-    ),
+    "auth_pause_s": Option("AUTH_PAUSE", float, 300.0, "s", "pause of a destination after 401/403"),
     "lease_s": Option("LEASE", float, 120.0, "s", "a batch in flight is retaken after this"),
     "job_budget_s": Option(
         "JOB_BUDGET", float, 10.0, "s", "a deliver job yields to other destinations after this"
@@ -189,7 +187,7 @@ class Settings:
             parser = ESP_PARSERS.get(esp)
             if parser is None:
                 known = ", ".join(sorted(ESP_PARSERS))
-                problems.append(f"{PREFIX}SOURCES: unknown ESP {esp!r} for source {name!r} ({known})")
+                problems.append(f"{PREFIX}SOURCES: unknown ESP {esp!r} for {name!r} ({known})")
                 continue
             keys = [*parser.settings, *(k + "_PREVIOUS" for k in parser.settings)]
             keys += list(parser.optional_settings)
@@ -219,12 +217,14 @@ class Settings:
             vals = {**dest.optional_settings, **scoped(name, keys)}
             for key in dest.settings:
                 if not vals.get(key):
-                    problems.append(f"{PREFIX}{name.upper()}_{key} is required by destination {name!r}")
+                    problems.append(f"{PREFIX}{name.upper()}_{key} is required by {name!r}")
             destinations[name] = DestinationConfig(name=name, values=vals)
 
         for key in sorted(environ):
             if key.startswith(PREFIX) and key not in used:
-                problems.append(f"{key} is not a known setting (typo, or its source/destination is off)")
+                problems.append(
+                    f"{key} is not a known setting (typo, or its source/destination off)"
+                )
         if problems:
             raise ConfigError(problems)
         return cls(

@@ -1,7 +1,7 @@
 """What a mapping module implements, and the HTTP client it is given.
 
-A mapping module (``mappings/<name>.py``) defines one :class:`Destination` subclass whose ``name`` is
-the module name. It imports only from this module. The delivery loop hands it batches of
+A mapping module (``mappings/<name>.py``) defines one :class:`Destination` subclass whose
+``name`` is the module name. It imports only from this module. The delivery loop hands it batches of
 :class:`ContactChange` and records the :class:`Outcome` it returns for each.
 """
 
@@ -120,16 +120,19 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
-        return self.status in (OutcomeStatus.APPLIED, OutcomeStatus.ALREADY, OutcomeStatus.NOT_FOUND)
+        return self.status in _OK
+
+
+_OK = (OutcomeStatus.APPLIED, OutcomeStatus.ALREADY, OutcomeStatus.NOT_FOUND)
 
 
 @dataclass(frozen=True, slots=True)
 class ContactChange:
     """One item of a batch.
 
-    ``state`` is the address's state in the ledger *now*. For ``Mode.EVENTS`` destinations ``event``
-    is the hygiene event to send and ``key`` its event key (derive the vendor's dedupe id from it);
-    for ``Mode.STATE`` destinations ``key`` is the address and ``event`` is the newest event, if any.
+    ``state`` is the address's state in the ledger *now*. For ``Mode.EVENTS`` destinations
+    ``event`` is the hygiene event to send and ``key`` its event key (derive the vendor's dedupe id
+    from it); for ``Mode.STATE`` destinations ``key`` is the address and ``event`` is None.
     """
 
     key: str
@@ -139,7 +142,7 @@ class ContactChange:
 
 
 class HttpClient:
-    """The HTTP client a mapping calls through: base URL, timeouts, shared rate limit, error classes.
+    """The HTTP client a mapping calls through: base URL, timeouts, shared rate limit, errors.
 
     Every request first waits at the destination's shared rate limiter (which raises
     :class:`Throttled` when the wait would be long), then is classified: 429 -> Throttled (honouring
@@ -185,7 +188,8 @@ class HttpClient:
         except requests.Timeout as exc:
             raise RetryableError(self.destination, f"timeout: {type(exc).__name__}") from None
         except requests.RequestException as exc:
-            raise RetryableError(self.destination, f"connection failed: {type(exc).__name__}") from None
+            message = f"connection failed: {type(exc).__name__}"
+            raise RetryableError(self.destination, message) from None
         status = response.status_code
         if status < 400 or status in set(allow):
             return response

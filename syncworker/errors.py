@@ -1,18 +1,18 @@
 """The one error tree of syncworker.
 
-    SyncWorkerError
-    ├── ConfigError           at startup; lists every bad or missing setting at once, by env var name
-    ├── NotConfigured         a listed destination lacks a setting; startup stops and names it
-    ├── IntakeError           web.py turns it into JSON {"error", "detail"} with .status
-    │   ├── UnknownEsp        404
-    │   ├── SignatureInvalid  401
-    │   ├── PayloadTooLarge   413
-    │   └── PayloadInvalid    400; detail = what is wrong (marshmallow messages where they apply)
-    └── DestinationError      carries destination, HTTP status, first 500 chars of the response body
-        ├── Throttled         429 / quota: the destination pauses until retry_after; no retry is spent
-        ├── BadCredentials    401/403: the destination pauses and an alert goes out; contacts stay pending
-        ├── RetryableError    timeout, 5xx: the contacts go back to pending with backoff
-        └── PermanentError    other 4xx: the contacts' sync is recorded failed and dead-lettered
+SyncWorkerError
+├── ConfigError           at startup; lists every bad or missing setting at once
+├── NotConfigured         a listed destination lacks a setting; startup stops and names it
+├── IntakeError           web.py turns it into JSON {"error", "detail"} with .status
+│   ├── UnknownEsp        404
+│   ├── SignatureInvalid  401
+│   ├── PayloadTooLarge   413
+│   └── PayloadInvalid    400; detail = what is wrong (marshmallow messages where they apply)
+└── DestinationError      carries destination, HTTP status, first 500 chars of the body
+    ├── Throttled         429 / quota: pause until retry_after; no retry is spent
+    ├── BadCredentials    401/403: pause and alert; contacts stay pending
+    ├── RetryableError    timeout, 5xx: the contacts go back to pending with backoff
+    └── PermanentError    other 4xx: the contacts' sync is recorded failed and dead-lettered
 """
 
 from __future__ import annotations

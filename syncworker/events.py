@@ -21,9 +21,9 @@ HYGIENE_KINDS: frozenset[Kind] = frozenset(Kind)
 
 
 def normalize_email(address: str) -> str:
-    """The ledger's key for an address: trimmed, display name and angle brackets dropped, lowercased.
+    """The ledger's key for an address: trimmed, display name dropped, lowercased.
 
-    Local parts are case-sensitive in theory only; every ESP and CRM matches them case-insensitively.
+    Local parts are case-sensitive in theory only; ESPs and CRMs match them case-insensitively.
     """
     address = address.strip()
     if address.endswith(">") and "<" in address:
@@ -58,7 +58,7 @@ class HygieneEvent:
     raw: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """The queue form (JSON types only); :class:`~syncworker.schemas.HygieneEventSchema` loads it."""
+        """The queue form (JSON types only); ``schemas.HygieneEventSchema`` loads it back."""
         return {
             "key": self.key,
             "source": self.source,

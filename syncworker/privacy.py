@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-_EMAIL = re.compile(r"([A-Za-z0-9._%+\-=!#$&'*/?^`{|}~])[A-Za-z0-9._%+\-=!#$&'*/?^`{|}~]*@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
+_LOCAL = r"[A-Za-z0-9._%+\-=!#$&'*/?^`{|}~]"
+_EMAIL = re.compile(rf"({_LOCAL}){_LOCAL}*@([A-Za-z0-9.\-]+\.[A-Za-z]{{2,}})")
 
 
 def mask(email: str) -> str:

