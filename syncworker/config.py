@@ -242,7 +242,7 @@ class Settings:
         for name, opt in OPTIONS.items():
             if name in ("sources", "destinations"):
                 value = ",".join(
-                    f"{s.name}:{s.esp}" if name == "sources" else s.name  # type: ignore[attr-defined]
+                    f"{s.name}:{s.esp}" if name == "sources" else s.name
                     for s in getattr(self, name).values()
                 )
             else:

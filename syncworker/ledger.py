@@ -277,7 +277,7 @@ class Ledger:
                     EVENT + key,
                     *(PENDING + d for d in state_dests + event_dests),
                 ]
-                args = [
+                args: list[bytes | str | int | float] = [
                     orjson.dumps({k: v for k, v in item.items() if v is not None}),
                     now,
                     s.dedupe_ttl_s,

@@ -1,0 +1,3 @@
+from syncworker.cli import main
+
+main()

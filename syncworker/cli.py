@@ -1,0 +1,263 @@
+"""The ``syncworker`` command: run | web | worker | check-config | lookup | suppress | unsuppress |
+replay | status | quarantine."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import orjson
+import redis
+
+from syncworker import delivery, runtime
+from syncworker.config import Settings
+from syncworker.errors import ConfigError
+from syncworker.observability import setup_logging, setup_sentry
+from syncworker.queueing import DELIVER, INGEST, QUEUES, connect_worker
+
+log = logging.getLogger("syncworker.cli")
+
+
+def load_settings(require_redis: bool = True) -> Settings:
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if require_redis and not settings.redis_url:
+        raise click.ClickException("REDIS_URL is not set (`syncworker run` embeds a Redis server)")
+    return settings
+
+
+def load_runtime() -> runtime.Runtime:
+    settings = load_settings()
+    rt = runtime.Runtime.build(settings, connect_worker(settings.redis_url))
+    try:
+        rt.conn.ping()
+    except redis.RedisError as exc:
+        raise click.ClickException(f"cannot reach Redis at REDIS_URL: {exc}") from None
+    return rt
+
+
+def echo_json(value: Any) -> None:
+    click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
+
+
+@click.group()
+@click.option(
+    "--log-level", default=lambda: os.environ.get("LOG_LEVEL", "INFO"), show_default="INFO"
+)
+def main(log_level: str) -> None:
+    """syncworker: ESP hygiene webhooks -> suppression ledger -> every CRM."""
+    setup_logging(log_level.upper())
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--port", type=int, default=lambda: int(os.environ.get("PORT", "8000")), show_default="8000"
+)
+@click.option("--data-dir", default=".syncworker", show_default=True, help="embedded Redis data")
+def run(port: int, data_dir: str) -> None:
+    """Web and worker together; with no REDIS_URL, an embedded Redis server too."""
+    load_settings(require_redis=False)
+    env = dict(os.environ)
+    server = None
+    if not env.get("REDIS_URL"):
+        from syncworker.redis_server import RedisServer
+
+        server = RedisServer(data_dir=str(Path(data_dir) / "redis"), persist=True).start()
+        env["REDIS_URL"] = server.url
+        click.echo(f"embedded Redis listening on {server.url} (data in {server.data_dir})")
+    env["SYNCWORKER_BIND"] = f"0.0.0.0:{port}"
+    me = [sys.executable, "-m", "syncworker"]
+    children = [
+        subprocess.Popen([*me, "web"], env=env),
+        subprocess.Popen([*me, "worker"], env=env),
+    ]
+    click.echo(f"web on http://127.0.0.1:{port}  (POST /webhooks/<source>, GET /healthz)")
+    try:
+        _wait_any(children)
+    finally:
+        _stop_all(children)
+        if server is not None:
+            server.stop()
+
+
+@main.command()
+def web() -> NoReturn:
+    """The web process: gunicorn serving the Flask app."""
+    load_settings()
+    args = [
+        sys.executable, "-m", "gunicorn",
+        "--config", "python:syncworker.gunicorn_config",
+        "syncworker.web:create_app()",
+    ]  # fmt: skip
+    os.execv(sys.executable, args)
+
+
+@main.command()
+@click.option("--queue", "queue_name", type=click.Choice(["ingest", "deliver"]), default=None)
+@click.option("--burst", is_flag=True, help="exit when the queue is empty")
+def worker(queue_name: str | None, burst: bool) -> None:
+    """The worker: one RQ worker process per queue, plus the delivery scheduler."""
+    settings = load_settings()
+    if queue_name is not None:
+        _run_rq_worker(settings, INGEST if queue_name == "ingest" else DELIVER, burst)
+        return
+    rt = load_runtime()
+    me = [sys.executable, "-m", "syncworker", "worker"]
+    children = {q: subprocess.Popen([*me, "--queue", q]) for q in ("ingest", "deliver")}
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    click.echo(
+        f"worker: queues {', '.join(QUEUES)}; destinations {', '.join(rt.destinations) or '-'}"
+    )
+    try:
+        while not stop.is_set():
+            try:
+                delivery.tick(rt)
+            except redis.RedisError as exc:
+                log.warning("tick failed error=%s", type(exc).__name__)
+            for name, child in list(children.items()):
+                if child.poll() is not None:
+                    log.error("worker exited queue=%s code=%s; restarting", name, child.returncode)
+                    children[name] = subprocess.Popen([*me, "--queue", name])
+            stop.wait(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _stop_all(list(children.values()))
+
+
+def _run_rq_worker(settings: Settings, queue_name: str, burst: bool) -> None:
+    from rq import SimpleWorker, Worker
+    from rq.serializers import JSONSerializer
+
+    setup_sentry(settings.sentry_dsn)
+    conn = connect_worker(settings.redis_url)
+    runtime.configure(runtime.Runtime.build(settings, conn))
+    klass = SimpleWorker if settings.worker_class == "simple" else Worker
+    w = klass([queue_name], connection=conn, serializer=JSONSerializer, default_result_ttl=0)
+    w.work(
+        burst=burst,
+        with_scheduler=False,
+        logging_level=logging.getLevelName(log.getEffectiveLevel()),
+    )
+
+
+def _wait_any(children: list[subprocess.Popen[bytes]]) -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.is_set() and all(c.poll() is None for c in children):
+            stop.wait(0.5)
+    except KeyboardInterrupt:
+        pass
+
+
+def _stop_all(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    for child in children:
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+# -- operator commands -------------------------------------------------------------------------
+
+
+@main.command("check-config")
+def check_config() -> None:
+    """Validate the configuration and print it, secrets masked."""
+    settings = load_settings(require_redis=False)
+    width = max(len(k) for k, _ in settings.describe())
+    for key, value in settings.describe():
+        click.echo(f"{key.ljust(width)}  {value}")
+    click.echo("configuration OK")
+
+
+@main.command()
+@click.argument("email")
+def lookup(email: str) -> None:
+    """State, reasons, history and per-destination sync status of an address."""
+    view = load_runtime().ledger.view(email)
+    if view is None:
+        raise click.ClickException("the ledger has no record of this address")
+    echo_json(view.as_json())
+
+
+@main.command()
+@click.argument("email")
+@click.option("--reason", required=True, help="recorded with the change")
+def suppress(email: str, reason: str) -> None:
+    """Suppress an address by hand; every destination gets it."""
+    _manual(email, reason, suppress=True)
+
+
+@main.command()
+@click.argument("email")
+@click.option("--reason", required=True, help="recorded with the change")
+def unsuppress(email: str, reason: str) -> None:
+    """Clear every reason older than now; later events count again."""
+    _manual(email, reason, suppress=False)
+
+
+def _manual(email: str, reason: str, *, suppress: bool) -> None:
+    if "@" not in email:
+        raise click.BadParameter("not an email address", param_hint="EMAIL")
+    rt = load_runtime()
+    change = rt.ledger.suppress if suppress else rt.ledger.unsuppress
+    result = change(email, reason, source="cli")
+    for name in sorted(result.marked):
+        delivery.ensure_flush(rt.conn, name, rt.settings.lease_s)
+    state = rt.ledger.state(email)
+    verb = "suppressed" if state.suppressed else "active"
+    click.echo(
+        f"{email}: {verb}; pending for {', '.join(sorted(result.marked)) or 'no destination'}"
+    )
+
+
+@main.command()
+@click.argument("destination")
+def replay(destination: str) -> None:
+    """Send a destination's dead letters again."""
+    rt = load_runtime()
+    if destination not in rt.destinations:
+        enabled = ", ".join(rt.destinations) or "none"
+        raise click.ClickException(f"{destination!r} is not enabled (enabled: {enabled})")
+    n = delivery.replay_dead(rt, destination)
+    click.echo(f"{destination}: {n} dead letter(s) back to pending")
+
+
+@main.command()
+def status() -> None:
+    """Queues, pending work, pauses, dead letters and counters."""
+    from syncworker.status import overview
+
+    echo_json(overview(load_runtime()))
+
+
+@main.command()
+@click.option("--limit", default=20, show_default=True)
+def quarantine(limit: int) -> None:
+    """Show the newest quarantined events (verified requests that failed validation)."""
+    from syncworker.jobs import QUARANTINE
+
+    rt = load_runtime()
+    for raw in rt.conn.lrange(QUARANTINE, 0, limit - 1):
+        echo_json(orjson.loads(raw))

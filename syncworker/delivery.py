@@ -1,0 +1,360 @@
+"""Delivery to one destination: pending sets, batches, outcomes, backoff, pauses, dead letters.
+
+Each destination has its own pending set (id -> due time), in-flight set (id -> lease expiry),
+attempt counts, pause, flush lock and dead-letter list, so one destination's trouble never delays
+another. A deliver job runs for at most ``job_budget`` seconds, then re-queues itself behind the
+other destinations' jobs. ``tick()`` (run by ``syncworker worker`` every second) schedules a job for
+every destination whose work has come due: after a backoff, a pause, or a crashed job's lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis
+import sentry_sdk
+
+from syncworker.destinations import ContactChange, Destination, Mode, Outcome, OutcomeStatus
+from syncworker.errors import BadCredentials, PermanentError, RetryableError, Throttled
+from syncworker.events import HygieneEvent, Kind
+from syncworker.ledger import EVENT, PENDING, SYNC
+from syncworker.privacy import mask, mask_text
+from syncworker.queueing import DELIVER, queue
+from syncworker.runtime import DestinationRuntime, Runtime
+
+log = logging.getLogger(__name__)
+
+INFLIGHT = "sw:inflight:"
+ATTEMPTS = "sw:attempts:"
+DEAD = "sw:dead:"
+PAUSE = "sw:pause:"
+FLUSH = "sw:flush:"
+DSTATS = "sw:dstats:"
+
+TAKE_LUA = """
+local now, n, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, n)
+for _, id in ipairs(expired) do
+  redis.call('ZADD', KEYS[1], 'NX', now, id)
+  redis.call('ZREM', KEYS[2], id)
+end
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, n)
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZADD', KEYS[2], now + lease, id)
+end
+return ids
+"""
+
+RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def ensure_flush(conn: redis.Redis, destination: str, lock_s: float = 120.0) -> bool:
+    """Queue a deliver job for ``destination`` unless one is already queued or running."""
+    token = uuid.uuid4().hex
+    if not conn.set(FLUSH + destination, token, nx=True, px=int(lock_s * 1000)):
+        return False
+    queue(conn, DELIVER).enqueue_call(
+        "syncworker.jobs.deliver",
+        args=(destination, token),
+        description=f"deliver {destination}",
+        result_ttl=0,
+        failure_ttl=7 * 86400,
+        timeout=int(lock_s * 2),
+    )
+    return True
+
+
+def paused_for(conn: redis.Redis, destination: str) -> float:
+    """Seconds the destination stays paused (0 when it is not)."""
+    ms = conn.pttl(PAUSE + destination)
+    return max(0.0, int(ms) / 1000) if isinstance(ms, int) and ms > 0 else 0.0
+
+
+def has_due(conn: redis.Redis, destination: str, now: float | None = None) -> bool:
+    now = time.time() if now is None else now
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.zrangebyscore(PENDING + destination, "-inf", now, start=0, num=1)
+        pipe.zrangebyscore(INFLIGHT + destination, "-inf", now, start=0, num=1)
+        due, expired = pipe.execute()
+    return bool(due or expired)
+
+
+def tick(runtime: Runtime) -> list[str]:
+    """Queue a deliver job for each destination with due work; return the ones scheduled."""
+    scheduled = []
+    for name in runtime.destinations:
+        if paused_for(runtime.conn, name) == 0 and has_due(runtime.conn, name):
+            if ensure_flush(runtime.conn, name, runtime.settings.lease_s):
+                scheduled.append(name)
+    return scheduled
+
+
+@dataclass
+class Report:
+    batches: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    stopped: str = ""
+
+
+class Delivery:
+    """One run of the deliver loop for one destination."""
+
+    def __init__(self, runtime: Runtime, destination: str) -> None:
+        self.rt = runtime
+        self.conn = runtime.conn
+        self.s = runtime.settings
+        self.dest: DestinationRuntime = runtime.destinations[destination]
+        self.name = destination
+        self._take = self.conn.register_script(TAKE_LUA)
+        self._release = self.conn.register_script(RELEASE_LUA)
+        self._raw_events: dict[str, dict[str, Any]] = {}  # ledger form, kept for dead letters
+
+    def run(self, token: str | None = None) -> Report:
+        report = Report()
+        instance, limiter = self.dest.build(self.conn, self.s)
+        started = time.monotonic()
+        try:
+            while time.monotonic() - started < self.s.job_budget_s:
+                if paused_for(self.conn, self.name):
+                    report.stopped = "paused"
+                    break
+                ids = self.take()
+                if not ids:
+                    report.stopped = "drained"
+                    break
+                report.batches += 1
+                if not self.process(instance, ids, report):
+                    break
+            else:
+                report.stopped = "budget"
+        finally:
+            if token is not None:
+                self._release(keys=[FLUSH + self.name], args=[token])
+            if paused_for(self.conn, self.name) == 0 and has_due(self.conn, self.name):
+                ensure_flush(self.conn, self.name, self.s.lease_s)
+        log.info(
+            "deliver dest=%s batches=%d outcomes=%s stopped=%s rate_wait_s=%.2f",
+            self.name,
+            report.batches,
+            dict(report.outcomes),
+            report.stopped,
+            limiter.waited,
+        )
+        return report
+
+    def take(self) -> list[str]:
+        ids = self._take(
+            keys=[PENDING + self.name, INFLIGHT + self.name],
+            args=[time.time(), self.dest.batch_size, self.s.lease_s],
+        )
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+    # -- one batch ---------------------------------------------------------------------------
+
+    def process(self, instance: Destination, ids: list[str], report: Report) -> bool:
+        """Sync one batch and record its outcomes; False when the destination must pause."""
+        changes, gone = self.build(ids)
+        if gone:
+            self.conn.zrem(INFLIGHT + self.name, *gone)
+            report.outcomes["expired"] += len(gone)
+        if not changes:
+            return True
+        try:
+            outcomes = instance.sync(changes)
+            if len(outcomes) != len(changes):
+                raise TypeError(
+                    f"{self.name}.sync returned {len(outcomes)} outcomes for {len(changes)}"
+                )
+        except Throttled as exc:
+            local = exc.status is None
+            self.pause(exc.retry_after, "rate limit" if local else f"throttled ({exc.status})")
+            self.requeue([c.key for c in changes], exc.retry_after)
+            self.count("rate_waits" if local else "throttled")
+            report.outcomes["throttled"] += len(changes)
+            return False
+        except BadCredentials as exc:
+            self.pause(self.s.auth_pause_s, f"bad credentials ({exc.status})")
+            self.requeue([c.key for c in changes], self.s.auth_pause_s)
+            self.count("auth_failures")
+            log.error(
+                "destination paused dest=%s reason=bad_credentials status=%s", self.name, exc.status
+            )
+            sentry_sdk.capture_message(
+                f"syncworker: {self.name} rejected its credentials (HTTP {exc.status}); paused",
+                level="error",
+            )
+            report.outcomes["paused"] += len(changes)
+            return False
+        except RetryableError as exc:
+            outcomes = [Outcome.retry(mask_text(str(exc)))] * len(changes)
+        except PermanentError as exc:
+            outcomes = [Outcome.failed(mask_text(f"{exc} {exc.body}".strip()))] * len(changes)
+        self.record(changes, outcomes, report)
+        return True
+
+    def build(self, ids: list[str]) -> tuple[list[ContactChange], list[str]]:
+        """ContactChanges for ids taken from the pending set, with the ledger's state *now*."""
+        ledger = self.rt.ledger
+        if self.dest.mode is Mode.STATE:
+            states = ledger.states(ids)
+            return [ContactChange(key=s.email, email=s.email, state=s) for s in states], []
+        with self.conn.pipeline(transaction=False) as pipe:
+            for key in ids:
+                pipe.get(EVENT + key)
+            raws = pipe.execute()
+        events: list[tuple[str, dict[str, Any]]] = []
+        gone: list[str] = []
+        for key, raw in zip(ids, raws, strict=True):
+            if raw is None:
+                gone.append(key)  # older than the dedupe TTL: nothing left to send
+            else:
+                events.append((key, orjson.loads(raw)))
+        self._raw_events = dict(events)
+        emails = sorted({e["email"] for _, e in events})
+        by_email = {s.email: s for s in ledger.states(emails)}
+        changes = [
+            ContactChange(key=key, email=e["email"], state=by_email[e["email"]], event=_event(e))
+            for key, e in events
+        ]
+        return changes, gone
+
+    def record(self, changes: list[ContactChange], outcomes: list[Outcome], report: Report) -> None:
+        now = time.time()
+        attempts_key = ATTEMPTS + self.name
+        retrying = [
+            c for c, o in zip(changes, outcomes, strict=True) if o.status is OutcomeStatus.RETRY
+        ]
+        previous: dict[str, dict[str, Any]] = {}
+        if retrying:
+            raws = self.conn.hmget(attempts_key, [c.key for c in retrying])
+            previous = {c.key: orjson.loads(r) for c, r in zip(retrying, raws, strict=True) if r}
+        with self.conn.pipeline(transaction=True) as pipe:
+            for change, outcome in zip(changes, outcomes, strict=True):
+                pipe.zrem(INFLIGHT + self.name, change.key)
+                status: dict[str, Any] = {"at": now, "version": change.state.version}
+                if change.event is not None:
+                    status["event"] = change.key
+                if outcome.ok:
+                    pipe.hdel(attempts_key, change.key)
+                    status["status"] = outcome.status.value
+                elif outcome.status is OutcomeStatus.RETRY:
+                    prior = previous.get(change.key, {"n": 0, "first": now})
+                    n, first = int(prior["n"]) + 1, float(prior["first"])
+                    if n >= self.s.max_attempts or now - first >= self.s.max_age_s:
+                        self.dead_letter(pipe, change, outcome.detail, n, now)
+                        status.update(status="dead", detail=outcome.detail, attempts=n)
+                        report.outcomes["dead"] += 1
+                    else:
+                        delay = outcome.retry_after or self.backoff(n)
+                        pipe.hset(attempts_key, change.key, orjson.dumps({"n": n, "first": first}))
+                        pipe.zadd(PENDING + self.name, {change.key: now + delay})
+                        status.update(status="retrying", detail=outcome.detail, attempts=n)
+                        status["next_at"] = now + delay
+                else:
+                    self.dead_letter(pipe, change, outcome.detail, 1, now)
+                    status.update(status="dead", detail=outcome.detail)
+                    report.outcomes["dead"] += 1
+                pipe.hset(SYNC + change.email, self.name, orjson.dumps(status))
+                report.outcomes[outcome.status.value] += 1
+                pipe.hincrby(DSTATS + self.name, outcome.status.value, 1)
+            pipe.hincrby(DSTATS + self.name, "batches", 1)
+            pipe.execute()
+        for change, outcome in zip(changes, outcomes, strict=True):
+            if not outcome.ok:
+                log.warning(
+                    "sync dest=%s addr=%s outcome=%s detail=%s",
+                    self.name,
+                    mask(change.email),
+                    outcome.status.value,
+                    mask_text(outcome.detail)[:200],
+                )
+
+    def backoff(self, attempt: int) -> float:
+        """Exponential backoff with equal jitter, capped."""
+        delay = min(self.s.backoff_cap_s, self.s.backoff_base_s * 2.0 ** (attempt - 1))
+        return float(delay / 2 + random.uniform(0, delay / 2))
+
+    def dead_letter(self, pipe: Any, change: ContactChange, error: str, n: int, now: float) -> None:
+        entry: dict[str, Any] = {
+            "id": change.key,
+            "email": change.email,
+            "error": error[:500],
+            "attempts": n,
+            "at": now,
+        }
+        if change.key in self._raw_events:
+            entry["event"] = self._raw_events[change.key]
+        pipe.lpush(DEAD + self.name, orjson.dumps(entry))
+        pipe.hdel(ATTEMPTS + self.name, change.key)
+        pipe.hincrby(DSTATS + self.name, "dead", 1)
+
+    def requeue(self, ids: list[str], delay: float) -> None:
+        """Put a batch back without spending an attempt (throttling and pauses are not failure)."""
+        due = time.time() + delay
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.zrem(INFLIGHT + self.name, *ids)
+            pipe.zadd(PENDING + self.name, dict.fromkeys(ids, due))
+            pipe.execute()
+
+    def pause(self, seconds: float, reason: str) -> None:
+        ms = max(1, int(seconds * 1000))
+        self.conn.set(
+            PAUSE + self.name,
+            orjson.dumps({"reason": reason, "until": time.time() + seconds}),
+            px=ms,
+        )
+        log.warning("destination paused dest=%s for_s=%.1f reason=%s", self.name, seconds, reason)
+
+    def count(self, field_name: str) -> None:
+        self.conn.hincrby(DSTATS + self.name, field_name, 1)
+
+
+def replay_dead(runtime: Runtime, destination: str) -> int:
+    """Move every dead letter of ``destination`` back to pending; return how many."""
+    conn, name = runtime.conn, destination
+    with conn.pipeline(transaction=True) as pipe:
+        pipe.lrange(DEAD + name, 0, -1)
+        pipe.delete(DEAD + name)
+        entries, _ = pipe.execute()
+    if not entries:
+        return 0
+    now = time.time()
+    with conn.pipeline(transaction=True) as pipe:
+        for raw in entries:
+            entry = orjson.loads(raw)
+            if "event" in entry:
+                pipe.set(
+                    EVENT + entry["id"],
+                    orjson.dumps(entry["event"]),
+                    ex=runtime.settings.dedupe_ttl_s,
+                )
+            pipe.zadd(PENDING + name, {entry["id"]: now})
+            pipe.hdel(ATTEMPTS + name, entry["id"])
+        pipe.execute()
+    ensure_flush(conn, name, runtime.settings.lease_s)
+    return len(entries)
+
+
+def _event(e: dict[str, Any]) -> HygieneEvent:
+    return HygieneEvent(
+        key=e["key"],
+        source=e.get("source", ""),
+        esp=e.get("esp", ""),
+        email=e["email"],
+        kind=Kind(e["kind"]),
+        occurred_at=float(e["occurred_at"]),
+        message_id=e.get("message_id"),
+        reason=e.get("detail"),
+        list_id=e.get("list_id"),
+    )

@@ -1,0 +1,82 @@
+"""POST /webhooks/<source>: size limit -> verify on raw bytes -> parse -> one RQ job -> 200."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from requests.structures import CaseInsensitiveDict
+
+from syncworker.errors import PayloadInvalid, PayloadTooLarge, UnknownEsp
+from syncworker.intake.base import InboundRequest, ParseResult
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("intake", __name__, url_prefix="/webhooks")
+
+
+@bp.post("/<source>")
+def receive(source: str) -> tuple[Response, int]:
+    state = current_app.extensions["syncworker"]
+    parser = state.parsers.get(source)
+    if parser is None:
+        raise UnknownEsp(f"no source named {source!r} is configured")
+    limit = state.settings.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"body is larger than {limit} bytes")
+    body = request.stream.read(limit + 1)
+    if len(body) > limit:
+        raise PayloadTooLarge(f"body is larger than {limit} bytes")
+    public = state.settings.public_url
+    url = public.rstrip("/") + request.full_path.rstrip("?") if public else request.url
+    inbound = InboundRequest(
+        body=body,
+        headers=CaseInsensitiveDict(request.headers.items()),
+        url=url,
+        remote_addr=request.remote_addr,
+    )
+    parser.verify(inbound)
+    try:
+        result: ParseResult = parser.parse(body)
+    except PayloadInvalid as exc:
+        # verified but unreadable: keep it for inspection, then tell the ESP
+        state.quarantine_body(source, parser.esp, str(exc.detail), body)
+        raise
+    if result.response is not None:
+        return jsonify(result.response), 200
+    counters: Counter[str] = Counter()
+    for code, n in result.ignored.items():
+        counters[f"in:{source}:{code}"] += n
+    for event in result.events:
+        counters[f"in:{source}:{event.kind.value}"] += 1
+    if result.quarantined:
+        counters[f"in:{source}:quarantined"] += len(result.quarantined)
+    payload: dict[str, Any] | None = None
+    if result.events or result.quarantined:
+        payload = {
+            "source": source,
+            "esp": parser.esp,
+            "received_at": time.time(),
+            "events": [e.to_dict() for e in result.events],
+            "quarantined": [{"reason": q.reason, "raw": q.raw} for q in result.quarantined],
+        }
+    description = (
+        f"ingest source={source} events={len(result.events)} quarantined={len(result.quarantined)}"
+    )
+    job_id = state.enqueuer.ingest(payload, description, counters)
+    log.info(
+        "accepted source=%s events=%d ignored=%d quarantined=%d job=%s",
+        source,
+        len(result.events),
+        sum(result.ignored.values()),
+        len(result.quarantined),
+        job_id,
+    )
+    return jsonify(
+        accepted=len(result.events),
+        ignored=sum(result.ignored.values()),
+        quarantined=len(result.quarantined),
+    ), 200

@@ -1,0 +1,129 @@
+"""Logging set-up, Sentry (addresses scrubbed) and Prometheus exposition of Redis counters."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+import sentry_sdk
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from syncworker.privacy import scrub
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Add a stderr handler to the root logger, only if it has none."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def before_send(event: Any, hint: Any) -> Any:
+    """Drop request bodies, cookies and local variables; mask every address left anywhere."""
+    request = event.get("request")
+    if isinstance(request, dict):
+        for key in ("data", "cookies", "query_string"):
+            request.pop(key, None)
+        headers = request.get("headers")
+        if isinstance(headers, dict):
+            for name in list(headers):
+                if name.lower() in ("authorization", "cookie", "x-api-key"):
+                    headers[name] = "[Filtered]"
+    for exc in (event.get("exception") or {}).get("values") or []:
+        for frame in (exc.get("stacktrace") or {}).get("frames") or []:
+            frame.pop("vars", None)
+    return scrub(event)
+
+
+def setup_sentry(dsn: str, *, transport: Any = None, release: str | None = None) -> bool:
+    """Start sentry-sdk with Flask and RQ integrations and no PII, if a DSN is configured."""
+    if not dsn:
+        return False
+    from sentry_sdk.integrations.flask import FlaskIntegration
+    from sentry_sdk.integrations.rq import RqIntegration
+
+    options: dict[str, Any] = {}
+    if transport is not None:
+        options["transport"] = transport
+    sentry_sdk.init(
+        dsn=dsn,
+        integrations=[FlaskIntegration(), RqIntegration()],
+        send_default_pii=False,
+        include_local_variables=False,
+        max_request_body_size="never",
+        before_send=before_send,
+        before_send_transaction=before_send,
+        release=release,
+        **options,
+    )
+    return True
+
+
+class RedisStatsCollector(Collector):
+    """Exposes the counters kept in Redis (shared by every web and worker process)."""
+
+    def __init__(self, conn: redis.Redis, destinations: list[str]) -> None:
+        self.conn = conn
+        self.destinations = destinations
+
+    def collect(self) -> Iterator[Metric]:
+        from syncworker.delivery import DEAD, DSTATS, INFLIGHT
+        from syncworker.ledger import PENDING
+        from syncworker.queueing import INGEST, STATS
+
+        with self.conn.pipeline(transaction=False) as pipe:
+            pipe.hgetall(STATS)
+            pipe.llen(f"rq:queue:{INGEST}")
+            for name in self.destinations:
+                pipe.hgetall(DSTATS + name)
+                pipe.zcard(PENDING + name)
+                pipe.zcard(INFLIGHT + name)
+                pipe.llen(DEAD + name)
+            replies = pipe.execute()
+        stats, ingest_backlog = replies[0], replies[1]
+        intake = CounterMetricFamily(
+            "syncworker_intake_events", "Events received", labels=["source", "event"]
+        )
+        ledger = CounterMetricFamily(
+            "syncworker_ledger_events", "Ledger effects", labels=["effect"]
+        )
+        other = CounterMetricFamily("syncworker_intake", "Intake counters", labels=["what"])
+        for raw_key, raw_value in stats.items():
+            key, value = raw_key.decode(), float(raw_value)
+            parts = key.split(":")
+            if parts[0] == "in" and len(parts) == 3:
+                intake.add_metric([parts[1], parts[2]], value)
+            elif parts[0] == "ledger" and len(parts) == 2:
+                ledger.add_metric([parts[1]], value)
+            else:
+                other.add_metric([key], value)
+        yield intake
+        yield ledger
+        yield other
+        yield GaugeMetricFamily("syncworker_ingest_backlog", "Ingest jobs queued", ingest_backlog)
+        outcomes = CounterMetricFamily(
+            "syncworker_destination", "Delivery counters", labels=["destination", "what"]
+        )
+        pending = GaugeMetricFamily("syncworker_pending", "Pending ids", labels=["destination"])
+        inflight = GaugeMetricFamily("syncworker_inflight", "In-flight ids", labels=["destination"])
+        dead = GaugeMetricFamily("syncworker_dead_letters", "Dead letters", labels=["destination"])
+        for i, name in enumerate(self.destinations):
+            dstats, p, f, d = replies[2 + 4 * i : 6 + 4 * i]
+            for k, v in dstats.items():
+                outcomes.add_metric([name, k.decode()], float(v))
+            pending.add_metric([name], p)
+            inflight.add_metric([name], f)
+            dead.add_metric([name], d)
+        yield outcomes
+        yield pending
+        yield inflight
+        yield dead

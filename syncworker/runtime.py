@@ -1,0 +1,95 @@
+"""What a worker process holds: settings, a Redis connection, the enabled destinations, the ledger.
+
+Built once per process (``configure``) by ``syncworker worker`` or a test; jobs read it with
+``current()``. A forked work-horse inherits it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import redis
+import requests
+
+from syncworker.config import DestinationConfig, Settings
+from syncworker.destinations import Destination, HttpClient, Mode, Rate, destination_class
+from syncworker.ledger import Ledger, Route
+from syncworker.queueing import connect_worker
+from syncworker.ratelimit import RateLimiter
+
+
+@dataclass
+class DestinationRuntime:
+    name: str
+    cls: type[Destination]
+    config: DestinationConfig
+    rate: Rate
+    batch_size: int
+    base_url: str
+    _session: requests.Session | None = field(default=None, repr=False)
+
+    @property
+    def mode(self) -> Mode:
+        return self.cls.mode
+
+    def build(self, conn: redis.Redis, settings: Settings) -> tuple[Destination, RateLimiter]:
+        """A destination instance whose every HTTP request waits at the shared rate limiter."""
+        if self._session is None:
+            self._session = requests.Session()
+        limiter = RateLimiter(conn, self.name, self.rate, settings.rate_wait_cap_s)
+        http = HttpClient(
+            self.name,
+            self.base_url,
+            session=self._session,
+            timeout=settings.http_timeout_s,
+            before_request=limiter.acquire,
+        )
+        return self.cls(self.config, http), limiter
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    conn: redis.Redis
+    destinations: dict[str, DestinationRuntime]
+    ledger: Ledger
+
+    @classmethod
+    def build(cls, settings: Settings, conn: redis.Redis | None = None) -> Runtime:
+        if conn is None:
+            conn = connect_worker(settings.redis_url)
+        dests: dict[str, DestinationRuntime] = {}
+        for name, config in settings.destinations.items():
+            klass = destination_class(name)
+            dests[name] = DestinationRuntime(
+                name=name,
+                cls=klass,
+                config=config,
+                rate=klass.effective_rate(config),
+                batch_size=klass.effective_batch_size(config),
+                base_url=klass.effective_base_url(config),
+            )
+        route = Route.build(
+            {
+                name: (d.mode is Mode.EVENTS, frozenset(k.value for k in d.cls.kinds))
+                for name, d in dests.items()
+            }
+        )
+        return cls(settings, conn, dests, Ledger(conn, settings, route))
+
+
+_current: Runtime | None = None
+
+
+def configure(runtime: Runtime | None) -> None:
+    global _current
+    _current = runtime
+
+
+def current() -> Runtime:
+    """The process's runtime; built from the environment on first use if nobody configured one."""
+    global _current
+    if _current is None:
+        _current = Runtime.build(Settings.from_env(os.environ))
+    return _current

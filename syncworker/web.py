@@ -1,0 +1,93 @@
+"""create_app(): the Flask app — webhook intake, the JSON API, probes, JSON error handlers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import orjson
+import redis
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from syncworker.config import Settings
+from syncworker.errors import IntakeError
+from syncworker.intake.base import EspParser
+from syncworker.intake.registry import ESP_PARSERS
+from syncworker.jobs import QUARANTINE
+from syncworker.observability import setup_logging, setup_sentry
+from syncworker.queueing import STATS, Enqueuer, connect
+from syncworker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    runtime: Runtime
+    enqueuer: Enqueuer
+    parsers: dict[str, EspParser] = field(default_factory=dict)
+
+    def quarantine_body(self, source: str, esp: str, reason: str, body: bytes) -> None:
+        entry = {
+            "source": source,
+            "esp": esp,
+            "at": time.time(),
+            "reason": reason,
+            "body": body.decode("utf-8", "replace"),
+        }
+        with self.runtime.conn.pipeline(transaction=True) as pipe:
+            pipe.lpush(QUARANTINE, orjson.dumps(entry))
+            pipe.ltrim(QUARANTINE, 0, max(0, self.settings.quarantine_limit - 1))
+            pipe.hincrby(STATS, "quarantined", 1)
+            pipe.execute()
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    if settings is None:
+        settings = Settings.from_env(os.environ)
+        setup_logging(os.environ.get("LOG_LEVEL", "INFO"))
+        setup_sentry(settings.sentry_dsn)
+    if not settings.redis_url:
+        from syncworker.errors import ConfigError
+
+        raise ConfigError(["REDIS_URL is required (or use `syncworker run`, which embeds Redis)"])
+    conn = connect(settings.redis_url, settings.redis_timeout_s)
+    runtime = Runtime.build(settings, conn)
+    state = AppState(settings=settings, runtime=runtime, enqueuer=Enqueuer(conn))
+    for name, source in settings.sources.items():
+        state.parsers[name] = ESP_PARSERS[source.esp](source)
+
+    app = Flask("syncworker")
+    app.extensions["syncworker"] = state
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    from syncworker.api import bp as api_bp
+    from syncworker.intake.routes import bp as intake_bp
+
+    app.register_blueprint(intake_bp)
+    app.register_blueprint(api_bp)
+
+    @app.errorhandler(IntakeError)
+    def intake_error(exc: IntakeError) -> tuple[Response, int]:
+        log.info("rejected status=%d error=%s", exc.status, exc.error)
+        return jsonify(error=exc.error, detail=exc.detail), exc.status
+
+    @app.errorhandler(redis.ConnectionError)
+    @app.errorhandler(redis.TimeoutError)
+    def redis_down(exc: redis.RedisError) -> tuple[Response, int, dict[str, str]]:
+        log.error("redis unavailable error=%s", type(exc).__name__)
+        retry = str(settings.intake_retry_after_s)
+        body = jsonify(error="unavailable", detail="the queue is unreachable; retry later")
+        return body, 503, {"Retry-After": retry}
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        code = exc.code or 500
+        name = (exc.name or "error").lower().replace(" ", "_")
+        return jsonify(error=name, detail=exc.description), code
+
+    return app
