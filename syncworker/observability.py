@@ -57,7 +57,16 @@ def setup_sentry(dsn: str, *, transport: Any = None, release: str | None = None)
     sentry_sdk.init(
         dsn=dsn,
         integrations=[FlaskIntegration(), RqIntegration()],
-        send_default_pii=False,
+        # the structured successor of send_default_pii=False: no user info, bodies, cookies,
+        # query strings or frame variables (they would carry addresses)
+        data_collection={
+            "user_info": False,
+            "http_bodies": [],
+            "cookies": {"mode": "off"},
+            "url_query_params": {"mode": "off"},
+            "stack_frame_variables": False,
+            "queues": False,
+        },
         include_local_variables=False,
         max_request_body_size="never",
         before_send=before_send,

@@ -1,12 +1,20 @@
-"""Shared fixtures: a private real redis-server per test session, settings, app, client."""
+"""Shared fixtures: a private real redis-server per test session, settings, runtime, burst worker."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
+from rq import SimpleWorker
+from rq.serializers import JSONSerializer
 
+from syncworker import runtime
+from syncworker.config import DestinationConfig, Settings, SourceConfig
+from syncworker.queueing import DELIVER, INGEST
 from syncworker.redis_server import RedisServer
 
 
@@ -34,3 +42,90 @@ def redis_conn(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
+
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture()
+def make_settings(redis_url: str) -> SettingsFactory:
+    """Settings for this test: ``sources={name: (esp, values)}``, ``destinations={name: values}``."""
+
+    def make(
+        sources: dict[str, tuple[str, dict[str, str]]] | None = None,
+        destinations: dict[str, dict[str, str]] | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        base = Settings(redis_url=redis_url)
+        return base.replace(
+            sources={
+                name: SourceConfig(name=name, esp=esp, values=values)
+                for name, (esp, values) in (sources or {}).items()
+            },
+            destinations={
+                name: DestinationConfig(name=name, values=values)
+                for name, values in (destinations or {}).items()
+            },
+            **overrides,
+        )
+
+    return make
+
+
+@pytest.fixture()
+def use_runtime(redis_conn: redis.Redis) -> Iterator[Callable[[Settings], runtime.Runtime]]:
+    """Configure this process's worker runtime (as `syncworker worker` does) for the test."""
+
+    def configure(settings: Settings) -> runtime.Runtime:
+        rt = runtime.Runtime.build(settings, redis_conn)
+        runtime.configure(rt)
+        return rt
+
+    yield configure
+    runtime.configure(None)
+
+
+@pytest.fixture()
+def run_worker(redis_conn: redis.Redis) -> Callable[..., int]:
+    """Drain the queues with an in-process burst worker (real RQ, real Redis); return jobs run."""
+
+    def drain(queues: tuple[str, ...] = (INGEST, DELIVER), rounds: int = 50) -> int:
+        total = 0
+        for _ in range(rounds):
+            worker = SimpleWorker(list(queues), connection=redis_conn, serializer=JSONSerializer)
+            worker.work(burst=True, logging_level="WARNING")
+            done = worker.successful_job_count + worker.failed_job_count
+            total += done
+            if done == 0:
+                break
+        return total
+
+    return drain
+
+
+@pytest.fixture()
+def blackhole_port() -> Iterator[int]:
+    """A TCP port that accepts connections and never answers (a hung Redis)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+                accepted.append(conn)
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield int(server.getsockname()[1])
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    server.close()

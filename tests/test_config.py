@@ -1,0 +1,103 @@
+"""Settings.from_env: every problem reported at once, by env var name; check-config masks secrets."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from syncworker.cli import main
+from syncworker.config import OPTIONS, Settings
+from syncworker.errors import ConfigError
+
+
+def test_defaults_carry_documented_values() -> None:
+    settings = Settings.from_env({})
+    assert settings.soft_bounce_threshold == 3
+    assert settings.soft_bounce_window_s == 30 * 86400
+    assert settings.signature_tolerance_s == 300
+    for name, option in OPTIONS.items():
+        if name not in ("sources", "destinations"):
+            assert getattr(settings, name) == option.default, name
+
+
+def test_every_problem_is_listed_at_once() -> None:
+    env = {
+        "SYNCWORKER_SOURCES": "postmark,nosuchesp",
+        "SYNCWORKER_DESTINATIONS": "nosuchdest",
+        "SYNCWORKER_SOFT_BOUNCE_THRESHOLD": "three",
+        "SYNCWORKER_TYPO": "1",
+    }
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    text = "\n".join(info.value.problems)
+    assert "SYNCWORKER_POSTMARK_USERNAME is required" in text
+    assert "SYNCWORKER_POSTMARK_PASSWORD is required" in text
+    assert "unknown ESP 'nosuchesp'" in text
+    assert "no module mappings/nosuchdest.py" in text
+    assert "SYNCWORKER_SOFT_BOUNCE_THRESHOLD='three'" in text
+    assert "SYNCWORKER_TYPO is not a known setting" in text
+
+
+def test_source_name_maps_to_an_esp_so_two_accounts_can_post() -> None:
+    env = {
+        "SYNCWORKER_SOURCES": "postmark_eu:postmark,postmark",
+        "SYNCWORKER_POSTMARK_EU_USERNAME": "eu",
+        "SYNCWORKER_POSTMARK_EU_PASSWORD": "pw-eu",
+        "SYNCWORKER_POSTMARK_USERNAME": "us",
+        "SYNCWORKER_POSTMARK_PASSWORD": "pw-us",
+        "SYNCWORKER_POSTMARK_PASSWORD_PREVIOUS": "pw-old",
+    }
+    settings = Settings.from_env(env)
+    assert {n: s.esp for n, s in settings.sources.items()} == {
+        "postmark_eu": "postmark",
+        "postmark": "postmark",
+    }
+    assert settings.sources["postmark"].secrets("PASSWORD") == ["pw-us", "pw-old"]
+    assert settings.sources["postmark_eu"].secrets("PASSWORD") == ["pw-eu"]
+
+
+def test_secret_for_a_source_that_is_not_enabled_is_reported() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"SYNCWORKER_MAILGUN_SIGNING_KEY": "k"})
+    assert "SYNCWORKER_MAILGUN_SIGNING_KEY is not a known setting" in str(info.value)
+
+
+def test_destination_settings_and_overrides_are_read() -> None:
+    env = {
+        "SYNCWORKER_DESTINATIONS": "hubspot",
+        "SYNCWORKER_HUBSPOT_TOKEN": "pat-1",
+        "SYNCWORKER_HUBSPOT_RATE": "50/10",
+        "SYNCWORKER_HUBSPOT_BASE_URL": "http://127.0.0.1:9",
+    }
+    settings = Settings.from_env(env)
+    dest = settings.destinations["hubspot"]
+    assert dest.get("TOKEN") == "pat-1"
+    assert dest.get("RATE") == "50/10"
+
+
+def test_missing_destination_secret_is_named() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"SYNCWORKER_DESTINATIONS": "hubspot"})
+    assert "SYNCWORKER_HUBSPOT_TOKEN is required" in str(info.value)
+
+
+def test_check_config_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {
+        "REDIS_URL": "redis://user:hunter2@127.0.0.1:1/0",
+        "SYNCWORKER_SOURCES": "postmark",
+        "SYNCWORKER_POSTMARK_USERNAME": "pmuser",
+        "SYNCWORKER_POSTMARK_PASSWORD": "s3cret-value",
+        "SYNCWORKER_API_TOKEN": "api-token-value",
+    }
+    result = CliRunner().invoke(main, ["check-config"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "configuration OK" in result.output
+    assert "SYNCWORKER_POSTMARK_PASSWORD" in result.output
+    for secret in ("s3cret-value", "api-token-value", "hunter2"):
+        assert secret not in result.output
+
+
+def test_check_config_fails_with_every_problem() -> None:
+    result = CliRunner().invoke(main, ["check-config"], env={"SYNCWORKER_BOGUS": "1"})
+    assert result.exit_code == 1
+    assert "SYNCWORKER_BOGUS is not a known setting" in result.output

@@ -1,0 +1,158 @@
+"""The suppression ledger's policy, dedupe, ordering and pending marks, on a real Redis."""
+
+from __future__ import annotations
+
+import threading
+
+import redis
+
+from syncworker.config import Settings
+from syncworker.events import HygieneEvent, Kind
+from syncworker.ledger import PENDING, Ledger, Route
+
+ALL = frozenset(k.value for k in Kind)
+
+
+def ledger(conn: redis.Redis, **settings: object) -> Ledger:
+    route = Route.build(
+        {
+            "crm": (False, ALL),
+            "stream": (True, ALL),
+            "bounces_only": (True, frozenset({"hard_bounce"})),
+        }
+    )
+    return Ledger(conn, Settings().replace(**settings), route)
+
+
+def ev(key: str, kind: Kind, at: float, email: str = "jane@example.com") -> HygieneEvent:
+    return HygieneEvent(key, "sendgrid", "sendgrid", email, kind, at, reason="550 5.1.1")
+
+
+def test_hard_bounce_suppresses_at_once_with_reason_time_and_source(redis_conn: redis.Redis) -> None:
+    led = ledger(redis_conn)
+    result = led.apply([ev("k1", Kind.HARD_BOUNCE, 1000.0)])
+    assert result.effects == {"suppressed": 1}
+    state = led.state("jane@example.com")
+    assert state.suppressed
+    reason = state.reasons["hard_bounce"]
+    assert (reason.at, reason.source, reason.detail) == (1000.0, "sendgrid", "550 5.1.1")
+
+
+def test_soft_bounce_is_not_suppressed_until_threshold_within_window(
+    redis_conn: redis.Redis,
+) -> None:
+    led = ledger(redis_conn, soft_bounce_threshold=3, soft_bounce_window_s=100.0)
+    led.apply([ev("a", Kind.SOFT_BOUNCE, 0.0), ev("b", Kind.SOFT_BOUNCE, 150.0)])
+    assert not led.state("jane@example.com").suppressed
+    # 0 is outside the 100 s window ending at 220: still only two within it
+    led.apply([ev("c", Kind.BLOCKED, 220.0)])
+    assert not led.state("jane@example.com").suppressed
+    result = led.apply([ev("d", Kind.SOFT_BOUNCE, 230.0)])
+    assert result.effects == {"suppressed": 1}
+    assert set(led.state("jane@example.com").reasons) == {"soft_bounce"}
+
+
+def test_duplicate_event_key_is_applied_once(redis_conn: redis.Redis) -> None:
+    led = ledger(redis_conn)
+    first = led.apply([ev("same", Kind.UNSUBSCRIBE, 10.0)])
+    again = led.apply([ev("same", Kind.UNSUBSCRIBE, 10.0), ev("same", Kind.UNSUBSCRIBE, 10.0)])
+    assert first.effects == {"suppressed": 1}
+    assert again.effects == {"duplicate": 2}
+    view = led.view("jane@example.com")
+    assert view is not None and len(view.history) == 1
+    assert redis_conn.zcard(PENDING + "stream") == 1
+
+
+def test_older_unsubscribe_does_not_override_newer_resubscribe(redis_conn: redis.Redis) -> None:
+    led = ledger(redis_conn)
+    led.apply([ev("u1", Kind.UNSUBSCRIBE, 100.0), ev("r1", Kind.RESUBSCRIBE, 200.0)])
+    assert not led.state("jane@example.com").suppressed
+    late = led.apply([ev("u0", Kind.UNSUBSCRIBE, 150.0)])  # delivered late, happened earlier
+    assert late.effects == {"stale": 1}
+    assert not led.state("jane@example.com").suppressed
+    led.apply([ev("u2", Kind.UNSUBSCRIBE, 300.0)])
+    assert led.state("jane@example.com").suppressed
+
+
+def test_resubscribe_older_than_unsubscribe_is_stale(redis_conn: redis.Redis) -> None:
+    led = ledger(redis_conn)
+    led.apply([ev("u", Kind.UNSUBSCRIBE, 300.0)])
+    assert led.apply([ev("r", Kind.RESUBSCRIBE, 200.0)]).effects == {"stale": 1}
+    assert led.state("jane@example.com").suppressed
+
+
+def test_resubscribe_does_not_clear_a_hard_bounce(redis_conn: redis.Redis) -> None:
+    led = ledger(redis_conn)
+    led.apply([ev("h", Kind.HARD_BOUNCE, 100.0), ev("u", Kind.UNSUBSCRIBE, 110.0)])
+    led.apply([ev("r", Kind.RESUBSCRIBE, 200.0)])
+    state = led.state("jane@example.com")
+    assert state.suppressed and set(state.reasons) == {"hard_bounce"}
+
+
+def test_manual_unsuppress_clears_older_reasons_and_is_recorded(redis_conn: redis.Redis) -> None:
+    led = ledger(redis_conn)
+    led.apply([ev("h", Kind.HARD_BOUNCE, 100.0), ev("s", Kind.SOFT_BOUNCE, 101.0)])
+    led.unsuppress("Jane@Example.com", "verified by phone")
+    state = led.state("jane@example.com")
+    assert not state.suppressed and state.reasons == {}
+    # an event that happened before the unsuppress but arrives after it changes nothing
+    assert led.apply([ev("late", Kind.HARD_BOUNCE, 150.0)]).effects == {"stale": 1}
+    view = led.view("jane@example.com")
+    assert view is not None
+    assert view.history[1]["kind"] == "manual_unsuppress"
+    assert view.history[1]["detail"] == "verified by phone"
+
+
+def test_manual_suppress_reaches_state_destinations_only(redis_conn: redis.Redis) -> None:
+    led = ledger(redis_conn)
+    result = led.suppress("bob@example.com", "asked by email")
+    assert led.state("bob@example.com").suppressed
+    assert result.marked == {"crm"}
+    assert redis_conn.zscore(PENDING + "crm", "bob@example.com") is not None
+
+
+def test_history_is_capped(redis_conn: redis.Redis) -> None:
+    led = ledger(redis_conn, history_limit=5, soft_bounce_threshold=100)
+    led.apply([ev(f"k{i}", Kind.SOFT_BOUNCE, float(i)) for i in range(12)])
+    view = led.view("jane@example.com")
+    assert view is not None
+    assert [h["key"] for h in view.history] == ["k11", "k10", "k9", "k8", "k7"]
+
+
+def test_state_destinations_are_marked_only_when_state_changes(redis_conn: redis.Redis) -> None:
+    led = ledger(redis_conn)
+    first = led.apply([ev("u1", Kind.UNSUBSCRIBE, 10.0)])
+    redis_conn.delete(PENDING + "crm")
+    second = led.apply([ev("u2", Kind.UNSUBSCRIBE, 20.0)])  # same state: nothing for the CRM
+    assert first.marked == {"crm", "stream"}
+    assert second.marked == {"stream"}
+    assert redis_conn.zcard(PENDING + "crm") == 0
+    assert redis_conn.zcard(PENDING + "stream") == 2
+
+
+def test_event_destinations_get_only_the_kinds_they_care_about(redis_conn: redis.Redis) -> None:
+    led = ledger(redis_conn)
+    led.apply([ev("u", Kind.UNSUBSCRIBE, 10.0), ev("h", Kind.HARD_BOUNCE, 11.0)])
+    assert redis_conn.zrange(PENDING + "bounces_only", 0, -1) == [b"h"]
+    assert redis_conn.get("sw:ev:h") is not None
+
+
+def test_concurrent_writers_never_lose_an_event(redis_conn: redis.Redis, redis_url: str) -> None:
+    """Two processes' worth of writers on one address: every soft bounce is counted once."""
+
+    def writer(prefix: str) -> None:
+        conn = redis.Redis.from_url(redis_url)
+        led = ledger(conn, soft_bounce_threshold=1000, history_limit=1000)
+        for i in range(100):
+            led.apply([ev(f"{prefix}{i}", Kind.SOFT_BOUNCE, 1000.0 + i)])
+        conn.close()
+
+    threads = [threading.Thread(target=writer, args=(p,)) for p in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    view = ledger(redis_conn, history_limit=1000).view("jane@example.com")
+    assert view is not None
+    assert len(view.history) == 200
+    assert len({h["key"] for h in view.history}) == 200
