@@ -61,7 +61,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     for name, source in settings.sources.items():
         state.parsers[name] = ESP_PARSERS[source.esp](source)
 
-    app = Flask("syncworker")
+    here = os.path.dirname(os.path.abspath(__file__))
+    # explicit paths: Flask's own discovery fails for some editable installs
+    app = Flask("syncworker", root_path=here, instance_path=os.path.join(here, "instance"))
     app.extensions["syncworker"] = state
     app.json.sort_keys = False  # type: ignore[attr-defined]
 

@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import orjson
 from marshmallow import Schema, ValidationError
@@ -21,17 +21,23 @@ if TYPE_CHECKING:  # avoids an import cycle with config
     from syncworker.config import SourceConfig
 
 
+class HeaderMap(Protocol):
+    """Case-insensitive header lookup (werkzeug ``Headers`` in the app; any mapping in tests)."""
+
+    def get(self, key: str, default: str, /) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class InboundRequest:
     """What an ESP module may look at: the raw body and the request's metadata.
 
-    ``headers`` is case-insensitive (werkzeug ``Headers`` in the web app). ``url`` is the public URL
-    the ESP posted to (``SYNCWORKER_PUBLIC_URL`` + path behind a proxy), for schemes that sign it.
+    ``url`` is the public URL the ESP posted to (``SYNCWORKER_PUBLIC_URL`` + path behind a proxy);
+    the web app fills it only for parsers with ``signs_url = True`` (it costs time to build).
     """
 
     body: bytes
-    headers: Mapping[str, str]
-    url: str
+    headers: HeaderMap
+    url: str = ""
     remote_addr: str | None = None
 
 
@@ -67,6 +73,8 @@ class EspParser:
     optional_settings: ClassVar[Mapping[str, str]] = {}
     #: how this source proves a request is genuine, for the README and ``check-config``
     verification: ClassVar[str] = ""
+    #: the scheme signs the request URL, so the web app must fill ``InboundRequest.url``
+    signs_url: ClassVar[bool] = False
 
     def __init__(self, source: SourceConfig, *, clock: Callable[[], float] = time.time) -> None:
         self.source = source

@@ -1,0 +1,74 @@
+"""Shared pieces of the benchmarks: process start-up with readiness waits, wrk runs."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_http(url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            requests.get(url, timeout=0.5)
+            return
+        except requests.RequestException:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} did not answer in {timeout}s") from None
+            time.sleep(0.05)
+
+
+def gunicorn(app: str, port: int, workers: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    args = [
+        sys.executable, "-m", "gunicorn", "--workers", str(workers),
+        "--bind", f"127.0.0.1:{port}", "--log-level", "warning", app,
+    ]  # fmt: skip
+    proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env})
+    wait_http(f"http://127.0.0.1:{port}/")
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def wrk_post(
+    url: str, body: bytes, headers: dict[str, str], seconds: int, connections: int
+) -> dict[str, float]:
+    """POST ``body`` with wrk for ``seconds``; requests/s and the count of non-2xx answers."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is needed for this benchmark: apt-get install wrk")
+    with tempfile.TemporaryDirectory() as tmp:
+        body_file = Path(tmp) / "body"
+        body_file.write_bytes(body)
+        lines = ['wrk.method = "POST"', f'local f = io.open("{body_file}", "rb")']
+        lines += ["wrk.body = f:read('*a')", "f:close()"]
+        for name, value in {"Content-Type": "application/json", **headers}.items():
+            lines.append(f'wrk.headers["{name}"] = "{value}"')
+        script = Path(tmp) / "post.lua"
+        script.write_text("\n".join(lines) + "\n")
+        out = subprocess.run(
+            ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"requests_per_s": rps, "requests": total, "non_2xx": int(bad.group(1)) if bad else 0}

@@ -1,0 +1,164 @@
+"""Intake throughput through gunicorn, beside a bare Flask app measured in the same run.
+
+    python -m bench.intake [--seconds 10] [--workers 4] [--connections 16]
+
+Prints JSON: events/s for signed 1,000-event SendGrid batches and requests/s for single Postmark
+events, each with the bare Flask figure (parse JSON, answer 200) and their ratio. Targets:
+batched >= 0.10 of the bare parse floor; single >= 0.5 of bare Flask.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+
+import orjson
+import redis
+
+from bench.common import gunicorn, stop, wrk_post
+from syncworker.queueing import INGEST
+from syncworker.redis_server import RedisServer, free_port
+from tests.intake.signing import basic_auth_header, sendgrid_keypair, sign_sendgrid
+
+HYGIENE = [
+    {"event": "bounce", "type": "bounce", "reason": "550 5.1.1 user unknown", "status": "5.1.1"},
+    {"event": "bounce", "type": "blocked", "reason": "550 blocked", "status": "5.7.1"},
+    {"event": "dropped", "reason": "Bounced Address"},
+    {"event": "spamreport"},
+    {"event": "unsubscribe"},
+    {"event": "group_unsubscribe", "asm_group_id": 42},
+]
+OTHER = [{"event": e} for e in ("delivered", "open", "click", "processed", "deferred")]
+
+
+def sendgrid_batch(n: int, hygiene_share: float, rng: random.Random) -> bytes:
+    events = []
+    for i in range(n):
+        base = rng.choice(HYGIENE) if rng.random() < hygiene_share else rng.choice(OTHER)
+        events.append(
+            {
+                "email": f"user{rng.randrange(50_000)}@example.com",
+                "timestamp": 1_790_000_000 + i,
+                "sg_event_id": f"ev{i:08d}",
+                "sg_message_id": f"msg{i // 3:07d}.filter0001",
+                "smtp-id": f"<msg{i // 3}@example.com>",
+                "category": ["newsletter"],
+                **base,
+            }
+        )
+    # SendGrid separates elements with CRLF, and the signature covers those bytes
+    return b"[" + b",\r\n".join(orjson.dumps(e) for e in events) + b"]\r\n"
+
+
+POSTMARK_BOUNCE = {
+    "RecordType": "Bounce",
+    "ID": 4323372036854775807,
+    "Type": "HardBounce",
+    "TypeCode": 1,
+    "MessageID": "883953f4-6105-42a2-a16a-77a8eac79483",
+    "Email": "jane.doe@example.com",
+    "BouncedAt": "2026-11-05T16:33:54.9070259-05:00",
+    "Details": "smtp;550 5.1.1 The email account that you tried to reach does not exist",
+    "MessageStream": "outbound",
+}
+
+
+def median_run(values: list[dict[str, float]]) -> dict[str, float]:
+    ordered = sorted(values, key=lambda v: v["requests_per_s"])
+    middle = dict(ordered[len(ordered) // 2])
+    middle["requests"] = sum(v["requests"] for v in values)
+    middle["non_2xx"] = sum(v["non_2xx"] for v in values)
+    return middle
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn workers, both apps")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--hygiene-share", type=float, default=0.5)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians kept")
+    args = parser.parse_args()
+
+    rng = random.Random(7)
+    private_key, public_key = sendgrid_keypair()
+    batch = sendgrid_batch(1000, args.hygiene_share, rng)
+    single = orjson.dumps(POSTMARK_BOUNCE)
+    auth = basic_auth_header("pm", "bench-secret")
+    results: dict[str, object] = {
+        "workers": args.workers,
+        "connections": args.connections,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "batch_bytes": len(batch),
+        "batch_hygiene_share": args.hygiene_share,
+    }
+    with RedisServer() as server:
+        env = {
+            "REDIS_URL": server.url,
+            "SYNCWORKER_SOURCES": "sendgrid,postmark",
+            "SYNCWORKER_SENDGRID_PUBLIC_KEY": public_key,
+            "SYNCWORKER_POSTMARK_USERNAME": "pm",
+            "SYNCWORKER_POSTMARK_PASSWORD": "bench-secret",
+            "LOG_LEVEL": "WARNING",
+        }
+        ours_port, bare_port = free_port(), free_port()
+        ours = gunicorn("app:app", ours_port, args.workers, env)
+        bare = gunicorn("bench.bare_app:app", bare_port, args.workers, {})
+        conn = redis.Redis.from_url(server.url)
+        try:
+            samples: dict[tuple[str, str], list[dict[str, float]]] = {}
+            for _ in range(args.rounds):
+                # the apps alternate so that drift in machine load hits both alike
+                for name, port in (("syncworker", ours_port), ("bare_flask", bare_port)):
+                    # signed each round: the timestamp stays inside the 5-minute tolerance
+                    samples.setdefault((name, "batch"), []).append(
+                        wrk_post(
+                            f"http://127.0.0.1:{port}/webhooks/sendgrid",
+                            batch,
+                            sign_sendgrid(batch, private_key),
+                            args.seconds,
+                            max(2, args.connections // 4),
+                        )
+                    )
+                    samples.setdefault((name, "single"), []).append(
+                        wrk_post(
+                            f"http://127.0.0.1:{port}/webhooks/postmark",
+                            single,
+                            auth,
+                            args.seconds,
+                            args.connections,
+                        )
+                    )
+            runs = {key: median_run(values) for key, values in samples.items()}
+            jobs = conn.llen(f"rq:queue:{INGEST}")
+        finally:
+            stop(ours)
+            stop(bare)
+            conn.close()
+    ours_b, bare_b = runs["syncworker", "batch"], runs["bare_flask", "batch"]
+    ours_s, bare_s = runs["syncworker", "single"], runs["bare_flask", "single"]
+    results["sendgrid_batch_1000"] = {
+        "events_per_s": round(ours_b["requests_per_s"] * 1000),
+        "bare_parse_events_per_s": round(bare_b["requests_per_s"] * 1000),
+        "ratio": round(ours_b["requests_per_s"] / bare_b["requests_per_s"], 3),
+        "target_ratio": 0.10,
+        "non_2xx": ours_b["non_2xx"],
+    }
+    results["postmark_single"] = {
+        "requests_per_s": round(ours_s["requests_per_s"]),
+        "bare_flask_requests_per_s": round(bare_s["requests_per_s"]),
+        "ratio": round(ours_s["requests_per_s"] / bare_s["requests_per_s"], 3),
+        "target_ratio": 0.5,
+        "non_2xx": ours_s["non_2xx"],
+    }
+    results["ingest_jobs_queued"] = jobs
+    results["requests_answered_2xx"] = int(
+        ours_b["requests"] - ours_b["non_2xx"] + ours_s["requests"] - ours_s["non_2xx"]
+    )
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
