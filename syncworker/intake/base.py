@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import time
 from collections import Counter
@@ -124,7 +123,7 @@ def check_basic_auth(request: InboundRequest, credentials: Iterable[tuple[str, s
         raise SignatureInvalid("basic auth credentials missing")
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII input
         raise SignatureInvalid("basic auth header malformed") from None
     user, sep, password = decoded.partition(":")
     if not sep:

@@ -1,0 +1,152 @@
+"""Mailgun webhooks (JSON, one event per request), signed with HMAC-SHA256 of timestamp + token.
+
+Docs: https://documentation.mailgun.com/docs/mailgun/user-manual/webhooks/securing-webhooks and
+https://documentation.mailgun.com/docs/mailgun/user-manual/events/
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+import orjson
+from marshmallow import EXCLUDE, Schema, fields, validate
+
+from syncworker.errors import PayloadInvalid, SignatureInvalid
+from syncworker.events import HygieneEvent, Kind, normalize_email
+from syncworker.intake.base import (
+    EspParser,
+    InboundRequest,
+    ParseResult,
+    Quarantined,
+    equal,
+    load_json,
+    validate_items,
+)
+
+# event-data.event -> Kind; `failed` is split by SEVERITIES and REASONS below
+KINDS: dict[str, Kind] = {
+    "rejected": Kind.BLOCKED,  # Mailgun refused to send (policy or account), nothing reached the MX
+    "unsubscribed": Kind.UNSUBSCRIBE,
+    "complained": Kind.SPAM_COMPLAINT,
+}
+SEVERITIES: dict[str, Kind] = {"permanent": Kind.HARD_BOUNCE, "temporary": Kind.SOFT_BOUNCE}
+# A permanent `failed` caused by Mailgun's own suppression lists repeats the original reason;
+# calling a previous unsubscribe or complaint a hard bounce would misstate why.
+REASONS: dict[str, Kind] = {
+    "suppress-unsubscribe": Kind.UNSUBSCRIBE,
+    "suppress-complaint": Kind.SPAM_COMPLAINT,
+}
+MAX_TS = 253_402_300_799  # 9999-12-31
+
+
+class MailgunEvent(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    event = fields.String(required=True)
+    recipient = fields.Email(required=True)
+    timestamp = fields.Float(required=True, validate=validate.Range(0, MAX_TS))
+    severity = fields.String(load_default=None)
+    reason = fields.String(load_default=None)
+    # metadata only: read leniently by _dig, never a reason to quarantine the event
+    message = fields.Raw(load_default=None)
+    delivery_status = fields.Raw(data_key="delivery-status", load_default=None)
+
+
+EVENT = MailgunEvent()
+
+
+def _dig(value: Any, *keys: str) -> Any:
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _text(value: Any) -> str | None:
+    """Optional metadata as text; ESPs drift between numbers and strings, so accept both."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+class MailgunParser(EspParser):
+    esp = "mailgun"
+    settings = ("SIGNING_KEY",)
+    verification = "HMAC-SHA256 of signature.timestamp + token with the webhook signing key"
+
+    def verify(self, request: InboundRequest) -> None:
+        try:
+            doc = orjson.loads(request.body)
+        except orjson.JSONDecodeError:
+            raise SignatureInvalid("body is not JSON, so it carries no signature") from None
+        sig = doc.get("signature") if isinstance(doc, dict) else None
+        if not isinstance(sig, dict):
+            raise SignatureInvalid("signature object missing")
+        timestamp, token = sig.get("timestamp"), sig.get("token")
+        if isinstance(timestamp, int) and not isinstance(timestamp, bool):
+            timestamp = str(timestamp)  # documented as an int, sent as a string
+        if not (isinstance(timestamp, str) and timestamp.isascii() and timestamp.isdigit()):
+            raise SignatureInvalid("signature.timestamp is not Unix seconds")
+        if not isinstance(token, str) or not token:
+            raise SignatureInvalid("signature.token missing")
+        self.check_timestamp(timestamp)
+        # a subaccount's event also carries parent-signature, made with the primary account's key
+        given = [sig.get(k) for k in ("signature", "parent-signature")]
+        signatures = [s.lower() for s in given if isinstance(s, str) and s.isascii() and s]
+        if not signatures:
+            raise SignatureInvalid("signature missing")
+        message = (timestamp + token).encode()  # orjson yields no lone surrogates
+        ok = False
+        for secret in self.secrets("SIGNING_KEY"):
+            expected = hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+            for signature in signatures:
+                ok |= equal(expected, signature)
+        if not ok:
+            raise SignatureInvalid("signature does not match any configured signing key")
+
+    def parse(self, body: bytes) -> ParseResult:
+        doc = load_json(body)
+        if not isinstance(doc, dict) or not isinstance(doc.get("event-data"), dict):
+            raise PayloadInvalid("expected a JSON object with an event-data object")
+        sig = doc.get("signature")
+        token = sig.get("token") if isinstance(sig, dict) else None
+        if not isinstance(token, str) or not token:
+            raise PayloadInvalid("signature.token missing")
+        item: dict[str, Any] = doc["event-data"]
+        result = ParseResult()
+        code = item.get("event")
+        if isinstance(code, str) and code != "failed" and code not in KINDS:
+            result.ignored[code] += 1  # accepted, delivered, opened, clicked, stored, ...
+            return result
+        for data in validate_items(EVENT, [item], result.quarantined):
+            if code == "failed":
+                kind = REASONS.get(data["reason"] or "") or SEVERITIES.get(data["severity"] or "")
+                if kind is None:
+                    result.quarantined.append(
+                        Quarantined("failed event without a known severity", item)
+                    )
+                    continue
+            else:
+                kind = KINDS[data["event"]]
+            status = data["delivery_status"]
+            reason = _text(_dig(status, "description")) or _text(_dig(status, "message"))
+            result.events.append(
+                HygieneEvent(
+                    # event-data.id is only unique per day; the signed token is unique per post
+                    key=f"mailgun:{token}",
+                    source=self.name,
+                    esp=self.esp,
+                    email=normalize_email(data["recipient"]),
+                    kind=kind,
+                    occurred_at=data["timestamp"],
+                    message_id=_text(_dig(data["message"], "headers", "message-id")),
+                    reason=reason or data["reason"],
+                    smtp_code=_text(_dig(status, "code")),
+                    raw=item,
+                )
+            )
+        return result

@@ -1,0 +1,190 @@
+"""Postmark bounce, spam-complaint and subscription-change webhooks (one JSON object, basic auth).
+
+Docs: https://postmarkapp.com/developer/webhooks/bounce-webhook,
+https://postmarkapp.com/developer/webhooks/subscription-change-webhook and
+https://postmarkapp.com/developer/api/bounce-api#bounce-types
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields
+
+from syncworker.errors import PayloadInvalid, SignatureInvalid
+from syncworker.events import HygieneEvent, Kind, content_key, normalize_email
+from syncworker.intake.base import (
+    EspParser,
+    InboundRequest,
+    ParseResult,
+    Quarantined,
+    check_basic_auth,
+    load_json,
+    validate_items,
+)
+
+# RecordType "Bounce": Type -> Kind. Other types (AutoResponder, AddressChange, Subscribe,
+# OpenRelayTest, VirusNotification, Unknown, SMTPApiError, ...) say nothing about the address.
+BOUNCE_TYPES: dict[str, Kind] = {
+    "HardBounce": Kind.HARD_BOUNCE,
+    "BadEmailAddress": Kind.HARD_BOUNCE,
+    # temporary by definition (full mailbox, greylisting, DNS lookup failure): they count towards
+    # the soft-bounce threshold instead of suppressing the address at once
+    "SoftBounce": Kind.SOFT_BOUNCE,
+    "Transient": Kind.SOFT_BOUNCE,
+    "DnsError": Kind.SOFT_BOUNCE,
+    "SpamNotification": Kind.SPAM_COMPLAINT,
+    "SpamComplaint": Kind.SPAM_COMPLAINT,
+    "Blocked": Kind.BLOCKED,
+    "DMARCPolicy": Kind.BLOCKED,
+    "ManuallyDeactivated": Kind.BLOCKED,
+    "Unsubscribe": Kind.UNSUBSCRIBE,
+}
+# RecordType "SubscriptionChange" with SuppressSending true: SuppressionReason -> Kind
+SUPPRESSION_REASONS: dict[str, Kind] = {
+    "HardBounce": Kind.HARD_BOUNCE,
+    "SpamComplaint": Kind.SPAM_COMPLAINT,
+    "ManualSuppression": Kind.UNSUBSCRIBE,  # an opt-out, by the recipient (Origin) or the sender
+}
+# Postmark writes up to 7 fractional digits; keep 6 so any datetime parser takes them
+_FRACTION = re.compile(r"(\.\d{6})\d+")
+
+
+class PostmarkTime(fields.Field[float]):
+    """ISO 8601 with offset (``2019-11-05T16:33:54.9070259-05:00``) as Unix seconds."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> float:
+        if not isinstance(value, str):
+            raise ValidationError("Not an ISO 8601 timestamp.")
+        try:
+            moment = datetime.fromisoformat(_FRACTION.sub(r"\1", value, count=1))
+            if moment.tzinfo is None:  # Postmark sends an offset; a naive time is read as UTC
+                moment = moment.replace(tzinfo=UTC)
+            seconds = moment.timestamp()
+        except (ValueError, OverflowError):
+            raise ValidationError("Not an ISO 8601 timestamp.") from None
+        if seconds < 0:
+            raise ValidationError("Timestamp before 1970.")
+        return seconds
+
+
+class PostmarkSpamComplaint(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    ID = fields.Raw(load_default=None)
+    email = fields.Email(required=True, data_key="Email")
+    occurred_at = PostmarkTime(required=True, data_key="BouncedAt")
+    reason = fields.Raw(load_default=None, data_key="Details")
+    MessageID = fields.Raw(load_default=None)
+    MessageStream = fields.Raw(load_default=None)
+
+
+class PostmarkBounce(PostmarkSpamComplaint):
+    Type = fields.String(required=True)
+
+
+class PostmarkSubscriptionChange(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    email = fields.Email(required=True, data_key="Recipient")
+    occurred_at = PostmarkTime(required=True, data_key="ChangedAt")
+    SuppressSending = fields.Boolean(load_default=None)
+    reason = fields.String(load_default=None, data_key="SuppressionReason")
+    MessageID = fields.Raw(load_default=None)
+    MessageStream = fields.Raw(load_default=None)
+
+
+SCHEMAS: dict[str, Schema] = {
+    "Bounce": PostmarkBounce(),
+    "SpamComplaint": PostmarkSpamComplaint(),
+    "SubscriptionChange": PostmarkSubscriptionChange(),
+}
+
+
+def _text(value: Any) -> str | None:
+    """Optional metadata as text; ESPs drift between numbers and strings, so accept both."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _kind(record: str, data: dict[str, Any]) -> Kind | None:
+    if record == "Bounce":
+        return BOUNCE_TYPES[data["Type"]]
+    if record == "SpamComplaint":
+        return Kind.SPAM_COMPLAINT
+    suppress = data["SuppressSending"]
+    if suppress is None:  # absent on some payloads (django-anymail #447): no change is known
+        return None
+    if not suppress:
+        return Kind.RESUBSCRIBE
+    return SUPPRESSION_REASONS.get(data["reason"] or "", Kind.UNSUBSCRIBE)
+
+
+class PostmarkParser(EspParser):
+    esp = "postmark"
+    settings = ("USERNAME", "PASSWORD")
+    verification = "HTTP Basic credentials in the webhook URL"
+
+    def verify(self, request: InboundRequest) -> None:
+        pairs = [(u, p) for u in self.secrets("USERNAME") for p in self.secrets("PASSWORD")]
+        try:
+            check_basic_auth(request, pairs)
+        except ValueError:  # non-ASCII Authorization header: base64 refuses it with ValueError
+            raise SignatureInvalid("basic auth header malformed") from None
+
+    def parse(self, body: bytes) -> ParseResult:
+        item = load_json(body)
+        if not isinstance(item, dict):
+            raise PayloadInvalid("expected one JSON object")
+        result = ParseResult()
+        record = item.get("RecordType")
+        bounce_type = item.get("Type")
+        if not isinstance(record, str):
+            result.quarantined.append(Quarantined("RecordType missing", item))
+        elif (
+            record == "Bounce" and isinstance(bounce_type, str) and bounce_type not in BOUNCE_TYPES
+        ):
+            result.ignored[f"Bounce:{bounce_type}"] += 1  # AutoResponder, Subscribe, ...
+        elif record not in SCHEMAS:  # Delivery, Open, Click, and record types added later
+            result.ignored[record] += 1
+        else:
+            for data in validate_items(SCHEMAS[record], [item], result.quarantined):
+                kind = _kind(record, data)
+                if kind is None:
+                    result.ignored[record] += 1
+                else:
+                    result.events.append(self._event(record, item, data, kind))
+        return result
+
+    def _event(
+        self, record: str, item: dict[str, Any], data: dict[str, Any], kind: Kind
+    ) -> HygieneEvent:
+        email = normalize_email(data["email"])
+        message_id = _text(data["MessageID"])
+        record_id = _text(data.get("ID"))
+        key = (
+            f"postmark:{record}:{record_id}"  # the bounce record's own id, stable across retries
+            if record_id
+            else content_key(self.esp, email, kind, data["occurred_at"], message_id)
+        )
+        # suppressions are per message stream, so an (un)subscription is scoped to its stream
+        scoped = kind in (Kind.UNSUBSCRIBE, Kind.RESUBSCRIBE)
+        return HygieneEvent(
+            key=key,
+            source=self.name,
+            esp=self.esp,
+            email=email,
+            kind=kind,
+            occurred_at=data["occurred_at"],
+            message_id=message_id,
+            reason=_text(data["reason"]) or data.get("Type"),
+            list_id=_text(data["MessageStream"]) if scoped else None,
+            raw=item,
+        )

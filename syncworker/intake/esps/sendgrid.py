@@ -1,0 +1,200 @@
+"""SendGrid Event Webhook: batched JSON arrays, verified with the Signed Event Webhook (ECDSA).
+
+Docs: https://www.twilio.com/docs/sendgrid/for-developers/tracking-events/event and
+https://www.twilio.com/docs/sendgrid/for-developers/tracking-events/getting-started-event-webhook-security-features
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from marshmallow import EXCLUDE, Schema, fields, validate
+
+from syncworker.errors import ConfigError, PayloadInvalid, SignatureInvalid
+from syncworker.events import HygieneEvent, Kind, content_key, normalize_email
+from syncworker.intake.base import (
+    EspParser,
+    InboundRequest,
+    ParseResult,
+    Quarantined,
+    load_json,
+    validate_items,
+)
+
+if TYPE_CHECKING:
+    from syncworker.config import SourceConfig
+
+# event -> Kind for events whose kind needs no second field
+KINDS: dict[str, Kind] = {
+    "spamreport": Kind.SPAM_COMPLAINT,
+    "unsubscribe": Kind.UNSUBSCRIBE,
+    "group_unsubscribe": Kind.UNSUBSCRIBE,  # one suppression group (asm_group_id) only
+    "group_resubscribe": Kind.RESUBSCRIBE,
+}
+# bounce events: `type` -> Kind
+BOUNCE_TYPES: dict[str, Kind] = {
+    "bounce": Kind.HARD_BOUNCE,
+    "blocked": Kind.BLOCKED,
+    # SendGrid gave up after 72 h of deferrals: the mailbox was unreachable, not known bad
+    "expired": Kind.SOFT_BOUNCE,
+}
+# dropped events: `reason` (lowercased) -> Kind. Other reasons ("Spam Content", "Invalid SMTPAPI
+# header", "Recipient List over Package Quota") are about the message or account, not the address,
+# so they are ignored.
+DROP_REASONS: dict[str, Kind] = {
+    "bounced address": Kind.HARD_BOUNCE,
+    "invalid": Kind.HARD_BOUNCE,
+    "unsubscribed address": Kind.UNSUBSCRIBE,
+    "spam reporting address": Kind.SPAM_COMPLAINT,
+}
+# `deferred` is a temporary delay, not a bounce; processed/delivered/open/click are engagement
+SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
+TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
+MAX_TS = 253_402_300_799  # 9999-12-31: anything later is not a real event time
+
+
+class SendGridEvent(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    email = fields.Email(required=True)
+    timestamp = fields.Float(required=True, validate=validate.Range(0, MAX_TS))
+    sg_message_id = fields.Raw(load_default=None)
+
+
+class SendGridBounce(SendGridEvent):
+    type = fields.String(load_default=None)
+    reason = fields.String(load_default=None)
+    status = fields.Raw(load_default=None)
+
+
+class SendGridGroupEvent(SendGridEvent):
+    asm_group_id = fields.Raw(load_default=None)
+
+
+SCHEMAS: dict[str, Schema] = {code: SendGridEvent() for code in KINDS}
+SCHEMAS.update(
+    bounce=SendGridBounce(),
+    dropped=SendGridBounce(),
+    group_unsubscribe=SendGridGroupEvent(),
+    group_resubscribe=SendGridGroupEvent(),
+)
+
+
+def _text(value: Any) -> str | None:
+    """Optional metadata as text; ESPs drift between numbers and strings, so accept both."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _kind(code: str, data: dict[str, Any]) -> Kind | None:
+    if code == "bounce":  # `type` is always sent today; without it, the event name is all we have
+        return BOUNCE_TYPES.get((data["type"] or "bounce").lower())
+    if code == "dropped":
+        return DROP_REASONS.get((data["reason"] or "").lower())
+    return KINDS.get(code)
+
+
+def load_public_key(value: str) -> ec.EllipticCurvePublicKey:
+    """The verification key as SendGrid shows it (base64 SPKI DER), or the same in PEM armour."""
+    try:
+        if "-----BEGIN" in value:
+            key = serialization.load_pem_public_key(value.encode())
+        else:
+            key = serialization.load_der_public_key(base64.b64decode("".join(value.split())))
+    except (ValueError, UnsupportedAlgorithm):
+        raise ValueError("not a base64 SPKI or PEM public key") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise ValueError("not an ECDSA P-256 public key")
+    return key
+
+
+class SendGridParser(EspParser):
+    esp = "sendgrid"
+    settings = ("PUBLIC_KEY",)
+    verification = "ECDSA P-256 signature of timestamp + raw body (Signed Event Webhook)"
+
+    def __init__(self, source: SourceConfig, *, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(source, clock=clock)
+        # parsed once: a key that does not load is a configuration error, not a 401 per request
+        self._keys: list[ec.EllipticCurvePublicKey] = []
+        problems: list[str] = []
+        for setting in ("PUBLIC_KEY", "PUBLIC_KEY_PREVIOUS"):
+            if value := source.get(setting):
+                try:
+                    self._keys.append(load_public_key(value))
+                except ValueError as exc:
+                    problems.append(f"SYNCWORKER_{source.name.upper()}_{setting}: {exc}")
+        if problems:
+            raise ConfigError(problems)
+
+    def verify(self, request: InboundRequest) -> None:
+        signature = request.headers.get(SIGNATURE_HEADER, "")
+        timestamp = request.headers.get(TIMESTAMP_HEADER, "")
+        if not signature or not timestamp:
+            raise SignatureInvalid("signature or timestamp header missing")
+        if not (timestamp.isascii() and timestamp.isdigit()):
+            raise SignatureInvalid("timestamp header is not Unix seconds")
+        self.check_timestamp(timestamp)
+        try:
+            der = base64.b64decode(signature.strip(), validate=True)
+        except ValueError:
+            raise SignatureInvalid("signature header is not base64") from None
+        signed = timestamp.encode() + request.body
+        for key in self._keys:
+            try:
+                key.verify(der, signed, ec.ECDSA(hashes.SHA256()))
+                return
+            except InvalidSignature:
+                continue
+        raise SignatureInvalid("signature does not match any configured public key")
+
+    def parse(self, body: bytes) -> ParseResult:
+        items = load_json(body)
+        if not isinstance(items, list):
+            raise PayloadInvalid("expected a JSON array of events")
+        result = ParseResult()
+        for item in items:
+            code = item.get("event") if isinstance(item, dict) else None
+            if not isinstance(code, str):
+                why = "event code missing" if isinstance(item, dict) else "event is not an object"
+                result.quarantined.append(Quarantined(why, item))
+                continue
+            schema = SCHEMAS.get(code)
+            if schema is None:  # not a hygiene event, or one SendGrid added since
+                result.ignored[code] += 1
+                continue
+            for data in validate_items(schema, [item], result.quarantined):
+                kind = _kind(code, data)
+                if kind is None:
+                    result.ignored[code] += 1
+                    continue
+                email = normalize_email(data["email"])
+                message_id = _text(data["sg_message_id"])
+                # sg_event_id changes between retried copies of one event, so it cannot dedupe
+                key = content_key(self.esp, email, kind, data["timestamp"], message_id)
+                result.events.append(
+                    HygieneEvent(
+                        key=key,
+                        source=self.name,
+                        esp=self.esp,
+                        email=email,
+                        kind=kind,
+                        occurred_at=data["timestamp"],
+                        message_id=message_id,
+                        reason=data.get("reason"),
+                        smtp_code=_text(data.get("status")),
+                        list_id=_text(data.get("asm_group_id")),
+                        raw=item,
+                    )
+                )
+        return result

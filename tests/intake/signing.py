@@ -1,0 +1,219 @@
+"""Sign test requests the way each ESP does, with secrets generated here and never committed.
+
+``SIGNERS`` maps every ESP slug to a factory of :class:`EspSigner` (fresh random secrets on each
+call). The contract and fuzz tests run over ``ESP_PARSERS`` and fail when an ESP has no signer:
+a new ESP module adds one here.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from syncworker.config import SourceConfig
+from syncworker.intake.base import EspParser, InboundRequest
+from syncworker.intake.registry import ESP_PARSERS
+
+PAYLOADS = Path(__file__).resolve().parent.parent / "payloads"
+URL = "https://hooks.example.com/webhooks/"
+SENDGRID_SIGNATURE = "X-Twilio-Email-Event-Webhook-Signature"
+SENDGRID_TIMESTAMP = "X-Twilio-Email-Event-Webhook-Timestamp"
+#: an event code no ESP uses; the contract test checks it is counted as ignored
+UNKNOWN_CODE = "syncworker_test_unknown"
+
+
+def payload(esp: str, case: str) -> bytes:
+    """The bytes of tests/payloads/<esp>/<case>.json, exactly as stored."""
+    return (PAYLOADS / esp / f"{case}.json").read_bytes()
+
+
+def request(body: bytes, headers: dict[str, str] | None = None, path: str = "") -> InboundRequest:
+    return InboundRequest(body=body, headers=headers or {}, url=URL + path)
+
+
+# -- SendGrid: ECDSA P-256 over timestamp + body -----------------------------------------------
+
+
+def sendgrid_keypair() -> tuple[ec.EllipticCurvePrivateKey, str]:
+    """A fresh key pair; the public half as SendGrid's settings page shows it (base64 SPKI DER)."""
+    private = ec.generate_private_key(ec.SECP256R1())
+    der = private.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return private, base64.b64encode(der).decode()
+
+
+def sendgrid_public_pem(private_key: ec.EllipticCurvePrivateKey) -> str:
+    return (
+        private_key.public_key()
+        .public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def sign_sendgrid(
+    body: bytes, private_key: ec.EllipticCurvePrivateKey, timestamp: int | None = None
+) -> dict[str, str]:
+    """The two headers of SendGrid's Signed Event Webhook for ``body``."""
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    signature = private_key.sign(ts.encode() + body, ec.ECDSA(hashes.SHA256()))
+    return {SENDGRID_SIGNATURE: base64.b64encode(signature).decode(), SENDGRID_TIMESTAMP: ts}
+
+
+# -- Mailgun: HMAC-SHA256(signing key, timestamp + token), inside the JSON body ------------------
+
+
+def sign_mailgun(
+    signing_key: str, timestamp: int | None = None, token: str | None = None
+) -> dict[str, str]:
+    """Mailgun's ``signature`` object (timestamp and token as strings, as Mailgun sends them)."""
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    token = secrets.token_hex(25) if token is None else token
+    digest = hmac.new(signing_key.encode(), (ts + token).encode(), hashlib.sha256).hexdigest()
+    return {"timestamp": ts, "token": token, "signature": digest}
+
+
+def mailgun_body(
+    event_data: Any, signing_key: str, timestamp: int | None = None, token: str | None = None
+) -> bytes:
+    return orjson.dumps(
+        {"signature": sign_mailgun(signing_key, timestamp, token), "event-data": event_data}
+    )
+
+
+def resign_mailgun(
+    body: bytes, signing_key: str, timestamp: int | None = None, token: str | None = None
+) -> bytes:
+    """A stored Mailgun payload with its placeholder signature replaced by a valid one."""
+    doc = json.loads(body)
+    doc["signature"] = sign_mailgun(signing_key, timestamp, token)
+    return json.dumps(doc).encode()
+
+
+# -- Postmark, Mailjet: HTTP Basic ---------------------------------------------------------------
+
+
+def basic_auth_header(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+# -- one signer per ESP, for the contract and fuzz tests -----------------------------------------
+
+
+@dataclass(frozen=True)
+class EspSigner:
+    """Test secrets for one ESP and how to present a body as that ESP would."""
+
+    esp: str
+    values: dict[str, str]
+    #: authenticate ``body`` as the ESP does (for Mailgun: re-sign a JSON object body)
+    sign: Callable[[bytes], InboundRequest]
+    #: wrap one native event into the ESP's body
+    envelope: Callable[[Any], bytes]
+    #: a hygiene-free event with code UNKNOWN_CODE, as the ESP would send it
+    unknown_event: dict[str, Any]
+    #: valid JSON that is not this ESP's envelope (e.g. a scalar where an array belongs)
+    wrong_shape: bytes = b'"not an envelope"'
+    #: False where the signature lives inside the JSON body, so arbitrary bytes cannot be signed
+    signs_any_bytes: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def config(self, **values: str) -> SourceConfig:
+        return SourceConfig(name=self.esp, esp=self.esp, values={**self.values, **values})
+
+    def parser(self, **kwargs: Any) -> EspParser:
+        return ESP_PARSERS[self.esp](self.config(), **kwargs)
+
+
+def _sendgrid() -> EspSigner:
+    private, public = sendgrid_keypair()
+    return EspSigner(
+        esp="sendgrid",
+        values={"PUBLIC_KEY": public},
+        sign=lambda body: request(body, sign_sendgrid(body, private)),
+        envelope=lambda event: orjson.dumps([event]),
+        unknown_event={
+            "email": "someone@example.com",
+            "timestamp": 1700000000,
+            "event": UNKNOWN_CODE,
+            "sg_event_id": "x",
+        },
+        extra={"private_key": private},
+    )
+
+
+def _mailgun() -> EspSigner:
+    key = secrets.token_hex(16)
+
+    def sign(body: bytes) -> InboundRequest:
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return request(body)
+        if not isinstance(doc, dict):
+            return request(body)
+        doc["signature"] = sign_mailgun(key)
+        return request(orjson.dumps(doc))
+
+    return EspSigner(
+        esp="mailgun",
+        values={"SIGNING_KEY": key},
+        sign=sign,
+        envelope=lambda event: orjson.dumps({"event-data": event}),
+        unknown_event={
+            "event": UNKNOWN_CODE,
+            "recipient": "someone@example.com",
+            "timestamp": 1700000000.5,
+        },
+        wrong_shape=b'{"event-data": "not an object"}',
+        signs_any_bytes=False,
+    )
+
+
+def _basic_auth(esp: str, unknown_event: dict[str, Any], single: bool) -> EspSigner:
+    user, password = f"{esp}-hooks", secrets.token_urlsafe(18)
+    return EspSigner(
+        esp=esp,
+        values={"USERNAME": user, "PASSWORD": password},
+        sign=lambda body: request(body, basic_auth_header(user, password)),
+        envelope=(lambda event: orjson.dumps(event)) if single else lambda e: orjson.dumps([e]),
+        unknown_event=unknown_event,
+    )
+
+
+SIGNERS: dict[str, Callable[[], EspSigner]] = {
+    "sendgrid": _sendgrid,
+    "mailgun": _mailgun,
+    "postmark": lambda: _basic_auth(
+        "postmark",
+        {"RecordType": UNKNOWN_CODE, "Recipient": "someone@example.com", "MessageID": "x"},
+        single=True,
+    ),
+    "mailjet": lambda: _basic_auth(
+        "mailjet",
+        {"event": UNKNOWN_CODE, "time": 1700000000, "email": "someone@example.com"},
+        single=False,
+    ),
+}
+
+
+def signer_for(esp: str) -> EspSigner:
+    """The signer of ``esp``; a loud failure names the file to extend when there is none."""
+    factory = SIGNERS.get(esp)
+    if factory is None:
+        raise LookupError(
+            f"ESP {esp!r} is in ESP_PARSERS but has no signer: add one to SIGNERS in {__file__}"
+        )
+    return factory()

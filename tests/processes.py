@@ -1,0 +1,85 @@
+"""Real processes for integration tests: gunicorn serving app:app and `syncworker worker`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+
+from syncworker.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def clean_env(extra: dict[str, str]) -> dict[str, str]:
+    """The test process's environment without any SYNCWORKER_ setting, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCWORKER_")}
+    env.update(extra)
+    return env
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Process:
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log_path = log
+        self._log = log.open("wb")
+        self.proc = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def start_gunicorn(env: dict[str, str], log: Path, workers: int = 2) -> tuple[Process, str]:
+    """gunicorn serving app:app as the Procfile does; returns the process and its base URL."""
+    port = free_port()
+    env = {**env, "SYNCWORKER_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": str(workers)}
+    args = [sys.executable, "-m", "gunicorn", "--config", "python:syncworker.gunicorn_config"]
+    proc = Process([*args, "app:app"], env, log)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if not proc.alive():
+            raise AssertionError(f"gunicorn exited:\n{proc.output()}")
+        try:
+            return requests.get(url + "/healthz", timeout=0.5).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_until(ready, 30, "gunicorn to answer /healthz")
+    return proc, url
+
+
+def start_worker(env: dict[str, str], log: Path) -> Process:
+    """A real `syncworker worker` (its RQ worker processes and the delivery scheduler)."""
+    return Process([sys.executable, "-m", "syncworker", "worker"], env, log)
