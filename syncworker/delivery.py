@@ -182,6 +182,7 @@ class Delivery:
             self.requeue([c.key for c in changes], exc.retry_after)
             self.count("rate_waits" if local else "throttled")
             report.outcomes["throttled"] += len(changes)
+            report.stopped = "rate_limit" if local else "throttled"
             return False
         except BadCredentials as exc:
             self.pause(self.s.auth_pause_s, f"bad credentials ({exc.status})")
@@ -195,6 +196,7 @@ class Delivery:
                 level="error",
             )
             report.outcomes["paused"] += len(changes)
+            report.stopped = "bad_credentials"
             return False
         except RetryableError as exc:
             outcomes = [Outcome.retry(mask_text(str(exc)))] * len(changes)
