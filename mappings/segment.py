@@ -1,0 +1,180 @@
+"""Segment: each hygiene event once, as a ``track`` plus an ``identify`` carrying hygiene traits.
+
+``POST /v1/batch`` (HTTP Basic, write key as user). Track names follow Segment's email spec where it
+has one (Unsubscribed, Email Bounced, Email Marked as Spam); soft bounces, blocks and resubscribes
+get names of their own so that nothing downstream mistakes them for a hard bounce. ``messageId``s
+derive from the event key (and, for the identify, the state version), so a retried batch is
+deduplicated by Segment. A batch is split when its body would pass MAX_BATCH_BYTES (Segment
+rejects requests over 500 KB and events over 32 KB, hence the capped free-text fields).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from syncworker.destinations import (
+    ContactChange,
+    ContactState,
+    Destination,
+    DestinationConfig,
+    HttpClient,
+    HygieneEvent,
+    Kind,
+    Mode,
+    NotConfigured,
+    Outcome,
+    PermanentError,
+    Rate,
+    RetryableError,
+)
+
+EVENT_NAMES = {
+    Kind.UNSUBSCRIBE: "Unsubscribed",
+    Kind.HARD_BOUNCE: "Email Bounced",
+    Kind.SPAM_COMPLAINT: "Email Marked as Spam",
+    Kind.SOFT_BOUNCE: "Email Soft Bounced",
+    Kind.BLOCKED: "Email Blocked",
+    Kind.RESUBSCRIBE: "Resubscribed",
+}
+TEXT_CAP = 1000  # characters of ESP-supplied text per field: keeps every message far under 32 KB
+ENVELOPE = 200  # bytes of the batch wrapper around the messages
+
+
+class Segment(Destination):
+    name = "segment"
+    settings = ("WRITE_KEY",)
+    optional_settings = {"USER_ID": "email", "MAX_BATCH_BYTES": "450000"}
+    base_url = "https://api.segment.io"
+    batch_size = 100  # 200 messages of ~1 KB; a batch with long ESP texts is split by size
+    rate = Rate(50, per_seconds=1)
+    mode = Mode.EVENTS
+
+    def __init__(self, config: DestinationConfig, http: HttpClient) -> None:
+        super().__init__(config, http)
+        self.auth = (config.get("WRITE_KEY"), "")
+        self.user_id = config.get("USER_ID") or "email"
+        try:
+            self.max_bytes = int(config.get("MAX_BATCH_BYTES") or 450_000)
+        except ValueError:
+            self.max_bytes = 0
+        problems = []
+        if self.user_id not in ("email", "anonymous"):
+            problems.append("SYNCWORKER_SEGMENT_USER_ID must be `email` or `anonymous`")
+        if not 4_000 <= self.max_bytes <= 500_000:
+            problems.append("SYNCWORKER_SEGMENT_MAX_BATCH_BYTES must be 4000..500000")
+        if problems:
+            raise NotConfigured(problems)
+
+    def sync(self, changes: list[ContactChange]) -> list[Outcome]:
+        """Send each change's event once; a retry reuses the messageIds, so Segment dedupes it."""
+        outcomes: list[Outcome | None] = [None] * len(changes)
+        chunk: list[int] = []
+        lines: list[bytes] = []
+        size = ENVELOPE
+        for index, change in enumerate(changes):
+            if change.event is None:
+                outcomes[index] = Outcome.failed("no hygiene event to send")
+                continue
+            encoded = [_dump(m) for m in self._messages(change, change.event)]
+            grown = sum(len(e) + 1 for e in encoded)
+            if chunk and size + grown > self.max_bytes:
+                self._send(chunk, lines, outcomes)
+                chunk, lines, size = [], [], ENVELOPE
+            chunk.append(index)
+            lines.extend(encoded)
+            size += grown
+        if chunk:
+            self._send(chunk, lines, outcomes)
+        return [o or Outcome.retry("not sent") for o in outcomes]
+
+    def _send(self, chunk: list[int], lines: list[bytes], outcomes: list[Outcome | None]) -> None:
+        context = _dump({"library": {"name": "syncworker"}})
+        body = b'{"batch":[' + b",".join(lines) + b'],"context":' + context + b"}"
+        try:
+            self.http.post(
+                "/v1/batch",
+                data=body,
+                auth=self.auth,
+                headers={"Content-Type": "application/json"},
+            )
+            outcome = Outcome.applied(f"{len(lines)} messages")
+        except RetryableError as exc:
+            outcome = Outcome.retry(str(exc))
+        except PermanentError as exc:
+            outcome = Outcome.failed(f"{exc} {exc.body}".strip())
+        for index in chunk:
+            outcomes[index] = outcome
+
+    def _messages(self, change: ContactChange, event: HygieneEvent) -> list[dict[str, Any]]:
+        who = self._identity(change.email)
+        state = change.state
+        track = {
+            "type": "track",
+            "event": EVENT_NAMES.get(event.kind, f"Email {event.kind.value}"),
+            **who,
+            "messageId": _message_id(self.name, change.key, "track"),
+            "timestamp": _iso(event.occurred_at),
+            "properties": {
+                "email": change.email,
+                "kind": event.kind.value,
+                "bounce_type": _bounce_type(event.kind),
+                "source": event.source,
+                "esp": event.esp,
+                "reason": _cap(event.reason),
+                "smtp_code": _cap(event.smtp_code),
+                "email_id": _cap(event.message_id),
+                "list_id": _cap(event.list_id),
+                "event_key": change.key,
+                "suppressed": state.suppressed,
+            },
+            "context": {"traits": {"email": change.email}},
+        }
+        identify = {
+            "type": "identify",
+            **who,
+            "messageId": _message_id(self.name, change.key, f"identify:{state.version}"),
+            "timestamp": _iso(state.updated_at or event.occurred_at),
+            "traits": _traits(change.email, state),
+        }
+        return [track, identify]
+
+    def _identity(self, email: str) -> dict[str, str]:
+        if self.user_id == "anonymous":
+            digest = hashlib.sha256(f"syncworker:{email.lower()}".encode()).hexdigest()
+            return {"anonymousId": digest[:32]}
+        return {"userId": email}
+
+
+def _traits(email: str, state: ContactState) -> dict[str, Any]:
+    return {
+        "email": email,
+        "email_suppressed": state.suppressed,
+        "email_unsubscribed": state.unsubscribed,
+        "email_bounced": state.bounced,
+        "email_complained": state.complained,
+        "email_suppression_reasons": sorted(str(r) for r in state.reasons),
+    }
+
+
+def _bounce_type(kind: Kind) -> str | None:
+    return {Kind.HARD_BOUNCE: "hard", Kind.SOFT_BOUNCE: "soft", Kind.BLOCKED: "block"}.get(kind)
+
+
+def _message_id(destination: str, key: str, part: str) -> str:
+    digest = hashlib.sha256(f"{destination}\x1f{key}\x1f{part}".encode()).hexdigest()
+    return f"syncworker-{digest[:40]}"
+
+
+def _cap(text: str | None) -> str | None:
+    return None if text is None else text[:TEXT_CAP]
+
+
+def _dump(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,167 @@
+"""Webhook: each hygiene event once, POSTed in batches to a URL and signed as Standard Webhooks.
+
+One JSON body per batch: ``{"type": "syncworker.hygiene.batch", "timestamp", "data": {"events":
+[{"key", "email", "kind", "occurred_at", "source", "esp", "reason", "smtp_code", "message_id",
+"list_id", "state": {"suppressed", "reasons", "version", "updated_at"}}]}}``; a batch whose body
+would pass MAX_BATCH_BYTES goes as several bodies. Headers ``webhook-id`` (a hash of the body's
+event keys: a retry of the same events has the same id), ``webhook-timestamp`` and
+``webhook-signature`` (``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`` with SECRET, plus
+one with SECRET_PREVIOUS while rotating). A 2xx answer means applied; each event's ``key`` lets the
+receiver dedupe events that arrive again in a differently composed batch.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from syncworker.destinations import (
+    ContactChange,
+    ContactState,
+    Destination,
+    DestinationConfig,
+    HttpClient,
+    HygieneEvent,
+    Mode,
+    NotConfigured,
+    Outcome,
+    PermanentError,
+    Rate,
+    RetryableError,
+)
+
+TYPE = "syncworker.hygiene.batch"
+ENVELOPE = 200  # bytes of the body around the events
+
+
+class Webhook(Destination):
+    name = "webhook"
+    settings = ("URL", "SECRET")
+    optional_settings = {"SECRET_PREVIOUS": "", "MAX_BATCH_BYTES": "1000000"}
+    batch_size = 100
+    rate = Rate(20, per_seconds=1)
+    mode = Mode.EVENTS
+
+    def __init__(self, config: DestinationConfig, http: HttpClient) -> None:
+        super().__init__(config, http)
+        self.url = config.get("URL")
+        problems = []
+        self.keys: list[bytes] = []
+        for setting in ("SECRET", "SECRET_PREVIOUS"):
+            secret = config.get(setting)
+            try:
+                key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+            except (binascii.Error, ValueError):
+                key = b""
+            if key:
+                self.keys.append(key)
+            elif secret or setting == "SECRET":
+                problems.append(f"SYNCWORKER_WEBHOOK_{setting} must be whsec_ + base64")
+        try:
+            self.max_bytes = int(config.get("MAX_BATCH_BYTES") or 1_000_000)
+        except ValueError:
+            self.max_bytes = 0
+        if self.max_bytes < 2_000:
+            problems.append("SYNCWORKER_WEBHOOK_MAX_BATCH_BYTES must be at least 2000")
+        if not self.url.startswith(("http://", "https://")):
+            problems.append("SYNCWORKER_WEBHOOK_URL must be an http(s) URL")
+        if problems:
+            raise NotConfigured(problems)
+
+    def sync(self, changes: list[ContactChange]) -> list[Outcome]:
+        """POST the batch's events (signed); a retry of the same events reuses the webhook-id."""
+        outcomes: list[Outcome | None] = [None] * len(changes)
+        chunk: list[int] = []
+        items: list[bytes] = []
+        size = ENVELOPE
+        for index, change in enumerate(changes):
+            if change.event is None:
+                outcomes[index] = Outcome.failed("no hygiene event to send")
+                continue
+            item = _dump(_event(change, change.event))
+            if chunk and size + len(item) + 1 > self.max_bytes:
+                self._send(chunk, items, changes, outcomes)
+                chunk, items, size = [], [], ENVELOPE
+            chunk.append(index)
+            items.append(item)
+            size += len(item) + 1
+        if chunk:
+            self._send(chunk, items, changes, outcomes)
+        return [o or Outcome.retry("not sent") for o in outcomes]
+
+    def _send(
+        self,
+        chunk: list[int],
+        items: list[bytes],
+        changes: list[ContactChange],
+        outcomes: list[Outcome | None],
+    ) -> None:
+        events = [changes[i].event for i in chunk]
+        newest = max(e.occurred_at for e in events if e is not None)
+        head = _dump({"type": TYPE, "timestamp": _iso(newest)})[:-1]
+        body = head + b',"data":{"events":[' + b",".join(items) + b"]}}"
+        keys = sorted(changes[i].key for i in chunk)
+        webhook_id = "msg_" + hashlib.sha256("\x1f".join(keys).encode()).hexdigest()[:32]
+        timestamp = str(int(time.time()))
+        signed = f"{webhook_id}.{timestamp}.".encode() + body
+        signatures = [
+            "v1," + base64.b64encode(hmac.new(k, signed, hashlib.sha256).digest()).decode()
+            for k in self.keys
+        ]
+        headers = {
+            "Content-Type": "application/json",
+            "webhook-id": webhook_id,
+            "webhook-timestamp": timestamp,
+            "webhook-signature": " ".join(signatures),
+        }
+        try:
+            self.http.post(self.url, data=body, headers=headers)
+            outcome = Outcome.applied(webhook_id)
+        except RetryableError as exc:
+            outcome = Outcome.retry(str(exc))
+        except PermanentError as exc:
+            outcome = Outcome.failed(f"{exc} {exc.body}".strip())
+        for index in chunk:
+            outcomes[index] = outcome
+
+
+def _event(change: ContactChange, event: HygieneEvent) -> dict[str, Any]:
+    return {
+        "key": change.key,
+        "email": change.email,
+        "kind": event.kind.value,
+        "occurred_at": _iso(event.occurred_at),
+        "source": event.source,
+        "esp": event.esp,
+        "reason": event.reason,
+        "smtp_code": event.smtp_code,
+        "message_id": event.message_id,
+        "list_id": event.list_id,
+        "state": _state(change.state),
+    }
+
+
+def _state(state: ContactState) -> dict[str, Any]:
+    return {
+        "suppressed": state.suppressed,
+        "reasons": {
+            str(name): {"at": _iso(r.at), "source": r.source, "detail": r.detail}
+            for name, r in sorted(state.reasons.items())
+        },
+        "version": state.version,
+        "updated_at": _iso(state.updated_at),
+    }
+
+
+def _dump(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
