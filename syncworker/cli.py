@@ -29,6 +29,7 @@ log = logging.getLogger("syncworker.cli")
 def load_settings(require_redis: bool = True) -> Settings:
     try:
         settings = Settings.from_env(os.environ)
+        runtime.check(settings)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     if require_redis and not settings.redis_url:

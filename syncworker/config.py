@@ -80,6 +80,8 @@ OPTIONS: dict[str, Option] = {
 }
 
 DESTINATION_COMMON = ("BASE_URL", "RATE", "BATCH_SIZE")
+# a source or destination setting whose name holds one of these is shown masked
+SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "USERNAME", "CREDENTIAL")
 
 
 @dataclass(frozen=True)
@@ -259,8 +261,9 @@ class Settings:
         for scope in (self.sources, self.destinations):
             for cfg in scope.values():
                 for key, val in cfg.values.items():
-                    secret = not key.endswith(("BASE_URL", "RATE", "BATCH_SIZE", "URL"))
-                    rows.append((f"{PREFIX}{cfg.name.upper()}_{key}", "***" if secret else val))
+                    secret = any(word in key for word in SECRET_WORDS)
+                    shown = "***" if secret and val else _mask_url(val)
+                    rows.append((f"{PREFIX}{cfg.name.upper()}_{key}", shown))
         return rows
 
 

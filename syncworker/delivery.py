@@ -188,11 +188,16 @@ class Delivery:
             self.pause(self.s.auth_pause_s, f"bad credentials ({exc.status})")
             self.requeue([c.key for c in changes], self.s.auth_pause_s)
             self.count("auth_failures")
+            body = mask_text(exc.body)[:300]  # e.g. HubSpot's MISSING_SCOPES names the fix
             log.error(
-                "destination paused dest=%s reason=bad_credentials status=%s", self.name, exc.status
+                "destination paused dest=%s reason=bad_credentials status=%s body=%s",
+                self.name,
+                exc.status,
+                body,
             )
             sentry_sdk.capture_message(
-                f"syncworker: {self.name} rejected its credentials (HTTP {exc.status}); paused",
+                f"syncworker: {self.name} rejected its credentials (HTTP {exc.status}); "
+                f"paused. Response: {body}",
                 level="error",
             )
             report.outcomes["paused"] += len(changes)

@@ -14,6 +14,7 @@ import requests
 
 from syncworker.config import DestinationConfig, Settings
 from syncworker.destinations import Destination, HttpClient, Mode, Rate, destination_class
+from syncworker.errors import ConfigError
 from syncworker.ledger import Ledger, Route
 from syncworker.queueing import connect_worker
 from syncworker.ratelimit import RateLimiter
@@ -77,6 +78,43 @@ class Runtime:
             }
         )
         return cls(settings, conn, dests, Ledger(conn, settings, route))
+
+
+def check(settings: Settings) -> None:
+    """Build every enabled source parser and destination once, offline, so that a bad key or a
+    malformed setting stops startup (and ``check-config``) instead of failing on first use."""
+    from syncworker.intake.registry import ESP_PARSERS
+
+    problems: list[str] = []
+    for source in settings.sources.values():
+        try:
+            ESP_PARSERS[source.esp](source)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    for name, config in settings.destinations.items():
+        env = f"SYNCWORKER_{name.upper()}_"
+        try:
+            klass = destination_class(name)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        try:
+            klass.effective_rate(config)
+        except ValueError:
+            problems.append(f"{env}RATE={config.get('RATE')!r}: expected N/SECONDS, e.g. 100/10")
+        try:
+            klass.effective_batch_size(config)
+        except ValueError:
+            problems.append(f"{env}BATCH_SIZE={config.get('BATCH_SIZE')!r}: expected a number")
+        http = HttpClient(name, klass.effective_base_url(config))
+        try:
+            klass(config, http)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        finally:
+            http.session.close()
+    if problems:
+        raise ConfigError(problems)
 
 
 _current: Runtime | None = None

@@ -1,4 +1,4 @@
-"""Shared fixtures: a private real redis-server per test session, settings, runtime, burst worker."""
+"""Shared fixtures: a private real redis-server per session, settings, runtime, burst worker."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ SettingsFactory = Callable[..., Settings]
 
 @pytest.fixture()
 def make_settings(redis_url: str) -> SettingsFactory:
-    """Settings for this test: ``sources={name: (esp, values)}``, ``destinations={name: values}``."""
+    """Settings for a test: ``sources={name: (esp, values)}``, ``destinations={name: values}``."""
 
     def make(
         sources: dict[str, tuple[str, dict[str, str]]] | None = None,

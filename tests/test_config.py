@@ -1,4 +1,4 @@
-"""Settings.from_env: every problem reported at once, by env var name; check-config masks secrets."""
+"""Settings.from_env: every problem at once, by env var name; check-config masks secrets."""
 
 from __future__ import annotations
 
@@ -101,3 +101,34 @@ def test_check_config_fails_with_every_problem() -> None:
     result = CliRunner().invoke(main, ["check-config"], env={"SYNCWORKER_BOGUS": "1"})
     assert result.exit_code == 1
     assert "SYNCWORKER_BOGUS is not a known setting" in result.output
+
+
+def test_check_config_builds_parsers_and_destinations() -> None:
+    """A key that cannot be loaded is a startup error, not a 401 on every request."""
+    env = {
+        "SYNCWORKER_SOURCES": "sendgrid",
+        "SYNCWORKER_SENDGRID_PUBLIC_KEY": "bm90IGEga2V5",
+        "SYNCWORKER_DESTINATIONS": "hubspot",
+        "SYNCWORKER_HUBSPOT_TOKEN": "t",
+        "SYNCWORKER_HUBSPOT_RATE": "fast",
+        "SYNCWORKER_HUBSPOT_RESUBSCRIBE_SUBSCRIPTION_IDS": "one,two",
+    }
+    result = CliRunner().invoke(main, ["check-config"], env=env)
+    assert result.exit_code == 1
+    assert "SYNCWORKER_SENDGRID_PUBLIC_KEY" in result.output
+    assert "RESUBSCRIBE_SUBSCRIPTION_IDS" in result.output
+    assert "SYNCWORKER_HUBSPOT_RATE='fast'" in result.output
+
+
+def test_check_config_shows_plain_settings_and_strips_url_credentials() -> None:
+    env = {
+        "SYNCWORKER_DESTINATIONS": "webhook,segment",
+        "SYNCWORKER_WEBHOOK_URL": "https://user:pa55word@hooks.example.com/in",
+        "SYNCWORKER_WEBHOOK_SECRET": "whsec_" + "A" * 32,
+        "SYNCWORKER_SEGMENT_WRITE_KEY": "wk-secret-value",
+    }
+    result = CliRunner().invoke(main, ["check-config"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "pa55word" not in result.output and "wk-secret-value" not in result.output
+    assert "https://user:***@hooks.example.com/in" in result.output
+    assert "SYNCWORKER_SEGMENT_USER_ID" in result.output and "email" in result.output

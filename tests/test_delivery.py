@@ -111,6 +111,7 @@ def test_bad_credentials_pause_and_keep_contacts_pending(
     assert redis_conn.llen(DEAD + "hubspot") == 0
     assert redis_conn.hlen(ATTEMPTS + "hubspot") == 0
     assert "bad_credentials" in caplog.text
+    assert "status=401" in caplog.text and "body=" in caplog.text
     assert "@" not in caplog.text
 
 

@@ -28,7 +28,9 @@ def ev(key: str, kind: Kind, at: float, email: str = "jane@example.com") -> Hygi
     return HygieneEvent(key, "sendgrid", "sendgrid", email, kind, at, reason="550 5.1.1")
 
 
-def test_hard_bounce_suppresses_at_once_with_reason_time_and_source(redis_conn: redis.Redis) -> None:
+def test_hard_bounce_suppresses_at_once_with_reason_time_and_source(
+    redis_conn: redis.Redis,
+) -> None:
     led = ledger(redis_conn)
     result = led.apply([ev("k1", Kind.HARD_BOUNCE, 1000.0)])
     assert result.effects == {"suppressed": 1}

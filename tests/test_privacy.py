@@ -1,4 +1,4 @@
-"""No address leaks: masking, job descriptions, and Sentry events captured with a local transport."""
+"""No address leaks: masking, and Sentry events captured with a local transport."""
 
 from __future__ import annotations
 

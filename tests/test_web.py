@@ -1,4 +1,4 @@
-"""The intake endpoint: order of checks, JSON errors, exactly one job per request, 503 on Redis down."""
+"""The intake endpoint: order of checks, JSON errors, one job per request, 503 on Redis down."""
 
 from __future__ import annotations
 
