@@ -6,18 +6,20 @@ import base64
 import hmac
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import orjson
-from marshmallow import Schema, ValidationError
+from marshmallow import Schema, ValidationError, fields, validate
 
 from syncworker.errors import PayloadInvalid, SignatureInvalid
-from syncworker.events import HygieneEvent
+from syncworker.events import HygieneEvent, Kind
 
 if TYPE_CHECKING:  # avoids an import cycle with config
     from syncworker.config import SourceConfig
+
+MAX_TS = 253_402_300_799  # 9999-12-31: anything later is not a real event time
 
 
 class HeaderMap(Protocol):
@@ -136,6 +138,16 @@ def check_basic_auth(request: InboundRequest, credentials: Iterable[tuple[str, s
         raise SignatureInvalid("basic auth credentials do not match")
 
 
+class BasicAuthParser(EspParser):
+    """Base of ESP modules whose requests carry HTTP Basic credentials set in the webhook URL."""
+
+    settings = ("USERNAME", "PASSWORD")
+
+    def verify(self, request: InboundRequest) -> None:
+        pairs = [(u, p) for u in self.secrets("USERNAME") for p in self.secrets("PASSWORD")]
+        check_basic_auth(request, pairs)
+
+
 def load_json(body: bytes) -> Any:
     """Parse a JSON body; PayloadInvalid with a short reason otherwise."""
     if not body.strip():
@@ -160,3 +172,50 @@ def validate_items(
         except ValidationError as exc:
             quarantined.append(Quarantined(f"invalid: {orjson.dumps(exc.messages).decode()}", item))
     return valid
+
+
+def hygiene_items(
+    items: Iterable[Any],
+    schemas: Mapping[str, Schema],
+    kind_of: Callable[[str, dict[str, Any]], Kind | None],
+    result: ParseResult,
+) -> Iterator[tuple[dict[str, Any], dict[str, Any], Kind]]:
+    """Yield ``(item, data, kind)`` for each item of a batch that is a hygiene event.
+
+    An item's code is its ``event``; ``data`` is the item loaded with ``schemas[code]`` and
+    ``kind`` is ``kind_of(code, data)``. The rest is booked in ``result``: an item without a
+    code, or one that fails its schema, is quarantined; a code without a schema, or whose data
+    has no kind, is counted as ignored.
+    """
+    for item in items:
+        code = item.get("event") if isinstance(item, dict) else None
+        if not isinstance(code, str):
+            why = "event code missing" if isinstance(item, dict) else "event is not an object"
+            result.quarantined.append(Quarantined(why, item))
+            continue
+        schema = schemas.get(code)
+        if schema is None:
+            result.ignored[code] += 1
+            continue
+        for data in validate_items(schema, [item], result.quarantined):
+            kind = kind_of(code, data)
+            if kind is None:
+                result.ignored[code] += 1
+            else:
+                yield item, data, kind
+
+
+def text(value: Any) -> str | None:
+    """Optional metadata as text; ESPs drift between numbers and strings, so accept both."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+class UnixTime(fields.Float):
+    """A required event time in Unix seconds, from 1970 to the end of 9999."""
+
+    def __init__(self) -> None:
+        super().__init__(required=True, validate=validate.Range(0, MAX_TS))

@@ -11,7 +11,7 @@ import hmac
 from typing import Any
 
 import orjson
-from marshmallow import EXCLUDE, Schema, fields, validate
+from marshmallow import EXCLUDE, Schema, fields
 
 from syncworker.errors import PayloadInvalid, SignatureInvalid
 from syncworker.events import HygieneEvent, Kind, normalize_email
@@ -20,8 +20,10 @@ from syncworker.intake.base import (
     InboundRequest,
     ParseResult,
     Quarantined,
+    UnixTime,
     equal,
     load_json,
+    text,
     validate_items,
 )
 
@@ -38,7 +40,6 @@ REASONS: dict[str, Kind] = {
     "suppress-unsubscribe": Kind.UNSUBSCRIBE,
     "suppress-complaint": Kind.SPAM_COMPLAINT,
 }
-MAX_TS = 253_402_300_799  # 9999-12-31
 
 
 class MailgunEvent(Schema):
@@ -47,7 +48,7 @@ class MailgunEvent(Schema):
 
     event = fields.String(required=True)
     recipient = fields.Email(required=True)
-    timestamp = fields.Float(required=True, validate=validate.Range(0, MAX_TS))
+    timestamp = UnixTime()
     severity = fields.String(load_default=None)
     reason = fields.String(load_default=None)
     # metadata only: read leniently by _dig, never a reason to quarantine the event
@@ -62,15 +63,6 @@ def _dig(value: Any, *keys: str) -> Any:
     for key in keys:
         value = value.get(key) if isinstance(value, dict) else None
     return value
-
-
-def _text(value: Any) -> str | None:
-    """Optional metadata as text; ESPs drift between numbers and strings, so accept both."""
-    if isinstance(value, str):
-        return value or None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return None
 
 
 class MailgunParser(EspParser):
@@ -133,7 +125,7 @@ class MailgunParser(EspParser):
             else:
                 kind = KINDS[data["event"]]
             status = data["delivery_status"]
-            reason = _text(_dig(status, "description")) or _text(_dig(status, "message"))
+            reason = text(_dig(status, "description")) or text(_dig(status, "message"))
             result.events.append(
                 HygieneEvent(
                     # event-data.id is only unique per day; the signed token is unique per post
@@ -143,9 +135,9 @@ class MailgunParser(EspParser):
                     email=normalize_email(data["recipient"]),
                     kind=kind,
                     occurred_at=data["timestamp"],
-                    message_id=_text(_dig(data["message"], "headers", "message-id")),
+                    message_id=text(_dig(data["message"], "headers", "message-id")),
                     reason=reason or data["reason"],
-                    smtp_code=_text(_dig(status, "code")),
+                    smtp_code=text(_dig(status, "code")),
                     raw=item,
                 )
             )

@@ -13,15 +13,14 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields
 
-from syncworker.errors import PayloadInvalid, SignatureInvalid
+from syncworker.errors import PayloadInvalid
 from syncworker.events import HygieneEvent, Kind, content_key, normalize_email
 from syncworker.intake.base import (
-    EspParser,
-    InboundRequest,
+    BasicAuthParser,
     ParseResult,
     Quarantined,
-    check_basic_auth,
     load_json,
+    text,
     validate_items,
 )
 
@@ -105,15 +104,6 @@ SCHEMAS: dict[str, Schema] = {
 }
 
 
-def _text(value: Any) -> str | None:
-    """Optional metadata as text; ESPs drift between numbers and strings, so accept both."""
-    if isinstance(value, str):
-        return value or None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return None
-
-
 def _kind(record: str, data: dict[str, Any]) -> Kind | None:
     if record == "Bounce":
         return BOUNCE_TYPES[data["Type"]]
@@ -127,17 +117,9 @@ def _kind(record: str, data: dict[str, Any]) -> Kind | None:
     return SUPPRESSION_REASONS.get(data["reason"] or "", Kind.UNSUBSCRIBE)
 
 
-class PostmarkParser(EspParser):
+class PostmarkParser(BasicAuthParser):
     esp = "postmark"
-    settings = ("USERNAME", "PASSWORD")
     verification = "HTTP Basic credentials in the webhook URL"
-
-    def verify(self, request: InboundRequest) -> None:
-        pairs = [(u, p) for u in self.secrets("USERNAME") for p in self.secrets("PASSWORD")]
-        try:
-            check_basic_auth(request, pairs)
-        except ValueError:  # non-ASCII Authorization header: base64 refuses it with ValueError
-            raise SignatureInvalid("basic auth header malformed") from None
 
     def parse(self, body: bytes) -> ParseResult:
         item = load_json(body)
@@ -167,8 +149,8 @@ class PostmarkParser(EspParser):
         self, record: str, item: dict[str, Any], data: dict[str, Any], kind: Kind
     ) -> HygieneEvent:
         email = normalize_email(data["email"])
-        message_id = _text(data["MessageID"])
-        record_id = _text(data.get("ID"))
+        message_id = text(data["MessageID"])
+        record_id = text(data.get("ID"))
         key = (
             f"postmark:{record}:{record_id}"  # the bounce record's own id, stable across retries
             if record_id
@@ -184,7 +166,7 @@ class PostmarkParser(EspParser):
             kind=kind,
             occurred_at=data["occurred_at"],
             message_id=message_id,
-            reason=_text(data["reason"]) or data.get("Type"),
-            list_id=_text(data["MessageStream"]) if scoped else None,
+            reason=text(data["reason"]) or data.get("Type"),
+            list_id=text(data["MessageStream"]) if scoped else None,
             raw=item,
         )

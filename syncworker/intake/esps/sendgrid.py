@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from marshmallow import EXCLUDE, Schema, fields, validate
+from marshmallow import EXCLUDE, Schema, fields
 
 from syncworker.errors import ConfigError, PayloadInvalid, SignatureInvalid
 from syncworker.events import HygieneEvent, Kind, content_key, normalize_email
@@ -22,9 +22,10 @@ from syncworker.intake.base import (
     EspParser,
     InboundRequest,
     ParseResult,
-    Quarantined,
+    UnixTime,
+    hygiene_items,
     load_json,
-    validate_items,
+    text,
 )
 
 if TYPE_CHECKING:
@@ -56,7 +57,6 @@ DROP_REASONS: dict[str, Kind] = {
 # `deferred` is a temporary delay, not a bounce; processed/delivered/open/click are engagement
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
-MAX_TS = 253_402_300_799  # 9999-12-31: anything later is not a real event time
 
 
 class SendGridEvent(Schema):
@@ -64,7 +64,7 @@ class SendGridEvent(Schema):
         unknown = EXCLUDE
 
     email = fields.Email(required=True)
-    timestamp = fields.Float(required=True, validate=validate.Range(0, MAX_TS))
+    timestamp = UnixTime()
     sg_message_id = fields.Raw(load_default=None)
 
 
@@ -78,6 +78,7 @@ class SendGridGroupEvent(SendGridEvent):
     asm_group_id = fields.Raw(load_default=None)
 
 
+# events without a schema are not hygiene events, or ones SendGrid added since: they are ignored
 SCHEMAS: dict[str, Schema] = {code: SendGridEvent() for code in KINDS}
 SCHEMAS.update(
     bounce=SendGridBounce(),
@@ -85,15 +86,6 @@ SCHEMAS.update(
     group_unsubscribe=SendGridGroupEvent(),
     group_resubscribe=SendGridGroupEvent(),
 )
-
-
-def _text(value: Any) -> str | None:
-    """Optional metadata as text; ESPs drift between numbers and strings, so accept both."""
-    if isinstance(value, str):
-        return value or None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return None
 
 
 def _kind(code: str, data: dict[str, Any]) -> Kind | None:
@@ -163,38 +155,24 @@ class SendGridParser(EspParser):
         if not isinstance(items, list):
             raise PayloadInvalid("expected a JSON array of events")
         result = ParseResult()
-        for item in items:
-            code = item.get("event") if isinstance(item, dict) else None
-            if not isinstance(code, str):
-                why = "event code missing" if isinstance(item, dict) else "event is not an object"
-                result.quarantined.append(Quarantined(why, item))
-                continue
-            schema = SCHEMAS.get(code)
-            if schema is None:  # not a hygiene event, or one SendGrid added since
-                result.ignored[code] += 1
-                continue
-            for data in validate_items(schema, [item], result.quarantined):
-                kind = _kind(code, data)
-                if kind is None:
-                    result.ignored[code] += 1
-                    continue
-                email = normalize_email(data["email"])
-                message_id = _text(data["sg_message_id"])
-                # sg_event_id changes between retried copies of one event, so it cannot dedupe
-                key = content_key(self.esp, email, kind, data["timestamp"], message_id)
-                result.events.append(
-                    HygieneEvent(
-                        key=key,
-                        source=self.name,
-                        esp=self.esp,
-                        email=email,
-                        kind=kind,
-                        occurred_at=data["timestamp"],
-                        message_id=message_id,
-                        reason=data.get("reason"),
-                        smtp_code=_text(data.get("status")),
-                        list_id=_text(data.get("asm_group_id")),
-                        raw=item,
-                    )
+        for item, data, kind in hygiene_items(items, SCHEMAS, _kind, result):
+            email = normalize_email(data["email"])
+            message_id = text(data["sg_message_id"])
+            # sg_event_id changes between retried copies of one event, so it cannot dedupe
+            key = content_key(self.esp, email, kind, data["timestamp"], message_id)
+            result.events.append(
+                HygieneEvent(
+                    key=key,
+                    source=self.name,
+                    esp=self.esp,
+                    email=email,
+                    kind=kind,
+                    occurred_at=data["timestamp"],
+                    message_id=message_id,
+                    reason=data.get("reason"),
+                    smtp_code=text(data.get("status")),
+                    list_id=text(data.get("asm_group_id")),
+                    raw=item,
                 )
+            )
         return result
