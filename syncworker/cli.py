@@ -148,10 +148,18 @@ def _run_rq_worker(settings: Settings, queue_name: str, burst: bool) -> None:
     conn = connect_worker(settings.redis_url)
     runtime.configure(runtime.Runtime.build(settings, conn))
     klass = SimpleWorker if settings.worker_class == "simple" else Worker
-    w = klass([queue_name], connection=conn, serializer=JSONSerializer, default_result_ttl=0)
+    w = klass(
+        [queue_name],
+        connection=conn,
+        serializer=JSONSerializer,
+        default_result_ttl=0,
+        # abandoned jobs (a worker killed mid-job) are found by this sweep; RQ's default is 10 min
+        maintenance_interval=60,
+    )
     w.work(
         burst=burst,
-        with_scheduler=False,
+        # a failed or abandoned ingest job is retried after a delay: RQ's scheduler requeues it
+        with_scheduler=True,
         logging_level=logging.getLevelName(log.getEffectiveLevel()),
     )
 

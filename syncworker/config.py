@@ -229,7 +229,13 @@ class Settings:
             destinations[name] = DestinationConfig(name=name, values=vals)
 
         for key in sorted(environ):
-            if key.startswith(PREFIX) and key not in used:
+            if not key.startswith(PREFIX):
+                continue
+            try:
+                environ[key].encode("utf-8")
+            except UnicodeEncodeError:
+                problems.append(f"{key} is not valid UTF-8")
+            if key not in used:
                 problems.append(
                     f"{key} is not a known setting (typo, or its source/destination off)"
                 )
