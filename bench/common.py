@@ -28,12 +28,20 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
             time.sleep(0.05)
 
 
-def gunicorn(app: str, port: int, workers: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def gunicorn(
+    app: str, port: int, workers: int, threads: int, env: dict[str, str], worker_class: str
+) -> subprocess.Popen[bytes]:
+    """``app`` under gunicorn with syncworker's production config (``worker_class`` aside)."""
     args = [
-        sys.executable, "-m", "gunicorn", "--workers", str(workers),
-        "--bind", f"127.0.0.1:{port}", "--log-level", "warning", "--no-control-socket", app,
+        sys.executable, "-m", "gunicorn", "--config", "python:syncworker.gunicorn_config",
+        "--worker-class", worker_class, "--log-level", "warning", app,
     ]  # fmt: skip
-    proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env})
+    settings = {
+        "SYNCWORKER_BIND": f"127.0.0.1:{port}",
+        "WEB_CONCURRENCY": str(workers),
+        "WEB_THREADS": str(threads),
+    }
+    proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env, **settings})
     wait_http(f"http://127.0.0.1:{port}/")
     return proc
 

@@ -6,12 +6,14 @@ import multiprocessing
 import os
 
 bind = os.environ.get("SYNCWORKER_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", str(min(8, multiprocessing.cpu_count() * 2 + 1))))
+# Threaded workers: requests of one process that arrive together share one Redis write (the
+# intake's group commit), and ESPs that keep connections alive are served on them.
+worker_class = "gthread"
+workers = int(os.environ.get("WEB_CONCURRENCY", str(multiprocessing.cpu_count())))
+threads = int(os.environ.get("WEB_THREADS", "8"))
 timeout = 30
 # one control socket per host by default; several instances (tests, benchmarks) must not share it
 control_socket_disable = True
 graceful_timeout = 20
 keepalive = 5
-# ESPs retry on failure; a worker that died mid-request is covered by that retry.
-max_requests = 20000
-max_requests_jitter = 2000
+# No max_requests: at thousands of webhooks a second it would restart workers every few seconds.

@@ -6,7 +6,9 @@ job descriptions at INFO.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -14,13 +16,37 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from rq import Queue
 from rq import Retry as JobRetry
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
+from rq.utils import now
 
 INGEST = "syncworker-ingest"
 DELIVER = "syncworker-deliver"
 QUEUES = (INGEST, DELIVER)
 STATS = "sw:stats"
+
+# Writes a batch of RQ jobs atomically in one command: each job's hash (as ``Job.to_dict()``
+# gives it), its id pushed on the queue, the queue registered, the intake counters bumped.
+ENQUEUE_LUA = """
+local queue, queues, stats = ARGV[1], ARGV[2], ARGV[3]
+local i = 5
+for _ = 1, tonumber(ARGV[4]) do
+  redis.call('HINCRBY', stats, ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+local pushed = 0
+while i <= #ARGV do
+  local key, id, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  i = i + 3
+  redis.call('HSET', key, unpack(ARGV, i, i + 2 * n - 1))
+  i = i + 2 * n
+  redis.call('RPUSH', queue, id)
+  pushed = pushed + 1
+end
+if pushed > 0 then redis.call('SADD', queues, queue) end
+return pushed
+"""
+INGEST_TIMEOUT = 600  # seconds an ingest job may run (a 10 MB body is ~30k events: ~2 s)
 
 
 def connect(url: str, timeout: float = 1.0) -> redis.Redis:
@@ -44,12 +70,38 @@ def queue(conn: redis.Redis, name: str) -> Queue:
     return Queue(name, connection=conn, serializer=JSONSerializer)
 
 
-class Enqueuer:
-    """Enqueues an ingest job and bumps intake counters in one pipelined round trip."""
+@dataclass(eq=False)
+class _Slot:
+    """One request's job and counters, waiting to be written."""
 
-    def __init__(self, conn: redis.Redis) -> None:
+    job: Job | None
+    counters: Mapping[str, int]
+    woken: threading.Event = field(default_factory=threading.Event)
+    lead: bool = False  # woken to write the next batch, not because its own was written
+    error: BaseException | None = None
+
+
+class Enqueuer:
+    """Writes each accepted request's ingest job, and its counters, to Redis before the 200.
+
+    ``Queue.enqueue`` sends about eight commands per job and runs RQ's dependency machinery; at
+    one job per webhook request that, and the round trip, are most of intake's cost. An ingest
+    job has no dependencies and no TTL, so this writes the hash RQ's ``Job.to_dict()`` gives and
+    pushes the id in one atomic script call. Concurrent requests of one process (threaded
+    gunicorn workers) share that round trip: the first to arrive writes every waiting request's
+    job in one call (group commit); each request returns once the call holding its job has
+    succeeded, and raises its error otherwise. The worker sees ordinary RQ jobs.
+    """
+
+    def __init__(self, conn: redis.Redis, max_batch: int = 256) -> None:
         self.conn = conn
         self.queue = queue(conn, INGEST)
+        self.max_batch = max_batch
+        self._script = conn.register_script(ENQUEUE_LUA)
+        self._lock = threading.Lock()
+        self._waiting: list[_Slot] = []
+        self._writing = False
+        self.transactions = 0  # round trips made, for tests and benchmarks
 
     def ingest(
         self,
@@ -57,19 +109,73 @@ class Enqueuer:
         description: str,
         counters: Mapping[str, int],
     ) -> str | None:
-        with self.conn.pipeline() as pipe:
-            job: Job | None = None
-            if payload is not None:
-                job = self.queue.enqueue_call(
-                    "syncworker.jobs.ingest",
-                    args=(payload,),
-                    description=description,
-                    result_ttl=0,  # nobody reads the result; a kept one costs ~6.5 KB
-                    failure_ttl=30 * 86400,  # a failed ingest stays inspectable and requeueable
-                    retry=JobRetry(max=3, interval=[5, 30, 120]),
-                    pipeline=pipe,
-                )
-            for field, amount in counters.items():
-                pipe.hincrby(STATS, field, amount)
-            pipe.execute()
+        job: Job | None = None
+        if payload is not None:
+            job = self.queue.create_job(
+                "syncworker.jobs.ingest",
+                args=(payload,),
+                description=description,
+                timeout=INGEST_TIMEOUT,
+                result_ttl=0,  # nobody reads the result; a kept one costs ~6.5 KB
+                failure_ttl=30 * 86400,  # a failed ingest stays inspectable and requeueable
+                retry=JobRetry(max=3, interval=[5, 30, 120]),
+                status=JobStatus.QUEUED,
+            )
+            job.enqueued_at = now()
+        self._commit(_Slot(job, counters))
         return job.id if job is not None else None
+
+    def _commit(self, slot: _Slot) -> None:
+        with self._lock:
+            self._waiting.append(slot)
+            follow = self._writing
+            self._writing = True
+        if follow:
+            slot.woken.wait()  # woken once: its batch was written, or it is to write the next
+            if not slot.lead:
+                if slot.error is not None:
+                    # a follower raises its own instance: tracebacks are not shared by threads
+                    raise _copy(slot.error) from slot.error
+                return
+        with self._lock:
+            batch = self._waiting[: self.max_batch]
+            del self._waiting[: self.max_batch]
+        try:
+            self._write(batch)
+        except BaseException as exc:
+            for other in batch:
+                other.error = exc
+        with self._lock:
+            successor = self._waiting[0] if self._waiting else None
+            self._writing = successor is not None
+        for other in batch:
+            if other is not slot:
+                other.woken.set()
+        if successor is not None:
+            successor.lead = True
+            successor.woken.set()
+        if slot.error is not None:
+            raise slot.error
+
+    def _write(self, batch: list[_Slot]) -> None:
+        totals: dict[str, int] = {}
+        jobs: list[Any] = []
+        for slot in batch:
+            for name, amount in slot.counters.items():
+                totals[name] = totals.get(name, 0) + amount
+            if slot.job is not None:
+                mapping = slot.job.to_dict()
+                jobs += [slot.job.key, slot.job.id, len(mapping)]
+                for item in mapping.items():
+                    jobs += item
+        counters = [x for item in totals.items() for x in item]
+        args = [self.queue.key, self.queue.redis_queues_keys, STATS, len(totals), *counters, *jobs]
+        self._script(args=args)
+        self.transactions += 1
+
+
+def _copy(exc: BaseException) -> BaseException:
+    try:
+        return type(exc)(*exc.args)
+    except Exception:  # an exception type with an unusual constructor
+        return redis.ConnectionError(f"queue write failed: {type(exc).__name__}")

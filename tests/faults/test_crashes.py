@@ -103,14 +103,26 @@ def test_worker_killed_mid_ingest_job_is_retried_and_applied_once(
 
     restarted = start_worker(env, tmp_path / "worker2.log")
     try:
+        # a finished job is deleted (result_ttl=0); a failed one would stay in the failed registry
         wait_until(
-            lambda: hubspot.opted_out == set(EMAILS) and queue.count == 0,
-            90,
-            "the retried ingest and its deliveries",
+            lambda: not redis_conn.exists(f"rq:job:{job_id}"),
+            120,
+            "the retried ingest job to finish",
+            interval=0.2,
+        )
+        wait_until(
+            lambda: (
+                hubspot.opted_out == set(EMAILS)
+                and redis_conn.zcard(PENDING + "hubspot") == 0
+                and redis_conn.zcard(INFLIGHT + "hubspot") == 0
+            ),
+            60,
+            "the deliveries",
             interval=0.2,
         )
     finally:
         restarted.stop()
+    assert queue.failed_job_registry.count == 0
     history = redis_conn.llen("sw:h:" + EMAILS[0])
     assert history == 50  # capped; and each key was applied once:
     keys = {k.decode() for k in redis_conn.scan_iter("sw:k:crash-*", count=10_000)}

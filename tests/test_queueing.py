@@ -1,0 +1,110 @@
+"""Intake's enqueue: ordinary RQ jobs, group commit across threads, errors reach every request."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+import redis
+from rq import Queue, SimpleWorker
+from rq.serializers import JSONSerializer
+
+from syncworker.queueing import INGEST, STATS, Enqueuer, connect
+from syncworker.redis_server import RedisServer, free_port
+
+
+def payload(i: int) -> dict[str, Any]:
+    return {"source": "t", "events": [], "quarantined": [], "n": i}
+
+
+def run_threads(n: int, target: Any) -> list[threading.Thread]:
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+        assert not t.is_alive(), "a request thread never returned"
+    return threads
+
+
+def test_jobs_are_ordinary_rq_jobs(
+    redis_conn: redis.Redis, use_runtime: Any, make_settings: Any
+) -> None:
+    use_runtime(make_settings())
+    job_id = Enqueuer(redis_conn).ingest(payload(1), "ingest source=t events=0", {"in:t:x": 1})
+    queue = Queue(INGEST, connection=redis_conn, serializer=JSONSerializer)
+    job = queue.fetch_job(job_id or "")
+    assert job is not None and list(job.args) == [payload(1)]
+    assert job.description == "ingest source=t events=0"
+    assert job.retries_left == 3 and job.result_ttl == 0
+    assert redis_conn.ttl(f"rq:job:{job_id}") == -1
+    worker = SimpleWorker([queue], connection=redis_conn, serializer=JSONSerializer)
+    worker.work(burst=True, logging_level="WARNING")
+    assert queue.count == 0 and queue.failed_job_registry.count == 0
+    assert redis_conn.hget(STATS, "in:t:x") == b"1"
+
+
+def test_concurrent_requests_share_writes_and_each_job_lands_once(
+    redis_conn: redis.Redis, redis_url: str
+) -> None:
+    enqueuer = Enqueuer(connect(redis_url, timeout=5.0))
+    start = threading.Barrier(16)
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def request(i: int) -> None:
+        start.wait()
+        for j in range(25):
+            job_id = enqueuer.ingest(payload(i * 100 + j), "ingest", {"in:t:bounce": 1})
+            with lock:
+                ids.append(job_id or "")
+
+    # hold writes for a moment so that requests pile up behind the first writer
+    redis_conn.execute_command("CLIENT", "PAUSE", "300", "WRITE")
+    run_threads(16, request)
+    queued = [i.decode() for i in redis_conn.lrange(f"rq:queue:{INGEST}", 0, -1)]
+    assert sorted(queued) == sorted(ids) and len(set(ids)) == 400
+    assert redis_conn.hget(STATS, "in:t:bounce") == b"400"
+    assert enqueuer.transactions < 400, "requests waiting together were written together"
+    queue = Queue(INGEST, connection=redis_conn, serializer=JSONSerializer)
+    args = sorted(queue.fetch_job(i).args[0]["n"] for i in ids[:50])  # type: ignore[union-attr]
+    assert len(set(args)) == 50
+
+
+def test_redis_down_fails_every_waiting_request_and_recovers() -> None:
+    port = free_port()
+    enqueuer = Enqueuer(connect(f"redis://127.0.0.1:{port}/0", timeout=0.5))
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def request(i: int) -> None:
+        try:
+            enqueuer.ingest(payload(i), "ingest", {"in:t:x": 1})
+        except BaseException as exc:
+            with lock:
+                errors.append(exc)
+
+    run_threads(12, request)
+    assert len(errors) == 12
+    assert all(isinstance(e, redis.ConnectionError) for e in errors)
+    assert len({id(e) for e in errors}) == 12, "each request raises its own exception"
+    with RedisServer(port=port) as server:
+        assert enqueuer.ingest(payload(0), "ingest", {}) is not None
+        conn = redis.Redis.from_url(server.url)
+        assert conn.llen(f"rq:queue:{INGEST}") == 1
+        conn.close()
+
+
+def test_counters_alone_need_no_job(redis_conn: redis.Redis) -> None:
+    assert Enqueuer(redis_conn).ingest(None, "x", {"in:t:Delivery": 2}) is None
+    assert redis_conn.llen(f"rq:queue:{INGEST}") == 0
+    assert redis_conn.hget(STATS, "in:t:Delivery") == b"2"
+
+
+def test_a_failed_write_does_not_poison_the_next_one(redis_conn: redis.Redis) -> None:
+    enqueuer = Enqueuer(redis_conn)
+    with pytest.raises(TypeError):
+        enqueuer.ingest({"x": {1, 2}}, "x", {})  # not JSON: the write fails before Redis
+    assert enqueuer.ingest(payload(1), "x", {}) is not None
+    assert redis_conn.llen(f"rq:queue:{INGEST}") == 1
