@@ -211,3 +211,9 @@ def test_probes(client: FlaskClient) -> None:
     metrics = client.get("/metrics")
     assert metrics.status_code == 200
     assert b"syncworker_ingest_backlog" in metrics.data
+
+
+def test_head_answers_for_configured_sources_only(client: FlaskClient) -> None:
+    """Mandrill, for one, checks a webhook URL with HEAD before saving it."""
+    assert client.head("/webhooks/postmark").status_code == 200
+    assert client.head("/webhooks/nosuch").status_code == 404

@@ -18,6 +18,14 @@ log = logging.getLogger(__name__)
 bp = Blueprint("intake", __name__, url_prefix="/webhooks")
 
 
+@bp.route("/<source>", methods=["HEAD"])
+def probe(source: str) -> tuple[str, int]:
+    """Some ESPs (Mandrill) check that a webhook URL answers before they save it."""
+    if source not in current_app.extensions["syncworker"].parsers:
+        raise UnknownEsp(f"no source named {source!r} is configured")
+    return "", 200
+
+
 @bp.post("/<source>")
 def receive(source: str) -> tuple[Response, int]:
     state = current_app.extensions["syncworker"]

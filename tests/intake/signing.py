@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import importlib
 import json
+import pkgutil
 import secrets
 import time
 from collections.abc import Callable
@@ -129,6 +131,9 @@ class EspSigner:
     #: False where the signature lives inside the JSON body, so arbitrary bytes cannot be signed
     signs_any_bytes: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    #: a payload case in tests/payloads/<esp>/ and the hygiene kinds it must yield, counted; the
+    #: end-to-end test posts it through the real endpoint and finds those kinds in the ledger
+    sample: tuple[str, dict[str, int]] = ("", {})
 
     def config(self, **values: str) -> SourceConfig:
         return SourceConfig(name=self.esp, esp=self.esp, values={**self.values, **values})
@@ -151,6 +156,16 @@ def _sendgrid() -> EspSigner:
             "sg_event_id": "x",
         },
         extra={"private_key": private},
+        sample=(
+            "batch",
+            {
+                "unsubscribe": 3,
+                "hard_bounce": 2,
+                "spam_complaint": 2,
+                "blocked": 1,
+                "resubscribe": 1,
+            },
+        ),
     )
 
 
@@ -179,10 +194,13 @@ def _mailgun() -> EspSigner:
         },
         wrong_shape=b'{"event-data": "not an object"}',
         signs_any_bytes=False,
+        sample=("failed_permanent", {"hard_bounce": 1}),
     )
 
 
-def _basic_auth(esp: str, unknown_event: dict[str, Any], single: bool) -> EspSigner:
+def _basic_auth(
+    esp: str, unknown_event: dict[str, Any], single: bool, sample: tuple[str, dict[str, int]]
+) -> EspSigner:
     user, password = f"{esp}-hooks", secrets.token_urlsafe(18)
     return EspSigner(
         esp=esp,
@@ -190,6 +208,7 @@ def _basic_auth(esp: str, unknown_event: dict[str, Any], single: bool) -> EspSig
         sign=lambda body: request(body, basic_auth_header(user, password)),
         envelope=(lambda event: orjson.dumps(event)) if single else lambda e: orjson.dumps([e]),
         unknown_event=unknown_event,
+        sample=sample,
     )
 
 
@@ -200,20 +219,38 @@ SIGNERS: dict[str, Callable[[], EspSigner]] = {
         "postmark",
         {"RecordType": UNKNOWN_CODE, "Recipient": "someone@example.com", "MessageID": "x"},
         single=True,
+        sample=("bounce_hard", {"hard_bounce": 1}),
     ),
     "mailjet": lambda: _basic_auth(
         "mailjet",
         {"event": UNKNOWN_CODE, "time": 1700000000, "email": "someone@example.com"},
         single=False,
+        sample=(
+            "grouped",
+            {"soft_bounce": 1, "blocked": 1, "spam_complaint": 1, "unsubscribe": 1},
+        ),
     ),
 }
 
 
+def _discover_signers() -> None:
+    """Add ``tests/intake/signers/<esp>.py`` modules (each defines ``signer()``) to SIGNERS."""
+    from tests.intake import signers
+
+    for info in pkgutil.iter_modules(signers.__path__):
+        module = importlib.import_module(f"{signers.__name__}.{info.name}")
+        SIGNERS[info.name] = module.signer
+
+
+_discover_signers()
+
+
 def signer_for(esp: str) -> EspSigner:
-    """The signer of ``esp``; a loud failure names the file to extend when there is none."""
+    """The signer of ``esp``; a loud failure names the file to add when there is none."""
     factory = SIGNERS.get(esp)
     if factory is None:
         raise LookupError(
-            f"ESP {esp!r} is in ESP_PARSERS but has no signer: add one to SIGNERS in {__file__}"
+            f"ESP {esp!r} is in ESP_PARSERS but has no signer: add tests/intake/signers/{esp}.py"
+            " defining signer() -> EspSigner"
         )
     return factory()

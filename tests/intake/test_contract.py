@@ -45,7 +45,7 @@ def signer(request: pytest.FixtureRequest) -> EspSigner:
 
 def test_every_esp_has_a_signer() -> None:
     missing = sorted(set(ESP_PARSERS) - set(SIGNERS))
-    assert not missing, f"add a signer to tests/intake/signing.py SIGNERS for: {missing}"
+    assert not missing, f"add tests/intake/signers/<esp>.py (signer()) for: {missing}"
 
 
 def test_parser_declares_its_slug_settings_and_verification(signer: EspSigner) -> None:

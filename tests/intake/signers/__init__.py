@@ -1,0 +1,1 @@
+"""One module per ESP added after the first four: ``signer() -> EspSigner``, found automatically."""
