@@ -47,15 +47,10 @@ def test_every_source_yields_its_kinds_in_the_ledger(
         with requests.Session() as http:
             for esp, signer in signers.items():
                 signed = signer.sign(payload(esp, signer.sample[0]))
-                assert (
-                    signed.url in ("", f"{PUBLIC_URL}/webhooks/{esp}")
-                    or not ESP_PARSERS[esp].signs_url
-                ), f"{esp}: sign for {PUBLIC_URL}/webhooks/{esp}"
-                answer = http.post(
-                    f"{url}/webhooks/{esp}",
-                    data=signed.body,
-                    headers=dict(signed.headers.items()),  # type: ignore[attr-defined]
-                )
+                if ESP_PARSERS[esp].signs_url:
+                    assert signed.url == f"{PUBLIC_URL}/webhooks/{esp}", f"{esp}: sign that URL"
+                headers = dict(signed.headers)  # type: ignore[call-overload]
+                answer = http.post(f"{url}/webhooks/{esp}", data=signed.body, headers=headers)
                 assert answer.status_code == 200, (esp, answer.text)
                 assert answer.json()["accepted"] == sum(signer.sample[1].values()), esp
         worker = start_worker(env, tmp_path / "worker.log")
