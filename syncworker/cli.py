@@ -254,6 +254,28 @@ def replay(destination: str) -> None:
 
 
 @main.command()
+@click.argument("destination")
+@click.option("--restart", is_flag=True, help="start over instead of resuming a stopped run")
+@click.option("--chunk", default=500, show_default=True, help="addresses per step")
+def reconcile(destination: str, restart: bool, chunk: int) -> None:
+    """Backfill a (newly added) destination with every suppressed address in the ledger."""
+    from syncworker import reconcile as backfill
+
+    rt = load_runtime()
+    if destination not in rt.destinations:
+        enabled = ", ".join(rt.destinations) or "none"
+        raise click.ClickException(f"{destination!r} is not enabled (enabled: {enabled})")
+    progress = backfill.start(rt, destination, restart=restart)
+    if progress.resumed:
+        click.echo(f"resuming: {progress.done} of {progress.total} addresses already walked")
+    remaining = max(0, progress.total - progress.done)
+    with click.progressbar(length=remaining, label=f"reconcile {destination}") as bar:
+        backfill.run(rt, destination, progress, chunk=chunk, on_chunk=bar.update)
+    what = "contacts" if rt.destinations[destination].mode.value == "state" else "events"
+    click.echo(f"{destination}: {progress.marked} {what} pending; the worker delivers them")
+
+
+@main.command()
 def status() -> None:
     """Queues, pending work, pauses, dead letters and counters."""
     from syncworker.status import overview

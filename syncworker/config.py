@@ -79,7 +79,7 @@ OPTIONS: dict[str, Option] = {
     ),
 }
 
-DESTINATION_COMMON = ("BASE_URL", "RATE", "BATCH_SIZE")
+DESTINATION_COMMON = ("BASE_URL", "RATE", "BATCH_SIZE", "DRY_RUN")
 # a source or destination setting whose name holds one of these is shown masked
 SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "USERNAME", "CREDENTIAL")
 

@@ -207,8 +207,23 @@ class Delivery:
             outcomes = [Outcome.retry(mask_text(str(exc)))] * len(changes)
         except PermanentError as exc:
             outcomes = [Outcome.failed(mask_text(f"{exc} {exc.body}".strip()))] * len(changes)
-        self.record(changes, outcomes, report)
+        if self.dest.dry_run:
+            self.record_dry_run(changes, report)
+        else:
+            self.record(changes, outcomes, report)
         return True
+
+    def record_dry_run(self, changes: list[ContactChange], report: Report) -> None:
+        """A dry run consumes the batch and says so in each contact's sync status."""
+        now = time.time()
+        with self.conn.pipeline(transaction=True) as pipe:
+            for change in changes:
+                pipe.zrem(INFLIGHT + self.name, change.key)
+                status = {"status": "dry_run", "at": now, "version": change.state.version}
+                pipe.hset(SYNC + change.email, self.name, orjson.dumps(status))
+            pipe.hincrby(DSTATS + self.name, "dry_run", len(changes))
+            pipe.execute()
+        report.outcomes["dry_run"] += len(changes)
 
     def build(self, ids: list[str]) -> tuple[list[ContactChange], list[str]]:
         """ContactChanges for ids taken from the pending set, with the ledger's state *now*."""

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import email.utils
 import importlib
+import json
+import logging
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -35,6 +38,9 @@ from syncworker.events import (
     Kind,
     ReasonEntry,
 )
+from syncworker.privacy import mask_text
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "MANUAL",
@@ -159,6 +165,7 @@ class HttpClient:
         timeout: float = 15.0,
         before_request: Callable[[], None] | None = None,
         headers: Mapping[str, str] | None = None,
+        dry_run: bool = False,
     ) -> None:
         self.destination = destination
         self.base_url = base_url.rstrip("/")
@@ -169,6 +176,8 @@ class HttpClient:
             self.session.headers.update(headers)
         self.session.headers.setdefault("User-Agent", "syncworker")
         self.requests_made = 0
+        #: dry run: nothing is sent; each request is logged (addresses masked) and answered 200 {}
+        self.dry_run = dry_run
 
     def request(
         self,
@@ -183,6 +192,8 @@ class HttpClient:
         url = path if path.startswith(("http://", "https://")) else self.base_url + path
         kwargs.setdefault("timeout", self.timeout)
         self.requests_made += 1
+        if self.dry_run:
+            return self._dry_run(method, url, kwargs)
         try:
             response = self.session.request(method, url, **kwargs)
         except requests.Timeout as exc:
@@ -203,6 +214,28 @@ class HttpClient:
         if status == 408 or status >= 500:
             raise RetryableError(self.destination, "server error", status=status, body=body)
         raise PermanentError(self.destination, "request rejected", status=status, body=body)
+
+    def _dry_run(self, method: str, url: str, kwargs: dict[str, Any]) -> requests.Response:
+        payload = kwargs.get("json", kwargs.get("data"))
+        if isinstance(payload, bytes | bytearray):
+            text = payload.decode("utf-8", "replace")
+        else:
+            text = json.dumps(payload, default=str) if payload is not None else ""
+        params = kwargs.get("params")
+        log.info(
+            "dry-run dest=%s request=%s %s params=%s body=%s",
+            self.destination,
+            method,
+            mask_text(urllib.parse.unquote(url.split("?", 1)[0])),
+            mask_text(json.dumps(params, default=str)) if params else "",
+            mask_text(text)[:2000],
+        )
+        response = requests.Response()
+        response.status_code = 200
+        response._content = b"{}"
+        response.headers["Content-Type"] = "application/json"
+        response.url = url
+        return response
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
         return self.request("GET", path, **kwargs)

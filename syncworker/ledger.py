@@ -7,7 +7,8 @@ one pipelined round trip.
 
 Keys: ``sw:c:<addr>`` state hash, ``sw:h:<addr>`` history list, ``sw:sync:<addr>`` destination
 -> sync status, ``sw:k:<event key>`` dedupe marker, ``sw:ev:<event key>`` an event awaiting
-event-stream destinations, ``sw:pending:<dest>`` due time of each pending id.
+event-stream destinations, ``sw:pending:<dest>`` due time of each pending id, ``sw:contacts``
+every address.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ SYNC = "sw:sync:"
 DEDUPE = "sw:k:"
 EVENT = "sw:ev:"
 PENDING = "sw:pending:"
+CONTACTS = "sw:contacts"  # every address the ledger holds (reconcile walks it)
 
 # Kinds that suppress at once; soft bounces and blocks suppress after N within a window.
 IMMEDIATE = frozenset({Kind.HARD_BOUNCE, Kind.SPAM_COMPLAINT, Kind.UNSUBSCRIBE, MANUAL})
@@ -125,6 +127,7 @@ local changed = (names(reasons) ~= before) or (suppressed ~= was)
 if effect == 'suppressed' and not changed then effect = 'already' end
 if changed then version = version + 1 end
 local function enc(tbl) if next(tbl) == nil then return '{}' end return cjson.encode(tbl) end
+redis.call('SADD', KEYS[6], ev.email)
 redis.call('HSET', KEYS[1], 'email', ev.email, 'reasons', enc(reasons), 'soft', enc(soft),
   'cleared', enc(cleared), 'version', version, 'suppressed', suppressed and '1' or '0',
   'updated_at', now)
@@ -135,14 +138,14 @@ local s, e = tonumber(ARGV[8]), tonumber(ARGV[9])
 if changed then
   local status = cjson.encode({status = 'pending', since = now, version = version})
   for i = 1, s do
-    redis.call('ZADD', KEYS[5 + i], 'NX', now, ev.email)
+    redis.call('ZADD', KEYS[6 + i], 'NX', now, ev.email)
     redis.call('HSET', KEYS[4], ARGV[10 + i], status)
   end
 end
 if e > 0 and ev.stream == 1 then
   redis.call('SET', KEYS[5], ARGV[1], 'EX', ARGV[3])
   for j = s + 1, s + e do
-    redis.call('ZADD', KEYS[5 + j], 'NX', now, ev.key)
+    redis.call('ZADD', KEYS[6 + j], 'NX', now, ev.key)
   end
 end
 return {effect, changed and 1 or 0, version}
@@ -275,6 +278,7 @@ class Ledger:
                     DEDUPE + key,
                     SYNC + email,
                     EVENT + key,
+                    CONTACTS,
                     *(PENDING + d for d in state_dests + event_dests),
                 ]
                 args: list[bytes | str | int | float] = [

@@ -45,8 +45,13 @@ class DestinationRuntime:
             session=self._session,
             timeout=settings.http_timeout_s,
             before_request=limiter.acquire,
+            dry_run=self.dry_run,
         )
         return self.cls(self.config, http), limiter
+
+    @property
+    def dry_run(self) -> bool:
+        return self.config.flag("DRY_RUN")
 
 
 @dataclass
