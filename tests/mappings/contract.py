@@ -104,30 +104,30 @@ class MappingContract:
     @pytest.fixture()
     def emulator(self) -> Iterator[Emulator]:
         """hook: the destination's emulator, started, accepting ``settings()``'s credentials."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must implement this hook")
 
     def settings(self, emulator: Any) -> dict[str, str]:
         """hook: the mapping's settings (BASE_URL or URL pointing at the emulator)."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must implement this hook")
 
     def bad_credentials(self, emulator: Any) -> dict[str, str]:
         """hook: settings overrides the emulator rejects as bad credentials."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must implement this hook")
 
     def changes(self, emulator: Any, n: int) -> list[ContactChange]:
         """hook: ``n`` changes the destination applies in one request (seeding as needed)."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must implement this hook")
 
     def snapshot(self, emulator: Any) -> Any:
         """hook: the far side's state, compared before and after a repeated sync."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must implement this hook")
 
     def partial(
         self, emulator: Any
     ) -> tuple[list[ContactChange], dict[str, str], list[OutcomeStatus]]:
         """hook: a batch the destination answers differently per contact (arranging faults as
         needed): the changes, extra settings, and the status expected for each change."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must implement this hook")
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -234,11 +234,11 @@ class StateContract(MappingContract):
 
     def unknown_changes(self, emulator: Any, n: int) -> list[ContactChange]:
         """hook: ``n`` suppressing changes for addresses the destination does not know."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must implement this hook")
 
     def contacts(self, emulator: Any) -> set[str]:
         """hook: the addresses the destination holds."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must implement this hook")
 
     def test_mode_is_state(self) -> None:
         assert destination_class(self.destination).mode is Mode.STATE
@@ -257,11 +257,11 @@ class EventsContract(MappingContract):
 
     def received_ids(self, emulator: Any) -> set[str]:
         """hook: the distinct dedupe ids the far side has accepted."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must implement this hook")
 
     def duplicates(self, emulator: Any) -> int:
         """hook: how many deliveries the far side recognised as replays."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must implement this hook")
 
     def test_mode_is_events(self) -> None:
         assert destination_class(self.destination).mode is Mode.EVENTS
