@@ -26,9 +26,9 @@ from syncworker.destinations import (
     Mode,
     NotConfigured,
     Outcome,
-    PermanentError,
     Rate,
-    RetryableError,
+    attempt,
+    split_events,
 )
 
 EVENT_NAMES = {
@@ -70,43 +70,23 @@ class Segment(Destination):
 
     def sync(self, changes: list[ContactChange]) -> list[Outcome]:
         """Send each change's event once; a retry reuses the messageIds, so Segment dedupes it."""
-        outcomes: list[Outcome | None] = [None] * len(changes)
-        chunk: list[int] = []
-        lines: list[bytes] = []
-        size = ENVELOPE
-        for index, change in enumerate(changes):
-            if change.event is None:
-                outcomes[index] = Outcome.failed("no hygiene event to send")
-                continue
-            encoded = [_dump(m) for m in self._messages(change, change.event)]
-            grown = sum(len(e) + 1 for e in encoded)
-            if chunk and size + grown > self.max_bytes:
-                self._send(chunk, lines, outcomes)
-                chunk, lines, size = [], [], ENVELOPE
-            chunk.append(index)
-            lines.extend(encoded)
-            size += grown
-        if chunk:
-            self._send(chunk, lines, outcomes)
-        return [o or Outcome.retry("not sent") for o in outcomes]
 
-    def _send(self, chunk: list[int], lines: list[bytes], outcomes: list[Outcome | None]) -> None:
+        def encode(change: ContactChange, event: HygieneEvent) -> list[bytes]:
+            return [_dump(m) for m in self._messages(change, event)]
+
+        parts, outcomes = split_events(changes, encode, self.max_bytes, ENVELOPE)
+        for part in parts:
+            outcome = attempt(self._post, part.items)
+            for index in part.indexes:
+                outcomes[index] = outcome
+        return [o or Outcome.failed("not sent") for o in outcomes]
+
+    def _post(self, lines: list[bytes]) -> str:
         context = _dump({"library": {"name": "syncworker"}})
         body = b'{"batch":[' + b",".join(lines) + b'],"context":' + context + b"}"
-        try:
-            self.http.post(
-                "/v1/batch",
-                data=body,
-                auth=self.auth,
-                headers={"Content-Type": "application/json"},
-            )
-            outcome = Outcome.applied(f"{len(lines)} messages")
-        except RetryableError as exc:
-            outcome = Outcome.retry(str(exc))
-        except PermanentError as exc:
-            outcome = Outcome.failed(f"{exc} {exc.body}".strip())
-        for index in chunk:
-            outcomes[index] = outcome
+        headers = {"Content-Type": "application/json"}
+        self.http.post("/v1/batch", data=body, auth=self.auth, headers=headers)
+        return f"{len(lines)} messages"
 
     def _messages(self, change: ContactChange, event: HygieneEvent) -> list[dict[str, Any]]:
         who = self._identity(change.email)

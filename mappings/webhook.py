@@ -31,9 +31,9 @@ from syncworker.destinations import (
     Mode,
     NotConfigured,
     Outcome,
-    PermanentError,
     Rate,
-    RetryableError,
+    attempt,
+    split_events,
 )
 
 TYPE = "syncworker.hygiene.batch"
@@ -76,37 +76,20 @@ class Webhook(Destination):
 
     def sync(self, changes: list[ContactChange]) -> list[Outcome]:
         """POST the batch's events (signed); a retry of the same events reuses the webhook-id."""
-        outcomes: list[Outcome | None] = [None] * len(changes)
-        chunk: list[int] = []
-        items: list[bytes] = []
-        size = ENVELOPE
-        for index, change in enumerate(changes):
-            if change.event is None:
-                outcomes[index] = Outcome.failed("no hygiene event to send")
-                continue
-            item = _dump(_event(change, change.event))
-            if chunk and size + len(item) + 1 > self.max_bytes:
-                self._send(chunk, items, changes, outcomes)
-                chunk, items, size = [], [], ENVELOPE
-            chunk.append(index)
-            items.append(item)
-            size += len(item) + 1
-        if chunk:
-            self._send(chunk, items, changes, outcomes)
-        return [o or Outcome.retry("not sent") for o in outcomes]
+        parts, outcomes = split_events(
+            changes, lambda c, e: [_dump(_event(c, e))], self.max_bytes, ENVELOPE
+        )
+        for part in parts:
+            outcome = attempt(self._post, part.items, part.changes)
+            for index in part.indexes:
+                outcomes[index] = outcome
+        return [o or Outcome.failed("not sent") for o in outcomes]
 
-    def _send(
-        self,
-        chunk: list[int],
-        items: list[bytes],
-        changes: list[ContactChange],
-        outcomes: list[Outcome | None],
-    ) -> None:
-        events = [changes[i].event for i in chunk]
-        newest = max(e.occurred_at for e in events if e is not None)
+    def _post(self, items: list[bytes], changes: list[ContactChange]) -> str:
+        newest = max(c.event.occurred_at for c in changes if c.event is not None)
         head = _dump({"type": TYPE, "timestamp": _iso(newest)})[:-1]
         body = head + b',"data":{"events":[' + b",".join(items) + b"]}}"
-        keys = sorted(changes[i].key for i in chunk)
+        keys = sorted(c.key for c in changes)
         webhook_id = "msg_" + hashlib.sha256("\x1f".join(keys).encode()).hexdigest()[:32]
         timestamp = str(int(time.time()))
         signed = f"{webhook_id}.{timestamp}.".encode() + body
@@ -120,15 +103,8 @@ class Webhook(Destination):
             "webhook-timestamp": timestamp,
             "webhook-signature": " ".join(signatures),
         }
-        try:
-            self.http.post(self.url, data=body, headers=headers)
-            outcome = Outcome.applied(webhook_id)
-        except RetryableError as exc:
-            outcome = Outcome.retry(str(exc))
-        except PermanentError as exc:
-            outcome = Outcome.failed(f"{exc} {exc.body}".strip())
-        for index in chunk:
-            outcomes[index] = outcome
+        self.http.post(self.url, data=body, headers=headers)
+        return webhook_id
 
 
 def _event(change: ContactChange, event: HygieneEvent) -> dict[str, Any]:

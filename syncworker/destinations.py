@@ -13,7 +13,7 @@ import json
 import logging
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -63,6 +63,9 @@ __all__ = [
     "RetryableError",
     "Throttled",
     "destination_class",
+    "EventPart",
+    "attempt",
+    "split_events",
 ]
 
 
@@ -355,3 +358,60 @@ def destination_class(name: str) -> type[Destination]:
     if len(found) != 1:
         raise ConfigError([f"mappings/{name}.py must define one Destination with name = {name!r}"])
     return found[0]
+
+
+@dataclass(frozen=True, slots=True)
+class EventPart:
+    """One request's worth of an event-stream batch: positions in the batch, encoded items."""
+
+    indexes: list[int]
+    items: list[bytes]
+    changes: list[ContactChange]
+
+
+def split_events(
+    changes: Sequence[ContactChange],
+    encode: Callable[[ContactChange, HygieneEvent], Sequence[bytes]],
+    max_bytes: int,
+    overhead: int = 200,
+) -> tuple[list[EventPart], list[Outcome | None]]:
+    """Group a batch for an event stream into requests whose bodies stay under ``max_bytes``.
+
+    ``encode`` turns one change's event into its encoded items (one or more per event); items
+    are joined with one byte between them and ``overhead`` bytes of envelope around them. A
+    change without an event gets a failed outcome; the others' outcomes are left for the caller.
+    """
+    outcomes: list[Outcome | None] = [None] * len(changes)
+    parts: list[EventPart] = []
+    indexes: list[int] = []
+    items: list[bytes] = []
+    size = overhead
+    for index, change in enumerate(changes):
+        if change.event is None:
+            outcomes[index] = Outcome.failed("no hygiene event to send")
+            continue
+        encoded = list(encode(change, change.event))
+        grown = sum(len(e) + 1 for e in encoded)
+        if indexes and size + grown > max_bytes:
+            parts.append(EventPart(indexes, items, [changes[i] for i in indexes]))
+            indexes, items, size = [], [], overhead
+        indexes.append(index)
+        items.extend(encoded)
+        size += grown
+    if indexes:
+        parts.append(EventPart(indexes, items, [changes[i] for i in indexes]))
+    return parts, outcomes
+
+
+def attempt(send: Callable[..., str], *args: Any) -> Outcome:
+    """Run one request of a split batch: its detail on success, else its retry or failure.
+
+    Throttled and BadCredentials propagate (they concern the whole destination); a retryable or
+    permanent error becomes the outcome of that request's contacts only.
+    """
+    try:
+        return Outcome.applied(send(*args))
+    except RetryableError as exc:
+        return Outcome.retry(str(exc))
+    except PermanentError as exc:
+        return Outcome.failed(f"{exc} {exc.body}".strip())
