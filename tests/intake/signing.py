@@ -233,21 +233,27 @@ SIGNERS: dict[str, Callable[[], EspSigner]] = {
 }
 
 
-def _discover_signers() -> None:
-    """Add ``tests/intake/signers/<esp>.py`` modules (each defines ``signer()``) to SIGNERS."""
-    from tests.intake import signers
+def signers() -> dict[str, Callable[[], EspSigner]]:
+    """Every signer: the four above and each ``tests/intake/signers/<esp>.py`` (``signer()``).
 
-    for info in pkgutil.iter_modules(signers.__path__):
-        module = importlib.import_module(f"{signers.__name__}.{info.name}")
-        SIGNERS[info.name] = module.signer
+    Found on first use rather than at import, so a signer module may import this one.
+    """
+    if not _discovered:
+        from tests.intake import signers as package
+
+        for info in pkgutil.iter_modules(package.__path__):
+            module = importlib.import_module(f"{package.__name__}.{info.name}")
+            SIGNERS[info.name] = module.signer
+        _discovered.append(True)
+    return SIGNERS
 
 
-_discover_signers()
+_discovered: list[bool] = []
 
 
 def signer_for(esp: str) -> EspSigner:
     """The signer of ``esp``; a loud failure names the file to add when there is none."""
-    factory = SIGNERS.get(esp)
+    factory = signers().get(esp)
     if factory is None:
         raise LookupError(
             f"ESP {esp!r} is in ESP_PARSERS but has no signer: add tests/intake/signers/{esp}.py"

@@ -8,7 +8,7 @@ import pytest
 from syncworker.errors import IntakeError, PayloadInvalid, SignatureInvalid
 from syncworker.intake.base import EspParser, ParseResult
 from syncworker.intake.registry import ESP_PARSERS
-from tests.intake.signing import SIGNERS, UNKNOWN_CODE, EspSigner, request, signer_for
+from tests.intake.signing import UNKNOWN_CODE, EspSigner, request, signer_for, signers
 
 ESPS = sorted(ESP_PARSERS)
 GARBAGE = [
@@ -38,13 +38,13 @@ NASTY = [
 @pytest.fixture(params=ESPS)
 def signer(request: pytest.FixtureRequest) -> EspSigner:
     esp: str = request.param
-    if esp not in SIGNERS:
+    if esp not in signers():
         pytest.fail(f"{esp} is in ESP_PARSERS but tests/intake/signing.py has no signer for it")
     return signer_for(esp)
 
 
 def test_every_esp_has_a_signer() -> None:
-    missing = sorted(set(ESP_PARSERS) - set(SIGNERS))
+    missing = sorted(set(ESP_PARSERS) - set(signers()))
     assert not missing, f"add tests/intake/signers/<esp>.py (signer()) for: {missing}"
 
 
