@@ -1,0 +1,247 @@
+"""Amplitude: each hygiene event once through the HTTP V2 API, carrying the hygiene traits.
+
+``POST /2/httpapi`` ``{"api_key", "events"}`` (REGION=eu: EU residency), with Segment's event
+names. ``insert_id`` derives from the event key, so a retry within 7 days is ignored. The hygiene
+traits ride on the event as ``user_properties`` (plain values set them; Amplitude applies ``$set``
+operations only on ``$identify`` events); USER_PROPERTIES=false leaves them out. Any non-200
+answer means nothing was ingested: a 400 names the rejected events (they fail, the rest are sent
+again at once; "Invalid API key" is bad credentials); a 429 names the events of users or devices
+over 30 events/s (they retry after 30 s, or after an hour when over the daily quota, the rest are
+sent again), and a 429 naming none throttles the destination; a 413 halves the batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from syncworker.destinations import (
+    BadCredentials,
+    ContactChange,
+    ContactState,
+    Destination,
+    DestinationConfig,
+    HttpClient,
+    HygieneEvent,
+    Kind,
+    Mode,
+    NotConfigured,
+    Outcome,
+    PermanentError,
+    Rate,
+    RetryableError,
+    Throttled,
+)
+
+EVENT_NAMES = {  # as mappings/segment.py: a test keeps the two equal
+    Kind.UNSUBSCRIBE: "Unsubscribed",
+    Kind.HARD_BOUNCE: "Email Bounced",
+    Kind.SPAM_COMPLAINT: "Email Marked as Spam",
+    Kind.SOFT_BOUNCE: "Email Soft Bounced",
+    Kind.BLOCKED: "Email Blocked",
+    Kind.RESUBSCRIBE: "Resubscribed",
+}
+REGIONS = {"us": "https://api2.amplitude.com", "eu": "https://api.eu.amplitude.com"}
+BOUNCE_TYPES = {Kind.HARD_BOUNCE: "hard", Kind.SOFT_BOUNCE: "soft", Kind.BLOCKED: "block"}
+REJECTED = ("events_with_invalid_fields", "events_with_missing_fields", "silenced_events")
+TEXT_CAP = 1000  # characters of ESP-supplied text per property, as for Segment
+MAX_BYTES = 1_000_000  # "under 1 MB" per request
+USER_PAUSE = 30.0  # seconds Amplitude asks a throttled user or device to pause
+QUOTA_PAUSE = 3600.0  # a user or device over its daily quota: try again in an hour
+Row = tuple[int, str, bytes]  # change index, user_id, encoded event
+Slots = list[Outcome | None]  # one per change, filled in as answers come
+
+
+class Amplitude(Destination):
+    name = "amplitude"
+    settings = ("API_KEY",)
+    optional_settings = {
+        "REGION": "us",
+        "USER_ID": "email",
+        "USER_PROPERTIES": "true",
+        "MAX_BATCH_BYTES": "1000000",
+    }
+    base_url = REGIONS["us"]
+    batch_size = 100  # the API takes 2,000 events a request
+    rate = Rate(10, per_seconds=1)  # ≤ 1,000 events/s and ≤ 100 batches/s: the Starter plan's caps
+    mode = Mode.EVENTS
+
+    def __init__(self, config: DestinationConfig, http: HttpClient) -> None:
+        super().__init__(config, http)
+        self.api_key = config.get("API_KEY")
+        self.user_id = rule = config.get("USER_ID") or "email"
+        self.user_properties = config.flag("USER_PROPERTIES", default=True)
+        size = config.get("MAX_BATCH_BYTES") or "1000000"
+        self.max_bytes = int(size) if size.isdigit() else 0
+        problems = []
+        if (config.get("REGION") or "us") not in REGIONS:
+            problems.append(f"SYNCWORKER_AMPLITUDE_REGION must be one of {', '.join(REGIONS)}")
+        if rule not in ("email", "sha256") and not rule.count("{") == rule.count("{email}") > 0:
+            problems.append("SYNCWORKER_AMPLITUDE_USER_ID: email, sha256 or a {email} template")
+        if not 4_000 <= self.max_bytes <= MAX_BYTES:
+            problems.append(f"SYNCWORKER_AMPLITUDE_MAX_BATCH_BYTES must be 4000..{MAX_BYTES}")
+        if problems:
+            raise NotConfigured(problems)
+
+    @classmethod
+    def effective_base_url(cls, config: DestinationConfig) -> str:
+        return config.get("BASE_URL") or REGIONS.get(config.get("REGION") or "us", cls.base_url)
+
+    def sync(self, changes: list[ContactChange]) -> list[Outcome]:
+        """Send each change's event once; a retry reuses its insert_id, so Amplitude ignores it."""
+        outcomes: Slots = [None] * len(changes)
+        rows: list[Row] = []
+        for index, change in enumerate(changes):
+            if change.event is None:
+                outcomes[index] = Outcome.failed("no hygiene event to send")
+            else:
+                event = self._event(change, change.event)
+                rows.append((index, event["user_id"], _dump(event)))
+        if rows:
+            self._send(rows, outcomes)
+        return [o or Outcome.retry("not sent") for o in outcomes]
+
+    def _send(self, chunk: list[Row], outcomes: Slots) -> None:
+        """POST the chunk until each event has an outcome; each pass settles at least one."""
+        while chunk:
+            body = b'{"api_key":' + _dump(self.api_key) + b',"events":['
+            body += b",".join(row[2] for row in chunk) + b"]}"
+            half = len(chunk) // 2
+            if half and len(body) > self.max_bytes:
+                for part in (chunk[:half], chunk[half:]):
+                    self._send(part, outcomes)
+                return
+            try:
+                response = self.http.post(
+                    "/2/httpapi",
+                    data=body,
+                    headers={"Content-Type": "application/json", "Accept": "*/*"},
+                    allow=(400, 413, 429),
+                )
+            except RetryableError as exc:
+                return _settle(chunk, outcomes, Outcome.retry(str(exc)))
+            except PermanentError as exc:
+                return _settle(chunk, outcomes, Outcome.failed(f"{exc} {exc.body}".strip()))
+            answer = _json(response.text)
+            status, error = response.status_code, str(answer.get("error") or "")
+            if status == 413 and half:
+                for part in (chunk[:half], chunk[half:]):
+                    self._send(part, outcomes)
+                return
+            if status == 413:
+                return _settle(chunk, outcomes, Outcome.failed(f"event too large: {error}"))
+            if status == 400:
+                if error.startswith("Invalid API key"):
+                    raise BadCredentials(self.name, "invalid API key", status=400)  # key not logged
+                named = _indices(answer, len(chunk), *REJECTED, "events_with_invalid_id_lengths")
+                if not named:  # a fault of the request as a whole
+                    failed = Outcome.failed(f"request rejected: {response.text[:300]}")
+                    return _settle(chunk, outcomes, failed)
+                for position in named:
+                    outcomes[chunk[position][0]] = Outcome.failed(f"rejected by Amplitude: {error}")
+            elif status == 429:
+                named = _indices(answer, len(chunk), "throttled_events")
+                if not named:  # not a per-user limit: pause the destination
+                    after = _seconds(response.headers.get("Retry-After"), USER_PAUSE)
+                    raise Throttled(self.name, after, status=429, body=response.text[:500])
+                over = answer.get("exceeded_daily_quota_users")
+                over = over if isinstance(over, dict | list) else {}
+                for position in named:
+                    index, who, _ = chunk[position]
+                    outcomes[index] = (
+                        Outcome.retry("over Amplitude's daily quota", after=QUOTA_PAUSE)
+                        if who in over
+                        else Outcome.retry("user throttled by Amplitude", after=USER_PAUSE)
+                    )
+            else:
+                return _settle(chunk, outcomes, Outcome.applied("sent"))
+            chunk = [row for row in chunk if outcomes[row[0]] is None]
+
+    def _event(self, change: ContactChange, event: HygieneEvent) -> dict[str, Any]:
+        properties = {
+            "email": "" if self.user_id == "sha256" else change.email,  # hashed: no address
+            "kind": event.kind.value,
+            "bounce_type": BOUNCE_TYPES.get(event.kind, ""),
+            "source": event.source,
+            "esp": event.esp,
+            "reason": (event.reason or "")[:TEXT_CAP],
+            "smtp_code": (event.smtp_code or "")[:TEXT_CAP],
+            "email_id": (event.message_id or "")[:TEXT_CAP],
+            "list_id": (event.list_id or "")[:TEXT_CAP],
+            "event_key": change.key,
+            "suppressed": change.state.suppressed,
+        }
+        if self.user_id == "sha256":  # pseudonymous: the address nowhere, not even in ESP texts
+            properties = {k: _scrub(v, change.email) for k, v in properties.items()}
+        digest = hashlib.sha256(f"{self.name}\x1f{change.key}".encode()).hexdigest()
+        sent: dict[str, Any] = {
+            "user_id": _user_id(self.user_id, change.email),
+            "event_type": EVENT_NAMES.get(event.kind, f"Email {event.kind.value}"),
+            "time": int(event.occurred_at * 1000),
+            "insert_id": f"syncworker-{digest[:40]}",
+            "event_properties": {k: v for k, v in properties.items() if v != ""},
+        }
+        if self.user_properties:
+            sent["user_properties"] = _traits(change.state)
+        return sent
+
+
+def _settle(chunk: list[Row], outcomes: Slots, outcome: Outcome) -> None:
+    for index, _, _ in chunk:
+        outcomes[index] = outcome
+
+
+def _indices(answer: dict[str, Any], count: int, *fields: str) -> set[int]:
+    """Positions named by ``fields``: lists of indices, or maps of field name -> indices."""
+    named: set[int] = set()
+    for field in fields:
+        value = answer.get(field)
+        lists = value.values() if isinstance(value, dict) else [value]
+        named.update(i for v in lists if isinstance(v, list) for i in v if isinstance(i, int))
+    return {i for i in named if 0 <= i < count}
+
+
+def _user_id(rule: str, email: str) -> str:
+    """The configured email -> user-id rule: the address, its SHA-256, or a template."""
+    if rule == "email":
+        return email
+    if rule == "sha256":
+        return hashlib.sha256(email.strip().lower().encode()).hexdigest()
+    return rule.replace("{email}", email)
+
+
+def _traits(state: ContactState) -> dict[str, Any]:
+    return {
+        "email_suppressed": state.suppressed,
+        "email_unsubscribed": state.unsubscribed,
+        "email_bounced": state.bounced,
+        "email_complained": state.complained,
+        "email_suppression_reasons": sorted(str(r) for r in state.reasons),
+    }
+
+
+def _scrub(value: Any, email: str) -> Any:
+    if isinstance(value, str):
+        value = re.sub(re.escape(email), "[address]", value, flags=re.IGNORECASE)
+    return value
+
+
+def _seconds(value: str | None, default: float) -> float:
+    try:
+        return max(0.0, float(value)) if value else default
+    except ValueError:
+        return default
+
+
+def _json(text: str) -> dict[str, Any]:
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
+
+
+def _dump(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()

@@ -1,0 +1,249 @@
+"""Mixpanel: each hygiene event once through ``/import``; hygiene traits on profiles if opted in.
+
+``POST /import?strict=1`` (gzip; Basic auth: service account + PROJECT_ID, API secret, or project
+token), Segment's event names, ``$insert_id`` from the event key and the event's own ``time``, so a
+retry is deduplicated. A 400 is a partial success (``failed_records`` fail, the rest were imported);
+a 413 halves the batch. PROFILE_SET=true adds an ``/engage`` ``$set`` of the traits per imported
+user (opt-in: ``$set`` creates missing profiles; ``verbose=1``: ``/engage`` answers 200 regardless).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import re
+from typing import Any
+
+from syncworker.destinations import (
+    BadCredentials,
+    ContactChange,
+    ContactState,
+    Destination,
+    DestinationConfig,
+    HttpClient,
+    HygieneEvent,
+    Kind,
+    Mode,
+    NotConfigured,
+    Outcome,
+    OutcomeStatus,
+    PermanentError,
+    Rate,
+    RetryableError,
+)
+
+EVENT_NAMES = {  # as mappings/segment.py: a test keeps the two equal
+    Kind.UNSUBSCRIBE: "Unsubscribed",
+    Kind.HARD_BOUNCE: "Email Bounced",
+    Kind.SPAM_COMPLAINT: "Email Marked as Spam",
+    Kind.SOFT_BOUNCE: "Email Soft Bounced",
+    Kind.BLOCKED: "Email Blocked",
+    Kind.RESUBSCRIBE: "Resubscribed",
+}
+# ingestion hosts by data residency: https://docs.mixpanel.com/reference/overview
+REGIONS = {r: f"https://api{s}.mixpanel.com" for r, s in (("us", ""), ("eu", "-eu"), ("in", "-in"))}
+BOUNCE_TYPES = {Kind.HARD_BOUNCE: "hard", Kind.SOFT_BOUNCE: "soft", Kind.BLOCKED: "block"}
+TEXT_CAP = 255  # Mixpanel truncates every string to 255 characters
+MAX_BYTES = 2 * 1024 * 1024  # uncompressed bytes per /import request (the API reference's cap)
+Slots = list[Outcome | None]  # one per change, filled in as answers come
+
+
+class Mixpanel(Destination):
+    name = "mixpanel"
+    settings = ("TOKEN",)
+    optional_settings = {
+        "REGION": "us",
+        "SERVICE_ACCOUNT_USERNAME": "",
+        "SERVICE_ACCOUNT_SECRET": "",
+        "PROJECT_ID": "",
+        "API_SECRET": "",
+        "USER_ID": "email",
+        "PROFILE_SET": "false",
+        "MAX_BATCH_BYTES": "2000000",
+    }
+    base_url = REGIONS["us"]
+    batch_size = 1000  # /import takes 2,000 events a request
+    rate = Rate(20, per_seconds=1)  # 2 requests per batch; Mixpanel allows ~2 GB of JSON a minute
+    mode = Mode.EVENTS
+
+    def __init__(self, config: DestinationConfig, http: HttpClient) -> None:
+        super().__init__(config, http)
+        self.token = config.get("TOKEN")
+        self.user_id = config.get("USER_ID") or "email"
+        self.profiles = config.flag("PROFILE_SET")
+        account = config.get("SERVICE_ACCOUNT_USERNAME")
+        self.params = {"strict": "1"}
+        if account:
+            self.auth = (account, config.get("SERVICE_ACCOUNT_SECRET"))
+            self.params["project_id"] = config.get("PROJECT_ID")
+        else:
+            self.auth = (config.get("API_SECRET") or self.token, "")
+        problems = []
+        if account and not (self.auth[1] and self.params["project_id"]):
+            problems.append("SYNCWORKER_MIXPANEL_SERVICE_ACCOUNT_* needs its SECRET and PROJECT_ID")
+        if (config.get("REGION") or "us") not in REGIONS:
+            problems.append(f"SYNCWORKER_MIXPANEL_REGION must be one of {', '.join(REGIONS)}")
+        rule = self.user_id
+        if rule not in ("email", "sha256") and not rule.count("{") == rule.count("{email}") > 0:
+            problems.append("SYNCWORKER_MIXPANEL_USER_ID: email, sha256 or a {email} template")
+        size = config.get("MAX_BATCH_BYTES") or "2000000"
+        self.max_bytes = int(size) if size.isdigit() else 0
+        if not 4_000 <= self.max_bytes <= MAX_BYTES:
+            problems.append(f"SYNCWORKER_MIXPANEL_MAX_BATCH_BYTES must be 4000..{MAX_BYTES}")
+        if problems:
+            raise NotConfigured(problems)
+
+    @classmethod
+    def effective_base_url(cls, config: DestinationConfig) -> str:
+        return config.get("BASE_URL") or REGIONS.get(config.get("REGION") or "us", cls.base_url)
+
+    def sync(self, changes: list[ContactChange]) -> list[Outcome]:
+        """Import each change's event once; then, if opted in, $set the traits of its user."""
+        outcomes: Slots = [None if c.event else Outcome.failed("no event to send") for c in changes]
+        rows = [(i, _dump(self._event(c, c.event))) for i, c in enumerate(changes) if c.event]
+        if rows:
+            self._import(rows, outcomes)
+        imported = [i for i, o in enumerate(outcomes) if o and o.status is OutcomeStatus.APPLIED]
+        if self.profiles and imported:
+            self._engage(changes, imported, outcomes)
+        return [o or Outcome.retry("not sent") for o in outcomes]
+
+    def _import(self, chunk: list[tuple[int, bytes]], outcomes: Slots) -> None:
+        """POST one request; a chunk over the size or count cap (or answered 413) is halved."""
+        body = b"[" + b",".join(line for _, line in chunk) + b"]"
+        half = len(chunk) // 2
+        if half and len(body) > self.max_bytes:
+            for part in (chunk[:half], chunk[half:]):
+                self._import(part, outcomes)
+            return
+        outcome = Outcome.applied("imported")
+        try:
+            response = self.http.post(
+                "/import",
+                params=self.params,
+                data=gzip.compress(body, compresslevel=6),
+                auth=self.auth,
+                headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+                allow=(400, 413),
+            )
+        except RetryableError as exc:
+            outcome = Outcome.retry(str(exc))
+        except PermanentError as exc:
+            outcome = Outcome.failed(f"{exc} {exc.body}".strip())
+        else:
+            if response.status_code == 413 and half:  # a smaller cap than documented: halve
+                for part in (chunk[:half], chunk[half:]):
+                    self._import(part, outcomes)
+                return
+            if response.status_code == 413:
+                outcome = Outcome.failed(f"event over Mixpanel's size cap: {response.text[:300]}")
+            elif response.status_code == 400:
+                rejected = _rejected(response.text, len(chunk))
+                if not rejected:  # no per-event detail: the request as a whole was refused
+                    outcome = Outcome.failed(f"request rejected (HTTP 400): {response.text[:300]}")
+                for position, message in rejected.items():
+                    outcomes[chunk[position][0]] = Outcome.failed(message)
+        for index, _ in chunk:
+            outcomes[index] = outcomes[index] or outcome
+
+    def _engage(self, changes: list[ContactChange], indices: list[int], outcomes: Slots) -> None:
+        updates = {}
+        for change in (changes[i] for i in indices):  # one update per user: same state anyway
+            who = _user_id(self.user_id, change.email)
+            updates[who] = {
+                "$token": self.token,
+                "$distinct_id": who,
+                "$set": _traits(change.state),
+                "$ip": 0,  # no geolocation from syncworker's own address
+                "$ignore_time": True,  # a hygiene update is not user activity: keep "Last Seen"
+            }
+        outcome = None
+        try:
+            response = self.http.post(
+                "/engage",
+                params={"verbose": "1", "ip": "0"},
+                data=_dump(list(updates.values())),
+                headers={"Content-Type": "application/json"},
+            )
+        except RetryableError as exc:
+            outcome = Outcome.retry(f"event imported; profile update: {exc}")
+        except PermanentError as exc:
+            outcome = Outcome.failed(f"event imported; profile update: {exc} {exc.body}".strip())
+        else:
+            answer = _json(response.text)
+            if answer.get("status") != 1:
+                error = str(answer.get("error") or response.text)
+                if "token" in error.lower():
+                    raise BadCredentials(self.name, "/engage refused the project token", status=200)
+                outcome = Outcome.failed(f"event imported; profile update rejected: {error}")
+        for index in indices:
+            outcomes[index] = outcome or outcomes[index]
+
+    def _event(self, change: ContactChange, event: HygieneEvent) -> dict[str, Any]:
+        properties: dict[str, Any] = {
+            "time": int(event.occurred_at * 1000),
+            "distinct_id": _user_id(self.user_id, change.email),
+            "$insert_id": hashlib.sha256(f"{self.name}\x1f{change.key}".encode()).hexdigest()[:36],
+            "email": "" if self.user_id == "sha256" else change.email,  # hashed: no address
+            "kind": event.kind.value,
+            "bounce_type": BOUNCE_TYPES.get(event.kind, ""),
+            "source": event.source,
+            "esp": event.esp,
+            "reason": (event.reason or "")[:TEXT_CAP],
+            "smtp_code": (event.smtp_code or "")[:TEXT_CAP],
+            "email_id": (event.message_id or "")[:TEXT_CAP],
+            "list_id": (event.list_id or "")[:TEXT_CAP],
+            "event_key": change.key[:TEXT_CAP],
+            "suppressed": change.state.suppressed,
+        }
+        if self.user_id == "sha256":  # pseudonymous: the address nowhere, not even in ESP texts
+            properties = {k: _scrub(v, change.email) for k, v in properties.items()}
+        name = EVENT_NAMES.get(event.kind, f"Email {event.kind.value}")
+        return {"event": name, "properties": {k: v for k, v in properties.items() if v != ""}}
+
+
+def _rejected(text: str, count: int) -> dict[int, str]:
+    records = _json(text).get("failed_records")
+    return {
+        r["index"]: f"rejected: {r.get('field')}: {r.get('message')}"
+        for r in (records if isinstance(records, list) else [])
+        if isinstance(r, dict) and isinstance(r.get("index"), int) and 0 <= r["index"] < count
+    }
+
+
+def _user_id(rule: str, email: str) -> str:
+    """The configured email -> user-id rule: the address, its SHA-256, or a template."""
+    if rule == "email":
+        return email
+    if rule == "sha256":
+        return hashlib.sha256(email.strip().lower().encode()).hexdigest()
+    return rule.replace("{email}", email)
+
+
+def _traits(state: ContactState) -> dict[str, Any]:
+    return {
+        "email_suppressed": state.suppressed,
+        "email_unsubscribed": state.unsubscribed,
+        "email_bounced": state.bounced,
+        "email_complained": state.complained,
+        "email_suppression_reasons": sorted(str(r) for r in state.reasons),
+    }
+
+
+def _scrub(value: Any, email: str) -> Any:
+    if isinstance(value, str):
+        value = re.sub(re.escape(email), "[address]", value, flags=re.IGNORECASE)
+    return value
+
+
+def _json(text: str) -> dict[str, Any]:
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
+
+
+def _dump(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
