@@ -43,7 +43,8 @@ EVENT = "sw:ev:"
 PENDING = "sw:pending:"
 CONTACTS = "sw:contacts"  # every address the ledger holds (reconcile walks it)
 
-# Kinds that suppress at once; soft bounces and blocks suppress after N within a window.
+# Kinds that suppress at once; soft bounces and blocks suppress after N within a window, counted
+# once per message (an ESP reports each retry of a greylisted message).
 IMMEDIATE = frozenset({Kind.HARD_BOUNCE, Kind.SPAM_COMPLAINT, Kind.UNSUBSCRIBE, MANUAL})
 COUNTED = frozenset({Kind.SOFT_BOUNCE, Kind.BLOCKED})
 
@@ -103,7 +104,17 @@ elseif string.find(immediate, ',' .. kind .. ',', 1, true) then
   note()
   effect = 'suppressed'
 elseif kind == 'soft_bounce' or kind == 'blocked' then
-  soft[#soft + 1] = {t, kind}
+  -- ESPs report a temporary failure on each retry of one message: count messages, not reports
+  local repeated = false
+  if ev.message_id then
+    for _, s in ipairs(soft) do
+      if s[3] == ev.message_id then
+        repeated = true
+        if tonumber(s[1]) < t then s[1] = t end
+      end
+    end
+  end
+  if not repeated then soft[#soft + 1] = {t, kind, ev.message_id} end
   local newest = 0
   for _, s in ipairs(soft) do if tonumber(s[1]) > newest then newest = tonumber(s[1]) end end
   local keep = {}

@@ -54,6 +54,39 @@ def test_soft_bounce_is_not_suppressed_until_threshold_within_window(
     assert set(led.state("jane@example.com").reasons) == {"soft_bounce"}
 
 
+def test_retries_of_one_message_count_as_one_soft_bounce(redis_conn: redis.Redis) -> None:
+    """Mailgun, Postal and Mailtrap report every retry of a deferred message: one message, one."""
+    led = ledger(redis_conn, soft_bounce_threshold=3)
+    retries = [
+        HygieneEvent(
+            f"r{i}",
+            "mailgun",
+            "mailgun",
+            "jane@example.com",
+            Kind.SOFT_BOUNCE,
+            100.0 + i,
+            message_id="m1",
+        )  # fmt: skip
+        for i in range(5)
+    ]
+    assert led.apply(retries).effects == {"counted": 5}
+    assert not led.state("jane@example.com").suppressed
+    others = [
+        HygieneEvent(
+            f"o{i}",
+            "mailgun",
+            "mailgun",
+            "jane@example.com",
+            Kind.SOFT_BOUNCE,
+            200.0 + i,
+            message_id=f"m{i + 2}",
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    assert led.apply(others).effects == {"counted": 1, "suppressed": 1}
+    assert led.state("jane@example.com").suppressed
+
+
 def test_duplicate_event_key_is_applied_once(redis_conn: redis.Redis) -> None:
     led = ledger(redis_conn)
     first = led.apply([ev("same", Kind.UNSUBSCRIBE, 10.0)])

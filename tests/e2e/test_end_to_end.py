@@ -35,7 +35,10 @@ from tests.processes import Process, clean_env, start_gunicorn, start_worker, wa
 T0 = 1_790_000_000  # event times: one day from here, well inside the soft-bounce window
 OPT_OUT = {"unsubscribe", "spam_complaint", "hard_bounce"}
 FLAGGED = {"hard_bounce", "soft_bounce", "blocked", "spam_complaint"}
-RATE = 10  # HubSpot: emulator limit and syncworker's configured rate, requests per second
+RATE = 10  # HubSpot emulator's limit, requests per second
+# syncworker's configured rate: below the emulator's so that scheduling jitter on a loaded machine
+# cannot make a test of "the limiter keeps under the rate" flaky (bench/drain measures the edge)
+CONFIGURED_RATE = 8
 
 
 @dataclass
@@ -215,7 +218,7 @@ def test_signed_webhooks_reach_every_destination_exactly(
             "SYNCWORKER_DESTINATIONS": "hubspot,segment,webhook",
             "SYNCWORKER_HUBSPOT_TOKEN": "hs-token",
             "SYNCWORKER_HUBSPOT_BASE_URL": hubspot.url,
-            "SYNCWORKER_HUBSPOT_RATE": f"{RATE}/1",
+            "SYNCWORKER_HUBSPOT_RATE": f"{CONFIGURED_RATE}/1",
             "SYNCWORKER_HUBSPOT_BATCH_SIZE": "10",  # many batches, so the limiter has work
             "SYNCWORKER_SEGMENT_WRITE_KEY": "seg-key",
             "SYNCWORKER_SEGMENT_BASE_URL": segment.url,
