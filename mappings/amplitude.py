@@ -13,14 +13,12 @@ sent again), and a 429 naming none throttles the destination; a 413 halves the b
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 from typing import Any
 
 from syncworker.destinations import (
+    EVENT_NAMES,
     BadCredentials,
     ContactChange,
-    ContactState,
     Destination,
     DestinationConfig,
     HttpClient,
@@ -33,16 +31,14 @@ from syncworker.destinations import (
     Rate,
     RetryableError,
     Throttled,
+    compact_json,
+    hygiene_traits,
+    json_object,
+    scrub_address,
+    user_id,
+    valid_user_id_rule,
 )
 
-EVENT_NAMES = {  # as mappings/segment.py: a test keeps the two equal
-    Kind.UNSUBSCRIBE: "Unsubscribed",
-    Kind.HARD_BOUNCE: "Email Bounced",
-    Kind.SPAM_COMPLAINT: "Email Marked as Spam",
-    Kind.SOFT_BOUNCE: "Email Soft Bounced",
-    Kind.BLOCKED: "Email Blocked",
-    Kind.RESUBSCRIBE: "Resubscribed",
-}
 REGIONS = {"us": "https://api2.amplitude.com", "eu": "https://api.eu.amplitude.com"}
 BOUNCE_TYPES = {Kind.HARD_BOUNCE: "hard", Kind.SOFT_BOUNCE: "soft", Kind.BLOCKED: "block"}
 REJECTED = ("events_with_invalid_fields", "events_with_missing_fields", "silenced_events")
@@ -78,7 +74,7 @@ class Amplitude(Destination):
         problems = []
         if (config.get("REGION") or "us") not in REGIONS:
             problems.append(f"SYNCWORKER_AMPLITUDE_REGION must be one of {', '.join(REGIONS)}")
-        if rule not in ("email", "sha256") and not rule.count("{") == rule.count("{email}") > 0:
+        if not valid_user_id_rule(rule):
             problems.append("SYNCWORKER_AMPLITUDE_USER_ID: email, sha256 or a {email} template")
         if not 4_000 <= self.max_bytes <= MAX_BYTES:
             problems.append(f"SYNCWORKER_AMPLITUDE_MAX_BATCH_BYTES must be 4000..{MAX_BYTES}")
@@ -98,7 +94,7 @@ class Amplitude(Destination):
                 outcomes[index] = Outcome.failed("no hygiene event to send")
             else:
                 event = self._event(change, change.event)
-                rows.append((index, event["user_id"], _dump(event)))
+                rows.append((index, event["user_id"], compact_json(event)))
         if rows:
             self._send(rows, outcomes)
         return [o or Outcome.retry("not sent") for o in outcomes]
@@ -106,7 +102,7 @@ class Amplitude(Destination):
     def _send(self, chunk: list[Row], outcomes: Slots) -> None:
         """POST the chunk until each event has an outcome; each pass settles at least one."""
         while chunk:
-            body = b'{"api_key":' + _dump(self.api_key) + b',"events":['
+            body = b'{"api_key":' + compact_json(self.api_key) + b',"events":['
             body += b",".join(row[2] for row in chunk) + b"]}"
             half = len(chunk) // 2
             if half and len(body) > self.max_bytes:
@@ -124,7 +120,7 @@ class Amplitude(Destination):
                 return _settle(chunk, outcomes, Outcome.retry(str(exc)))
             except PermanentError as exc:
                 return _settle(chunk, outcomes, Outcome.failed(f"{exc} {exc.body}".strip()))
-            answer = _json(response.text)
+            answer = json_object(response.text)
             status, error = response.status_code, str(answer.get("error") or "")
             if status == 413 and half:
                 for part in (chunk[:half], chunk[half:]):
@@ -174,17 +170,17 @@ class Amplitude(Destination):
             "suppressed": change.state.suppressed,
         }
         if self.user_id == "sha256":  # pseudonymous: the address nowhere, not even in ESP texts
-            properties = {k: _scrub(v, change.email) for k, v in properties.items()}
+            properties = {k: scrub_address(v, change.email) for k, v in properties.items()}
         digest = hashlib.sha256(f"{self.name}\x1f{change.key}".encode()).hexdigest()
         sent: dict[str, Any] = {
-            "user_id": _user_id(self.user_id, change.email),
+            "user_id": user_id(self.user_id, change.email),
             "event_type": EVENT_NAMES.get(event.kind, f"Email {event.kind.value}"),
             "time": int(event.occurred_at * 1000),
             "insert_id": f"syncworker-{digest[:40]}",
             "event_properties": {k: v for k, v in properties.items() if v != ""},
         }
         if self.user_properties:
-            sent["user_properties"] = _traits(change.state)
+            sent["user_properties"] = hygiene_traits(change.state)
         return sent
 
 
@@ -203,45 +199,8 @@ def _indices(answer: dict[str, Any], count: int, *fields: str) -> set[int]:
     return {i for i in named if 0 <= i < count}
 
 
-def _user_id(rule: str, email: str) -> str:
-    """The configured email -> user-id rule: the address, its SHA-256, or a template."""
-    if rule == "email":
-        return email
-    if rule == "sha256":
-        return hashlib.sha256(email.strip().lower().encode()).hexdigest()
-    return rule.replace("{email}", email)
-
-
-def _traits(state: ContactState) -> dict[str, Any]:
-    return {
-        "email_suppressed": state.suppressed,
-        "email_unsubscribed": state.unsubscribed,
-        "email_bounced": state.bounced,
-        "email_complained": state.complained,
-        "email_suppression_reasons": sorted(str(r) for r in state.reasons),
-    }
-
-
-def _scrub(value: Any, email: str) -> Any:
-    if isinstance(value, str):
-        value = re.sub(re.escape(email), "[address]", value, flags=re.IGNORECASE)
-    return value
-
-
 def _seconds(value: str | None, default: float) -> float:
     try:
         return max(0.0, float(value)) if value else default
     except ValueError:
         return default
-
-
-def _json(text: str) -> dict[str, Any]:
-    try:
-        answer = json.loads(text)
-    except ValueError:
-        return {}
-    return answer if isinstance(answer, dict) else {}
-
-
-def _dump(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()

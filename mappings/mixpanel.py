@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
-import re
 from typing import Any
 
 from syncworker.destinations import (
+    EVENT_NAMES,
     BadCredentials,
     ContactChange,
-    ContactState,
     Destination,
     DestinationConfig,
     HttpClient,
@@ -31,16 +29,14 @@ from syncworker.destinations import (
     PermanentError,
     Rate,
     RetryableError,
+    compact_json,
+    hygiene_traits,
+    json_object,
+    scrub_address,
+    user_id,
+    valid_user_id_rule,
 )
 
-EVENT_NAMES = {  # as mappings/segment.py: a test keeps the two equal
-    Kind.UNSUBSCRIBE: "Unsubscribed",
-    Kind.HARD_BOUNCE: "Email Bounced",
-    Kind.SPAM_COMPLAINT: "Email Marked as Spam",
-    Kind.SOFT_BOUNCE: "Email Soft Bounced",
-    Kind.BLOCKED: "Email Blocked",
-    Kind.RESUBSCRIBE: "Resubscribed",
-}
 # ingestion hosts by data residency: https://docs.mixpanel.com/reference/overview
 REGIONS = {r: f"https://api{s}.mixpanel.com" for r, s in (("us", ""), ("eu", "-eu"), ("in", "-in"))}
 BOUNCE_TYPES = {Kind.HARD_BOUNCE: "hard", Kind.SOFT_BOUNCE: "soft", Kind.BLOCKED: "block"}
@@ -85,7 +81,7 @@ class Mixpanel(Destination):
         if (config.get("REGION") or "us") not in REGIONS:
             problems.append(f"SYNCWORKER_MIXPANEL_REGION must be one of {', '.join(REGIONS)}")
         rule = self.user_id
-        if rule not in ("email", "sha256") and not rule.count("{") == rule.count("{email}") > 0:
+        if not valid_user_id_rule(rule):
             problems.append("SYNCWORKER_MIXPANEL_USER_ID: email, sha256 or a {email} template")
         size = config.get("MAX_BATCH_BYTES") or "2000000"
         self.max_bytes = int(size) if size.isdigit() else 0
@@ -101,7 +97,9 @@ class Mixpanel(Destination):
     def sync(self, changes: list[ContactChange]) -> list[Outcome]:
         """Import each change's event once; then, if opted in, $set the traits of its user."""
         outcomes: Slots = [None if c.event else Outcome.failed("no event to send") for c in changes]
-        rows = [(i, _dump(self._event(c, c.event))) for i, c in enumerate(changes) if c.event]
+        rows = [
+            (i, compact_json(self._event(c, c.event))) for i, c in enumerate(changes) if c.event
+        ]
         if rows:
             self._import(rows, outcomes)
         imported = [i for i, o in enumerate(outcomes) if o and o.status is OutcomeStatus.APPLIED]
@@ -150,11 +148,11 @@ class Mixpanel(Destination):
     def _engage(self, changes: list[ContactChange], indices: list[int], outcomes: Slots) -> None:
         updates = {}
         for change in (changes[i] for i in indices):  # one update per user: same state anyway
-            who = _user_id(self.user_id, change.email)
+            who = user_id(self.user_id, change.email)
             updates[who] = {
                 "$token": self.token,
                 "$distinct_id": who,
-                "$set": _traits(change.state),
+                "$set": hygiene_traits(change.state),
                 "$ip": 0,  # no geolocation from syncworker's own address
                 "$ignore_time": True,  # a hygiene update is not user activity: keep "Last Seen"
             }
@@ -163,7 +161,7 @@ class Mixpanel(Destination):
             response = self.http.post(
                 "/engage",
                 params={"verbose": "1", "ip": "0"},
-                data=_dump(list(updates.values())),
+                data=compact_json(list(updates.values())),
                 headers={"Content-Type": "application/json"},
             )
         except RetryableError as exc:
@@ -171,7 +169,7 @@ class Mixpanel(Destination):
         except PermanentError as exc:
             outcome = Outcome.failed(f"event imported; profile update: {exc} {exc.body}".strip())
         else:
-            answer = _json(response.text)
+            answer = json_object(response.text)
             if answer.get("status") != 1:
                 error = str(answer.get("error") or response.text)
                 if "token" in error.lower():
@@ -183,7 +181,7 @@ class Mixpanel(Destination):
     def _event(self, change: ContactChange, event: HygieneEvent) -> dict[str, Any]:
         properties: dict[str, Any] = {
             "time": int(event.occurred_at * 1000),
-            "distinct_id": _user_id(self.user_id, change.email),
+            "distinct_id": user_id(self.user_id, change.email),
             "$insert_id": hashlib.sha256(f"{self.name}\x1f{change.key}".encode()).hexdigest()[:36],
             "email": "" if self.user_id == "sha256" else change.email,  # hashed: no address
             "kind": event.kind.value,
@@ -198,52 +196,15 @@ class Mixpanel(Destination):
             "suppressed": change.state.suppressed,
         }
         if self.user_id == "sha256":  # pseudonymous: the address nowhere, not even in ESP texts
-            properties = {k: _scrub(v, change.email) for k, v in properties.items()}
+            properties = {k: scrub_address(v, change.email) for k, v in properties.items()}
         name = EVENT_NAMES.get(event.kind, f"Email {event.kind.value}")
         return {"event": name, "properties": {k: v for k, v in properties.items() if v != ""}}
 
 
 def _rejected(text: str, count: int) -> dict[int, str]:
-    records = _json(text).get("failed_records")
+    records = json_object(text).get("failed_records")
     return {
         r["index"]: f"rejected: {r.get('field')}: {r.get('message')}"
         for r in (records if isinstance(records, list) else [])
         if isinstance(r, dict) and isinstance(r.get("index"), int) and 0 <= r["index"] < count
     }
-
-
-def _user_id(rule: str, email: str) -> str:
-    """The configured email -> user-id rule: the address, its SHA-256, or a template."""
-    if rule == "email":
-        return email
-    if rule == "sha256":
-        return hashlib.sha256(email.strip().lower().encode()).hexdigest()
-    return rule.replace("{email}", email)
-
-
-def _traits(state: ContactState) -> dict[str, Any]:
-    return {
-        "email_suppressed": state.suppressed,
-        "email_unsubscribed": state.unsubscribed,
-        "email_bounced": state.bounced,
-        "email_complained": state.complained,
-        "email_suppression_reasons": sorted(str(r) for r in state.reasons),
-    }
-
-
-def _scrub(value: Any, email: str) -> Any:
-    if isinstance(value, str):
-        value = re.sub(re.escape(email), "[address]", value, flags=re.IGNORECASE)
-    return value
-
-
-def _json(text: str) -> dict[str, Any]:
-    try:
-        answer = json.loads(text)
-    except ValueError:
-        return {}
-    return answer if isinstance(answer, dict) else {}
-
-
-def _dump(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()

@@ -11,13 +11,12 @@ rejects requests over 500 KB and events over 32 KB, hence the capped free-text f
 from __future__ import annotations
 
 import hashlib
-import json
 from datetime import UTC, datetime
 from typing import Any
 
 from syncworker.destinations import (
+    EVENT_NAMES,
     ContactChange,
-    ContactState,
     Destination,
     DestinationConfig,
     HttpClient,
@@ -28,17 +27,13 @@ from syncworker.destinations import (
     Outcome,
     Rate,
     attempt,
+    compact_json,
+    hygiene_traits,
     split_events,
+    user_id,
+    valid_user_id_rule,
 )
 
-EVENT_NAMES = {
-    Kind.UNSUBSCRIBE: "Unsubscribed",
-    Kind.HARD_BOUNCE: "Email Bounced",
-    Kind.SPAM_COMPLAINT: "Email Marked as Spam",
-    Kind.SOFT_BOUNCE: "Email Soft Bounced",
-    Kind.BLOCKED: "Email Blocked",
-    Kind.RESUBSCRIBE: "Resubscribed",
-}
 TEXT_CAP = 1000  # characters of ESP-supplied text per field: keeps every message far under 32 KB
 ENVELOPE = 200  # bytes of the batch wrapper around the messages
 
@@ -61,8 +56,10 @@ class Segment(Destination):
         except ValueError:
             self.max_bytes = 0
         problems = []
-        if self.user_id not in ("email", "anonymous"):
-            problems.append("SYNCWORKER_SEGMENT_USER_ID must be `email` or `anonymous`")
+        if self.user_id != "anonymous" and not valid_user_id_rule(self.user_id):
+            problems.append(
+                "SYNCWORKER_SEGMENT_USER_ID must be email, sha256, a {email} template or anonymous"
+            )
         if not 4_000 <= self.max_bytes <= 500_000:
             problems.append("SYNCWORKER_SEGMENT_MAX_BATCH_BYTES must be 4000..500000")
         if problems:
@@ -72,7 +69,7 @@ class Segment(Destination):
         """Send each change's event once; a retry reuses the messageIds, so Segment dedupes it."""
 
         def encode(change: ContactChange, event: HygieneEvent) -> list[bytes]:
-            return [_dump(m) for m in self._messages(change, event)]
+            return [compact_json(m) for m in self._messages(change, event)]
 
         parts, outcomes = split_events(changes, encode, self.max_bytes, ENVELOPE)
         for part in parts:
@@ -82,7 +79,7 @@ class Segment(Destination):
         return [o or Outcome.failed("not sent") for o in outcomes]
 
     def _post(self, lines: list[bytes]) -> str:
-        context = _dump({"library": {"name": "syncworker"}})
+        context = compact_json({"library": {"name": "syncworker"}})
         body = b'{"batch":[' + b",".join(lines) + b'],"context":' + context + b"}"
         headers = {"Content-Type": "application/json"}
         self.http.post("/v1/batch", data=body, auth=self.auth, headers=headers)
@@ -117,7 +114,7 @@ class Segment(Destination):
             **who,
             "messageId": _message_id(self.name, change.key, f"identify:{state.version}"),
             "timestamp": _iso(state.updated_at or event.occurred_at),
-            "traits": _traits(change.email, state),
+            "traits": {"email": change.email, **hygiene_traits(state)},
         }
         return [track, identify]
 
@@ -125,18 +122,7 @@ class Segment(Destination):
         if self.user_id == "anonymous":
             digest = hashlib.sha256(f"syncworker:{email.lower()}".encode()).hexdigest()
             return {"anonymousId": digest[:32]}
-        return {"userId": email}
-
-
-def _traits(email: str, state: ContactState) -> dict[str, Any]:
-    return {
-        "email": email,
-        "email_suppressed": state.suppressed,
-        "email_unsubscribed": state.unsubscribed,
-        "email_bounced": state.bounced,
-        "email_complained": state.complained,
-        "email_suppression_reasons": sorted(str(r) for r in state.reasons),
-    }
+        return {"userId": user_id(self.user_id, email)}
 
 
 def _bounce_type(kind: Kind) -> str | None:
@@ -150,10 +136,6 @@ def _message_id(destination: str, key: str, part: str) -> str:
 
 def _cap(text: str | None) -> str | None:
     return None if text is None else text[:TEXT_CAP]
-
-
-def _dump(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _iso(at: float) -> str:

@@ -8,9 +8,11 @@ A mapping module (``mappings/<name>.py``) defines one :class:`Destination` subcl
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import importlib
 import json
 import logging
+import re
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -63,9 +65,16 @@ __all__ = [
     "RetryableError",
     "Throttled",
     "destination_class",
+    "EVENT_NAMES",
     "EventPart",
     "attempt",
+    "compact_json",
+    "hygiene_traits",
+    "json_object",
+    "scrub_address",
     "split_events",
+    "user_id",
+    "valid_user_id_rule",
 ]
 
 
@@ -415,3 +424,62 @@ def attempt(send: Callable[..., str], *args: Any) -> Outcome:
         return Outcome.retry(str(exc))
     except PermanentError as exc:
         return Outcome.failed(f"{exc} {exc.body}".strip())
+
+
+# -- event streams: one vocabulary, so that every analytics tool tells the same story ---------
+
+#: track-event names, after Segment's email spec where it has one; soft bounces, blocks and
+#: resubscribes get names of their own so that nothing downstream mistakes them for hard bounces
+EVENT_NAMES: Mapping[Kind, str] = {
+    Kind.UNSUBSCRIBE: "Unsubscribed",
+    Kind.HARD_BOUNCE: "Email Bounced",
+    Kind.SPAM_COMPLAINT: "Email Marked as Spam",
+    Kind.SOFT_BOUNCE: "Email Soft Bounced",
+    Kind.BLOCKED: "Email Blocked",
+    Kind.RESUBSCRIBE: "Resubscribed",
+}
+
+
+def valid_user_id_rule(rule: str) -> bool:
+    """``email``, ``sha256``, or a template holding ``{email}`` (and no other placeholder)."""
+    return rule in ("email", "sha256") or rule.count("{") == rule.count("{email}") > 0
+
+
+def user_id(rule: str, email: str) -> str:
+    """The configured email -> user-id rule: the address, its SHA-256, or a template."""
+    if rule == "email":
+        return email
+    if rule == "sha256":
+        return hashlib.sha256(email.strip().lower().encode()).hexdigest()
+    return rule.replace("{email}", email)
+
+
+def hygiene_traits(state: ContactState) -> dict[str, Any]:
+    """The address's hygiene as profile traits / user properties."""
+    return {
+        "email_suppressed": state.suppressed,
+        "email_unsubscribed": state.unsubscribed,
+        "email_bounced": state.bounced,
+        "email_complained": state.complained,
+        "email_suppression_reasons": sorted(str(r) for r in state.reasons),
+    }
+
+
+def scrub_address(value: Any, email: str) -> Any:
+    """``value`` with ``email`` replaced by ``[address]`` (pseudonymous user ids)."""
+    if isinstance(value, str):
+        value = re.sub(re.escape(email), "[address]", value, flags=re.IGNORECASE)
+    return value
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """A response body's JSON object, or {} when it is not one."""
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
+
+
+def compact_json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
