@@ -30,7 +30,28 @@ ESPS = sorted(ESP_PARSERS)
 FUZZ = settings(max_examples=200, deadline=None)
 
 HEADER_NAMES = st.sampled_from(
-    ["Authorization", SENDGRID_SIGNATURE, SENDGRID_TIMESTAMP, "Content-Type", "X-Other"]
+    [
+        "Authorization",
+        SENDGRID_SIGNATURE,
+        SENDGRID_TIMESTAMP,
+        "Content-Type",
+        "X-Other",
+        # every verifier's headers, so fuzzed values reach each of them
+        "Mailtrap-Signature",
+        "X-Postal-Signature",
+        "X-Postal-Signature-256",
+        "X-Mandrill-Signature",
+        "Signature",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "svix-id",
+        "svix-timestamp",
+        "svix-signature",
+        "X-Webhook-Checksum",
+        "X-Webhook-Date",
+        "x-amz-sns-message-type",
+    ]
 )
 HEADER_VALUES = st.one_of(
     st.text(),
