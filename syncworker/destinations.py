@@ -313,14 +313,18 @@ class Destination:
         """Bring each contact to ``change.state``; one Outcome per change, in order.
 
         Raise :class:`Throttled` or :class:`BadCredentials` for the whole batch. The default loops
-        over :meth:`sync_one`, turning a per-contact Retryable/Permanent error into its outcome.
+        over :meth:`sync_one`: a PermanentError is that contact's failure; a RetryableError stops
+        the loop and sends that contact and the rest back for a retry.
         """
         outcomes: list[Outcome] = []
         for change in changes:
             try:
                 outcomes.append(self.sync_one(change))
             except RetryableError as exc:
-                outcomes.append(Outcome.retry(str(exc)))
+                # the destination is failing: the rest of the batch waits for the retry too,
+                # rather than spending one doomed request each
+                outcomes.extend([Outcome.retry(str(exc))] * (len(changes) - len(outcomes)))
+                break
             except PermanentError as exc:
                 outcomes.append(Outcome.failed(f"{exc} {exc.body}".strip()))
         return outcomes

@@ -1,0 +1,172 @@
+"""Braze: each address's email subscription state and hard-bounce flag, from the ledger.
+
+Per batch (at most 50 addresses, the ``/email/*`` limit), one call per kind of write: hard bounce
+-> ``POST /email/blocklist`` (unsubscribes and marks hard bounced); other suppression reasons ->
+``POST /email/status`` ``unsubscribed``; a spam complaint also sets ``marked_email_as_spam_at``
+through ``POST /users/track`` with ``_update_existing_only`` (never a new profile). Unsuppressed
+-> ``/email/status`` ``subscribed`` (opted-in users stay opted in) and, with CLEAR_ON_UNSUPPRESS,
+``/email/bounce/remove`` and ``/email/spam/remove`` (these also clear the ESP's lists behind
+Braze). LOOKUP=true (default) first asks ``POST /users/export/ids`` about each address (one email
+per call; 250 calls a minute on newer workspaces, hence the default rate): no user -> NOT_FOUND,
+nothing written. LOOKUP=false writes every address: ``/email/*`` take addresses no user has yet
+and apply the state to a user who gets one later, so every outcome is APPLIED. A 429 pauses
+until ``Retry-After``, else ``X-RateLimit-Reset`` (the shared client reads both).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, TypeVar
+
+from syncworker.destinations import (
+    ContactChange,
+    ContactState,
+    Destination,
+    DestinationConfig,
+    HttpClient,
+    Kind,
+    Mode,
+    Outcome,
+    OutcomeStatus,
+    PermanentError,
+    Rate,
+    RetryableError,
+)
+
+STATUS, BLOCKLIST, TRACK = "/email/status", "/email/blocklist", "/users/track"
+UNBOUNCE, UNSPAM = "/email/bounce/remove", "/email/spam/remove"
+EXPORT = "/users/export/ids"
+# a contact's outcome over its calls: the first status present in this order
+RANK = [OutcomeStatus(s) for s in ("retry", "failed", "not_found", "applied", "already")]
+T = TypeVar("T")
+Call = tuple[str, str]  # (path, subscription_state or "")
+
+
+class Braze(Destination):
+    name = "braze"
+    settings = ("API_KEY", "BASE_URL")  # the workspace's REST endpoint, e.g. rest.fra-01.braze.eu
+    optional_settings = {"LOOKUP": "true", "CLEAR_ON_UNSUPPRESS": "true"}
+    batch_size = 50
+    rate = Rate(4, per_seconds=1)
+    mode = Mode.STATE
+
+    def __init__(self, config: DestinationConfig, http: HttpClient) -> None:
+        super().__init__(config, http)
+        self.headers = {"Authorization": f"Bearer {config.get('API_KEY')}"}
+        self.lookup = config.flag("LOOKUP", default=True)
+        self.clear = config.flag("CLEAR_ON_UNSUPPRESS", default=True)
+
+    def sync(self, changes: list[ContactChange]) -> list[Outcome]:
+        """Bring each address to ``change.state``. Repeating a call changes nothing more.
+
+        A 5xx, timeout or outage during the lookups stops them: the rest are retried later.
+        """
+        parts: list[list[Outcome]] = [[] for _ in changes]
+        calls: dict[Call, list[ContactChange]] = {}
+        halt: Outcome | None = None
+        for index, change in enumerate(changes):
+            users: list[dict[str, Any]] | Outcome | None = halt
+            if halt is None and self.lookup:
+                users = _guard(partial(self._users, change.email))
+            if isinstance(users, Outcome):
+                parts[index].append(users)
+                halt = users if users.status is OutcomeStatus.RETRY else None
+            elif users == []:
+                parts[index].append(Outcome.not_found("no Braze user has this address"))
+            else:
+                needed = self._calls(change.state, users)
+                for call in needed:
+                    calls.setdefault(call, []).append(change)
+                if not needed:
+                    parts[index].append(Outcome.already(_subscriptions(users)))
+        done: dict[tuple[Call, str], Outcome] = {}
+        for call, batch in calls.items():
+            done.update({(call, e): o for e, o in self._write(call, batch).items()})
+        for index, change in enumerate(changes):
+            email = change.email.lower()
+            parts[index] += [o for (call, e), o in done.items() if e == email]
+        return [min(p, key=lambda o: RANK.index(o.status)) for p in parts]
+
+    def _calls(self, state: ContactState, users: list[dict[str, Any]] | None) -> list[Call]:
+        """The writes that bring an address to ``state`` (``users``: None when not looked up)."""
+        subscriptions = {str(u.get("email_subscribe")) for u in users or []}
+        if not state.suppressed:
+            clear = [(UNBOUNCE, ""), (UNSPAM, "")] if self.clear else []
+            if users is None or "unsubscribed" in subscriptions:
+                return [(STATUS, "subscribed"), *clear]
+            return clear
+        calls = [(TRACK, "")] if Kind.SPAM_COMPLAINT in state.reasons else []
+        if Kind.HARD_BOUNCE in state.reasons:  # not visible in an export: always sent
+            return [(BLOCKLIST, ""), *calls]
+        if users is None or subscriptions != {"unsubscribed"}:
+            calls.append((STATUS, "unsubscribed"))
+        return calls
+
+    def _users(self, email: str) -> list[dict[str, Any]] | None:
+        """Braze's users with this address (None: the answer did not say, as in a dry run)."""
+        body = {"email_address": email, "fields_to_export": ["braze_id", "email_subscribe"]}
+        users = self._post(EXPORT, body).get("users")
+        return [u for u in users if isinstance(u, dict)] if isinstance(users, list) else None
+
+    def _write(self, call: Call, batch: list[ContactChange]) -> dict[str, Outcome]:
+        """One request for up to 50 addresses; an item Braze names in ``errors`` fails alone."""
+        path, state = call
+        emails = [c.email.lower() for c in batch]
+        if path == TRACK:
+            attributes = [
+                {
+                    "email": c.email,
+                    "marked_email_as_spam_at": _iso(c.state.reasons[Kind.SPAM_COMPLAINT].at),
+                    "_update_existing_only": True,
+                }
+                for c in batch
+            ]
+            body: dict[str, Any] = {"attributes": attributes}
+        else:
+            body = {"email": emails, **({"subscription_state": state} if state else {})}
+        answer = _guard(partial(self._post, path, body))
+        if isinstance(answer, Outcome):
+            return dict.fromkeys(emails, answer)
+        what = f"{path} {state}".strip()
+        if answer.get("message") == "queued":
+            what += " (queued by Braze)"
+        outcomes = dict.fromkeys(emails, Outcome.applied(what))
+        errors = answer.get("errors")
+        for error in errors if isinstance(errors, list) else []:
+            index = error.get("index") if isinstance(error, dict) else None
+            named = [emails[index]] if isinstance(index, int) and index < len(emails) else []
+            words = set(re.split(r"[\s,;:'\"()\[\]{}]+", str(error).lower()))
+            named += [e for e in emails if e in words]
+            for email in named:
+                outcomes[email] = Outcome.failed(f"{path}: {error}"[:300])
+        return outcomes
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = self.http.post(path, json=body, headers=self.headers)
+        try:
+            answer = response.json() if response.content else {}
+        except ValueError:
+            answer = {}
+        return answer if isinstance(answer, dict) else {}
+
+
+def _guard(call: Callable[[], T]) -> T | Outcome:
+    """A 5xx or a rejected request is the outcome of the contacts it was for."""
+    try:
+        return call()
+    except RetryableError as exc:
+        return Outcome.retry(str(exc))
+    except PermanentError as exc:
+        return Outcome.failed(f"{exc} {exc.body}".strip())
+
+
+def _subscriptions(users: list[dict[str, Any]] | None) -> str:
+    states = sorted({str(u.get("email_subscribe")) for u in users or []})
+    return f"email_subscribe {'/'.join(states)}" if states else "nothing to change"
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -1,0 +1,250 @@
+"""Mailchimp: each audience member's status from the ledger; tags for what a status cannot say.
+
+Per contact and audience (LIST_ID, a comma list): ``GET /lists/{id}/members/{md5}``, then only what
+differs: ``PATCH`` the status, ``POST .../tags``. Suppressed -> ``unsubscribed`` (hard bounce:
+HARD_BOUNCE_STATUS=cleaned asks for ``cleaned``, one-way; refused, it falls back). Complaint and
+bounce reasons become tags ``<TAG_PREFIX><reason>``, removed on unsuppress; RESUBSCRIBE=pending
+(Mailchimp's opt-in email) or subscribed then asks for the status back. ``cleaned`` is final, and
+an archived member is not unarchived. The batch ``POST /lists/{id}`` upserts, so it only serves
+CREATE_MISSING=true (unknown addresses added already suppressed). Mailchimp limits concurrent
+connections (10 per user), not requests, so per-member calls spend no quota; a 429 or a bare
+403 (its overload signal) is Throttled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from functools import partial
+from typing import Any, TypeVar
+
+from syncworker.destinations import (
+    BadCredentials,
+    ContactChange,
+    ContactState,
+    Destination,
+    DestinationConfig,
+    HttpClient,
+    Kind,
+    Mode,
+    NotConfigured,
+    Outcome,
+    OutcomeStatus,
+    PermanentError,
+    Rate,
+    RetryableError,
+    Throttled,
+)
+
+TAGGED = (Kind.HARD_BOUNCE, Kind.SOFT_BOUNCE, Kind.BLOCKED, Kind.SPAM_COMPLAINT)
+CHOICES = {
+    "HARD_BOUNCE_STATUS": ("unsubscribed", "cleaned"),
+    "RESUBSCRIBE": ("none", "pending", "subscribed"),
+}
+OVERLOAD_WAIT = 10.0  # s: Mailchimp sends no hint; its limit is connections, which free up fast
+# a contact's outcome over several audiences: the first status present in this order
+RANK = [OutcomeStatus(s) for s in ("retry", "failed", "applied", "already", "not_found")]
+T = TypeVar("T")
+
+
+class Mailchimp(Destination):
+    name = "mailchimp"
+    settings = ("API_KEY", "LIST_ID")
+    optional_settings = {
+        "HARD_BOUNCE_STATUS": "unsubscribed",
+        "RESUBSCRIBE": "none",
+        "TAG_PREFIX": "syncworker:",
+        "CREATE_MISSING": "false",
+    }
+    batch_size = 50  # per-member calls: a batch stays well inside a deliver job's lease
+    rate = Rate(10, per_seconds=1)
+    mode = Mode.STATE
+
+    @classmethod
+    def effective_base_url(cls, config: DestinationConfig) -> str:
+        """BASE_URL, else the data center named by the API key's suffix (``...-us6``)."""
+        _, dash, dc = config.get("API_KEY").rpartition("-")
+        default = f"https://{dc}.api.mailchimp.com/3.0" if dash and dc.isalnum() else ""
+        return config.get("BASE_URL") or default
+
+    def __init__(self, config: DestinationConfig, http: HttpClient) -> None:
+        super().__init__(config, http)
+        opt = {**self.optional_settings, **{k: v for k, v in config.values.items() if v}}
+        self.auth = ("syncworker", config.get("API_KEY"))
+        self.lists = [part.strip() for part in config.get("LIST_ID").split(",") if part.strip()]
+        self.hard_bounce, self.resubscribe = opt["HARD_BOUNCE_STATUS"], opt["RESUBSCRIBE"]
+        self.ours = {f"{opt['TAG_PREFIX']}{kind.value}": kind for kind in TAGGED}
+        self.create = config.flag("CREATE_MISSING")
+        self.cleaned_refused = False  # Mailchimp refused a client-set ``cleaned`` once
+        self.lists_seen: set[str] = set()
+        problems = [
+            f"SYNCWORKER_MAILCHIMP_{key} must be one of {', '.join(allowed)}"
+            for key, allowed in CHOICES.items()
+            if opt[key] not in allowed
+        ]
+        if not http.base_url:
+            problems.append("SYNCWORKER_MAILCHIMP_API_KEY must end in -<dc> (or set BASE_URL)")
+        if not self.lists:
+            problems.append("SYNCWORKER_MAILCHIMP_LIST_ID: one or more audience ids")
+        if problems:
+            raise NotConfigured(problems)
+
+    def sync(self, changes: list[ContactChange]) -> list[Outcome]:
+        """Bring each contact to ``change.state`` in every audience. Repeating changes nothing.
+
+        A 5xx, timeout or outage stops the batch: the contacts not yet done are retried later.
+        """
+        parts: list[list[Outcome]] = [[] for _ in changes]
+        halt: Outcome | None = None
+        for list_id in self.lists:
+            missing: list[int] = []
+            for index, change in enumerate(changes):
+                outcome = halt or _guard(partial(self._member, list_id, change))
+                if outcome is None:
+                    missing.append(index)
+                    continue
+                parts[index].append(outcome)
+                halt = outcome if outcome.status is OutcomeStatus.RETRY else None
+            creatable = [i for i in missing if self.create and changes[i].state.suppressed]
+            for index in set(missing) - set(creatable):
+                parts[index].append(Outcome.not_found(f"not in audience {list_id}"))
+            if creatable:
+                added = [changes[i] for i in creatable]
+                created = [halt] * len(added) if halt else self._create(list_id, added)
+                for index, outcome in zip(creatable, created, strict=True):
+                    parts[index].append(outcome)
+        return [min(p, key=lambda o: RANK.index(o.status)) for p in parts]
+
+    # -- one member ---------------------------------------------------------------------------
+
+    def _member(self, list_id: str, change: ContactChange) -> Outcome | None:
+        """The member's outcome, or None when it is not in the audience."""
+        path = f"/lists/{list_id}/members/{_hash(change.email)}"
+        status, body = self._call("GET", path, params={"fields": "status,tags"})
+        if status == 404:
+            self._check_list(list_id)
+            return None
+        if status != 200:
+            raise PermanentError(self.name, "member read refused", status=status, body=str(body))
+        current = str(body.get("status", ""))
+        if current == "archived":
+            return Outcome.not_found(f"archived in audience {list_id}: left archived")
+        have = {str(t.get("name")) for t in _dicts(body.get("tags"))}
+        wanted, blocked = self._status(change.state, current)
+        if blocked is not None:
+            return blocked
+        done = []
+        if wanted is not None:
+            result = self._set_status(path, wanted, current, change.state)
+            if isinstance(result, Outcome):
+                return result
+            done += [f"status {result}"] if result else []
+        if self._tag(path, change.state, have):
+            done.append("tags")
+        return Outcome.applied(", ".join(done)) if done else Outcome.already(f"already {current}")
+
+    def _status(self, state: ContactState, current: str) -> tuple[str | None, Outcome | None]:
+        """The status to set (None: keep it), or the outcome when Mailchimp cannot get there."""
+        if state.suppressed:
+            bounced = Kind.HARD_BOUNCE in state.reasons and not self.cleaned_refused
+            wanted = self.hard_bounce if bounced else "unsubscribed"
+            return (None if current in (wanted, "cleaned") else wanted), None
+        if self.resubscribe == "none" or current not in ("unsubscribed", "cleaned"):
+            return None, None
+        if current == "cleaned":
+            return None, Outcome.failed("cleaned in Mailchimp: the API cannot resubscribe it")
+        return self.resubscribe, None
+
+    def _set_status(self, path: str, wanted: str, now: str, state: ContactState) -> str | Outcome:
+        """The status now set ("": none), or the outcome when Mailchimp refuses it."""
+        status, body = self._call("PATCH", path, json={"status": wanted})
+        if status == 200:
+            return wanted
+        if status == 404:
+            return Outcome.not_found("gone from the audience")
+        title, detail = str(body.get("title", "")), str(body.get("detail", ""))
+        if wanted == "cleaned" and title == "Invalid Resource":
+            self.cleaned_refused = True  # unsubscribed + tag from now on
+            if now == "unsubscribed":
+                return ""  # nothing changed
+            return self._set_status(path, "unsubscribed", now, state)
+        if state.suppressed and title == "Member In Compliance State":
+            return Outcome.already(f"{title}: already kept from mail")
+        return Outcome.failed(f"HTTP {status} {title}: {detail}"[:300])
+
+    def _tag(self, path: str, state: ContactState, have: set[str]) -> bool:
+        held = state.reasons if state.suppressed else {}
+        wanted = {name for name, kind in self.ours.items() if kind in held}
+        changes = [{"name": n, "status": "active"} for n in sorted(wanted - have)]
+        stale = (have & set(self.ours)) - wanted
+        changes += [{"name": n, "status": "inactive"} for n in sorted(stale)]
+        if changes:
+            status, body = self._call("POST", f"{path}/tags", json={"tags": changes})
+            if status >= 400:
+                raise PermanentError(self.name, "tags refused", status=status, body=str(body))
+        return bool(changes)
+
+    # -- audiences ----------------------------------------------------------------------------
+
+    def _check_list(self, list_id: str) -> None:
+        """A member 404 is genuine only if the audience exists: a wrong LIST_ID pauses us."""
+        if list_id in self.lists_seen:
+            return
+        status, body = self._call("GET", f"/lists/{list_id}", params={"fields": "id"})
+        if status == 404:
+            problem = f"audience {list_id} not found: check SYNCWORKER_MAILCHIMP_LIST_ID"
+            raise BadCredentials(self.name, problem, status=404, body=str(body)[:500])
+        self.lists_seen.add(list_id)
+
+    def _create(self, list_id: str, changes: list[ContactChange]) -> list[Outcome]:
+        """CREATE_MISSING: add suppressed addresses (unsubscribed) in one batch call, tag them."""
+        members = [{"email_address": c.email, "status": "unsubscribed"} for c in changes]
+        body = {"members": members, "update_existing": False}
+        answer = _guard(lambda: self._call("POST", f"/lists/{list_id}", json=body)[1])
+        if isinstance(answer, Outcome):
+            return [answer] * len(changes)
+        errors = {str(e.get("email_address", "")).lower(): e for e in _dicts(answer.get("errors"))}
+        outcomes = []
+        for change in changes:
+            error = errors.get(change.email.lower(), {})
+            path = f"/lists/{list_id}/members/{_hash(change.email)}"
+            if not error:
+                tagged = _guard(partial(self._tag, path, change.state, set()))
+                outcomes.append(tagged if isinstance(tagged, Outcome) else Outcome.applied("added"))
+            elif error.get("error_code") == "ERROR_CONTACT_EXISTS":
+                outcomes.append(Outcome.retry("added to the audience meanwhile"))
+            elif "permanently deleted" in str(error.get("error")):
+                outcomes.append(Outcome.not_found("permanently deleted in Mailchimp"))
+            else:
+                outcomes.append(Outcome.failed(str(error.get("error"))[:300]))
+        return outcomes
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+        response = self.http.request(method, path, auth=self.auth, allow=(400, 403, 404), **kwargs)
+        try:
+            body = response.json() if response.content else {}
+        except ValueError:
+            body = {}
+        if response.status_code == 403 and not body:
+            raise Throttled(self.name, OVERLOAD_WAIT, "overloaded (bare 403)", status=403)
+        if response.status_code == 403:
+            raise BadCredentials(self.name, "forbidden", status=403, body=response.text)
+        return response.status_code, body if isinstance(body, dict) else {}
+
+
+def _guard(call: Callable[[], T]) -> T | Outcome:
+    """One member's call: a 5xx or a rejected request is that member's outcome."""
+    try:
+        return call()
+    except RetryableError as exc:
+        return Outcome.retry(str(exc))
+    except PermanentError as exc:
+        return Outcome.failed(f"{exc} {exc.body}".strip())
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _hash(email: str) -> str:
+    return hashlib.md5(email.lower().encode(), usedforsecurity=False).hexdigest()
