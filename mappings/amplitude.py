@@ -34,6 +34,7 @@ from syncworker.destinations import (
     compact_json,
     hygiene_traits,
     json_object,
+    retry_after_seconds,
     scrub_address,
     user_id,
     valid_user_id_rule,
@@ -140,16 +141,16 @@ class Amplitude(Destination):
             elif status == 429:
                 named = _indices(answer, len(chunk), "throttled_events")
                 if not named:  # not a per-user limit: pause the destination
-                    after = _seconds(response.headers.get("Retry-After"), USER_PAUSE)
+                    after = retry_after_seconds(response, default=USER_PAUSE)
                     raise Throttled(self.name, after, status=429, body=response.text[:500])
                 over = answer.get("exceeded_daily_quota_users")
                 over = over if isinstance(over, dict | list) else {}
                 for position in named:
                     index, who, _ = chunk[position]
                     outcomes[index] = (
-                        Outcome.retry("over Amplitude's daily quota", after=QUOTA_PAUSE)
+                        Outcome.deferred(QUOTA_PAUSE, "over Amplitude's daily quota")
                         if who in over
-                        else Outcome.retry("user throttled by Amplitude", after=USER_PAUSE)
+                        else Outcome.deferred(USER_PAUSE, "user throttled by Amplitude")
                     )
             else:
                 return _settle(chunk, outcomes, Outcome.applied("sent"))
@@ -197,10 +198,3 @@ def _indices(answer: dict[str, Any], count: int, *fields: str) -> set[int]:
         lists = value.values() if isinstance(value, dict) else [value]
         named.update(i for v in lists if isinstance(v, list) for i in v if isinstance(i, int))
     return {i for i in named if 0 <= i < count}
-
-
-def _seconds(value: str | None, default: float) -> float:
-    try:
-        return max(0.0, float(value)) if value else default
-    except ValueError:
-        return default

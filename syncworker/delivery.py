@@ -255,7 +255,9 @@ class Delivery:
         now = time.time()
         attempts_key = ATTEMPTS + self.name
         retrying = [
-            c for c, o in zip(changes, outcomes, strict=True) if o.status is OutcomeStatus.RETRY
+            c
+            for c, o in zip(changes, outcomes, strict=True)
+            if o.status is OutcomeStatus.RETRY and o.counts
         ]
         previous: dict[str, dict[str, Any]] = {}
         if retrying:
@@ -270,6 +272,10 @@ class Delivery:
                 if outcome.ok:
                     pipe.hdel(attempts_key, change.key)
                     status["status"] = outcome.status.value
+                elif outcome.status is OutcomeStatus.RETRY and not outcome.counts:
+                    delay = outcome.retry_after or self.backoff(1)
+                    pipe.zadd(PENDING + self.name, {change.key: now + delay})
+                    status.update(status="deferred", detail=outcome.detail, next_at=now + delay)
                 elif outcome.status is OutcomeStatus.RETRY:
                     prior = previous.get(change.key, {"n": 0, "first": now})
                     n, first = int(prior["n"]) + 1, float(prior["first"])

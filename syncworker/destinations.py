@@ -65,6 +65,7 @@ __all__ = [
     "RetryableError",
     "Throttled",
     "destination_class",
+    "retry_after_seconds",
     "EVENT_NAMES",
     "EventPart",
     "attempt",
@@ -115,6 +116,9 @@ class Outcome:
     status: OutcomeStatus
     detail: str = ""
     retry_after: float | None = None
+    #: False for a wait the vendor imposes on one contact (a per-contact or per-user limit):
+    #: like throttling, it is not a failure and spends no attempt
+    counts: bool = True
 
     @classmethod
     def applied(cls, detail: str = "") -> Outcome:
@@ -131,6 +135,12 @@ class Outcome:
     @classmethod
     def retry(cls, detail: str = "", after: float | None = None) -> Outcome:
         return cls(OutcomeStatus.RETRY, detail, after)
+
+    @classmethod
+    def deferred(cls, after: float, detail: str = "") -> Outcome:
+        """Not now, for this contact only (e.g. RD Station's 24 updates a day): retry after
+        ``after`` seconds without spending an attempt."""
+        return cls(OutcomeStatus.RETRY, detail, after, counts=False)
 
     @classmethod
     def failed(cls, detail: str = "") -> Outcome:

@@ -65,6 +65,14 @@ class PayloadInvalid(IntakeError):
     error = "payload_invalid"
 
 
+class Unavailable(IntakeError):
+    """A host a verified request depends on (an SNS certificate, a SubscribeURL) did not answer:
+    503 with Retry-After, so the ESP delivers again, as when Redis is down."""
+
+    status = 503
+    error = "unavailable"
+
+
 class DestinationError(SyncWorkerError):
     """A destination call failed; the subclass says what the delivery loop does about it."""
 

@@ -74,9 +74,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(api_bp)
 
     @app.errorhandler(IntakeError)
-    def intake_error(exc: IntakeError) -> tuple[Response, int]:
+    def intake_error(exc: IntakeError) -> tuple[Response, int, dict[str, str]]:
         log.info("rejected status=%d error=%s", exc.status, exc.error)
-        return jsonify(error=exc.error, detail=exc.detail), exc.status
+        headers = {"Retry-After": str(settings.intake_retry_after_s)} if exc.status == 503 else {}
+        return jsonify(error=exc.error, detail=exc.detail), exc.status, headers
 
     @app.errorhandler(redis.ConnectionError)
     @app.errorhandler(redis.TimeoutError)

@@ -15,6 +15,7 @@ from syncworker import delivery
 from syncworker.cli import main
 from syncworker.config import Settings
 from syncworker.delivery import ATTEMPTS, DEAD, DSTATS, INFLIGHT, Delivery
+from syncworker.destinations import Outcome
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
 from syncworker.runtime import Runtime
@@ -266,3 +267,22 @@ def test_local_rate_limit_wait_beyond_cap_pauses_briefly(
     assert len(hubspot.requests) == 1 and hubspot.throttled == 0
     assert 55 < delivery.paused_for(redis_conn, "hubspot") <= 63
     assert redis_conn.hget(DSTATS + "hubspot", "rate_waits") == b"1"
+
+
+def test_a_deferred_contact_waits_without_spending_an_attempt(
+    rt: Runtime, redis_conn: redis.Redis
+) -> None:
+    """A vendor's per-contact limit (RD Station: 24 updates a day) is a wait, not a failure."""
+    unsubscribe_all(rt, EMAILS[:2])
+    d = Delivery(rt, "hubspot")
+    ids = d.take()
+    changes, _ = d.build(ids)
+    now = time.time()
+    outcomes = [Outcome.deferred(3600, "contact update limit"), Outcome.retry("503")]
+    d.record(changes, outcomes, delivery.Report())
+    due = pending(redis_conn, "hubspot")
+    assert now + 3599 <= due[changes[0].key] <= time.time() + 3600
+    assert redis_conn.hget(ATTEMPTS + "hubspot", changes[0].key) is None  # no attempt spent
+    assert redis_conn.hget(ATTEMPTS + "hubspot", changes[1].key) is not None
+    view = rt.ledger.view(changes[0].email)
+    assert view is not None and view.sync["hubspot"]["status"] == "deferred"

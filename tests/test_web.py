@@ -156,7 +156,7 @@ def test_unknown_route_and_method_answer_json(client: FlaskClient) -> None:
     missing = client.get("/nowhere")
     assert missing.status_code == 404
     assert missing.json is not None and missing.json["error"] == "not_found"
-    response = client.get("/webhooks/postmark")
+    response = client.put("/webhooks/postmark")
     assert response.status_code == 405
     assert response.json is not None and response.json["error"] == "method_not_allowed"
 
@@ -213,7 +213,8 @@ def test_probes(client: FlaskClient) -> None:
     assert b"syncworker_ingest_backlog" in metrics.data
 
 
-def test_head_answers_for_configured_sources_only(client: FlaskClient) -> None:
-    """Mandrill, for one, checks a webhook URL with HEAD before saving it."""
-    assert client.head("/webhooks/postmark").status_code == 200
-    assert client.head("/webhooks/nosuch").status_code == 404
+def test_probes_answer_without_revealing_the_configuration(client: FlaskClient) -> None:
+    """Mandrill checks a webhook URL with HEAD before it issues the key, Unisender Go with GET."""
+    for path in ("/webhooks/postmark", "/webhooks/mandrill", "/webhooks/nosuch"):
+        assert client.head(path).status_code == 200
+        assert client.get(path).status_code == 200

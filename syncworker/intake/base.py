@@ -59,6 +59,9 @@ class ParseResult:
     quarantined: list[Quarantined] = field(default_factory=list)
     #: a handshake the ESP expects an answer to (e.g. SNS SubscriptionConfirmation), if any
     response: dict[str, Any] | None = None
+    #: work the route does for a verified handshake before it answers (e.g. GET of the SNS
+    #: SubscribeURL), since a parser does no HTTP; returns a line for the log
+    followup: Callable[[], str] | None = None
 
 
 class EspParser:

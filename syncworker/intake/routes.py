@@ -18,11 +18,11 @@ log = logging.getLogger(__name__)
 bp = Blueprint("intake", __name__, url_prefix="/webhooks")
 
 
-@bp.route("/<source>", methods=["HEAD"])
+@bp.route("/<source>", methods=["GET", "HEAD"])
 def probe(source: str) -> tuple[str, int]:
-    """Some ESPs (Mandrill) check that a webhook URL answers before they save it."""
-    if source not in current_app.extensions["syncworker"].parsers:
-        raise UnknownEsp(f"no source named {source!r} is configured")
+    """ESPs check that a webhook URL answers before they save it (Mandrill with HEAD, before it
+    issues the key that the source's configuration needs; Unisender Go with GET). Any name
+    answers, so a probe neither depends on the configuration nor reveals it."""
     return "", 200
 
 
@@ -50,6 +50,8 @@ def receive(source: str) -> tuple[Response, int]:
         # verified but unreadable: keep it for inspection, then tell the ESP
         state.quarantine_body(source, parser.esp, str(exc.detail), body)
         raise
+    if result.followup is not None:
+        log.info("handshake source=%s %s", source, result.followup())
     if result.response is not None:
         return jsonify(result.response), 200
     counters: Counter[str] = Counter()

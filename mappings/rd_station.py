@@ -1,0 +1,215 @@
+"""RD Station Marketing: decline the contact's communications legal basis; tag bounces, complaints.
+
+Per contact (no batch update exists): ``GET /platform/contacts/email:{email}`` (404: not found;
+the email-keyed PATCH is an upsert and is never used), then only what differs from the ledger:
+``PATCH /platform/contacts/{uuid}`` (update-only) declining the ``communications`` legal basis of
+type LEGAL_BASIS_TYPE, and every other one still granted, for OPT_OUT_REASONS (or removing tags);
+``POST .../uuid:{uuid}/tag`` adding TAG_PREFIX tags for bounces and complaints. RD Station takes
+24 PATCHes per contact per 24 h: a contact already in its state costs one GET, and a 429 on its
+own update or tag call retries that contact after LIMIT_RETRY_AFTER s (or Retry-After) instead of
+pausing the destination. OAuth: refresh token at ``/auth/token``; the access token lives for one
+deliver job, is renewed before ``expires_in`` and on a 401 (``expired_token``), and the rejected
+call is repeated once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from syncworker.destinations import (
+    BadCredentials,
+    ContactChange,
+    ContactState,
+    Destination,
+    DestinationConfig,
+    HttpClient,
+    Kind,
+    Mode,
+    NotConfigured,
+    Outcome,
+    PermanentError,
+    Rate,
+    RetryableError,
+    retry_after_seconds,
+)
+
+CONTACTS = "/platform/contacts"
+COMMS = "communications"  # the only legal-basis category RD Station defines
+LEGAL_TYPES = (
+    "pre_existent_contract",
+    "consent",
+    "legitimate_interest",
+    "judicial_process",
+    "vital_interest",
+    "public_interest",
+)
+TAGGED = (Kind.HARD_BOUNCE, Kind.SOFT_BOUNCE, Kind.BLOCKED, Kind.SPAM_COMPLAINT)
+
+
+class RDStation(Destination):
+    name = "rd_station"
+    settings = ("CLIENT_ID", "CLIENT_SECRET", "REFRESH_TOKEN")
+    optional_settings = {
+        "OPT_OUT_REASONS": "unsubscribe,spam_complaint,hard_bounce,manual",
+        "LEGAL_BASIS_TYPE": "consent",
+        "TAG_PREFIX": "syncworker-",
+        "RESUBSCRIBE": "false",
+        "LIMIT_RETRY_AFTER": "3600",
+    }
+    base_url = "https://api.rd.services"
+    batch_size = 20  # up to three calls per contact at 2 per second: a batch takes about 30 s
+    rate = Rate(120, per_seconds=60)  # the account limit of the Light, Basic and Pro plans
+    mode = Mode.STATE
+
+    def __init__(self, config: DestinationConfig, http: HttpClient) -> None:
+        super().__init__(config, http)
+        opt = {**self.optional_settings, **{k: v for k, v in config.values.items() if v}}
+        self.credentials = {k.lower(): config.get(k) for k in self.settings}
+        reasons = opt["OPT_OUT_REASONS"].split(",")
+        self.opt_out_reasons = frozenset(r.strip() for r in reasons if r.strip())
+        self.basis_type = opt["LEGAL_BASIS_TYPE"]
+        self.prefix = config.get("TAG_PREFIX", opt["TAG_PREFIX"])  # set but empty: no tags
+        self.resubscribe = config.flag("RESUBSCRIBE")
+        self.token: str | None = None
+        self.expires_at = 0.0
+        env, problems = "SYNCWORKER_RD_STATION_", []
+        if self.basis_type not in LEGAL_TYPES:
+            problems.append(f"{env}LEGAL_BASIS_TYPE: one of {', '.join(LEGAL_TYPES)}")
+        if self.prefix != self.prefix.lower():
+            problems.append(f"{env}TAG_PREFIX: lower case (RD Station tags are)")
+        self.limit_retry = _seconds(opt["LIMIT_RETRY_AFTER"])
+        if self.limit_retry <= 0:
+            problems.append(f"{env}LIMIT_RETRY_AFTER: seconds before a contact over its limit")
+        if problems:
+            raise NotConfigured(problems)
+
+    def sync(self, changes: list[ContactChange]) -> list[Outcome]:
+        """One contact at a time; a timeout or 5xx leaves it and the rest of the batch to retry
+        (an outage then costs one timeout, not one per contact)."""
+        outcomes: list[Outcome] = []
+        for change in changes:
+            try:
+                outcomes.append(self.sync_one(change))
+            except RetryableError as exc:
+                return outcomes + [Outcome.retry(str(exc))] * (len(changes) - len(outcomes))
+            except PermanentError as exc:
+                outcomes.append(Outcome.failed(f"{exc} {exc.body}".strip()))
+        return outcomes
+
+    def sync_one(self, change: ContactChange) -> Outcome:
+        """Bring one contact to ``change.state``, sending nothing it already has."""
+        path = f"{CONTACTS}/email:{quote(change.email, safe='@')}"
+        response = self._api("GET", path, allow=(404,))
+        if response.status_code == 404:
+            return _missing(response)
+        contact = _body(response)
+        patch, tags = self._wanted(change.state, contact)
+        uuid = quote(str(contact.get("uuid") or ""), safe="")
+        calls = [("PATCH", f"{CONTACTS}/{uuid}", patch)] if patch else []
+        calls += [("POST", f"{CONTACTS}/uuid:{uuid}/tag", {"tags": tags})] if tags else []
+        if not calls:
+            return Outcome.already(self._unchanged(change.state, contact))
+        if not uuid:
+            return Outcome.failed("RD Station answered the contact without a uuid")
+        for method, call_path, body in calls:
+            answer = self._api(method, call_path, json=body, allow=(404, 429))
+            if answer.status_code == 404:
+                return _missing(answer)
+            if answer.status_code == 429:  # this contact's own daily limit: 24 updates in 24 h
+                after = retry_after_seconds(answer, default=self.limit_retry)
+                return Outcome.deferred(after, f"contact update limit: {answer.text[:200]}")
+        return Outcome.applied(", ".join(sorted({*patch, *(["tags"] if tags else [])})))
+
+    def _wanted(
+        self, state: ContactState, contact: dict[str, Any]
+    ) -> tuple[dict[str, Any], list[str]]:
+        """The PATCH body (only what differs) and the tags to add, for ``state``."""
+        held = set(state.reasons) if state.suppressed else set()
+        bases = {
+            str(b.get("type")): b.get("status")
+            for b in contact.get("legal_bases") or []
+            if isinstance(b, dict) and b.get("category") == COMMS
+        }
+        patch: dict[str, Any] = {}
+        if held & self.opt_out_reasons:
+            types = {self.basis_type, *(t for t, status in bases.items() if status == "granted")}
+            declined = [t for t in sorted(types) if bases.get(t) != "declined"]
+            if declined:
+                patch["legal_bases"] = [_basis(t, "declined") for t in declined]
+        elif not state.suppressed and self.resubscribe and bases.get(self.basis_type) == "declined":
+            patch["legal_bases"] = [_basis(self.basis_type, "granted")]
+        current = [t for t in contact.get("tags") or [] if isinstance(t, str)]
+        ours = {t for t in current if self.prefix and t.startswith(self.prefix)}
+        wanted = {self.prefix + k.replace("_", "-") for k in held if k in TAGGED and self.prefix}
+        if ours - wanted:  # tags leave only through a PATCH of the whole list
+            patch["tags"] = [t for t in current if t not in ours - wanted]
+        return patch, sorted(wanted - ours)
+
+    def _unchanged(self, state: ContactState, contact: dict[str, Any]) -> str:
+        declined = any(
+            isinstance(b, dict) and b.get("status") == "declined"
+            for b in contact.get("legal_bases") or []
+        )
+        if not state.suppressed and declined and not self.resubscribe:
+            return "the declined legal basis stays (set RESUBSCRIBE=true to grant it again)"
+        return "nothing to change"
+
+    def _api(
+        self, method: str, path: str, *, again: bool = False, **kwargs: Any
+    ) -> requests.Response:
+        """A call with a live token; a 401 renews it and repeats the call once."""
+        if self.token is None or time.monotonic() >= self.expires_at:
+            self._refresh()
+        allow = (401, *kwargs.pop("allow", ()))
+        headers = {"Authorization": f"Bearer {self.token}"}
+        response = self.http.request(method, path, headers=headers, allow=allow, **kwargs)
+        if response.status_code == 401 and not again:
+            self.token = None  # WWW-Authenticate: error="expired_token" (or a revoked token)
+            return self._api(method, path, again=True, allow=allow[1:], **kwargs)
+        if response.status_code == 401:
+            raise BadCredentials(self.name, "access token rejected", status=401, body=response.text)
+        return response
+
+    def _refresh(self) -> None:
+        response = self.http.post("/auth/token", json=self.credentials, allow=(400, 401))
+        if response.status_code in (400, 401):  # INVALID_REFRESH_TOKEN, ACCESS_DENIED
+            message = "token refresh rejected"
+            raise BadCredentials(
+                self.name, message, status=response.status_code, body=response.text
+            )
+        body = _body(response)
+        self.token = str(body.get("access_token") or "")
+        if not self.token and not self.http.dry_run:
+            raise BadCredentials(self.name, "no access_token in the token answer")
+        lifetime = _seconds(str(body.get("expires_in") or 86400))
+        self.expires_at = time.monotonic() + lifetime - min(60.0, lifetime / 10)
+
+
+def _basis(kind: str, status: str) -> dict[str, str]:
+    return {"category": COMMS, "type": kind, "status": status}
+
+
+def _missing(response: requests.Response) -> Outcome:
+    """404 RESOURCE_NOT_FOUND: no such contact (another 404, e.g. a wrong path, is a failure)."""
+    if "RESOURCE_NOT_FOUND" in response.text:
+        return Outcome.not_found("RESOURCE_NOT_FOUND")
+    return Outcome.failed(f"404: {response.text[:200]}")
+
+
+def _body(response: requests.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _seconds(value: str | None) -> float:
+    try:
+        return max(0.0, float(value or 0))
+    except ValueError:
+        return 0.0

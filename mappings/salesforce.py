@@ -1,0 +1,250 @@
+"""Salesforce: opt Contacts and Leads out of email; record bounces and complaints on them.
+
+A SOQL query per object in OBJECTS (Leads: unconverted) finds every record of each address; one
+``PATCH /composite/sobjects`` (allOrNone=false, 200 a call) writes only fields that differ, so a
+repeat costs the queries and fires no triggers: ``HasOptedOutOfEmail``, ``EmailBouncedReason``/
+``Date`` (cleared only where syncworker wrote them), a COMPLAINT_FIELD checkbox. OAuth refresh
+token at BASE_URL (login host), data at its ``instance_url``; the token lives for one deliver job
+and a 401 refreshes it and repeats the call once. 403 REQUEST_LIMIT_EXCEEDED pauses LIMIT_PAUSE s.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from syncworker.destinations import (
+    BadCredentials,
+    ContactChange,
+    ContactState,
+    Destination,
+    DestinationConfig,
+    HttpClient,
+    Kind,
+    Mode,
+    NotConfigured,
+    Outcome,
+    OutcomeStatus,
+    Rate,
+    Throttled,
+)
+
+LIMIT = 200  # records per sObject Collections request
+QUERY_CHARS = 6000  # characters of addresses per SOQL query: keeps the GET URL far under 16 KB
+MARK = "syncworker: "  # EmailBouncedReason prefix: only bounces syncworker wrote are ever cleared
+BOUNCES = (Kind.HARD_BOUNCE, Kind.SOFT_BOUNCE, Kind.BLOCKED)
+OPT_OUT, REASON, DATE = "HasOptedOutOfEmail", "EmailBouncedReason", "EmailBouncedDate"
+RANK = ["retry", "failed", "applied", "not_found", "already"]  # worst first, across records
+
+
+class Salesforce(Destination):
+    name = "salesforce"
+    settings = ("CLIENT_ID", "CLIENT_SECRET", "REFRESH_TOKEN")
+    optional_settings = {
+        "API_VERSION": "62.0",
+        "OBJECTS": "Contact,Lead",
+        "OPT_OUT_REASONS": "unsubscribe,spam_complaint,hard_bounce,manual",
+        "BOUNCE_FIELDS": "true",
+        "COMPLAINT_FIELD": "",
+        "RESUBSCRIBE": "false",
+        "LIMIT_PAUSE": "3600",
+    }
+    base_url = "https://login.salesforce.com"
+    batch_size = LIMIT
+    rate = Rate(5, per_seconds=1)
+    mode = Mode.STATE
+
+    def __init__(self, config: DestinationConfig, http: HttpClient) -> None:
+        super().__init__(config, http)
+        opt = {**self.optional_settings, **{k: v for k, v in config.values.items() if v}}
+        self.credentials = {k.lower(): opt.get(k, "") for k in self.settings}
+        self.version = opt["API_VERSION"].removeprefix("v")
+        self.objects = _split(opt["OBJECTS"])
+        self.opt_out_reasons = frozenset(_split(opt["OPT_OUT_REASONS"]))
+        self.bounce_fields = config.flag("BOUNCE_FIELDS", default=True)
+        self.complaint_field = opt["COMPLAINT_FIELD"]
+        self.resubscribe = config.flag("RESUBSCRIBE")
+        self.token: str | None = None
+        self.instance, self.api_usage = "", ""  # api_usage: the last Sforce-Limit-Info seen
+        env, problems = "SYNCWORKER_SALESFORCE_", []
+        if not re.fullmatch(r"\d{2,3}\.0", self.version) or float(self.version) < 42:
+            problems.append(f"{env}API_VERSION: e.g. 62.0 (sObject Collections need 42.0+)")
+        if not self.objects or set(self.objects) - {"Contact", "Lead"}:
+            problems.append(f"{env}OBJECTS: Contact, Lead or both")
+        if self.complaint_field and not re.fullmatch(r"[A-Za-z]\w*__c", self.complaint_field):
+            problems.append(f"{env}COMPLAINT_FIELD: a custom field API name such as Spam__c")
+        self.limit_pause = _seconds(opt["LIMIT_PAUSE"])
+        if self.limit_pause <= 0:
+            problems.append(f"{env}LIMIT_PAUSE: seconds to pause once the API allocation is spent")
+        if problems:
+            raise NotConfigured(problems)
+        optional = [*((REASON, DATE) if self.bounce_fields else ()), self.complaint_field]
+        self.fields = [OPT_OUT, *filter(None, optional)]
+
+    def sync(self, changes: list[ContactChange]) -> list[Outcome]:
+        """Bring every record of each address to ``change.state``; repeating changes nothing."""
+        states = {c.email.lower(): c.state for c in changes}
+        found = self._lookup(list(states))
+        missing = Outcome.not_found("no Contact or Lead has this email")
+        parts: dict[str, list[Outcome]] = {e: [] if found[e] else [missing] for e in states}
+        writes: list[tuple[str, dict[str, Any]]] = []
+        for email, records in found.items():
+            for record in records:
+                fields = self._changed(states[email], record)
+                if fields:
+                    attributes = {"type": record["attributes"]["type"]}
+                    writes.append((email, {"attributes": attributes, "id": record["Id"], **fields}))
+                elif not states[email].suppressed and record.get(OPT_OUT) and not self.resubscribe:
+                    parts[email].append(Outcome.already(f"{record['Id']}: the opt-out stays"))
+                else:
+                    parts[email].append(Outcome.already(f"{record['Id']}: nothing to change"))
+        writes.sort(key=lambda w: w[1]["attributes"]["type"])  # one type chunk per object
+        for start in range(0, len(writes), LIMIT):
+            chunk = writes[start : start + LIMIT]
+            body = {"allOrNone": False, "records": [record for _, record in chunk]}
+            answer = self._api("PATCH", "/composite/sobjects", json=body)
+            results = [*(answer if isinstance(answer, list) else []), *[{}] * len(chunk)]
+            for (email, _), result in zip(chunk, results, strict=False):  # in request order
+                parts[email].append(_saved(result if isinstance(result, dict) else {}))
+        return [_worst(parts[c.email.lower()]) for c in changes]
+
+    def _lookup(self, emails: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """Every record of OBJECTS whose Email is in ``emails`` (SOQL compares it caselessly)."""
+        found: dict[str, list[dict[str, Any]]] = {e: [] for e in emails}
+        for sobject, chunk in [(o, c) for o in self.objects for c in _by_length(emails)]:
+            where = " AND IsConverted = false" if sobject == "Lead" else ""
+            literals = ", ".join(_literal(e) for e in chunk)
+            soql = f"SELECT Id, Email, {', '.join(self.fields)} FROM {sobject} WHERE Email IN "
+            page = self._api("GET", "/query", params={"q": f"{soql}({literals}){where}"})
+            while isinstance(page, dict):
+                for record in page.get("records") or []:
+                    found.setdefault(str(record.get("Email", "")).lower(), []).append(record)
+                more = not page.get("done", True) and page.get("nextRecordsUrl")
+                page = self._api("GET", str(more)) if more else None
+        return {e: found[e] for e in emails}
+
+    def _changed(self, state: ContactState, record: dict[str, Any]) -> dict[str, Any]:
+        """The fields of ``record`` that differ from what ``state`` asks for, with their values."""
+        held = set(state.reasons) if state.suppressed else set()
+        wanted: dict[str, Any] = {}
+        if held & self.opt_out_reasons:
+            wanted[OPT_OUT] = True
+        elif not state.suppressed and self.resubscribe:
+            wanted[OPT_OUT] = False
+        bounces = [r for name, r in state.reasons.items() if name in BOUNCES and name in held]
+        if self.bounce_fields and bounces:
+            newest = max(bounces, key=lambda r: r.at)
+            detail = f": {newest.detail}" if newest.detail else ""
+            wanted[REASON] = f"{MARK}{newest.reason} ({newest.source}){detail}"[:255]
+            wanted[DATE] = _iso(newest.at)
+        elif self.bounce_fields and str(record.get(REASON) or "").startswith(MARK):
+            wanted[REASON] = wanted[DATE] = None
+        if self.complaint_field:
+            wanted[self.complaint_field] = Kind.SPAM_COMPLAINT in held
+        return {k: v for k, v in wanted.items() if not _same(record.get(k), v)}
+
+    def _api(self, method: str, path: str, *, again: bool = False, **kwargs: Any) -> Any:
+        """A data API call with a fresh token: a 401 refreshes it and repeats the call once."""
+        url = path if path.startswith("/services/") else f"/services/data/v{self.version}{path}"
+        if self.token is None:
+            self._refresh()
+        headers = {"Authorization": f"Bearer {self.token}"}
+        response = self.http.request(
+            method, self.instance + url, headers=headers, allow=(401, 403), **kwargs
+        )
+        self.api_usage = response.headers.get("Sforce-Limit-Info", self.api_usage)
+        if response.status_code == 401 and not again:
+            self.token = None  # INVALID_SESSION_ID: the session expired or was revoked
+            return self._api(method, path, again=True, **kwargs)
+        self._check(response)
+        return _json(response)
+
+    def _refresh(self) -> None:
+        data = {"grant_type": "refresh_token", **self.credentials}
+        response = self.http.post("/services/oauth2/token", data=data, allow=(400, 401, 403))
+        self._check(response)
+        body = _json(response)
+        body = body if isinstance(body, dict) else {}
+        self.token = str(body.get("access_token") or "")
+        self.instance = str(body.get("instance_url") or self.http.base_url).rstrip("/")
+        if not self.token and not self.http.dry_run:
+            raise BadCredentials(self.name, "no access_token in the token answer")
+
+    def _check(self, response: Any) -> None:
+        status, text = response.status_code, response.text[:500]
+        if status < 400:
+            return
+        codes = {e.get("errorCode") for e in _json(response) or [] if isinstance(e, dict)}
+        if status == 403 and "REQUEST_LIMIT_EXCEEDED" in codes:
+            pause = _seconds(response.headers.get("Retry-After")) or self.limit_pause
+            message = f"API request limit exceeded ({self.api_usage or 'Sforce-Limit-Info absent'})"
+            raise Throttled(self.name, pause, message, status=status, body=text)
+        raise BadCredentials(self.name, "credentials rejected", status=status, body=text)
+
+
+def _saved(result: dict[str, Any]) -> Outcome:
+    """One record's SaveResult: ``{"id", "success", "errors": [{"statusCode", "message"}]}``."""
+    if result.get("success"):
+        return Outcome.applied(f"{result.get('id')}: updated")
+    errors = [e for e in result.get("errors") or [] if isinstance(e, dict)]
+    detail = "; ".join(f"{e.get('statusCode')}: {e.get('message')}" for e in errors)[:300]
+    codes = {e.get("statusCode") for e in errors}
+    if "UNABLE_TO_LOCK_ROW" in codes:  # another save held the row: try again later
+        return Outcome.retry(detail)
+    if codes == {"ENTITY_IS_DELETED"}:
+        return Outcome.not_found(detail)
+    return Outcome.failed(detail or "no result for this record")
+
+
+def _worst(outcomes: list[Outcome]) -> Outcome:
+    worst = min(outcomes, key=lambda o: RANK.index(o.status))
+    if worst.status is OutcomeStatus.ALREADY:
+        return Outcome.already("; ".join(o.detail for o in outcomes))
+    return worst
+
+
+def _same(current: Any, wanted: Any) -> bool:
+    if wanted is None or isinstance(wanted, bool):
+        return bool(current) == bool(wanted)
+    if current == wanted:
+        return True
+    try:  # datetimes come back as 2026-01-01T00:00:00.000+0000
+        return datetime.fromisoformat(current) == datetime.fromisoformat(wanted)
+    except (TypeError, ValueError):
+        return False
+
+
+def _literal(email: str) -> str:  # a SOQL string literal
+    return "'" + email.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _by_length(emails: list[str]) -> list[list[str]]:
+    chunks: list[list[str]] = []
+    for email in emails:
+        if not chunks or sum(len(e) + 4 for e in chunks[-1]) + len(email) > QUERY_CHARS:
+            chunks.append([])
+        chunks[-1].append(email)
+    return chunks
+
+
+def _json(response: Any) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _seconds(value: str | None) -> float:
+    try:
+        return max(0.0, float(value or 0))
+    except ValueError:
+        return 0.0
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

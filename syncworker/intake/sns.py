@@ -1,0 +1,394 @@
+"""SNS message verification and the subscription handshake, for the sources SNS delivers.
+
+Docs: https://docs.aws.amazon.com/sns/latest/dg/sns-verify-signature-of-message.html,
+https://docs.aws.amazon.com/sns/latest/dg/http-subscription-confirmation-json.html and
+https://www.scaleway.com/en/docs/topics-and-events/reference-content/verifying-webhooks/
+
+The one part of the intake that does HTTP: it fetches signing certificates (only from an
+allow-listed URL, cached in-process by URL) and confirms subscriptions. The parsers hand the
+confirmation to the route as ``ParseResult.followup``. ``http`` is injectable for tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import orjson
+import requests
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from marshmallow import ValidationError, fields
+
+from syncworker.errors import ConfigError, PayloadInvalid, SignatureInvalid, Unavailable
+from syncworker.intake.base import ParseResult
+
+if TYPE_CHECKING:
+    from syncworker.config import SourceConfig
+
+# Type -> the fields signed, in this order, as "Name\nvalue\n"; Subject only when present
+_CONFIRMATION = ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type")
+SIGNED_FIELDS: dict[str, tuple[str, ...]] = {
+    "Notification": ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"),
+    "SubscriptionConfirmation": _CONFIRMATION,
+    "UnsubscribeConfirmation": _CONFIRMATION,
+}
+OPTIONAL_FIELDS = frozenset({"Subject"})
+HASHES: dict[str, type[hashes.HashAlgorithm]] = {"1": hashes.SHA1, "2": hashes.SHA256}
+MAX_BYTES = 64 * 1024  # a PEM chain is a few KB; more is not a certificate
+TIMEOUT_S = (3.05, 5.0)  # SNS waits 15 s for our answer, the certificate fetch included
+MAX_CHAIN = 4
+_FRACTION = re.compile(r"(\.\d{6})\d+")
+
+HttpGet = Callable[[str], tuple[int, bytes]]
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    """GET without following redirects: the status and at most MAX_BYTES + 1 bytes of body."""
+    try:
+        with requests.get(url, timeout=TIMEOUT_S, allow_redirects=False, stream=True) as answer:
+            body = b""
+            for chunk in answer.iter_content(8192):
+                body += chunk
+                if len(body) > MAX_BYTES:
+                    break
+            return answer.status_code, body
+    except requests.RequestException as exc:
+        raise Unavailable(f"{urlsplit(url).hostname} unreachable: {type(exc).__name__}") from None
+
+
+def iso_seconds(value: str) -> float:
+    """ISO 8601 / RFC 3339 (``2012-04-26T20:45:04.751Z``) as Unix seconds; ValueError if not."""
+    moment = datetime.fromisoformat(_FRACTION.sub(r"\1", value.strip(), count=1))
+    if moment.tzinfo is None:  # both ESPs send UTC with a Z; a naive time is read as UTC
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+class IsoTime(fields.Field[float]):
+    """A required ISO 8601 event time, as Unix seconds."""
+
+    def __init__(self) -> None:
+        super().__init__(required=True)
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> float:
+        try:
+            seconds = iso_seconds(value)
+        except (TypeError, ValueError, AttributeError, OverflowError):
+            raise ValidationError("Not an ISO 8601 timestamp.") from None
+        if seconds < 0:
+            raise ValidationError("Timestamp before 1970.")
+        return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class SnsMessage:
+    """The SNS envelope: every field checked to be the string the signature covers."""
+
+    fields: Mapping[str, str]
+
+    @property
+    def type(self) -> str:
+        return self.fields["Type"]
+
+    @property
+    def topic_arn(self) -> str:
+        return self.fields["TopicArn"]
+
+    @property
+    def message_id(self) -> str:
+        return self.fields["MessageId"]
+
+    @property
+    def message(self) -> str:
+        return self.fields["Message"]
+
+    def string_to_sign(self) -> bytes:
+        pairs = ((k, self.fields.get(k)) for k in SIGNED_FIELDS[self.type])
+        return "".join(f"{k}\n{v}\n" for k, v in pairs if v is not None).encode()
+
+
+def load_message(body: bytes) -> SnsMessage:
+    """Parse and check an SNS envelope; PayloadInvalid with the reason otherwise."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise PayloadInvalid("body is not an SNS message (not JSON)") from None
+    if not isinstance(doc, dict):
+        raise PayloadInvalid("body is not an SNS message (not a JSON object)")
+    kind = doc.get("Type")
+    if not isinstance(kind, str) or kind not in SIGNED_FIELDS:
+        raise PayloadInvalid("SNS Type missing or unknown")
+    wanted = (*SIGNED_FIELDS[kind], "SignatureVersion", "Signature", "SigningCertURL")
+    values: dict[str, str] = {}
+    for name in wanted:
+        value = doc.get(name)
+        if value is None and name in OPTIONAL_FIELDS:
+            continue
+        if not isinstance(value, str):
+            raise PayloadInvalid(f"SNS field {name} missing or not a string")
+        values[name] = value
+    return SnsMessage(values)
+
+
+def message_object(message: SnsMessage) -> dict[str, Any]:
+    """The JSON object an SNS Notification carries as its ``Message`` string."""
+    try:
+        doc = orjson.loads(message.message)
+    except orjson.JSONDecodeError:
+        raise PayloadInvalid("SNS Message is not JSON") from None
+    if not isinstance(doc, dict):
+        raise PayloadInvalid("SNS Message is not a JSON object")
+    return doc
+
+
+def allowed(pattern: re.Pattern[str], url: str) -> bool:
+    """``url`` matches the allow-list pattern in full and carries no credentials."""
+    if pattern.fullmatch(url) is None or "\\" in url:
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.username is None and parts.password is None
+
+
+class CertificateCache:
+    """Fetched certificates by URL, for every parser of the process; checked again on each use."""
+
+    def __init__(self, size: int = 64, ttl_s: float = 86400.0) -> None:
+        self.size, self.ttl_s = size, ttl_s
+        self._entries: OrderedDict[str, tuple[float, list[x509.Certificate]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, url: str, now: float) -> list[x509.Certificate] | None:
+        with self._lock:
+            entry = self._entries.get(url)
+            if entry is None or now - entry[0] > self.ttl_s:
+                return None
+            self._entries.move_to_end(url)
+            return entry[1]
+
+    def put(self, url: str, certs: list[x509.Certificate], now: float) -> None:
+        with self._lock:
+            self._entries[url] = (now, certs)
+            self._entries.move_to_end(url)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+
+CERTIFICATES = CertificateCache()
+
+
+def _valid_at(cert: x509.Certificate, now: datetime) -> bool:
+    return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def check_chain(
+    leaf: x509.Certificate,
+    supplied: Sequence[x509.Certificate],
+    anchors: Sequence[x509.Certificate],
+    now: datetime,
+) -> None:
+    """Raise SignatureInvalid unless ``leaf`` chains to one of ``anchors`` through CA
+    certificates from ``supplied`` (what the certificate URL served after the leaf)."""
+    cert, pool = leaf, [c for c in supplied if _is_ca(c) and _valid_at(c, now)]
+    for _ in range(MAX_CHAIN):
+        if any(_valid_at(a, now) and _issued_by(cert, a) for a in anchors):
+            return
+        issuer = next((c for c in pool if _issued_by(cert, c)), None)
+        if issuer is None:
+            break
+        pool.remove(issuer)
+        cert = issuer
+    raise SignatureInvalid("signing certificate is not issued by a configured CA")
+
+
+def load_ca_bundle(value: str) -> list[x509.Certificate]:
+    """CA certificates from PEM text, or from the path of a PEM file; ValueError if none."""
+    pem = value.encode() if "-----BEGIN" in value else Path(value).read_bytes()
+    certs = x509.load_pem_x509_certificates(pem)
+    if not all(_is_ca(cert) for cert in certs):
+        raise ValueError("holds a certificate that is not a CA")
+    return certs
+
+
+class SnsVerifier:
+    """Verifies SNS messages for one source and builds its handshake answers."""
+
+    def __init__(
+        self,
+        *,
+        topics: Iterable[str] | None,
+        cert_url: str,
+        subscribe_url: str,
+        max_age_s: float,
+        skew_s: float = 300.0,
+        anchors: Sequence[x509.Certificate] = (),
+        clock: Callable[[], float] = time.time,
+        http: HttpGet = http_get,
+    ) -> None:
+        self.topics = None if topics is None else frozenset(topics)
+        self.cert_url, self.subscribe_url = re.compile(cert_url), re.compile(subscribe_url)
+        self.max_age_s, self.skew_s, self.anchors = max_age_s, skew_s, list(anchors)
+        self.clock, self.http = clock, http
+
+    @classmethod
+    def from_source(
+        cls,
+        source: SourceConfig,
+        defaults: Mapping[str, str],
+        *,
+        with_ca: bool = False,
+        clock: Callable[[], float] = time.time,
+        http: HttpGet = http_get,
+    ) -> SnsVerifier:
+        """Read TOPIC_ARNS (``*``: any topic), the URL patterns, MAX_AGE_S and, for sources
+        whose certificates chain to a vendor CA, CA_BUNDLE; ConfigError lists every problem."""
+        problems: list[str] = []
+
+        def setting(key: str) -> str:
+            return source.get(key) or defaults.get(key, "")
+
+        def problem(key: str, text: str) -> None:
+            problems.append(f"SYNCWORKER_{source.name.upper()}_{key}: {text}")
+
+        topics = {t for value in source.secrets("TOPIC_ARNS") for t in re.split(r"[\s,]+", value)}
+        topics.discard("")
+        if not topics:
+            problem("TOPIC_ARNS", "set the topic ARN(s) to accept, or * for any topic")
+        for key in ("CERT_URL_PATTERN", "SUBSCRIBE_URL_PATTERN"):
+            try:
+                re.compile(setting(key))
+            except re.error as exc:
+                problem(key, f"not a regular expression ({exc})")
+        try:
+            max_age_s = float(setting("MAX_AGE_S"))
+            if not max_age_s > 0:
+                raise ValueError
+        except ValueError:
+            problem("MAX_AGE_S", "expected a positive number of seconds")
+        anchors: list[x509.Certificate] = []
+        for key in ("CA_BUNDLE", "CA_BUNDLE_PREVIOUS") if with_ca else ():
+            if value := source.get(key):
+                try:
+                    anchors += load_ca_bundle(value)
+                except (OSError, ValueError) as exc:
+                    problem(key, f"not PEM CA certificates or a readable PEM file ({exc})")
+        if with_ca and not anchors and not any("_CA_BUNDLE" in p for p in problems):
+            problem("CA_BUNDLE", "required: Scaleway's sns-trust-chain.pem, as text or a path")
+        if problems:
+            raise ConfigError(problems)
+        return cls(
+            topics=None if "*" in topics else topics,
+            cert_url=setting("CERT_URL_PATTERN"),
+            subscribe_url=setting("SUBSCRIBE_URL_PATTERN"),
+            max_age_s=max_age_s,
+            skew_s=source.signature_tolerance_s,
+            anchors=anchors,
+            clock=clock,
+            http=http,
+        )
+
+    def verify(self, body: bytes) -> SnsMessage:
+        """Check topic, age, certificate and signature; SignatureInvalid with the reason."""
+        try:
+            message = load_message(body)
+        except PayloadInvalid as exc:
+            raise SignatureInvalid(f"not a signed SNS message: {exc.detail}") from None
+        if self.topics is not None and message.topic_arn not in self.topics:
+            raise SignatureInvalid("TopicArn is not an allowed topic")
+        algorithm = HASHES.get(message.fields["SignatureVersion"])
+        if algorithm is None:
+            raise SignatureInvalid("SignatureVersion is not 1 or 2")
+        now = self.clock()
+        try:
+            sent = iso_seconds(message.fields["Timestamp"])
+        except (ValueError, OverflowError):
+            raise SignatureInvalid("Timestamp is not ISO 8601") from None
+        if not now - self.max_age_s <= sent <= now + self.skew_s:
+            raise SignatureInvalid("Timestamp outside the allowed window")
+        try:
+            signature = base64.b64decode(message.fields["Signature"], validate=True)
+        except ValueError:
+            raise SignatureInvalid("Signature is not base64") from None
+        key = self._public_key(message.fields["SigningCertURL"], now)
+        try:
+            key.verify(signature, message.string_to_sign(), padding.PKCS1v15(), algorithm())
+        except InvalidSignature:
+            raise SignatureInvalid("signature does not match the signing certificate") from None
+        return message
+
+    def _public_key(self, url: str, now: float) -> rsa.RSAPublicKey:
+        if not allowed(self.cert_url, url):
+            raise SignatureInvalid("SigningCertURL is not an allowed certificate URL")
+        certs = CERTIFICATES.get(url, now)
+        if certs is None:
+            status, body = self.http(url)
+            if status >= 500:
+                raise Unavailable(f"certificate host answered HTTP {status}")
+            if status != 200 or len(body) > MAX_BYTES:
+                raise SignatureInvalid(f"certificate not served (HTTP {status})")
+            try:
+                certs = x509.load_pem_x509_certificates(body)
+            except ValueError:
+                raise SignatureInvalid("SigningCertURL did not serve a PEM certificate") from None
+            CERTIFICATES.put(url, certs, now)
+        moment = datetime.fromtimestamp(now, UTC)
+        leaf = certs[0]
+        if not _valid_at(leaf, moment):
+            raise SignatureInvalid("signing certificate expired or not yet valid")
+        if self.anchors:
+            check_chain(leaf, certs[1:], self.anchors, moment)
+        key = leaf.public_key()
+        if not isinstance(key, rsa.RSAPublicKey):
+            raise SignatureInvalid("signing certificate does not hold an RSA key")
+        return key
+
+    def handshake(self, message: SnsMessage) -> ParseResult:
+        """The answer to a (verified) subscription or unsubscription confirmation."""
+        topic = message.topic_arn
+        if message.type == "UnsubscribeConfirmation":
+            # logged only: confirming it would re-subscribe (jazzband/django-ses#199)
+            note = f"sns unsubscribe confirmation topic={topic}: not re-subscribing"
+            return ParseResult(response={"subscription": "unsubscribed"}, followup=lambda: note)
+        url = message.fields["SubscribeURL"]
+        if not allowed(self.subscribe_url, url):
+            raise PayloadInvalid("SubscribeURL is not an allowed confirmation URL")
+        return ParseResult(
+            response={"subscription": "confirmed"},
+            followup=lambda: self.confirm(url, topic),
+        )
+
+    def confirm(self, url: str, topic: str) -> str:
+        """GET the SubscribeURL; Unavailable (503, so SNS sends it again) unless it succeeds."""
+        status, _ = self.http(url)
+        if not 200 <= status < 300:
+            raise Unavailable(f"SubscribeURL answered HTTP {status}")
+        return f"sns subscription confirmed topic={topic}"
