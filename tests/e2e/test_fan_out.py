@@ -17,7 +17,13 @@ import requests
 
 from syncworker.delivery import DEAD, INFLIGHT
 from syncworker.ledger import PENDING
+from tests.emulators.amplitude import AmplitudeEmulator
+from tests.emulators.braze import BrazeEmulator
 from tests.emulators.hubspot import HubSpotEmulator
+from tests.emulators.mailchimp import MailchimpEmulator
+from tests.emulators.mixpanel import MixpanelEmulator
+from tests.emulators.rd_station import RDStationEmulator
+from tests.emulators.salesforce import SalesforceEmulator
 from tests.emulators.segment import SegmentEmulator
 from tests.emulators.webhook_receiver import WebhookReceiver, new_secret
 from tests.intake.signing import sendgrid_keypair, sign_sendgrid
@@ -70,6 +76,35 @@ def webhook_converged(rx: WebhookReceiver, ledger: Ledger) -> bool:
     return len(keys) == len(set(keys)) == ledger.events
 
 
+def salesforce_converged(sf: SalesforceEmulator, ledger: Ledger) -> bool:
+    return all(
+        all(r["HasOptedOutOfEmail"] for r in sf.records(e)) == (e in ledger.suppressed)
+        for e in ADDRESSES
+    )
+
+
+def mailchimp_converged(mc: MailchimpEmulator, ledger: Ledger) -> bool:
+    statuses = mc.statuses("list1")
+    return all((statuses.get(e) == "unsubscribed") == (e in ledger.suppressed) for e in ADDRESSES)
+
+
+def braze_converged(bz: BrazeEmulator, ledger: Ledger) -> bool:
+    profiles = bz.profiles()
+    return all((profiles[e][0] == "unsubscribed") == (e in ledger.suppressed) for e in ADDRESSES)
+
+
+def rd_station_converged(rd: RDStationEmulator, ledger: Ledger) -> bool:
+    def declined(email: str) -> bool:
+        contact = rd.contact(email) or {}
+        return all(b["status"] == "declined" for b in contact.get("legal_bases", []))
+
+    return all(declined(e) == (e in ledger.suppressed) for e in ADDRESSES)
+
+
+def stream_converged(emulator: MixpanelEmulator | AmplitudeEmulator, ledger: Ledger) -> bool:
+    return len(emulator.insert_ids) == len(emulator.events) == ledger.events
+
+
 @pytest.fixture()
 def destinations() -> Iterator[dict[str, Destination]]:
     secret = new_secret()
@@ -78,6 +113,20 @@ def destinations() -> Iterator[dict[str, Destination]]:
         hs.seed(*ADDRESSES)
         seg = stack.enter_context(SegmentEmulator(write_key="seg"))
         rx = stack.enter_context(WebhookReceiver(secret))
+        sf = stack.enter_context(SalesforceEmulator())
+        for email in ADDRESSES:
+            sf.seed(email, "Contact")
+        sf.seed(ADDRESSES[0], "Lead")  # a Lead with the same address: both must be updated
+        mc = stack.enter_context(MailchimpEmulator())
+        mc.seed("list1", *ADDRESSES)
+        bz = stack.enter_context(BrazeEmulator())
+        bz.seed(*ADDRESSES)
+        rd = stack.enter_context(RDStationEmulator())
+        granted = {"category": "communications", "type": "consent", "status": "granted"}
+        for email in ADDRESSES:
+            rd.seed(email, legal_bases=[granted])
+        mp = stack.enter_context(MixpanelEmulator())
+        am = stack.enter_context(AmplitudeEmulator())
         yield {
             "hubspot": Destination(
                 "hubspot", hs, {"TOKEN": "hs", "BASE_URL": hs.url}, hubspot_converged
@@ -87,6 +136,43 @@ def destinations() -> Iterator[dict[str, Destination]]:
             ),
             "webhook": Destination(
                 "webhook", rx, {"URL": rx.endpoint, "SECRET": secret}, webhook_converged
+            ),
+            "salesforce": Destination(
+                "salesforce",
+                sf,
+                {
+                    "CLIENT_ID": sf.client_id,
+                    "CLIENT_SECRET": sf.client_secret,
+                    "REFRESH_TOKEN": sf.refresh_token,
+                    "BASE_URL": sf.url,
+                },
+                salesforce_converged,
+            ),
+            "mailchimp": Destination(
+                "mailchimp",
+                mc,
+                {"API_KEY": mc.api_key, "LIST_ID": "list1", "BASE_URL": mc.url + "/3.0"},
+                mailchimp_converged,
+            ),
+            "braze": Destination(
+                "braze", bz, {"API_KEY": bz.api_key, "BASE_URL": bz.url}, braze_converged
+            ),
+            "rd_station": Destination(
+                "rd_station",
+                rd,
+                {
+                    "CLIENT_ID": rd.client_id,
+                    "CLIENT_SECRET": rd.client_secret,
+                    "REFRESH_TOKEN": rd.refresh_token,
+                    "BASE_URL": rd.url,
+                },
+                rd_station_converged,
+            ),
+            "mixpanel": Destination(
+                "mixpanel", mp, {"TOKEN": mp.token, "BASE_URL": mp.url}, stream_converged
+            ),
+            "amplitude": Destination(
+                "amplitude", am, {"API_KEY": am.api_key, "BASE_URL": am.url}, stream_converged
             ),
         }
 

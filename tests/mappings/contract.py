@@ -148,10 +148,26 @@ class MappingContract:
         cls = destination_class(self.destination)
         config = DestinationConfig(self.destination, {**self.settings(emulator), **(extra or {})})
         base = cls.effective_base_url(config)
-        http = HttpClient(self.destination, base, session=session, timeout=timeout)
+        http = HttpClient(
+            self.destination, base, session=session, timeout=timeout, dry_run=config.flag("DRY_RUN")
+        )
         return cls(config, http)
 
     # -- the contract ---------------------------------------------------------------------------
+
+    def test_a_dry_run_sends_nothing_and_completes(
+        self, emulator: Any, session: requests.Session, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """DRY_RUN: every request is logged (addresses masked), none reaches the destination."""
+        changes = self.changes(emulator, 3)
+        emulator.clear_journal()
+        caplog.set_level("INFO", logger="syncworker.destinations")
+        outcomes = self.make(emulator, session, {"DRY_RUN": "true"}).sync(changes)
+        assert len(outcomes) == len(changes)
+        assert emulator.requests == []
+        assert f"dry-run dest={self.destination} request=" in caplog.text
+        for change in changes:
+            assert change.email not in caplog.text
 
     def test_sync_gives_one_ok_outcome_per_change_in_order(
         self, emulator: Any, session: requests.Session
