@@ -6,11 +6,15 @@ job descriptions at INFO.
 
 from __future__ import annotations
 
+import json
 import threading
+import uuid
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -18,7 +22,7 @@ from rq import Queue
 from rq import Retry as JobRetry
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
-from rq.utils import now
+from rq.utils import now, utcformat
 
 INGEST = "syncworker-ingest"
 DELIVER = "syncworker-deliver"
@@ -46,7 +50,15 @@ end
 if pushed > 0 then redis.call('SADD', queues, queue) end
 return pushed
 """
+INGEST_FUNC = "syncworker.jobs.ingest"
 INGEST_TIMEOUT = 600  # seconds an ingest job may run (a 10 MB body is ~30k events: ~2 s)
+JOB_OPTIONS: dict[str, Any] = {
+    "timeout": INGEST_TIMEOUT,
+    "result_ttl": 0,  # nobody reads the result; a kept one costs ~6.5 KB
+    "failure_ttl": 30 * 86400,  # a failed ingest stays inspectable and requeueable
+    "retry": JobRetry(max=3, interval=[5, 30, 120]),  # also how an abandoned job comes back
+}
+VARYING = frozenset({"created_at", "enqueued_at", "description", "data"})
 
 
 def connect(url: str, timeout: float = 1.0) -> redis.Redis:
@@ -72,9 +84,9 @@ def queue(conn: redis.Redis, name: str) -> Queue:
 
 @dataclass(eq=False)
 class _Slot:
-    """One request's job and counters, waiting to be written."""
+    """One request's job (id and hash fields, flat) and counters, waiting to be written."""
 
-    job: Job | None
+    job: tuple[str, list[Any]] | None
     counters: Mapping[str, int]
     woken: threading.Event = field(default_factory=threading.Event)
     lead: bool = False  # woken to write the next batch, not because its own was written
@@ -102,6 +114,27 @@ class Enqueuer:
         self._waiting: list[_Slot] = []
         self._writing = False
         self.transactions = 0  # round trips made, for tests and benchmarks
+        # Every ingest job is alike but for its id, times, description and arguments: take the
+        # other fields from RQ's own Job.to_dict() once, so the hash is RQ's, not a copy of it
+        probe = self.queue.create_job(
+            INGEST_FUNC, args=(None,), description="", status=JobStatus.QUEUED, **JOB_OPTIONS
+        )
+        probe.enqueued_at = now()
+        self._fixed = [
+            x for item in probe.to_dict().items() if item[0] not in VARYING for x in item
+        ]
+
+    def job(self, payload: dict[str, Any], description: str) -> tuple[str, list[Any]]:
+        """A new ingest job: its id and its hash fields, as ``Job.to_dict()`` would give them."""
+        stamp = utcformat(now())
+        try:
+            encoded = orjson.dumps([INGEST_FUNC, None, [payload], {}])
+        except TypeError:  # an integer beyond 64 bits: the stdlib encoder takes any
+            encoded = json.dumps([INGEST_FUNC, None, [payload], {}]).encode()
+        fields: list[Any] = ["created_at", stamp, "enqueued_at", stamp]
+        # level 1: a payload is compressed once and read once, speed over ratio
+        fields += ["description", description, "data", zlib.compress(encoded, 1), *self._fixed]
+        return str(uuid.uuid4()), fields
 
     def ingest(
         self,
@@ -109,21 +142,9 @@ class Enqueuer:
         description: str,
         counters: Mapping[str, int],
     ) -> str | None:
-        job: Job | None = None
-        if payload is not None:
-            job = self.queue.create_job(
-                "syncworker.jobs.ingest",
-                args=(payload,),
-                description=description,
-                timeout=INGEST_TIMEOUT,
-                result_ttl=0,  # nobody reads the result; a kept one costs ~6.5 KB
-                failure_ttl=30 * 86400,  # a failed ingest stays inspectable and requeueable
-                retry=JobRetry(max=3, interval=[5, 30, 120]),
-                status=JobStatus.QUEUED,
-            )
-            job.enqueued_at = now()
+        job = self.job(payload, description) if payload is not None else None
         self._commit(_Slot(job, counters))
-        return job.id if job is not None else None
+        return job[0] if job is not None else None
 
     def _commit(self, slot: _Slot) -> None:
         with self._lock:
@@ -164,10 +185,8 @@ class Enqueuer:
             for name, amount in slot.counters.items():
                 totals[name] = totals.get(name, 0) + amount
             if slot.job is not None:
-                mapping = slot.job.to_dict()
-                jobs += [slot.job.key, slot.job.id, len(mapping)]
-                for item in mapping.items():
-                    jobs += item
+                job_id, fields = slot.job
+                jobs += [Job.key_for(job_id), job_id, len(fields) // 2, *fields]
         counters = [x for item in totals.items() for x in item]
         args = [self.queue.key, self.queue.redis_queues_keys, STATS, len(totals), *counters, *jobs]
         self._script(args=args)

@@ -108,3 +108,32 @@ def test_a_failed_write_does_not_poison_the_next_one(redis_conn: redis.Redis) ->
         enqueuer.ingest({"x": {1, 2}}, "x", {})  # not JSON: the write fails before Redis
     assert enqueuer.ingest(payload(1), "x", {}) is not None
     assert redis_conn.llen(f"rq:queue:{INGEST}") == 1
+
+
+def test_the_job_hash_is_the_one_rq_writes(redis_conn: redis.Redis) -> None:
+    """The enqueue fast path takes its fixed fields from RQ's own Job.to_dict(); the rest must
+    decode the same: a job written by either path is the same job to a worker."""
+    from rq.job import Job, JobStatus
+
+    from syncworker.queueing import INGEST_FUNC, JOB_OPTIONS
+
+    enqueuer = Enqueuer(redis_conn)
+    job_id = enqueuer.ingest(payload(7), "ingest x", {}) or ""
+    queue = Queue(INGEST, connection=redis_conn, serializer=JSONSerializer)
+    reference = queue.create_job(
+        INGEST_FUNC, args=(payload(7),), description="ingest x", status=JobStatus.QUEUED,
+        **JOB_OPTIONS,
+    )  # fmt: skip
+    expected = reference.to_dict()
+    stored = {k.decode(): v for k, v in redis_conn.hgetall(Job.key_for(job_id)).items()}
+    assert set(stored) == set(expected) | {"enqueued_at"}
+    for name in set(expected) - {"created_at", "data"}:
+        value = expected[name]  # encoded as redis-py encodes it: a str (enum) by its value
+        if isinstance(value, str):
+            value = str.encode(value)
+        elif not isinstance(value, bytes):
+            value = str(value).encode()
+        assert stored[name] == value, name
+    ours = Job.fetch(job_id, connection=redis_conn, serializer=JSONSerializer)
+    assert (ours.func_name, list(ours.args), ours.kwargs) == (INGEST_FUNC, [payload(7)], {})
+    assert ours.get_status() == JobStatus.QUEUED and ours.origin == INGEST
