@@ -60,7 +60,7 @@ class HubSpot(Destination):
 
     def __init__(self, config: DestinationConfig, http: HttpClient) -> None:
         super().__init__(config, http)
-        opt = {**self.optional_settings, **{k: v for k, v in config.values.items() if v}}
+        opt = self.options
         self.headers = {"Authorization": f"Bearer {opt.get('TOKEN', '')}"}
         self.batched = config.flag("SUBSCRIPTION_BATCH", default=True)
         self.opt_out_reasons = frozenset(_split(opt["OPT_OUT_REASONS"]))

@@ -69,7 +69,7 @@ class Mailchimp(Destination):
 
     def __init__(self, config: DestinationConfig, http: HttpClient) -> None:
         super().__init__(config, http)
-        opt = {**self.optional_settings, **{k: v for k, v in config.values.items() if v}}
+        opt = self.options
         self.auth = ("syncworker", config.get("API_KEY"))
         self.lists = [part.strip() for part in config.get("LIST_ID").split(",") if part.strip()]
         self.hard_bounce, self.resubscribe = opt["HARD_BOUNCE_STATUS"], opt["RESUBSCRIBE"]

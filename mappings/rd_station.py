@@ -67,7 +67,7 @@ class RDStation(Destination):
 
     def __init__(self, config: DestinationConfig, http: HttpClient) -> None:
         super().__init__(config, http)
-        opt = {**self.optional_settings, **{k: v for k, v in config.values.items() if v}}
+        opt = self.options
         self.credentials = {k.lower(): config.get(k) for k in self.settings}
         reasons = opt["OPT_OUT_REASONS"].split(",")
         self.opt_out_reasons = frozenset(r.strip() for r in reasons if r.strip())

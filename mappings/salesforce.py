@@ -57,7 +57,7 @@ class Salesforce(Destination):
 
     def __init__(self, config: DestinationConfig, http: HttpClient) -> None:
         super().__init__(config, http)
-        opt = {**self.optional_settings, **{k: v for k, v in config.values.items() if v}}
+        opt = self.options
         self.credentials = {k.lower(): opt.get(k, "") for k in self.settings}
         self.version = opt["API_VERSION"].removeprefix("v")
         self.objects = _split(opt["OBJECTS"])

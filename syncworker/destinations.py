@@ -319,6 +319,11 @@ class Destination:
         self.config = config
         self.http = http
 
+    @property
+    def options(self) -> dict[str, str]:
+        """The configured values over ``optional_settings``' defaults (empty means default)."""
+        return {**self.optional_settings, **{k: v for k, v in self.config.values.items() if v}}
+
     def sync(self, changes: list[ContactChange]) -> list[Outcome]:
         """Bring each contact to ``change.state``; one Outcome per change, in order.
 

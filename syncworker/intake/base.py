@@ -14,7 +14,7 @@ import orjson
 from marshmallow import Schema, ValidationError, fields, validate
 
 from syncworker.errors import PayloadInvalid, SignatureInvalid
-from syncworker.events import HygieneEvent, Kind
+from syncworker.events import HygieneEvent, Kind, content_key
 
 if TYPE_CHECKING:  # avoids an import cycle with config
     from syncworker.config import SourceConfig
@@ -101,6 +101,20 @@ class EspParser:
     def secrets(self, key: str) -> list[str]:
         """The current and, during rotation, previous value of a secret setting."""
         return self.source.secrets(key)
+
+    def event_key(
+        self,
+        vendor_id: str | None,
+        email: str,
+        kind: Kind,
+        occurred_at: float,
+        message_id: str | None,
+    ) -> str:
+        """``<esp>:<vendor_id>`` where the ESP gives an id that stays the same when it retries,
+        else a hash of what identifies the event (:func:`~syncworker.events.content_key`)."""
+        if vendor_id:
+            return f"{self.esp}:{vendor_id}"
+        return content_key(self.esp, email, kind, occurred_at, message_id)
 
     def check_timestamp(self, timestamp: str | float | None) -> float:
         """Parse a signed Unix timestamp and bound its skew; raise SignatureInvalid otherwise."""

@@ -18,7 +18,7 @@ import orjson
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validates_schema
 
 from syncworker.errors import PayloadInvalid, SignatureInvalid
-from syncworker.events import HygieneEvent, Kind, content_key, normalize_email
+from syncworker.events import HygieneEvent, Kind, normalize_email
 from syncworker.intake.base import (
     EspParser,
     InboundRequest,
@@ -159,9 +159,7 @@ class MailerSendParser(EspParser):
         activity_id = text(activity["id"])
         return HygieneEvent(
             # data.id is the activity's own id, the same in every retry of the webhook
-            key=f"mailersend:{activity_id}"
-            if activity_id
-            else content_key(self.esp, email, kind, occurred_at, message_id),
+            key=self.event_key(activity_id, email, kind, occurred_at, message_id),
             source=self.name,
             esp=self.esp,
             email=email,

@@ -15,7 +15,7 @@ import orjson
 from marshmallow import EXCLUDE, Schema, fields
 
 from syncworker.errors import PayloadInvalid, SignatureInvalid
-from syncworker.events import HygieneEvent, Kind, content_key, normalize_email
+from syncworker.events import HygieneEvent, Kind, normalize_email
 from syncworker.intake.base import (
     EspParser,
     InboundRequest,
@@ -133,11 +133,7 @@ class MailtrapParser(EspParser):
             email = normalize_email(data["email"])
             message_id = text(data["message_id"])
             event_id = text(data["event_id"])  # documented "for idempotency"
-            key = (
-                f"{self.esp}:{event_id}"
-                if event_id
-                else content_key(self.esp, email, kind, data["timestamp"], message_id)
-            )
+            key = self.event_key(event_id, email, kind, data["timestamp"], message_id)
             result.events.append(
                 HygieneEvent(
                     key=key,

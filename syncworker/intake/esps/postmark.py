@@ -14,7 +14,7 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, ValidationError, fields
 
 from syncworker.errors import PayloadInvalid
-from syncworker.events import HygieneEvent, Kind, content_key, normalize_email
+from syncworker.events import HygieneEvent, Kind, normalize_email
 from syncworker.intake.base import (
     BasicAuthParser,
     ParseResult,
@@ -151,11 +151,9 @@ class PostmarkParser(BasicAuthParser):
         email = normalize_email(data["email"])
         message_id = text(data["MessageID"])
         record_id = text(data.get("ID"))
-        key = (
-            f"postmark:{record}:{record_id}"  # the bounce record's own id, stable across retries
-            if record_id
-            else content_key(self.esp, email, kind, data["occurred_at"], message_id)
-        )
+        # the bounce record's own id, stable across retries
+        record_key = f"{record}:{record_id}" if record_id else None
+        key = self.event_key(record_key, email, kind, data["occurred_at"], message_id)
         # suppressions are per message stream, so an (un)subscription is scoped to its stream
         scoped = kind in (Kind.UNSUBSCRIBE, Kind.RESUBSCRIBE)
         return HygieneEvent(

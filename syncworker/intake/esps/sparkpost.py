@@ -12,7 +12,7 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, fields
 
 from syncworker.errors import PayloadInvalid
-from syncworker.events import HygieneEvent, Kind, content_key, normalize_email
+from syncworker.events import HygieneEvent, Kind, normalize_email
 from syncworker.intake.base import (
     BasicAuthParser,
     ParseResult,
@@ -147,11 +147,7 @@ class SparkPostParser(BasicAuthParser):
                 message_id = text(data["message_id"])
                 # event_id is unique per event and kept when SparkPost retries a batch
                 event_id = text(data["event_id"])
-                key = (
-                    f"{self.esp}:{event_id}"
-                    if event_id
-                    else content_key(self.esp, email, kind, data["timestamp"], message_id)
-                )
+                key = self.event_key(event_id, email, kind, data["timestamp"], message_id)
                 result.events.append(
                     HygieneEvent(
                         key=key,

@@ -34,7 +34,7 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from syncworker.errors import PayloadInvalid
-from syncworker.events import HygieneEvent, Kind, content_key, normalize_email
+from syncworker.events import HygieneEvent, Kind, normalize_email
 from syncworker.intake.base import ParseResult, Quarantined, load_json, text, validate_items
 from syncworker.intake.standard_webhooks import IsoTime, StandardWebhooksSignedParser
 
@@ -93,12 +93,9 @@ class StandardWebhooksParser(StandardWebhooksSignedParser):
         email = normalize_email(data["email"])
         message_id = text(data["message_id"])
         event_id = data["id"] or data["key"]
-        key = (
-            # ids are the sender's own: scoped to this source, so two senders cannot collide
-            f"{self.esp}:{self.name}:{event_id}"
-            if event_id
-            else content_key(self.esp, email, kind, data["occurred_at"], message_id)
-        )
+        # ids are the sender's own: scoped to this source, so two senders cannot collide
+        scoped = f"{self.name}:{event_id}" if event_id else None
+        key = self.event_key(scoped, email, kind, data["occurred_at"], message_id)
         return HygieneEvent(
             key=key,
             source=self.name,
