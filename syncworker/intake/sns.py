@@ -29,10 +29,9 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from marshmallow import ValidationError, fields
 
 from syncworker.errors import ConfigError, PayloadInvalid, SignatureInvalid, Unavailable
-from syncworker.intake.base import ParseResult
+from syncworker.intake.base import ParseResult, iso_seconds
 
 if TYPE_CHECKING:
     from syncworker.config import SourceConfig
@@ -49,7 +48,6 @@ HASHES: dict[str, type[hashes.HashAlgorithm]] = {"1": hashes.SHA1, "2": hashes.S
 MAX_BYTES = 64 * 1024  # a PEM chain is a few KB; more is not a certificate
 TIMEOUT_S = (3.05, 5.0)  # SNS waits 15 s for our answer, the certificate fetch included
 MAX_CHAIN = 4
-_FRACTION = re.compile(r"(\.\d{6})\d+")
 
 HttpGet = Callable[[str], tuple[int, bytes]]
 
@@ -66,30 +64,6 @@ def http_get(url: str) -> tuple[int, bytes]:
             return answer.status_code, body
     except requests.RequestException as exc:
         raise Unavailable(f"{urlsplit(url).hostname} unreachable: {type(exc).__name__}") from None
-
-
-def iso_seconds(value: str) -> float:
-    """ISO 8601 / RFC 3339 (``2012-04-26T20:45:04.751Z``) as Unix seconds; ValueError if not."""
-    moment = datetime.fromisoformat(_FRACTION.sub(r"\1", value.strip(), count=1))
-    if moment.tzinfo is None:  # both ESPs send UTC with a Z; a naive time is read as UTC
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
-class IsoTime(fields.Field[float]):
-    """A required ISO 8601 event time, as Unix seconds."""
-
-    def __init__(self) -> None:
-        super().__init__(required=True)
-
-    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> float:
-        try:
-            seconds = iso_seconds(value)
-        except (TypeError, ValueError, AttributeError, OverflowError):
-            raise ValidationError("Not an ISO 8601 timestamp.") from None
-        if seconds < 0:
-            raise ValidationError("Timestamp before 1970.")
-        return seconds
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,16 +17,12 @@ import base64
 import binascii
 import hashlib
 import hmac
-import math
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar
-
-from marshmallow import ValidationError, fields
+from typing import TYPE_CHECKING, ClassVar
 
 from syncworker.errors import ConfigError, SignatureInvalid
-from syncworker.intake.base import MAX_TS, EspParser, InboundRequest, equal
+from syncworker.intake.base import EspParser, InboundRequest, equal
 
 if TYPE_CHECKING:
     from syncworker.config import SourceConfig
@@ -122,32 +118,3 @@ def _signed_headers(request: InboundRequest) -> tuple[str, str, str]:
         if msg_id and timestamp and header:
             return msg_id, timestamp, header
     raise SignatureInvalid("webhook-id, webhook-timestamp or webhook-signature header missing")
-
-
-class IsoTime(fields.Field[float]):
-    """An ISO 8601 time as Unix seconds; a time without an offset is UTC.
-
-    ``unix=True`` also takes a JSON number of Unix seconds. The time must fall in 1970-9999.
-    """
-
-    def __init__(self, *, unix: bool = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.unix = unix
-
-    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> float:
-        try:
-            if self.unix and isinstance(value, int | float) and not isinstance(value, bool):
-                seconds = float(value)
-            elif isinstance(value, str):
-                moment = datetime.fromisoformat(value.strip())
-                if moment.tzinfo is None:
-                    moment = moment.replace(tzinfo=UTC)
-                seconds = moment.timestamp()
-            else:
-                raise ValueError
-        except (ValueError, OverflowError):
-            expected = "an ISO 8601 time or Unix seconds" if self.unix else "an ISO 8601 time"
-            raise ValidationError(f"Not {expected}.") from None
-        if not (math.isfinite(seconds) and 0 <= seconds <= MAX_TS):
-            raise ValidationError("Time outside 1970-9999.")
-        return seconds

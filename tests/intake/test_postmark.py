@@ -14,7 +14,8 @@ from marshmallow import ValidationError
 from syncworker.config import SourceConfig
 from syncworker.errors import PayloadInvalid, SignatureInvalid
 from syncworker.events import Kind, content_key
-from syncworker.intake.esps.postmark import PostmarkParser, PostmarkTime
+from syncworker.intake.base import IsoTime
+from syncworker.intake.esps.postmark import PostmarkParser
 from tests.intake.signing import basic_auth_header, payload, request
 
 USER, PASSWORD, OLD_PASSWORD = "postmark-hooks", "s3cret-current", "s3cret-previous"
@@ -195,7 +196,7 @@ def test_keys_are_stable_across_redeliveries_and_distinct_per_record() -> None:
 def test_postmark_time_parses_iso_with_offset_and_long_fractions(
     text: str, expected: float
 ) -> None:
-    assert PostmarkTime().deserialize(text) == pytest.approx(expected, abs=1e-6)
+    assert IsoTime().deserialize(text) == pytest.approx(expected, abs=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -203,7 +204,7 @@ def test_postmark_time_parses_iso_with_offset_and_long_fractions(
 )
 def test_postmark_time_rejects_what_is_not_a_timestamp(text: Any) -> None:
     with pytest.raises(ValidationError):
-        PostmarkTime(allow_none=False).deserialize(text)
+        IsoTime(allow_none=False).deserialize(text)
 
 
 # -- verification --------------------------------------------------------------------------------

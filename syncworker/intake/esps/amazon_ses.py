@@ -19,6 +19,7 @@ from syncworker.intake import sns
 from syncworker.intake.base import (
     EspParser,
     InboundRequest,
+    IsoTime,
     ParseResult,
     Quarantined,
     text,
@@ -73,13 +74,13 @@ class SesBounce(_Lenient):
     bounceType = fields.String(required=True)
     bounceSubType = fields.String(load_default=None)
     bouncedRecipients = fields.List(fields.Raw(), required=True)
-    timestamp = sns.IsoTime()
+    timestamp = IsoTime(required=True)
 
 
 class SesComplaint(_Lenient):
     complainedRecipients = fields.List(fields.Raw(), required=True)
     complaintFeedbackType = fields.String(load_default=None)
-    timestamp = sns.IsoTime()
+    timestamp = IsoTime(required=True)
 
 
 class TopicPreferences(_Lenient):
@@ -89,7 +90,7 @@ class TopicPreferences(_Lenient):
 class SesSubscription(_Lenient):
     contactList = fields.String(load_default=None)
     source = fields.Raw(load_default=None)
-    timestamp = sns.IsoTime()
+    timestamp = IsoTime(required=True)
     newTopicPreferences = fields.Nested(TopicPreferences, required=True)
     oldTopicPreferences = fields.Nested(TopicPreferences, load_default=None)
 

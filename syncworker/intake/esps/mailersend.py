@@ -22,6 +22,7 @@ from syncworker.events import HygieneEvent, Kind, normalize_email
 from syncworker.intake.base import (
     EspParser,
     InboundRequest,
+    IsoTime,
     ParseResult,
     Quarantined,
     equal,
@@ -29,7 +30,6 @@ from syncworker.intake.base import (
     text,
     validate_items,
 )
-from syncworker.intake.standard_webhooks import IsoTime
 
 # type -> Kind; hard vs soft is MailerSend's own split into two event types
 KINDS: dict[str, Kind] = {

@@ -7,16 +7,15 @@ https://postmarkapp.com/developer/api/bounce-api#bounce-types
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields
+from marshmallow import EXCLUDE, Schema, fields
 
 from syncworker.errors import PayloadInvalid
 from syncworker.events import HygieneEvent, Kind, normalize_email
 from syncworker.intake.base import (
     BasicAuthParser,
+    IsoTime,
     ParseResult,
     Quarantined,
     load_json,
@@ -47,26 +46,6 @@ SUPPRESSION_REASONS: dict[str, Kind] = {
     "SpamComplaint": Kind.SPAM_COMPLAINT,
     "ManualSuppression": Kind.UNSUBSCRIBE,  # an opt-out, by the recipient (Origin) or the sender
 }
-# Postmark writes up to 7 fractional digits; keep 6 so any datetime parser takes them
-_FRACTION = re.compile(r"(\.\d{6})\d+")
-
-
-class PostmarkTime(fields.Field[float]):
-    """ISO 8601 with offset (``2019-11-05T16:33:54.9070259-05:00``) as Unix seconds."""
-
-    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> float:
-        if not isinstance(value, str):
-            raise ValidationError("Not an ISO 8601 timestamp.")
-        try:
-            moment = datetime.fromisoformat(_FRACTION.sub(r"\1", value, count=1))
-            if moment.tzinfo is None:  # Postmark sends an offset; a naive time is read as UTC
-                moment = moment.replace(tzinfo=UTC)
-            seconds = moment.timestamp()
-        except (ValueError, OverflowError):
-            raise ValidationError("Not an ISO 8601 timestamp.") from None
-        if seconds < 0:
-            raise ValidationError("Timestamp before 1970.")
-        return seconds
 
 
 class PostmarkSpamComplaint(Schema):
@@ -75,7 +54,7 @@ class PostmarkSpamComplaint(Schema):
 
     ID = fields.Raw(load_default=None)
     email = fields.Email(required=True, data_key="Email")
-    occurred_at = PostmarkTime(required=True, data_key="BouncedAt")
+    occurred_at = IsoTime(required=True, data_key="BouncedAt")
     reason = fields.Raw(load_default=None, data_key="Details")
     MessageID = fields.Raw(load_default=None)
     MessageStream = fields.Raw(load_default=None)
@@ -90,7 +69,7 @@ class PostmarkSubscriptionChange(Schema):
         unknown = EXCLUDE
 
     email = fields.Email(required=True, data_key="Recipient")
-    occurred_at = PostmarkTime(required=True, data_key="ChangedAt")
+    occurred_at = IsoTime(required=True, data_key="ChangedAt")
     SuppressSending = fields.Boolean(load_default=None)
     reason = fields.String(load_default=None, data_key="SuppressionReason")
     MessageID = fields.Raw(load_default=None)

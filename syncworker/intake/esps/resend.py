@@ -14,8 +14,15 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from syncworker.errors import PayloadInvalid
 from syncworker.events import HygieneEvent, Kind, content_key, normalize_email
-from syncworker.intake.base import ParseResult, Quarantined, load_json, text, validate_items
-from syncworker.intake.standard_webhooks import IsoTime, StandardWebhooksSignedParser
+from syncworker.intake.base import (
+    IsoTime,
+    ParseResult,
+    Quarantined,
+    load_json,
+    text,
+    validate_items,
+)
+from syncworker.intake.standard_webhooks import StandardWebhooksSignedParser
 
 # type -> Kind for types whose kind needs no second field
 KINDS: dict[str, Kind] = {

@@ -16,7 +16,14 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields
 
 from syncworker.events import HygieneEvent, Kind, content_key, normalize_email
 from syncworker.intake import sns
-from syncworker.intake.base import EspParser, InboundRequest, ParseResult, Quarantined, text
+from syncworker.intake.base import (
+    EspParser,
+    InboundRequest,
+    IsoTime,
+    ParseResult,
+    Quarantined,
+    text,
+)
 
 if TYPE_CHECKING:
     from syncworker.config import SourceConfig
@@ -49,7 +56,7 @@ class TemEvent(Schema):
 
     id = fields.String(load_default=None)
     email_to = fields.Email(required=True)
-    created_at = sns.IsoTime()
+    created_at = IsoTime(required=True)
     email_id = fields.String(load_default=None)
     email_response_code = fields.Raw(load_default=None)
     email_response_message = fields.Raw(load_default=None)

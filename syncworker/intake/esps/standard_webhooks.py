@@ -35,8 +35,15 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 
 from syncworker.errors import PayloadInvalid
 from syncworker.events import HygieneEvent, Kind, normalize_email
-from syncworker.intake.base import ParseResult, Quarantined, load_json, text, validate_items
-from syncworker.intake.standard_webhooks import IsoTime, StandardWebhooksSignedParser
+from syncworker.intake.base import (
+    IsoTime,
+    ParseResult,
+    Quarantined,
+    load_json,
+    text,
+    validate_items,
+)
+from syncworker.intake.standard_webhooks import StandardWebhooksSignedParser
 
 # kind -> Kind: the sender names syncworker's own kinds
 KINDS: dict[str, Kind] = {kind.value: kind for kind in Kind}
