@@ -83,7 +83,9 @@ class HubSpot(Destination):
         held = {e: set(s.reasons) if s.suppressed else set() for e, s in states.items()}
         opt_out = [e for e in states if self.opt_out_reasons & held[e]]
         active = [e for e, s in states.items() if not s.suppressed]
-        flag = [e for e in states if e in active or FLAGGED & held[e]]
+        # flags are written for contacts that have one, and cleared where one was set before
+        before = {c.email.lower(): c.synced_reasons for c in changes}
+        flag = [e for e in states if e in active or FLAGGED & (held[e] | before[e])]
         if opt_out and self.batched:
             _merge(parts, self._unsubscribe_batch(opt_out))
         elif opt_out:

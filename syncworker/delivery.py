@@ -37,6 +37,7 @@ DEAD = "sw:dead:"
 PAUSE = "sw:pause:"
 FLUSH = "sw:flush:"
 DSTATS = "sw:dstats:"
+CONFIRMED = "sw:confirmed:"  # per state destination: address -> reasons it last confirmed
 
 TAKE_LUA = """
 local now, n, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -230,7 +231,17 @@ class Delivery:
         ledger = self.rt.ledger
         if self.dest.mode is Mode.STATE:
             states = ledger.states(ids)
-            return [ContactChange(key=s.email, email=s.email, state=s) for s in states], []
+            confirmed = self.conn.hmget(CONFIRMED + self.name, ids)
+            changes = [
+                ContactChange(
+                    key=state.email,
+                    email=state.email,
+                    state=state,
+                    synced_reasons=frozenset(orjson.loads(last) if last else ()),
+                )
+                for state, last in zip(states, confirmed, strict=True)
+            ]
+            return changes, []
         with self.conn.pipeline(transaction=False) as pipe:
             for key in ids:
                 pipe.get(EVENT + key)
@@ -272,6 +283,9 @@ class Delivery:
                 if outcome.ok:
                     pipe.hdel(attempts_key, change.key)
                     status["status"] = outcome.status.value
+                    if self.dest.mode is Mode.STATE:
+                        reasons = orjson.dumps(sorted(change.state.reasons))
+                        pipe.hset(CONFIRMED + self.name, change.email, reasons)
                 elif outcome.status is OutcomeStatus.RETRY and not outcome.counts:
                     delay = outcome.retry_after or self.backoff(1)
                     pipe.zadd(PENDING + self.name, {change.key: now + delay})

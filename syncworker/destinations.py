@@ -167,6 +167,9 @@ class ContactChange:
     email: str
     state: ContactState
     event: HygieneEvent | None = None
+    #: Mode.STATE: the reasons this destination last confirmed (empty if it never did), so a
+    #: mapping that writes without reading can clear what it set before and is now gone
+    synced_reasons: frozenset[str] = frozenset()
 
 
 class HttpClient:

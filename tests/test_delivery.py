@@ -286,3 +286,21 @@ def test_a_deferred_contact_waits_without_spending_an_attempt(
     assert redis_conn.hget(ATTEMPTS + "hubspot", changes[1].key) is not None
     view = rt.ledger.view(changes[0].email)
     assert view is not None and view.sync["hubspot"]["status"] == "deferred"
+
+
+def test_a_flag_set_before_is_cleared_when_changes_coalesce(
+    rt: Runtime, hubspot: HubSpotEmulator
+) -> None:
+    """Hard bounce synced; then unsuppress and a new unsubscribe arrive before the next sync:
+    HubSpot must lose the bounce flag, though the contact is suppressed again."""
+    email = EMAILS[0]
+    rt.ledger.apply([HygieneEvent("h1", "t", "t", email, Kind.HARD_BOUNCE, 1000.0)])
+    Delivery(rt, "hubspot").run()
+    assert hubspot.properties[email]["syncworker_hygiene_status"] == "hard_bounce"
+    rt.ledger.unsuppress(email, "fixed")
+    rt.ledger.apply([HygieneEvent("u1", "t", "t", email, Kind.UNSUBSCRIBE, time.time() + 1)])
+    Delivery(rt, "hubspot").run()
+    properties = hubspot.properties[email]
+    assert properties["syncworker_hygiene_status"] == "unsubscribe"  # no stale hard_bounce
+    assert not properties.get("syncworker_bounced_at")  # cleared
+    assert email in hubspot.opted_out
