@@ -34,12 +34,6 @@ def amplitude() -> Iterator[AmplitudeEmulator]:
         yield emulator
 
 
-@pytest.fixture()
-def session() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
-
-
 def make(emulator: AmplitudeEmulator, session: requests.Session, **settings: str) -> Amplitude:
     values = {"API_KEY": emulator.api_key, **settings}
     http = HttpClient("amplitude", emulator.url, session=session, timeout=5.0)

@@ -32,12 +32,6 @@ def braze() -> Iterator[BrazeEmulator]:
         yield emulator
 
 
-@pytest.fixture()
-def session() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
-
-
 def make(
     emulator: BrazeEmulator, session: requests.Session, *, dry_run: bool = False, **extra: str
 ) -> Braze:

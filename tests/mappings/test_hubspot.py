@@ -34,12 +34,6 @@ def hubspot() -> Iterator[HubSpotEmulator]:
         yield emulator
 
 
-@pytest.fixture()
-def session() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
-
-
 def make(emulator: HubSpotEmulator, session: requests.Session, **settings: str) -> HubSpot:
     values = {"TOKEN": emulator.token, "BASE_URL": emulator.url, **settings}
     http = HttpClient("hubspot", emulator.url, session=session, timeout=5.0)

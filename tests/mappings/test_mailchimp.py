@@ -39,12 +39,6 @@ def mailchimp() -> Iterator[MailchimpEmulator]:
         yield emulator
 
 
-@pytest.fixture()
-def session() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
-
-
 def make(
     emulator: MailchimpEmulator, session: requests.Session, *, dry_run: bool = False, **extra: str
 ) -> Mailchimp:

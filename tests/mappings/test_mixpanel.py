@@ -38,12 +38,6 @@ def mixpanel() -> Iterator[MixpanelEmulator]:
         yield emulator
 
 
-@pytest.fixture()
-def session() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
-
-
 def make(emulator: MixpanelEmulator, session: requests.Session, **settings: str) -> Mixpanel:
     values = {"TOKEN": emulator.token, **settings}
     http = HttpClient("mixpanel", emulator.url, session=session, timeout=5.0)

@@ -39,12 +39,6 @@ def rd() -> Iterator[RDStationEmulator]:
         yield emulator
 
 
-@pytest.fixture()
-def session() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
-
-
 def settings(emulator: RDStationEmulator) -> dict[str, str]:
     return {
         "CLIENT_ID": emulator.client_id,

@@ -40,12 +40,6 @@ def salesforce() -> Iterator[SalesforceEmulator]:
         yield emulator
 
 
-@pytest.fixture()
-def session() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
-
-
 def settings(emulator: SalesforceEmulator) -> dict[str, str]:
     return {
         "CLIENT_ID": emulator.client_id,

@@ -39,12 +39,6 @@ def segment() -> Iterator[SegmentEmulator]:
         yield emulator
 
 
-@pytest.fixture()
-def session() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
-
-
 def make(emulator: SegmentEmulator, session: requests.Session, **settings: str) -> Segment:
     values = {"WRITE_KEY": emulator.write_key, **settings}
     http = HttpClient("segment", emulator.url, session=session, timeout=5.0)

@@ -32,12 +32,6 @@ def receiver() -> Iterator[WebhookReceiver]:
         yield emulator
 
 
-@pytest.fixture()
-def session() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
-
-
 def make(receiver: WebhookReceiver, session: requests.Session, **settings: str) -> Webhook:
     values = {"URL": receiver.endpoint, "SECRET": SECRET, **settings}
     http = HttpClient("webhook", "", session=session, timeout=5.0)
