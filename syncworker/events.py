@@ -57,9 +57,13 @@ class HygieneEvent:
     list_id: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The queue form (JSON types only); ``schemas.HygieneEventSchema`` loads it back."""
-        return {
+    def to_dict(self, *, raw: bool = False) -> dict[str, Any]:
+        """The queue form (JSON types only); ``schemas.HygieneEventSchema`` loads it back.
+
+        ``raw`` is left out unless asked for: the ledger keeps none of it, and in a batch of ESP
+        events it would be most of the job's size.
+        """
+        form: dict[str, Any] = {
             "key": self.key,
             "source": self.source,
             "esp": self.esp,
@@ -70,8 +74,10 @@ class HygieneEvent:
             "reason": self.reason,
             "smtp_code": self.smtp_code,
             "list_id": self.list_id,
-            "raw": self.raw,
         }
+        if raw:
+            form["raw"] = self.raw
+        return form
 
 
 MANUAL = "manual"  # the reason recorded by `syncworker suppress` / the API
