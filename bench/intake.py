@@ -128,6 +128,14 @@ def main() -> None:
         bare = gunicorn("bench.bare_app:app", bare_port, args.workers, args.threads, {}, wc)
         conn = redis.Redis.from_url(server.url)
         try:
+            # unmeasured warm-up of both apps: connection pools, scripts, first imports
+            for port in (ours_port, bare_port):
+                for path, body, headers in (
+                    ("sendgrid", batch, sign_sendgrid(batch, private_key)),
+                    ("postmark", single, auth),
+                ):
+                    url = f"http://127.0.0.1:{port}/webhooks/{path}"
+                    wrk_post(url, body, headers, 5, args.connections)
             samples: dict[tuple[str, str], list[dict[str, float]]] = {}
             cases = [c for c in ("batch", "single") if args.only in (None, c)]
             for _ in range(args.rounds):
