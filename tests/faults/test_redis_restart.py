@@ -1,0 +1,92 @@
+"""Redis restarts under a running worker (persistence on): the worker recovers by itself and
+every accepted job is applied; nothing accepted is lost."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from syncworker.delivery import INFLIGHT
+from syncworker.events import HygieneEvent, Kind
+from syncworker.ledger import PENDING
+from syncworker.queueing import INGEST, Enqueuer
+from syncworker.redis_server import RedisServer
+from tests.emulators.hubspot import HubSpotEmulator
+from tests.processes import clean_env, start_worker, wait_until
+
+EMAILS = [f"restart{i:03d}@example.com" for i in range(200)]
+
+
+class Restartable:
+    """A persistent (AOF) redis-server on a fixed port that the test can stop and start again."""
+
+    def __init__(self, data_dir: str) -> None:
+        self.server = RedisServer(data_dir=data_dir, persist=True).start()
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def restart(self) -> None:
+        port, data_dir = self.server.port, self.server.data_dir
+        self.server.stop()
+        self.server = RedisServer(port=port, data_dir=data_dir, persist=True).start()
+
+
+@pytest.fixture()
+def persistent_redis(tmp_path: Path) -> Iterator[Restartable]:
+    redis_ = Restartable(str(tmp_path / "redis"))
+    yield redis_
+    redis_.server.stop()
+
+
+def job(start: int, n: int) -> dict[str, object]:
+    events = [
+        HygieneEvent(f"rs-{i}", "t", "t", EMAILS[i], Kind.UNSUBSCRIBE, 1_700_000_000.0 + i)
+        for i in range(start, start + n)
+    ]
+    return {"source": "t", "events": [e.to_dict() for e in events]}
+
+
+def test_worker_survives_a_redis_restart(persistent_redis: Restartable, tmp_path: Path) -> None:
+    with HubSpotEmulator(token="hs") as hubspot:
+        hubspot.seed(*EMAILS)
+        env = clean_env(
+            {
+                "REDIS_URL": persistent_redis.url,
+                "SYNCWORKER_DESTINATIONS": "hubspot",
+                "SYNCWORKER_HUBSPOT_TOKEN": "hs",
+                "SYNCWORKER_HUBSPOT_BASE_URL": hubspot.url,
+                "SYNCWORKER_HUBSPOT_RATE": "1000/1",
+                "SYNCWORKER_LEASE": "3",
+            }
+        )
+        conn = redis.Redis.from_url(persistent_redis.url)
+        enqueuer = Enqueuer(conn)
+        enqueuer.ingest(job(0, 100), "ingest first half", {})
+        worker = start_worker(env, tmp_path / "worker.log")
+        try:
+            wait_until(lambda: len(hubspot.opted_out) >= 100, 60, "the first half delivered")
+
+            persistent_redis.restart()  # Redis goes away under the running worker, and back
+            assert worker.alive(), worker.output()
+
+            conn = redis.Redis.from_url(persistent_redis.url)
+            assert conn.zcard(PENDING + "hubspot") == 0  # the ledger survived (AOF)
+            Enqueuer(conn).ingest(job(100, 100), "ingest second half", {})
+
+            def done() -> bool:
+                return (
+                    hubspot.opted_out == set(EMAILS)
+                    and conn.llen(f"rq:queue:{INGEST}") == 0
+                    and conn.zcard(PENDING + "hubspot") + conn.zcard(INFLIGHT + "hubspot") == 0
+                )
+
+            wait_until(done, 90, "the worker to recover and deliver the second half", 0.2)
+        finally:
+            worker.stop()
+        assert conn.scard("sw:contacts") == len(EMAILS)
+        conn.close()
