@@ -99,6 +99,12 @@ class EspParser:
         """Turn a verified body into events; raise :class:`PayloadInvalid` for a malformed body."""
         raise PayloadInvalid(f"{type(self).__name__} does not implement parse()")
 
+    def parse_request(self, request: InboundRequest) -> ParseResult:
+        """What the web app calls after ``verify``: ``parse(body)``, unless a scheme keeps
+        something the events need in the headers (e.g. the message id a sender repeats on every
+        retry)."""
+        return self.parse(request.body)
+
     # -- helpers shared by ESP modules -------------------------------------------------------
 
     def secrets(self, key: str) -> list[str]:

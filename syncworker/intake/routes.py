@@ -45,7 +45,7 @@ def receive(source: str) -> tuple[Response, int]:
     inbound = InboundRequest(body, request.headers, url, request.remote_addr)
     parser.verify(inbound)
     try:
-        result: ParseResult = parser.parse(body)
+        result: ParseResult = parser.parse_request(inbound)
     except PayloadInvalid as exc:
         # verified but unreadable: keep it for inspection, then tell the ESP
         state.quarantine_body(source, parser.esp, str(exc.detail), body)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import time
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 from syncworker.errors import ConfigError, SignatureInvalid
-from syncworker.intake.base import EspParser, InboundRequest, equal
+from syncworker.intake.base import EspParser, InboundRequest, ParseResult, equal
 
 if TYPE_CHECKING:
     from syncworker.config import SourceConfig
@@ -110,6 +111,16 @@ class StandardWebhooksSignedParser(EspParser):
                 ok |= equal(expected, candidate)
         if not ok:
             raise SignatureInvalid("signature does not match any configured secret")
+
+    def parse_request(self, request: InboundRequest) -> ParseResult:
+        """A single event without an id of its own is keyed on the signed message id, which the
+        sender keeps the same on every retry of the delivery (the spec's idempotency key)."""
+        result = self.parse(request.body)
+        if len(result.events) == 1 and result.events[0].key.startswith(f"{self.esp}:h:"):
+            msg_id = _signed_headers(request)[0]
+            key = f"{self.esp}:{self.name}:msg:{msg_id}"  # scoped: two accounts cannot collide
+            result.events[0] = dataclasses.replace(result.events[0], key=key)
+        return result
 
 
 def _signed_headers(request: InboundRequest) -> tuple[str, str, str]:

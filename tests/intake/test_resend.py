@@ -190,8 +190,21 @@ def test_a_body_that_is_not_one_object_is_400(body: bytes) -> None:
 # -- keys ----------------------------------------------------------------------------------------
 
 
+def test_a_request_is_keyed_on_its_svix_id() -> None:
+    """Svix repeats a delivery's svix-id on every retry: that is the event's key."""
+    parser = make_parser()
+    body = payload("resend", "bounced_permanent")
+    first = request(body, svix(body, msg_id="msg_2nLKxYp1"))
+    parser.verify(first)
+    [event] = parser.parse_request(first).events
+    [retry] = parser.parse_request(request(body, svix(body, msg_id="msg_2nLKxYp1"))).events
+    [other] = parser.parse_request(request(body, svix(body, msg_id="msg_9zzzzzzz"))).events
+    assert event.key == retry.key == "resend:resend:msg:msg_2nLKxYp1"
+    assert other.key != event.key
+
+
 def test_keys_are_stable_across_redeliveries() -> None:
-    """The svix-id header is not seen by parse(); the key is a hash of the event's content."""
+    """Without the headers (parse() alone), the key is a hash of the event's content."""
     parser = make_parser()
     [first] = parser.parse(payload("resend", "bounced_permanent")).events
     [again] = parser.parse(payload("resend", "bounced_permanent")).events

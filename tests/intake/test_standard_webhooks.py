@@ -338,3 +338,26 @@ def test_keys_without_an_id_are_stable_for_redeliveries() -> None:
     assert first.key == content_key(
         "standard_webhooks", "alice@example.com", Kind.HARD_BOUNCE, 1740823200.0, "m1"
     )
+
+
+def test_one_event_without_an_id_is_keyed_on_the_webhook_id() -> None:
+    parser = make_parser()
+    body = body_of(event())
+    headers = signed(body, msg_id="msg_abc")
+    [keyed] = parser.parse_request(request(body, headers)).events
+    assert keyed.key == "standard_webhooks:standard_webhooks:msg:msg_abc"
+
+
+def test_an_event_id_wins_over_the_webhook_id() -> None:
+    parser = make_parser()
+    body = body_of(event(id="evt-1"))
+    [keyed] = parser.parse_request(request(body, signed(body, msg_id="msg_abc"))).events
+    assert keyed.key == "standard_webhooks:standard_webhooks:evt-1"
+
+
+def test_several_events_keep_their_own_keys() -> None:
+    parser = make_parser()
+    body = body_of(event(email="a@example.com"), event(email="b@example.com"))
+    events = parser.parse_request(request(body, signed(body, msg_id="msg_abc"))).events
+    assert len({e.key for e in events}) == 2
+    assert all(":msg:" not in e.key for e in events)

@@ -189,8 +189,8 @@ class ResendParser(StandardWebhooksSignedParser):
         email = data.get("to") or normalize_email(data["email"])
         message_id = text(data.get("email_id")) or text(data.get("source_id"))
         return HygieneEvent(
-            # the stable event id is the svix-id header, which parse() does not see; the body
-            # carries no event id (email_id is per message), so the key is a content hash
+            # the body carries no event id (email_id is per message): a content hash here, which
+            # parse_request() replaces with the svix-id Resend repeats on every retry
             key=content_key(self.esp, email, kind, occurred_at, message_id),
             source=self.name,
             esp=self.esp,
