@@ -54,9 +54,11 @@ class TestBrazeContract(StateContract):
     @pytest.fixture()
     def emulator(self) -> Iterator[BrazeEmulator]:
         with BrazeEmulator() as emulator:
-            # Braze documents X-RateLimit-Reset, not Retry-After; the contract asserts the latter
-            emulator.send_retry_after = True
             yield emulator
+
+    def expected_retry_after(self, emulator: Any, window: float) -> tuple[float, float]:
+        """Braze sends X-RateLimit-Reset (an epoch second), not Retry-After."""
+        return window - 1, window
 
     def settings(self, emulator: BrazeEmulator) -> dict[str, str]:
         return {"API_KEY": emulator.api_key, "BASE_URL": emulator.url}

@@ -60,9 +60,11 @@ class TestMailchimpContract(StateContract):
     @pytest.fixture()
     def emulator(self) -> Iterator[MailchimpEmulator]:
         with MailchimpEmulator() as emulator:
-            # Mailchimp sends no Retry-After; the contract asserts the value of one
-            emulator.send_retry_after = True
             yield emulator
+
+    def expected_retry_after(self, emulator: Any, window: float) -> tuple[float, float]:
+        """Mailchimp sends no hint: the mapping waits 10 s."""
+        return 10, 10
 
     def settings(self, emulator: MailchimpEmulator) -> dict[str, str]:
         return {"API_KEY": emulator.api_key, "LIST_ID": "list1", "BASE_URL": emulator.url + "/3.0"}

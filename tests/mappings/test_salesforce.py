@@ -70,11 +70,11 @@ class TestSalesforceContract(StateContract):
     @pytest.fixture()
     def emulator(self) -> Iterator[SalesforceEmulator]:
         with SalesforceEmulator() as emulator:
-            # Salesforce sends no Retry-After with REQUEST_LIMIT_EXCEEDED; the contract asserts the
-            # Retry-After value, which the mapping honours when one is present (see the tests
-            # below for the LIMIT_PAUSE it uses without one).
-            emulator.send_retry_after = True
             yield emulator
+
+    def expected_retry_after(self, emulator: Any, window: float) -> tuple[float, float]:
+        """REQUEST_LIMIT_EXCEEDED comes without Retry-After: the mapping pauses LIMIT_PAUSE."""
+        return 3600, 3600
 
     def settings(self, emulator: SalesforceEmulator) -> dict[str, str]:
         return settings(emulator)
