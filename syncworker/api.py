@@ -51,7 +51,8 @@ def _manual(email: str, suppress: bool) -> Response:
     for name in sorted(result.marked):
         delivery.ensure_flush(state.runtime.conn, name, state.settings.lease_s)
     view = ledger.view(email)
-    assert view is not None
+    if view is None:  # erased meanwhile
+        raise NotFound("the ledger has no record of this address")
     return jsonify(view.as_json())
 
 
