@@ -50,7 +50,9 @@ class Braze(Destination):
     settings = ("API_KEY", "BASE_URL")  # the workspace's REST endpoint, e.g. rest.fra-01.braze.eu
     optional_settings = {"LOOKUP": "true", "CLEAR_ON_UNSUPPRESS": "true"}
     batch_size = 50
-    rate = Rate(4, per_seconds=1)
+    # REST API: 250,000 requests an hour; the export lookups are held to 250 a minute
+    rate = Rate(50, per_seconds=1)
+    endpoint_rates = {EXPORT: Rate(250, per_seconds=60)}
     mode = Mode.STATE
 
     def __init__(self, config: DestinationConfig, http: HttpClient) -> None:

@@ -188,7 +188,7 @@ class HttpClient:
         *,
         session: requests.Session | None = None,
         timeout: float = 15.0,
-        before_request: Callable[[], None] | None = None,
+        before_request: Callable[[str], None] | None = None,
         headers: Mapping[str, str] | None = None,
         dry_run: bool = False,
     ) -> None:
@@ -212,9 +212,11 @@ class HttpClient:
         allow: Iterable[int] = (),
         **kwargs: Any,
     ) -> requests.Response:
+        absolute = path.startswith(("http://", "https://"))
         if self.before_request is not None:
-            self.before_request()
-        url = path if path.startswith(("http://", "https://")) else self.base_url + path
+            # the limiter sees the path relative to base_url (an absolute URL: its own path)
+            self.before_request(urllib.parse.urlsplit(path).path if absolute else path)
+        url = path if absolute else self.base_url + path
         kwargs.setdefault("timeout", self.timeout)
         self.requests_made += 1
         if self.dry_run:
@@ -304,8 +306,9 @@ class Destination:
 
     Set ``name`` (= module name), ``settings`` (required keys, read as ``SYNCWORKER_<NAME>_<KEY>``),
     ``optional_settings`` (key -> default), ``batch_size`` (the API's batch limit), ``rate``,
-    ``mode`` and ``kinds`` (the hygiene kinds it cares about). Implement ``sync`` for a batch API,
-    or ``sync_one`` and inherit a ``sync`` that loops. Every call must be safe to repeat.
+    ``endpoint_rates``, ``mode`` and ``kinds`` (the hygiene kinds it cares about). Implement
+    ``sync`` for a batch API, or ``sync_one`` and inherit a ``sync`` that loops. Every call must
+    be safe to repeat.
     ``BASE_URL``, ``RATE`` (e.g. ``100/10``) and ``BATCH_SIZE`` may be overridden per deployment.
     """
 
@@ -315,6 +318,9 @@ class Destination:
     base_url: ClassVar[str] = ""
     batch_size: ClassVar[int] = 1
     rate: ClassVar[Rate] = Rate(10, 1.0)
+    #: stricter limits of some endpoints, by path prefix (relative to base_url); a request to
+    #: one waits at its endpoint's limiter and at ``rate``, each shared by all workers
+    endpoint_rates: ClassVar[Mapping[str, Rate]] = {}
     mode: ClassVar[Mode] = Mode.STATE
     kinds: ClassVar[frozenset[Kind]] = HYGIENE_KINDS
 

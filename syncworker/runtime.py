@@ -38,13 +38,25 @@ class DestinationRuntime:
         """A destination instance whose every HTTP request waits at the shared rate limiter."""
         if self._session is None:
             self._session = requests.Session()
-        limiter = RateLimiter(conn, self.name, self.rate, settings.rate_wait_cap_s)
+        cap = settings.rate_wait_cap_s
+        limiter = RateLimiter(conn, self.name, self.rate, cap)
+        endpoints = [
+            (prefix, RateLimiter(conn, f"{self.name}:{prefix}", rate, cap))
+            for prefix, rate in self.cls.endpoint_rates.items()
+        ]
+
+        def before_request(path: str) -> None:
+            for prefix, endpoint in endpoints:  # the stricter one first: it may say "later"
+                if path.startswith(prefix):
+                    endpoint.acquire()
+            limiter.acquire()
+
         http = HttpClient(
             self.name,
             self.base_url,
             session=self._session,
             timeout=settings.http_timeout_s,
-            before_request=limiter.acquire,
+            before_request=before_request,
             dry_run=self.dry_run,
         )
         return self.cls(self.config, http), limiter
