@@ -204,8 +204,13 @@ def check_config() -> None:
 @click.argument("email")
 def lookup(email: str) -> None:
     """State, reasons, history and per-destination sync status of an address."""
-    view = load_runtime().ledger.view(email)
+    rt = load_runtime()
+    view = rt.ledger.view(email)
     if view is None:
+        from syncworker.ledger import FORGOTTEN, address_hash
+
+        if rt.conn.exists(FORGOTTEN + address_hash(email)):
+            raise click.ClickException("forgotten; a hashed suppression is kept for it")
         raise click.ClickException("the ledger has no record of this address")
     echo_json(view.as_json())
 
@@ -239,6 +244,20 @@ def _manual(email: str, reason: str, *, suppress: bool) -> None:
     click.echo(
         f"{email}: {verb}; pending for {', '.join(sorted(result.marked)) or 'no destination'}"
     )
+
+
+@main.command()
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+def forget(email: str, yes: bool) -> None:
+    """Erase an address (right to erasure); a suppressed one stays suppressed, by hash only."""
+    if "@" not in email:
+        raise click.BadParameter("not an email address", param_hint="EMAIL")
+    if not yes:
+        click.confirm(f"Erase everything syncworker holds about {email}?", abort=True)
+    suppressed = delivery.forget(load_runtime(), email)
+    kept = "its suppression is kept as a hash" if suppressed else "nothing was kept"
+    click.echo(f"{email}: forgotten; {kept}")
 
 
 @main.command()
@@ -287,7 +306,7 @@ def status() -> None:
 @click.option("--limit", default=20, show_default=True)
 def quarantine(limit: int) -> None:
     """Show the newest quarantined events (verified requests that failed validation)."""
-    from syncworker.jobs import QUARANTINE
+    from syncworker.queueing import QUARANTINE
 
     rt = load_runtime()
     for raw in rt.conn.lrange(QUARANTINE, 0, limit - 1):

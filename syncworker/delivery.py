@@ -23,10 +23,10 @@ import sentry_sdk
 
 from syncworker.destinations import ContactChange, Destination, Mode, Outcome, OutcomeStatus
 from syncworker.errors import BadCredentials, PermanentError, RetryableError, Throttled
-from syncworker.events import HygieneEvent, Kind
+from syncworker.events import HygieneEvent, Kind, normalize_email
 from syncworker.ledger import EVENT, PENDING, SYNC
 from syncworker.privacy import mask, mask_text
-from syncworker.queueing import DELIVER, queue
+from syncworker.queueing import DELIVER, QUARANTINE, queue
 from syncworker.runtime import DestinationRuntime, Runtime
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,21 @@ for _, id in ipairs(ids) do
   redis.call('ZADD', KEYS[2], now + lease, id)
 end
 return ids
+"""
+
+# drop the entries of a list that mention ARGV[1] (lower-cased), keeping the others in order
+DROP_LUA = """
+local entries = redis.call('LRANGE', KEYS[1], 0, -1)
+local keep = {}
+for _, e in ipairs(entries) do
+  if not string.find(string.lower(e), ARGV[1], 1, true) then keep[#keep + 1] = e end
+end
+if #keep == #entries then return 0 end
+redis.call('DEL', KEYS[1])
+for i = 1, #keep, 1000 do
+  redis.call('RPUSH', KEYS[1], unpack(keep, i, math.min(i + 999, #keep)))
+end
+return #entries - #keep
 """
 
 RELEASE_LUA = """
@@ -400,3 +415,45 @@ def _event(e: dict[str, Any]) -> HygieneEvent:
         reason=e.get("detail"),
         list_id=e.get("list_id"),
     )
+
+
+def forget(runtime: Runtime, email: str) -> bool:
+    """Erase an address from the ledger and from all delivery state: pending and in-flight
+    entries, attempts, confirmations, dead letters, queued stream events, quarantined payloads.
+    A suppressed address keeps only a hashed suppression (see ``Ledger.forget``)."""
+    conn, email = runtime.conn, normalize_email(email)
+    for name, dest in runtime.destinations.items():
+        ids = [email]
+        if dest.mode is Mode.EVENTS:
+            queued = [
+                k.decode() if isinstance(k, bytes) else str(k)
+                for zset in (PENDING + name, INFLIGHT + name)
+                for k in conn.zrange(zset, 0, -1)
+            ]
+            with conn.pipeline(transaction=False) as pipe:
+                for key in queued:
+                    pipe.get(EVENT + key)
+                raws = pipe.execute()
+            ids = [k for k, raw in zip(queued, raws, strict=True) if raw and _mentions(raw, email)]
+        with conn.pipeline(transaction=True) as pipe:
+            if ids:
+                pipe.zrem(PENDING + name, *ids)
+                pipe.zrem(INFLIGHT + name, *ids)
+                pipe.hdel(ATTEMPTS + name, *ids)
+                if dest.mode is Mode.EVENTS:
+                    pipe.delete(*(EVENT + k for k in ids))
+            pipe.hdel(CONFIRMED + name, email)
+            pipe.execute()
+        _drop_from_list(conn, DEAD + name, email)
+    _drop_from_list(conn, QUARANTINE, email)
+    return runtime.ledger.forget(email)
+
+
+def _mentions(raw: bytes | str, email: str) -> bool:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    return email in text.lower()
+
+
+def _drop_from_list(conn: redis.Redis, key: str, email: str) -> None:
+    """Remove every entry of a JSON list that mentions the address, atomically."""
+    conn.register_script(DROP_LUA)(keys=[key], args=[email])

@@ -12,12 +12,10 @@ from typing import Any
 import orjson
 
 from syncworker import delivery, runtime
-from syncworker.queueing import STATS
+from syncworker.queueing import QUARANTINE, STATS
 from syncworker.schemas import EVENTS_SCHEMA
 
 log = logging.getLogger(__name__)
-
-QUARANTINE = "sw:quarantine"
 
 
 def ingest(payload: dict[str, Any]) -> dict[str, int]:

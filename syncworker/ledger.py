@@ -13,6 +13,7 @@ every address.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections import Counter
@@ -42,6 +43,7 @@ DEDUPE = "sw:k:"
 EVENT = "sw:ev:"
 PENDING = "sw:pending:"
 CONTACTS = "sw:contacts"  # every address the ledger holds (reconcile walks it)
+FORGOTTEN = "sw:forgotten:"  # sha256 of an erased address -> the suppression reasons it had
 
 # Kinds that suppress at once; soft bounces and blocks suppress after N within a window, counted
 # once per message (an ESP reports each retry of a greylisted message).
@@ -56,6 +58,14 @@ if redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[3]) == false then
 end
 local function dec(s) if s then return cjson.decode(s) end return {} end
 local c = redis.call('HMGET', KEYS[1], 'reasons', 'soft', 'cleared', 'version', 'suppressed')
+if c[1] == false then
+  -- an address erased with `forget` comes back: restore the suppression its hash kept
+  local kept = redis.call('GET', KEYS[7])
+  if kept then
+    c = {kept, false, false, '0', '0'}
+    redis.call('DEL', KEYS[7])
+  end
+end
 local reasons, soft, cleared = dec(c[1]), dec(c[2]), dec(c[3])
 local version = tonumber(c[4] or '0')
 local was = c[5] == '1'
@@ -149,14 +159,14 @@ local s, e = tonumber(ARGV[8]), tonumber(ARGV[9])
 if changed then
   local status = cjson.encode({status = 'pending', since = now, version = version})
   for i = 1, s do
-    redis.call('ZADD', KEYS[6 + i], 'NX', now, ev.email)
+    redis.call('ZADD', KEYS[7 + i], 'NX', now, ev.email)
     redis.call('HSET', KEYS[4], ARGV[10 + i], status)
   end
 end
 if e > 0 and ev.stream == 1 then
   redis.call('SET', KEYS[5], ARGV[1], 'EX', ARGV[3])
   for j = s + 1, s + e do
-    redis.call('ZADD', KEYS[6 + j], 'NX', now, ev.key)
+    redis.call('ZADD', KEYS[7 + j], 'NX', now, ev.key)
   end
 end
 return {effect, changed and 1 or 0, version}
@@ -290,6 +300,7 @@ class Ledger:
                     SYNC + email,
                     EVENT + key,
                     CONTACTS,
+                    FORGOTTEN + address_hash(email),
                     *(PENDING + d for d in state_dests + event_dests),
                 ]
                 args: list[bytes | str | int | float] = [
@@ -347,8 +358,29 @@ class Ledger:
             sync={k.decode(): orjson.loads(v) for k, v in sorted(sync.items())},
         )
 
+    def forget(self, email: str) -> bool:
+        """Erase everything the ledger holds about an address. A suppressed address leaves only
+        the SHA-256 of itself and its reasons' names and times, so that it stays suppressed if an
+        ESP reports it again. Returns whether the address was suppressed."""
+        email = normalize_email(email)
+        state = self.state(email)
+        with self.conn.pipeline(transaction=True) as pipe:
+            if state.suppressed:
+                kept = {
+                    name: {"at": r.at, "source": "forgotten"} for name, r in state.reasons.items()
+                }
+                pipe.set(FORGOTTEN + address_hash(email), orjson.dumps(kept))
+            pipe.delete(CONTACT + email, HISTORY + email, SYNC + email)
+            pipe.srem(CONTACTS, email)
+            pipe.execute()
+        return state.suppressed
+
     def set_sync(self, pipe: Any, email: str, destination: str, status: dict[str, Any]) -> None:
         pipe.hset(SYNC + email, destination, orjson.dumps(status))
+
+
+def address_hash(email: str) -> str:
+    return hashlib.sha256(normalize_email(email).encode()).hexdigest()
 
 
 def _detail(reason: str | None, smtp_code: str | None) -> str | None:

@@ -28,6 +28,7 @@ INGEST = "syncworker-ingest"
 DELIVER = "syncworker-deliver"
 QUEUES = (INGEST, DELIVER)
 STATS = "sw:stats"
+QUARANTINE = "sw:quarantine"  # verified requests whose events failed validation
 
 # Writes a batch of RQ jobs atomically in one command: each job's hash (as ``Job.to_dict()``
 # gives it), its id pushed on the queue, the queue registered, the intake counters bumped.

@@ -7,9 +7,8 @@ from typing import Any
 import orjson
 
 from syncworker.delivery import DEAD, DSTATS, INFLIGHT, PAUSE
-from syncworker.jobs import QUARANTINE
 from syncworker.ledger import PENDING
-from syncworker.queueing import DELIVER, INGEST, STATS
+from syncworker.queueing import DELIVER, INGEST, QUARANTINE, STATS
 from syncworker.runtime import Runtime
 
 

@@ -16,9 +16,8 @@ from syncworker.config import Settings
 from syncworker.errors import IntakeError
 from syncworker.intake.base import EspParser
 from syncworker.intake.registry import ESP_PARSERS
-from syncworker.jobs import QUARANTINE
 from syncworker.observability import setup_logging, setup_sentry
-from syncworker.queueing import STATS, Enqueuer, connect
+from syncworker.queueing import QUARANTINE, STATS, Enqueuer, connect
 from syncworker.runtime import Runtime
 
 log = logging.getLogger(__name__)
