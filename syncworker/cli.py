@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 import click
 import orjson
@@ -20,6 +20,7 @@ import redis
 from syncworker import delivery, runtime
 from syncworker.config import Settings
 from syncworker.errors import ConfigError
+from syncworker.events import Kind
 from syncworker.observability import setup_logging, setup_sentry
 from syncworker.queueing import DELIVER, INGEST, QUEUES, connect_worker
 
@@ -258,6 +259,49 @@ def forget(email: str, yes: bool) -> None:
     suppressed = delivery.forget(load_runtime(), email)
     kept = "its suppression is kept as a hash" if suppressed else "nothing was kept"
     click.echo(f"{email}: forgotten; {kept}")
+
+
+@main.command("import")
+@click.argument("csv_file", type=click.File("r", encoding="utf-8-sig"))
+@click.option(
+    "--kind",
+    type=click.Choice([k.value for k in Kind if k is not Kind.RESUBSCRIBE]),
+    required=True,
+    help="what the listed addresses are",
+)
+@click.option("--source", default="import", show_default=True, help="recorded as the source")
+def import_(csv_file: TextIO, kind: str, source: str) -> None:
+    """Seed the ledger from an ESP's suppression export (CSV with an email column)."""
+    from syncworker import transfer
+
+    rt = load_runtime()
+    try:
+        rows = list(transfer.read_rows(csv_file, Kind(kind), source))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    with click.progressbar(length=len(rows), label=f"import {kind}") as bar:
+        report = transfer.import_rows(rt, rows, on_chunk=bar.update)
+    for name in sorted(report.marked):
+        delivery.ensure_flush(rt.conn, name, rt.settings.lease_s)
+    click.echo(
+        f"{report.applied} applied, {report.duplicates} already imported, "
+        f"{len(report.rejected)} rejected"
+    )
+    for problem in report.rejected[:20]:
+        click.echo(f"  {problem}", err=True)
+
+
+@main.command("export")
+@click.option("--all", "everyone", is_flag=True, help="also addresses that are not suppressed")
+def export(everyone: bool) -> None:
+    """The ledger's suppressions as CSV on standard output."""
+    import csv
+
+    from syncworker import transfer
+
+    writer = csv.writer(sys.stdout)
+    for row in transfer.export_rows(load_runtime(), everyone=everyone):
+        writer.writerow(row)
 
 
 @main.command()
