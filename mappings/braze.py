@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
@@ -34,6 +33,7 @@ from syncworker.destinations import (
     PermanentError,
     Rate,
     RetryableError,
+    iso_time,
 )
 
 STATUS, BLOCKLIST, TRACK = "/email/status", "/email/blocklist", "/users/track"
@@ -121,7 +121,9 @@ class Braze(Destination):
             attributes = [
                 {
                     "email": c.email,
-                    "marked_email_as_spam_at": _iso(c.state.reasons[Kind.SPAM_COMPLAINT].at),
+                    "marked_email_as_spam_at": iso_time(
+                        c.state.reasons[Kind.SPAM_COMPLAINT].at, "seconds"
+                    ),
                     "_update_existing_only": True,
                 }
                 for c in batch
@@ -168,7 +170,3 @@ def _guard(call: Callable[[], T]) -> T | Outcome:
 def _subscriptions(users: list[dict[str, Any]] | None) -> str:
     states = sorted({str(u.get("email_subscribe")) for u in users or []})
     return f"email_subscribe {'/'.join(states)}" if states else "nothing to change"
-
-
-def _iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

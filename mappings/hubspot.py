@@ -9,8 +9,7 @@ only by resubscribing RESUBSCRIBE_SUBSCRIPTION_IDS with a legal basis; otherwise
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -28,6 +27,8 @@ from syncworker.destinations import (
     PermanentError,
     Rate,
     RetryableError,
+    comma_list,
+    iso_time,
 )
 
 PREFS = "/communication-preferences/v4/statuses"
@@ -63,7 +64,7 @@ class HubSpot(Destination):
         opt = self.options
         self.headers = {"Authorization": f"Bearer {opt.get('TOKEN', '')}"}
         self.batched = config.flag("SUBSCRIPTION_BATCH", default=True)
-        self.opt_out_reasons = frozenset(_split(opt["OPT_OUT_REASONS"]))
+        self.opt_out_reasons = frozenset(comma_list(opt["OPT_OUT_REASONS"]))
         self.status_property = opt["STATUS_PROPERTY"]
         self.bounced_at_property = opt["BOUNCED_AT_PROPERTY"]
         self.legal_basis = {
@@ -71,7 +72,7 @@ class HubSpot(Destination):
             "legalBasisExplanation": opt["LEGAL_BASIS_EXPLANATION"],
         }
         try:
-            self.resubscribe_ids = [int(i) for i in _split(opt["RESUBSCRIBE_SUBSCRIPTION_IDS"])]
+            self.resubscribe_ids = [int(i) for i in comma_list(opt["RESUBSCRIBE_SUBSCRIPTION_IDS"])]
         except ValueError:
             problem = "SYNCWORKER_HUBSPOT_RESUBSCRIBE_SUBSCRIPTION_IDS: comma list of integer ids"
             raise NotConfigured([problem]) from None
@@ -135,7 +136,7 @@ class HubSpot(Destination):
         bounced = [r.at for name, r in state.reasons.items() if name in BOUNCES]
         return {
             self.status_property: ";".join(sorted(str(name) for name in state.reasons)),
-            self.bounced_at_property: _iso(max(bounced)) if bounced else "",
+            self.bounced_at_property: iso_time(max(bounced)) if bounced else "",
         }
 
     def _resubscribe(self, emails: list[str]) -> dict[str, Outcome]:
@@ -237,11 +238,3 @@ def _list(value: Any) -> list[dict[str, Any]]:
 def _chunks(items: list[Any]) -> Iterator[list[Any]]:
     for start in range(0, len(items), LIMIT):
         yield items[start : start + LIMIT]
-
-
-def _split(text: str) -> Iterable[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -35,6 +35,7 @@ from syncworker.destinations import (
     Rate,
     RetryableError,
     retry_after_seconds,
+    seconds,
 )
 
 CONTACTS = "/platform/contacts"
@@ -81,7 +82,7 @@ class RDStation(Destination):
             problems.append(f"{env}LEGAL_BASIS_TYPE: one of {', '.join(LEGAL_TYPES)}")
         if self.prefix != self.prefix.lower():
             problems.append(f"{env}TAG_PREFIX: lower case (RD Station tags are)")
-        self.limit_retry = _seconds(opt["LIMIT_RETRY_AFTER"])
+        self.limit_retry = seconds(opt["LIMIT_RETRY_AFTER"])
         if self.limit_retry <= 0:
             problems.append(f"{env}LIMIT_RETRY_AFTER: seconds before a contact over its limit")
         if problems:
@@ -185,7 +186,7 @@ class RDStation(Destination):
         self.token = str(body.get("access_token") or "")
         if not self.token and not self.http.dry_run:
             raise BadCredentials(self.name, "no access_token in the token answer")
-        lifetime = _seconds(str(body.get("expires_in") or 86400))
+        lifetime = seconds(str(body.get("expires_in") or 86400))
         self.expires_at = time.monotonic() + lifetime - min(60.0, lifetime / 10)
 
 
@@ -206,10 +207,3 @@ def _body(response: requests.Response) -> dict[str, Any]:
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
-
-
-def _seconds(value: str | None) -> float:
-    try:
-        return max(0.0, float(value or 0))
-    except ValueError:
-        return 0.0

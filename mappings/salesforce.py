@@ -11,7 +11,7 @@ and a 401 refreshes it and repeats the call once. 403 REQUEST_LIMIT_EXCEEDED pau
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from syncworker.destinations import (
@@ -28,6 +28,9 @@ from syncworker.destinations import (
     OutcomeStatus,
     Rate,
     Throttled,
+    comma_list,
+    iso_time,
+    seconds,
 )
 
 LIMIT = 200  # records per sObject Collections request
@@ -60,8 +63,8 @@ class Salesforce(Destination):
         opt = self.options
         self.credentials = {k.lower(): opt.get(k, "") for k in self.settings}
         self.version = opt["API_VERSION"].removeprefix("v")
-        self.objects = _split(opt["OBJECTS"])
-        self.opt_out_reasons = frozenset(_split(opt["OPT_OUT_REASONS"]))
+        self.objects = comma_list(opt["OBJECTS"])
+        self.opt_out_reasons = frozenset(comma_list(opt["OPT_OUT_REASONS"]))
         self.bounce_fields = config.flag("BOUNCE_FIELDS", default=True)
         self.complaint_field = opt["COMPLAINT_FIELD"]
         self.resubscribe = config.flag("RESUBSCRIBE")
@@ -74,7 +77,7 @@ class Salesforce(Destination):
             problems.append(f"{env}OBJECTS: Contact, Lead or both")
         if self.complaint_field and not re.fullmatch(r"[A-Za-z]\w*__c", self.complaint_field):
             problems.append(f"{env}COMPLAINT_FIELD: a custom field API name such as Spam__c")
-        self.limit_pause = _seconds(opt["LIMIT_PAUSE"])
+        self.limit_pause = seconds(opt["LIMIT_PAUSE"])
         if self.limit_pause <= 0:
             problems.append(f"{env}LIMIT_PAUSE: seconds to pause once the API allocation is spent")
         if problems:
@@ -137,7 +140,7 @@ class Salesforce(Destination):
             newest = max(bounces, key=lambda r: r.at)
             detail = f": {newest.detail}" if newest.detail else ""
             wanted[REASON] = f"{MARK}{newest.reason} ({newest.source}){detail}"[:255]
-            wanted[DATE] = _iso(newest.at)
+            wanted[DATE] = iso_time(newest.at)
         elif self.bounce_fields and str(record.get(REASON) or "").startswith(MARK):
             wanted[REASON] = wanted[DATE] = None
         if self.complaint_field:
@@ -177,7 +180,7 @@ class Salesforce(Destination):
             return
         codes = {e.get("errorCode") for e in _json(response) or [] if isinstance(e, dict)}
         if status == 403 and "REQUEST_LIMIT_EXCEEDED" in codes:
-            pause = _seconds(response.headers.get("Retry-After")) or self.limit_pause
+            pause = seconds(response.headers.get("Retry-After")) or self.limit_pause
             message = f"API request limit exceeded ({self.api_usage or 'Sforce-Limit-Info absent'})"
             raise Throttled(self.name, pause, message, status=status, body=text)
         raise BadCredentials(self.name, "credentials rejected", status=status, body=text)
@@ -233,18 +236,3 @@ def _json(response: Any) -> Any:
         return response.json()
     except ValueError:
         return None
-
-
-def _seconds(value: str | None) -> float:
-    try:
-        return max(0.0, float(value or 0))
-    except ValueError:
-        return 0.0
-
-
-def _split(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -11,7 +11,6 @@ rejects requests over 500 KB and events over 32 KB, hence the capped free-text f
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
 from typing import Any
 
 from syncworker.destinations import (
@@ -29,6 +28,7 @@ from syncworker.destinations import (
     attempt,
     compact_json,
     hygiene_traits,
+    iso_time,
     split_events,
     user_id,
     valid_user_id_rule,
@@ -93,7 +93,7 @@ class Segment(Destination):
             "event": EVENT_NAMES.get(event.kind, f"Email {event.kind.value}"),
             **who,
             "messageId": _message_id(self.name, change.key, "track"),
-            "timestamp": _iso(event.occurred_at),
+            "timestamp": iso_time(event.occurred_at),
             "properties": {
                 "email": change.email,
                 "kind": event.kind.value,
@@ -113,7 +113,7 @@ class Segment(Destination):
             "type": "identify",
             **who,
             "messageId": _message_id(self.name, change.key, f"identify:{state.version}"),
-            "timestamp": _iso(state.updated_at or event.occurred_at),
+            "timestamp": iso_time(state.updated_at or event.occurred_at),
             "traits": {"email": change.email, **hygiene_traits(state)},
         }
         return [track, identify]
@@ -136,7 +136,3 @@ def _message_id(destination: str, key: str, part: str) -> str:
 
 def _cap(text: str | None) -> str | None:
     return None if text is None else text[:TEXT_CAP]
-
-
-def _iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

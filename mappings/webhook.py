@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import json
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from syncworker.destinations import (
@@ -33,6 +32,7 @@ from syncworker.destinations import (
     Outcome,
     Rate,
     attempt,
+    iso_time,
     split_events,
 )
 
@@ -87,7 +87,7 @@ class Webhook(Destination):
 
     def _post(self, items: list[bytes], changes: list[ContactChange]) -> str:
         newest = max(c.event.occurred_at for c in changes if c.event is not None)
-        head = _dump({"type": TYPE, "timestamp": _iso(newest)})[:-1]
+        head = _dump({"type": TYPE, "timestamp": iso_time(newest)})[:-1]
         body = head + b',"data":{"events":[' + b",".join(items) + b"]}}"
         keys = sorted(c.key for c in changes)
         webhook_id = "msg_" + hashlib.sha256("\x1f".join(keys).encode()).hexdigest()[:32]
@@ -112,7 +112,7 @@ def _event(change: ContactChange, event: HygieneEvent) -> dict[str, Any]:
         "key": change.key,
         "email": change.email,
         "kind": event.kind.value,
-        "occurred_at": _iso(event.occurred_at),
+        "occurred_at": iso_time(event.occurred_at),
         "source": event.source,
         "esp": event.esp,
         "reason": event.reason,
@@ -127,17 +127,13 @@ def _state(state: ContactState) -> dict[str, Any]:
     return {
         "suppressed": state.suppressed,
         "reasons": {
-            str(name): {"at": _iso(r.at), "source": r.source, "detail": r.detail}
+            str(name): {"at": iso_time(r.at), "source": r.source, "detail": r.detail}
             for name, r in sorted(state.reasons.items())
         },
         "version": state.version,
-        "updated_at": _iso(state.updated_at),
+        "updated_at": iso_time(state.updated_at),
     }
 
 
 def _dump(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

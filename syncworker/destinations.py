@@ -17,6 +17,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -69,10 +70,13 @@ __all__ = [
     "EVENT_NAMES",
     "EventPart",
     "attempt",
+    "comma_list",
     "compact_json",
     "hygiene_traits",
+    "iso_time",
     "json_object",
     "scrub_address",
+    "seconds",
     "split_events",
     "user_id",
     "valid_user_id_rule",
@@ -511,3 +515,24 @@ def json_object(text: str) -> dict[str, Any]:
 
 def compact_json(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# -- small conversions mapping modules share ----------------------------------------------------
+
+
+def iso_time(at: float, timespec: str = "milliseconds") -> str:
+    """Unix seconds as ISO 8601 UTC with a ``Z`` (``2026-01-01T00:00:00.000Z``)."""
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
+def comma_list(text: str) -> list[str]:
+    """A comma-separated setting as its non-empty, stripped parts."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def seconds(value: str | None) -> float:
+    """A number of seconds from a setting or header; 0 when missing, negative or not a number."""
+    try:
+        return max(0.0, float(value or 0))
+    except ValueError:
+        return 0.0
