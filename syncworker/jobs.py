@@ -6,13 +6,10 @@ Jobs let unexpected errors propagate, so RQ's failed-job registry and Sentry see
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
-import orjson
-
 from syncworker import delivery, runtime
-from syncworker.queueing import QUARANTINE, STATS
+from syncworker.queueing import STATS, store_quarantine
 from syncworker.schemas import EVENTS_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -52,14 +49,3 @@ def deliver(destination: str, token: str | None = None) -> dict[str, int]:
         return {}
     report = delivery.Delivery(rt, destination).run(token)
     return dict(report.outcomes)
-
-
-def store_quarantine(conn: Any, source: str, items: list[dict[str, Any]], limit: int) -> None:
-    now = time.time()
-    with conn.pipeline(transaction=True) as pipe:
-        for item in items:
-            entry = {"source": source, "at": now, **item}
-            pipe.lpush(QUARANTINE, orjson.dumps(entry))
-        pipe.ltrim(QUARANTINE, 0, max(0, limit - 1))
-        pipe.hincrby(STATS, "quarantined", len(items))
-        pipe.execute()

@@ -201,7 +201,6 @@ class Route:
 @dataclass
 class ApplyResult:
     effects: Counter[str] = field(default_factory=Counter)
-    changed: list[str] = field(default_factory=list)  # addresses whose state changed
     marked: set[str] = field(default_factory=set)  # destinations that got new pending work
 
 
@@ -319,13 +318,12 @@ class Ledger:
                 ]
                 self._apply(keys=keys, args=args, client=pipe)
             replies = pipe.execute()
-        for item, reply, (state_dests, event_dests) in zip(items, replies, routes, strict=True):
+        for reply, (state_dests, event_dests) in zip(replies, routes, strict=True):
             effect = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
             result.effects[effect] += 1
             if effect == "duplicate":
                 continue
-            if int(reply[1]):
-                result.changed.append(item["email"])
+            if int(reply[1]):  # the state changed: the CRMs get it
                 result.marked.update(state_dests)
             result.marked.update(event_dests)
         return result
@@ -374,9 +372,6 @@ class Ledger:
             pipe.srem(CONTACTS, email)
             pipe.execute()
         return state.suppressed
-
-    def set_sync(self, pipe: Any, email: str, destination: str, status: dict[str, Any]) -> None:
-        pipe.hset(SYNC + email, destination, orjson.dumps(status))
 
 
 def address_hash(email: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 import zlib
 from collections.abc import Mapping
@@ -199,3 +200,16 @@ def _copy(exc: BaseException) -> BaseException:
         return type(exc)(*exc.args)
     except Exception:  # an exception type with an unusual constructor
         return redis.ConnectionError(f"queue write failed: {type(exc).__name__}")
+
+
+def store_quarantine(
+    conn: redis.Redis, source: str, items: list[dict[str, Any]], limit: int
+) -> None:
+    """Keep what a verified request carried but could not be used, newest first, capped."""
+    now = time.time()
+    with conn.pipeline(transaction=True) as pipe:
+        for item in items:
+            pipe.lpush(QUARANTINE, orjson.dumps({"source": source, "at": now, **item}))
+        pipe.ltrim(QUARANTINE, 0, max(0, limit - 1))
+        pipe.hincrby(STATS, "quarantined", len(items))
+        pipe.execute()

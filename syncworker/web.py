@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 
-import orjson
 import redis
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
@@ -17,7 +15,7 @@ from syncworker.errors import IntakeError
 from syncworker.intake.base import EspParser
 from syncworker.intake.registry import ESP_PARSERS
 from syncworker.observability import setup_logging, setup_sentry
-from syncworker.queueing import QUARANTINE, STATS, Enqueuer, connect
+from syncworker.queueing import Enqueuer, connect, store_quarantine
 from syncworker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -31,18 +29,8 @@ class AppState:
     parsers: dict[str, EspParser] = field(default_factory=dict)
 
     def quarantine_body(self, source: str, esp: str, reason: str, body: bytes) -> None:
-        entry = {
-            "source": source,
-            "esp": esp,
-            "at": time.time(),
-            "reason": reason,
-            "body": body.decode("utf-8", "replace"),
-        }
-        with self.runtime.conn.pipeline(transaction=True) as pipe:
-            pipe.lpush(QUARANTINE, orjson.dumps(entry))
-            pipe.ltrim(QUARANTINE, 0, max(0, self.settings.quarantine_limit - 1))
-            pipe.hincrby(STATS, "quarantined", 1)
-            pipe.execute()
+        item = {"esp": esp, "reason": reason, "body": body.decode("utf-8", "replace")}
+        store_quarantine(self.runtime.conn, source, [item], self.settings.quarantine_limit)
 
 
 def create_app(settings: Settings | None = None) -> Flask:

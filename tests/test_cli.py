@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from syncworker.cli import main
 from syncworker.events import HygieneEvent, Kind
-from syncworker.jobs import QUARANTINE
+from syncworker.queueing import QUARANTINE
 from syncworker.redis_server import free_port
 from tests.conftest import SettingsFactory
 from tests.intake.signing import basic_auth_header

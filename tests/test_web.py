@@ -15,8 +15,7 @@ from flask.testing import FlaskClient
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from syncworker.jobs import QUARANTINE
-from syncworker.queueing import INGEST, STATS
+from syncworker.queueing import INGEST, QUARANTINE, STATS
 from syncworker.redis_server import RedisServer, free_port
 from syncworker.web import create_app
 from tests.conftest import SettingsFactory

@@ -20,8 +20,7 @@ from syncworker.errors import ConfigError, PayloadInvalid, SignatureInvalid
 from syncworker.events import Kind
 from syncworker.intake import sns
 from syncworker.intake.esps.amazon_ses import AmazonSesParser
-from syncworker.jobs import QUARANTINE
-from syncworker.queueing import INGEST
+from syncworker.queueing import INGEST, QUARANTINE
 from syncworker.redis_server import free_port
 from syncworker.web import create_app
 from tests.conftest import SettingsFactory
