@@ -48,8 +48,7 @@ def _manual(email: str, suppress: bool) -> Response:
     reason = body.get("reason", "") or ("api suppress" if suppress else "api unsuppress")
     change = ledger.suppress if suppress else ledger.unsuppress
     result = change(normalize_email(email), reason, source="api")
-    for name in sorted(result.marked):
-        delivery.ensure_flush(state.runtime.conn, name, state.settings.lease_s)
+    delivery.flush(state.runtime, result.marked)
     view = ledger.view(email)
     if view is None:  # erased meanwhile
         raise NotFound("the ledger has no record of this address")

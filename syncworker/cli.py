@@ -38,8 +38,12 @@ def load_settings(require_redis: bool = True) -> Settings:
     return settings
 
 
-def load_runtime() -> runtime.Runtime:
+def load_runtime(destination: str | None = None) -> runtime.Runtime:
+    """The worker runtime for a command; with ``destination``, that one must be enabled."""
     settings = load_settings()
+    if destination is not None and destination not in settings.destinations:
+        enabled = ", ".join(settings.destinations) or "none"
+        raise click.ClickException(f"{destination!r} is not enabled (enabled: {enabled})")
     rt = runtime.Runtime.build(settings, connect_worker(settings.redis_url))
     try:
         rt.conn.ping()
@@ -238,8 +242,7 @@ def _manual(email: str, reason: str, *, suppress: bool) -> None:
     rt = load_runtime()
     change = rt.ledger.suppress if suppress else rt.ledger.unsuppress
     result = change(email, reason, source="cli")
-    for name in sorted(result.marked):
-        delivery.ensure_flush(rt.conn, name, rt.settings.lease_s)
+    delivery.flush(rt, result.marked)
     state = rt.ledger.state(email)
     verb = "suppressed" if state.suppressed else "active"
     click.echo(
@@ -281,8 +284,7 @@ def import_(csv_file: TextIO, kind: str, source: str) -> None:
         raise click.ClickException(str(exc)) from None
     with click.progressbar(length=len(rows), label=f"import {kind}") as bar:
         report = transfer.import_rows(rt, rows, on_chunk=bar.update)
-    for name in sorted(report.marked):
-        delivery.ensure_flush(rt.conn, name, rt.settings.lease_s)
+    delivery.flush(rt, report.marked)
     click.echo(
         f"{report.applied} applied, {report.duplicates} already imported, "
         f"{len(report.rejected)} rejected"
@@ -308,10 +310,7 @@ def export(everyone: bool) -> None:
 @click.argument("destination")
 def replay(destination: str) -> None:
     """Send a destination's dead letters again."""
-    rt = load_runtime()
-    if destination not in rt.destinations:
-        enabled = ", ".join(rt.destinations) or "none"
-        raise click.ClickException(f"{destination!r} is not enabled (enabled: {enabled})")
+    rt = load_runtime(destination)
     n = delivery.replay_dead(rt, destination)
     click.echo(f"{destination}: {n} dead letter(s) back to pending")
 
@@ -324,10 +323,7 @@ def reconcile(destination: str, restart: bool, chunk: int) -> None:
     """Backfill a (newly added) destination with every suppressed address in the ledger."""
     from syncworker import reconcile as backfill
 
-    rt = load_runtime()
-    if destination not in rt.destinations:
-        enabled = ", ".join(rt.destinations) or "none"
-        raise click.ClickException(f"{destination!r} is not enabled (enabled: {enabled})")
+    rt = load_runtime(destination)
     progress = backfill.start(rt, destination, restart=restart)
     if progress.resumed:
         click.echo(f"resuming: {progress.done} of {progress.total} addresses already walked")

@@ -14,6 +14,7 @@ import random
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +90,12 @@ def ensure_flush(conn: redis.Redis, destination: str, lock_s: float = 120.0) -> 
         timeout=int(lock_s * 2),
     )
     return True
+
+
+def flush(runtime: Runtime, destinations: Iterable[str]) -> None:
+    """Queue a deliver job for each destination that has new work (unless one is queued)."""
+    for name in sorted(destinations):
+        ensure_flush(runtime.conn, name, runtime.settings.lease_s)
 
 
 def paused_for(conn: redis.Redis, destination: str) -> float:

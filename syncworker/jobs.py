@@ -29,8 +29,7 @@ def ingest(payload: dict[str, Any]) -> dict[str, int]:
         for effect, n in result.effects.items():
             pipe.hincrby(STATS, f"ledger:{effect}", n)
         pipe.execute()
-    for name in sorted(result.marked):
-        delivery.ensure_flush(rt.conn, name, rt.settings.lease_s)
+    delivery.flush(rt, result.marked)
     log.info(
         "ingested source=%s events=%d effects=%s quarantined=%d",
         payload.get("source"),
