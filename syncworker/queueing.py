@@ -6,24 +6,27 @@ job descriptions at INFO.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import threading
 import time
 import uuid
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
+import hiredis
 import orjson
 import redis
+import redis.connection
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from rq import Queue
 from rq import Retry as JobRetry
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
-from rq.utils import now, utcformat
+from rq.utils import now
 
 INGEST = "syncworker-ingest"
 DELIVER = "syncworker-deliver"
@@ -31,23 +34,27 @@ QUEUES = (INGEST, DELIVER)
 STATS = "sw:stats"
 QUARANTINE = "sw:quarantine"  # verified requests whose events failed validation
 
-# Writes a batch of RQ jobs atomically in one command: each job's hash (as ``Job.to_dict()``
-# gives it), its id pushed on the queue, the queue registered, the intake counters bumped.
+# Writes a batch of RQ jobs atomically in one command: the intake counters bumped, then each job's
+# hash (as ``Job.to_dict()`` gives it), its id pushed on the queue, the queue registered. Every
+# ingest job has the same fields but for its id, times, description and data: the fixed ones are
+# written into the script itself (FIXED_FIELDS, from RQ's own ``Job.to_dict()``), so a call sends
+# four arguments per job rather than forty.
 ENQUEUE_LUA = """
-local queue, queues, stats = ARGV[1], ARGV[2], ARGV[3]
-local i = 5
-for _ = 1, tonumber(ARGV[4]) do
+local queue, queues, stats, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local fixed = {FIXED_FIELDS}
+local i = 6
+for _ = 1, tonumber(ARGV[5]) do
   redis.call('HINCRBY', stats, ARGV[i], ARGV[i + 1])
   i = i + 2
 end
 local pushed = 0
 while i <= #ARGV do
-  local key, id, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  i = i + 3
-  redis.call('HSET', key, unpack(ARGV, i, i + 2 * n - 1))
-  i = i + 2 * n
+  local id, stamp = ARGV[i], ARGV[i + 1]
+  redis.call('HSET', prefix .. id, 'created_at', stamp, 'enqueued_at', stamp,
+    'description', ARGV[i + 2], 'data', ARGV[i + 3], unpack(fixed))
   redis.call('RPUSH', queue, id)
   pushed = pushed + 1
+  i = i + 4
 end
 if pushed > 0 then redis.call('SADD', queues, queue) end
 return pushed
@@ -61,6 +68,7 @@ JOB_OPTIONS: dict[str, Any] = {
     "retry": JobRetry(max=3, interval=[5, 30, 120]),  # also how an abandoned job comes back
 }
 VARYING = frozenset({"created_at", "enqueued_at", "description", "data"})
+COMPRESS_FROM = 4096  # bytes of job data: below this, compressing costs more than it saves
 
 
 def connect(url: str, timeout: float = 1.0) -> redis.Redis:
@@ -84,15 +92,25 @@ def queue(conn: redis.Redis, name: str) -> Queue:
     return Queue(name, connection=conn, serializer=JSONSerializer)
 
 
-@dataclass(eq=False)
 class _Slot:
-    """One request's job (id and hash fields, flat) and counters, waiting to be written."""
+    """One request's job (id and fields that vary) and counters, waiting to be written.
 
-    job: tuple[str, list[Any]] | None
-    counters: Mapping[str, int]
-    woken: threading.Event = field(default_factory=threading.Event)
-    lead: bool = False  # woken to write the next batch, not because its own was written
-    error: BaseException | None = None
+    ``woken`` is a lock held from the start, and released once to wake the request's thread:
+    the cheapest one-shot signal between threads (an Event adds a Condition and its own lock).
+    """
+
+    __slots__ = ("job", "counters", "woken", "lead", "error")
+
+    def __init__(self, job: tuple[str, list[Any]] | None, counters: Mapping[str, int]) -> None:
+        self.job = job
+        self.counters = counters
+        self.woken: threading.Lock | None = None  # made by a request that has to wait
+        self.lead = False  # woken to write the next batch, not because its own was written
+        self.error: BaseException | None = None
+
+    def wake(self) -> None:
+        if self.woken is not None:
+            self.woken.release()
 
 
 class Enqueuer:
@@ -105,13 +123,15 @@ class Enqueuer:
     gunicorn workers) share that round trip: the first to arrive writes every waiting request's
     job in one call (group commit); each request returns once the call holding its job has
     succeeded, and raises its error otherwise. The worker sees ordinary RQ jobs.
+
+    Only one thread writes at a time, so the writes go over one connection of their own, packed
+    once and sent without redis-py's per-command pool and retry layers.
     """
 
     def __init__(self, conn: redis.Redis, max_batch: int = 256) -> None:
         self.conn = conn
         self.queue = queue(conn, INGEST)
         self.max_batch = max_batch
-        self._script = conn.register_script(ENQUEUE_LUA)
         self._lock = threading.Lock()
         self._waiting: list[_Slot] = []
         self._writing = False
@@ -122,21 +142,38 @@ class Enqueuer:
             INGEST_FUNC, args=(None,), description="", status=JobStatus.QUEUED, **JOB_OPTIONS
         )
         probe.enqueued_at = now()
-        self._fixed = [
-            x for item in probe.to_dict().items() if item[0] not in VARYING for x in item
-        ]
+        fixed = [x for item in probe.to_dict().items() if item[0] not in VARYING for x in item]
+        self.script = ENQUEUE_LUA.replace("FIXED_FIELDS", ", ".join(map(_lua_string, fixed)))
+        self._sha = hashlib.sha1(self.script.encode()).hexdigest()
+        self._head = [
+            "EVALSHA", self._sha, "0",
+            self.queue.key, self.queue.redis_queues_keys, STATS, Job.key_for(""),
+        ]  # fmt: skip
+        self._connection: redis.connection.AbstractConnection | None = None
+        self._pid = os.getpid()
+        self._stamp_second = -1
+        self._stamp_prefix = ""
 
     def job(self, payload: dict[str, Any], description: str) -> tuple[str, list[Any]]:
-        """A new ingest job: its id and its hash fields, as ``Job.to_dict()`` would give them."""
-        stamp = utcformat(now())
+        """A new ingest job: its id and the fields that vary (time, description, data)."""
         try:
             encoded = orjson.dumps([INGEST_FUNC, None, [payload], {}])
         except TypeError:  # an integer beyond 64 bits: the stdlib encoder takes any
             encoded = json.dumps([INGEST_FUNC, None, [payload], {}]).encode()
-        fields: list[Any] = ["created_at", stamp, "enqueued_at", stamp]
-        # level 1: a payload is compressed once and read once, speed over ratio
-        fields += ["description", description, "data", zlib.compress(encoded, 1), *self._fixed]
-        return str(uuid.uuid4()), fields
+        # RQ reads data that is not zlib as it is: a small payload is stored plain (compressing
+        # it would save little and cost more than the rest of the job); a large one at level 1,
+        # since it is compressed once and read once
+        data = encoded if len(encoded) < COMPRESS_FROM else zlib.compress(encoded, 1)
+        return str(uuid.uuid4()), [self._stamp(), description, data]
+
+    def _stamp(self) -> str:
+        """Now, as RQ's ``utcformat`` writes it (``%Y-%m-%dT%H:%M:%S.%fZ``)."""
+        moment = time.time()
+        second = int(moment)
+        if second != self._stamp_second:  # threads may race here: both write the same value
+            self._stamp_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._stamp_second = second
+        return f"{self._stamp_prefix}.{int((moment - second) * 1e6):06d}Z"
 
     def ingest(
         self,
@@ -153,8 +190,12 @@ class Enqueuer:
             self._waiting.append(slot)
             follow = self._writing
             self._writing = True
+            if follow:
+                slot.woken = threading.Lock()
+                slot.woken.acquire()
         if follow:
-            slot.woken.wait()  # woken once: its batch was written, or it is to write the next
+            # woken once: its batch was written, or it is to write the next
+            slot.woken.acquire()  # type: ignore[union-attr]
             if not slot.lead:
                 if slot.error is not None:
                     # a follower raises its own instance: tracebacks are not shared by threads
@@ -173,26 +214,62 @@ class Enqueuer:
             self._writing = successor is not None
         for other in batch:
             if other is not slot:
-                other.woken.set()
+                other.wake()
         if successor is not None:
             successor.lead = True
-            successor.woken.set()
+            successor.wake()
         if slot.error is not None:
             raise slot.error
 
     def _write(self, batch: list[_Slot]) -> None:
         totals: dict[str, int] = {}
-        jobs: list[Any] = []
+        args: list[Any] = []
         for slot in batch:
             for name, amount in slot.counters.items():
                 totals[name] = totals.get(name, 0) + amount
             if slot.job is not None:
-                job_id, fields = slot.job
-                jobs += [Job.key_for(job_id), job_id, len(fields) // 2, *fields]
+                args.append(slot.job[0])
+                args += slot.job[1]
         counters = [x for item in totals.items() for x in item]
-        args = [self.queue.key, self.queue.redis_queues_keys, STATS, len(totals), *counters, *jobs]
-        self._script(args=args)
+        command = [*self._head, len(totals), *counters, *args]
+        self._call(command)
         self.transactions += 1
+
+    def _call(self, command: list[Any]) -> Any:
+        """Send one EVALSHA on the writer's connection; load the script if Redis lacks it.
+
+        A connection that fails is dropped, and a request fails fast (503: its ESP retries)
+        rather than wait on a retry loop; one that had gone stale while idle (a Redis restart,
+        an idle timeout) is replaced once at once. Writing a job twice is harmless: the ledger
+        dedupes events by key.
+        """
+        connection = self._connection
+        if connection is None or self._pid != os.getpid():  # a forked child makes its own
+            pool = self.conn.connection_pool
+            connection = pool.connection_class(**pool.connection_kwargs)
+            self._connection, self._pid = connection, os.getpid()
+            fresh = True
+        else:
+            fresh = False
+        packed = hiredis.pack_command(tuple(command))
+        for attempt in range(3):
+            try:
+                connection.send_packed_command([packed])
+                return connection.read_response()
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                connection.send_command("SCRIPT", "LOAD", self.script)
+                connection.read_response()
+            except redis.ConnectionError:
+                connection.disconnect()
+                if fresh or attempt == 2:
+                    raise
+                fresh = True  # the next attempt connects anew
+            except BaseException:
+                connection.disconnect()
+                raise
+        raise AssertionError("unreachable")
 
 
 def _copy(exc: BaseException) -> BaseException:
@@ -213,3 +290,17 @@ def store_quarantine(
         pipe.ltrim(QUARANTINE, 0, max(0, limit - 1))
         pipe.hincrby(STATS, "quarantined", len(items))
         pipe.execute()
+
+
+def _lua_string(value: Any) -> str:
+    """A Lua string literal of ``value`` as redis-py would encode it (str, enum by value, int)."""
+    if isinstance(value, bytes):
+        raw = value
+    elif isinstance(value, str):
+        raw = value.encode()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        raw = repr(value).encode()
+    else:
+        raise TypeError(f"cannot put {type(value).__name__} in the enqueue script")
+    safe = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _-.:,[]"
+    return "'" + "".join(chr(b) if b in safe else f"\\{b:03d}" for b in raw) + "'"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+import zlib
 from typing import Any
 
+import orjson
 import pytest
 import redis
 from rq import Queue, SimpleWorker
@@ -137,3 +139,44 @@ def test_the_job_hash_is_the_one_rq_writes(redis_conn: redis.Redis) -> None:
     ours = Job.fetch(job_id, connection=redis_conn, serializer=JSONSerializer)
     assert (ours.func_name, list(ours.args), ours.kwargs) == (INGEST_FUNC, [payload(7)], {})
     assert ours.get_status() == JobStatus.QUEUED and ours.origin == INGEST
+
+
+def test_large_job_data_is_compressed_and_small_is_plain(redis_conn: redis.Redis) -> None:
+    from rq.job import Job
+
+    from syncworker.queueing import COMPRESS_FROM
+
+    enqueuer = Enqueuer(redis_conn)
+    small = enqueuer.ingest(payload(1), "small", {}) or ""
+    big_payload = {**payload(2), "events": [{"reason": "x" * 100, "n": i} for i in range(200)]}
+    big = enqueuer.ingest(big_payload, "big", {}) or ""
+    small_raw = redis_conn.hget(Job.key_for(small), "data") or b""
+    big_raw = redis_conn.hget(Job.key_for(big), "data") or b""
+    assert small_raw.startswith(b'["syncworker.jobs.ingest"')
+    assert len(orjson.dumps(big_payload)) > COMPRESS_FROM
+    assert zlib.decompress(big_raw).startswith(b'["syncworker.jobs.ingest"')
+    assert len(big_raw) < len(orjson.dumps(big_payload)) // 4
+    for job_id, expected in ((small, payload(1)), (big, big_payload)):
+        job = Job.fetch(job_id, connection=redis_conn, serializer=JSONSerializer)
+        assert list(job.args) == [expected]
+
+
+def test_a_dropped_connection_is_replaced_at_once(redis_url: str) -> None:
+    conn = connect(redis_url, timeout=0.5)
+    enqueuer = Enqueuer(conn)
+    assert enqueuer.ingest(payload(1), "x", {}) is not None
+    # the server drops every client (as a restart or an idle timeout would): the next write
+    # reconnects at once instead of failing the request
+    admin = redis.Redis.from_url(redis_url)
+    admin.client_kill_filter(_type="normal", skipme=True)
+    assert enqueuer.ingest(payload(2), "x", {}) is not None
+    assert admin.llen(f"rq:queue:{INGEST}") == 2
+    admin.close()
+
+
+def test_the_script_is_loaded_when_redis_has_lost_it(redis_conn: redis.Redis) -> None:
+    enqueuer = Enqueuer(redis_conn)
+    assert enqueuer.ingest(payload(1), "x", {}) is not None
+    redis_conn.script_flush()
+    assert enqueuer.ingest(payload(2), "x", {}) is not None
+    assert redis_conn.llen(f"rq:queue:{INGEST}") == 2
