@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from typing import Any
 
 import orjson
@@ -33,7 +32,8 @@ def receive(source: str) -> tuple[Response, int]:
     if parser is None:
         raise UnknownEsp(f"no source named {source!r} is configured")
     limit = state.settings.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
+    length = request.content_length
+    if length is not None and length > limit:
         raise PayloadTooLarge(f"body is larger than {limit} bytes")
     body = request.stream.read(limit + 1)
     if len(body) > limit:
@@ -54,37 +54,29 @@ def receive(source: str) -> tuple[Response, int]:
         log.info("handshake source=%s %s", source, result.followup())
     if result.response is not None:
         return jsonify(result.response), 200
-    counters: Counter[str] = Counter()
-    for code, n in result.ignored.items():
-        counters[f"in:{source}:{code}"] += n
-    for event in result.events:
-        counters[f"in:{source}:{event.kind.value}"] += 1
-    if result.quarantined:
-        counters[f"in:{source}:quarantined"] += len(result.quarantined)
+    events, quarantined = result.events, result.quarantined
+    ignored = sum(result.ignored.values())
+    counters: dict[str, int] = {f"in:{source}:{code}": n for code, n in result.ignored.items()}
+    for event in events:
+        name = f"in:{source}:{event.kind.value}"
+        counters[name] = counters.get(name, 0) + 1
+    if quarantined:
+        counters[f"in:{source}:quarantined"] = len(quarantined)
     payload: dict[str, Any] | None = None
-    if result.events or result.quarantined:
+    if events or quarantined:
         payload = {
             "source": source,
             "esp": parser.esp,
             "received_at": time.time(),
-            "events": [e.to_dict() for e in result.events],
-            "quarantined": [{"reason": q.reason, "raw": q.raw} for q in result.quarantined],
+            "events": [e.to_dict() for e in events],
+            "quarantined": [{"reason": q.reason, "raw": q.raw} for q in quarantined],
         }
-    description = (
-        f"ingest source={source} events={len(result.events)} quarantined={len(result.quarantined)}"
-    )
+    description = f"ingest source={source} events={len(events)} quarantined={len(quarantined)}"
     job_id = state.enqueuer.ingest(payload, description, counters)
-    log.info(
-        "accepted source=%s events=%d ignored=%d quarantined=%d job=%s",
-        source,
-        len(result.events),
-        sum(result.ignored.values()),
-        len(result.quarantined),
-        job_id,
-    )
-    answer = {
-        "accepted": len(result.events),
-        "ignored": sum(result.ignored.values()),
-        "quarantined": len(result.quarantined),
-    }
-    return Response(orjson.dumps(answer), mimetype="application/json"), 200
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "accepted source=%s events=%d ignored=%d quarantined=%d job=%s",
+            source, len(events), ignored, len(quarantined), job_id,
+        )  # fmt: skip
+    answer = {"accepted": len(events), "ignored": ignored, "quarantined": len(quarantined)}
+    return Response(orjson.dumps(answer), content_type="application/json"), 200

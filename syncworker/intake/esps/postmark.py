@@ -48,16 +48,15 @@ SUPPRESSION_REASONS: dict[str, Kind] = {
 }
 
 
+# The schemas hold the fields that must be valid for an event to be used; the free-form ones
+# (ID, MessageID, Details, MessageStream) are read from the item with text(), which takes any
+# JSON value, so declaring them would cost a field's work per event and check nothing.
 class PostmarkSpamComplaint(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    ID = fields.Raw(load_default=None)
     email = fields.Email(required=True, data_key="Email")
     occurred_at = IsoTime(required=True, data_key="BouncedAt")
-    reason = fields.Raw(load_default=None, data_key="Details")
-    MessageID = fields.Raw(load_default=None)
-    MessageStream = fields.Raw(load_default=None)
 
 
 class PostmarkBounce(PostmarkSpamComplaint):
@@ -72,8 +71,6 @@ class PostmarkSubscriptionChange(Schema):
     occurred_at = IsoTime(required=True, data_key="ChangedAt")
     SuppressSending = fields.Boolean(load_default=None)
     reason = fields.String(load_default=None, data_key="SuppressionReason")
-    MessageID = fields.Raw(load_default=None)
-    MessageStream = fields.Raw(load_default=None)
 
 
 SCHEMAS: dict[str, Schema] = {
@@ -128,13 +125,14 @@ class PostmarkParser(BasicAuthParser):
         self, record: str, item: dict[str, Any], data: dict[str, Any], kind: Kind
     ) -> HygieneEvent:
         email = normalize_email(data["email"])
-        message_id = text(data["MessageID"])
-        record_id = text(data.get("ID"))
+        message_id = text(item.get("MessageID"))
+        record_id = text(item.get("ID"))
         # the bounce record's own id, stable across retries
         record_key = f"{record}:{record_id}" if record_id else None
         key = self.event_key(record_key, email, kind, data["occurred_at"], message_id)
         # suppressions are per message stream, so an (un)subscription is scoped to its stream
         scoped = kind in (Kind.UNSUBSCRIBE, Kind.RESUBSCRIBE)
+        details = data["reason"] if record == "SubscriptionChange" else item.get("Details")
         return HygieneEvent(
             key=key,
             source=self.name,
@@ -143,7 +141,7 @@ class PostmarkParser(BasicAuthParser):
             kind=kind,
             occurred_at=data["occurred_at"],
             message_id=message_id,
-            reason=text(data["reason"]) or data.get("Type"),
-            list_id=text(data["MessageStream"]) if scoped else None,
+            reason=text(details) or data.get("Type"),
+            list_id=text(item.get("MessageStream")) if scoped else None,
             raw=item,
         )
