@@ -29,7 +29,12 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
 
 
 def gunicorn(
-    app: str, port: int, workers: int, threads: int, env: dict[str, str], worker_class: str
+    app: str,
+    port: int,
+    workers: int,
+    threads: int,
+    env: dict[str, str],
+    worker_class: str = "gthread",
 ) -> subprocess.Popen[bytes]:
     """``app`` under gunicorn with syncworker's production config (``worker_class`` aside)."""
     args = [
@@ -44,6 +49,29 @@ def gunicorn(
     proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env, **settings})
     wait_http(f"http://127.0.0.1:{port}/")
     return proc
+
+
+def process_cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by ``pids`` and their children (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        for child in _descendants(pid) + [pid]:
+            try:
+                with open(f"/proc/{child}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _descendants(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            kids = [int(k) for k in children.read().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    return kids + [d for k in kids for d in _descendants(k)]
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -1,10 +1,15 @@
 """Intake throughput through gunicorn, beside a bare Flask app measured in the same run.
 
-    python -m bench.intake [--seconds 10] [--workers 4] [--connections 16]
+    python -m bench.intake [--seconds 5] [--rounds 9] [--connections 64] [--only single]
 
 Prints JSON: events/s for signed 1,000-event SendGrid batches and requests/s for single Postmark
 events, each with the bare Flask figure (parse JSON, answer 200) and their ratio. Targets:
 batched >= 0.10 of the bare parse floor; single >= 0.5 of bare Flask.
+
+The load generator, Redis and both apps share the machine, and throughput on a small VM drifts
+between runs: the apps alternate round by round and the ratio reported is the median of each
+round's pair. Beside it, the CPU time each request cost (gunicorn's processes, and Redis for
+syncworker) is printed: it drifts less than throughput and says where the time goes.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import random
 import orjson
 import redis
 
-from bench.common import gunicorn, stop, wrk_post
+from bench.common import gunicorn, process_cpu_seconds, stop, wrk_post
 from syncworker.queueing import INGEST
 from syncworker.redis_server import RedisServer, free_port
 from tests.intake.signing import basic_auth_header, sendgrid_keypair, sign_sendgrid
@@ -75,6 +80,7 @@ def paired_ratios(ours: list[dict[str, float]], bare: list[dict[str, float]]) ->
         "ratio": round(ratios[len(ratios) // 2], 3),
         "ratio_min": round(ratios[0], 3),
         "ratio_max": round(ratios[-1], 3),
+        "ratios": [round(r, 3) for r in ratios],
     }
 
 
@@ -83,20 +89,37 @@ def median_run(values: list[dict[str, float]]) -> dict[str, float]:
     middle = dict(ordered[len(ordered) // 2])
     middle["requests"] = sum(v["requests"] for v in values)
     middle["non_2xx"] = sum(v["non_2xx"] for v in values)
+    for name in ("app_cpu_us", "redis_cpu_us"):
+        middle[name] = sorted(v[name] for v in values)[len(values) // 2]
     return middle
+
+
+def cpu_figures(ours: dict[str, float], bare: dict[str, float], per: int = 1) -> dict[str, float]:
+    """Median CPU µs per request (or per event, with ``per``): syncworker's gunicorn processes,
+    its Redis, and bare Flask's gunicorn processes."""
+    return {
+        "cpu_us_web": round(ours["app_cpu_us"] / per, 2),
+        "cpu_us_redis": round(ours["redis_cpu_us"] / per, 2),
+        "bare_cpu_us_web": round(bare["app_cpu_us"] / per, 2),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="both apps")
-    parser.add_argument("--threads", type=int, default=8, help="threads per worker, both apps")
+    parser.add_argument("--threads", type=int, default=16, help="threads per worker, both apps")
     parser.add_argument(
         "--worker-class", choices=["gthread", "sync"], default="gthread", help="production: gthread"
     )
-    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=64,
+        help="concurrent connections (fewer can leave one worker with all of them)",
+    )
     parser.add_argument("--hygiene-share", type=float, default=0.5)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians kept")
+    parser.add_argument("--rounds", type=int, default=9, help="alternating rounds; medians kept")
     parser.add_argument("--only", choices=["batch", "single"], default=None)
     args = parser.parse_args()
 
@@ -127,6 +150,7 @@ def main() -> None:
         ours = gunicorn("app:app", ours_port, args.workers, args.threads, env, wc)
         bare = gunicorn("bench.bare_app:app", bare_port, args.workers, args.threads, {}, wc)
         conn = redis.Redis.from_url(server.url)
+        redis_pid = [server.process.pid] if server.process else []
         try:
             # unmeasured warm-up of both apps: connection pools, scripts, first imports
             for port in (ours_port, bare_port):
@@ -154,7 +178,13 @@ def main() -> None:
                             path, body, headers = "postmark", single, auth
                             connections = args.connections
                         url = f"http://127.0.0.1:{port}/webhooks/{path}"
+                        app_pids = [(ours if name == "syncworker" else bare).pid]
+                        before = process_cpu_seconds(app_pids), process_cpu_seconds(redis_pid)
                         run = wrk_post(url, body, headers, args.seconds, connections)
+                        app_cpu = process_cpu_seconds(app_pids) - before[0]
+                        redis_cpu = process_cpu_seconds(redis_pid) - before[1]
+                        run["app_cpu_us"] = app_cpu / run["requests"] * 1e6
+                        run["redis_cpu_us"] = redis_cpu / run["requests"] * 1e6
                         samples.setdefault((name, case), []).append(run)
             runs = {key: median_run(values) for key, values in samples.items()}
             jobs = conn.llen(f"rq:queue:{INGEST}")
@@ -171,6 +201,7 @@ def main() -> None:
             **paired_ratios(samples["syncworker", "batch"], samples["bare_flask", "batch"]),
             "target_ratio": 0.10,
             "non_2xx": ours_b["non_2xx"],
+            **cpu_figures(ours_b, bare_b, per=1000),
         }
         answered += int(ours_b["requests"] - ours_b["non_2xx"])
     if ("syncworker", "single") in runs:
@@ -181,6 +212,7 @@ def main() -> None:
             **paired_ratios(samples["syncworker", "single"], samples["bare_flask", "single"]),
             "target_ratio": 0.5,
             "non_2xx": ours_s["non_2xx"],
+            **cpu_figures(ours_s, bare_s),
         }
         answered += int(ours_s["requests"] - ours_s["non_2xx"])
     # every 2xx was a job queued (a few more: requests in flight when wrk stopped)

@@ -10,7 +10,7 @@ bind = os.environ.get("SYNCWORKER_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8
 # intake's group commit), and ESPs that keep connections alive are served on them.
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", str(multiprocessing.cpu_count())))
-threads = int(os.environ.get("WEB_THREADS", "8"))
+threads = int(os.environ.get("WEB_THREADS", "16"))
 timeout = 30
 # one control socket per host by default; several instances (tests, benchmarks) must not share it
 control_socket_disable = True
