@@ -65,6 +65,18 @@ def process_cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def wait_idle(pids: list[int], timeout: float = 60.0, busy: float = 0.05) -> float:
+    """Wait until ``pids`` (and their children) use less than ``busy`` of a core over 0.3 s, so
+    that work left from one round (requests wrk sent before it stopped) does not slow the next.
+    Returns the seconds waited."""
+    start = time.monotonic()
+    while True:
+        before = process_cpu_seconds(pids)
+        time.sleep(0.3)
+        if process_cpu_seconds(pids) - before < busy * 0.3 or time.monotonic() - start > timeout:
+            return time.monotonic() - start
+
+
 def _descendants(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as children:
@@ -107,4 +119,11 @@ def wrk_post(
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"requests_per_s": rps, "requests": total, "non_2xx": int(bad.group(1)) if bad else 0}
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "requests_per_s": rps,
+        "requests": total,
+        "non_2xx": int(bad.group(1)) if bad else 0,
+        # wrk gives up on a request after 2 s: such requests are not counted as answered
+        "socket_errors": sum(int(n) for n in errors.groups()) if errors else 0,
+    }

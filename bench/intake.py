@@ -1,6 +1,7 @@
 """Intake throughput through gunicorn, beside a bare Flask app measured in the same run.
 
-    python -m bench.intake [--seconds 5] [--rounds 9] [--connections 64] [--only single]
+    python -m bench.intake [--seconds 5] [--rounds 9] [--connections 256] [--batch-connections 8]
+                           [--only single|batch]
 
 Prints JSON: events/s for signed 1,000-event SendGrid batches and requests/s for single Postmark
 events, each with the bare Flask figure (parse JSON, answer 200) and their ratio. Targets:
@@ -9,7 +10,14 @@ batched >= 0.10 of the bare parse floor; single >= 0.5 of bare Flask.
 The load generator, Redis and both apps share the machine, and throughput on a small VM drifts
 between runs: the apps alternate round by round and the ratio reported is the median of each
 round's pair. Beside it, the CPU time each request cost (gunicorn's processes, and Redis for
-syncworker) is printed: it drifts less than throughput and says where the time goes.
+syncworker) is printed: it drifts less than throughput and says where the time goes. Each round
+waits until both apps and Redis are idle: when wrk stops, requests it already sent are still being
+served (a second or more of 1,000-event batches), and that work would land in the next round.
+
+wrk opens its connections in one burst, and a gunicorn worker accepts whatever is waiting when it
+wakes: with a few dozen connections one worker often ends up with nearly all of them, which halves
+throughput for that round, for either app at random. 256 connections spread evenly enough that
+rounds agree (measured: single-event pair ratios 0.56-0.80 at 256, against 0.24-1.60 at 64).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import random
 import orjson
 import redis
 
-from bench.common import gunicorn, process_cpu_seconds, stop, wrk_post
+from bench.common import gunicorn, process_cpu_seconds, stop, wait_idle, wrk_post
 from syncworker.queueing import INGEST
 from syncworker.redis_server import RedisServer, free_port
 from tests.intake.signing import basic_auth_header, sendgrid_keypair, sign_sendgrid
@@ -89,6 +97,7 @@ def median_run(values: list[dict[str, float]]) -> dict[str, float]:
     middle = dict(ordered[len(ordered) // 2])
     middle["requests"] = sum(v["requests"] for v in values)
     middle["non_2xx"] = sum(v["non_2xx"] for v in values)
+    middle["socket_errors"] = sum(v["socket_errors"] for v in values)
     for name in ("app_cpu_us", "redis_cpu_us"):
         middle[name] = sorted(v[name] for v in values)[len(values) // 2]
     return middle
@@ -115,8 +124,14 @@ def main() -> None:
     parser.add_argument(
         "--connections",
         type=int,
-        default=64,
-        help="concurrent connections (fewer can leave one worker with all of them)",
+        default=256,
+        help="concurrent connections for single events",
+    )
+    parser.add_argument(
+        "--batch-connections",
+        type=int,
+        default=8,
+        help="concurrent connections for batches (each takes tens of ms: more only queue)",
     )
     parser.add_argument("--hygiene-share", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=9, help="alternating rounds; medians kept")
@@ -130,7 +145,7 @@ def main() -> None:
     auth = basic_auth_header("pm", "bench-secret")
     results: dict[str, object] = {
         "gunicorn": f"{args.worker_class}, {args.workers} workers x {args.threads} threads, both",
-        "connections": args.connections,
+        "connections": {"single": args.connections, "batch": args.batch_connections},
         "seconds": args.seconds,
         "rounds": args.rounds,
         "batch_bytes": len(batch),
@@ -173,12 +188,14 @@ def main() -> None:
                                 batch,
                                 sign_sendgrid(batch, private_key),
                             )
-                            connections = max(2, args.connections // 4)
+                            connections = args.batch_connections
                         else:
                             path, body, headers = "postmark", single, auth
                             connections = args.connections
                         url = f"http://127.0.0.1:{port}/webhooks/{path}"
                         app_pids = [(ours if name == "syncworker" else bare).pid]
+                        # a round starts once the previous one's leftover requests are done
+                        wait_idle([ours.pid, bare.pid, *redis_pid])
                         before = process_cpu_seconds(app_pids), process_cpu_seconds(redis_pid)
                         run = wrk_post(url, body, headers, args.seconds, connections)
                         app_cpu = process_cpu_seconds(app_pids) - before[0]
@@ -201,6 +218,7 @@ def main() -> None:
             **paired_ratios(samples["syncworker", "batch"], samples["bare_flask", "batch"]),
             "target_ratio": 0.10,
             "non_2xx": ours_b["non_2xx"],
+            "socket_errors": ours_b["socket_errors"] + bare_b["socket_errors"],
             **cpu_figures(ours_b, bare_b, per=1000),
         }
         answered += int(ours_b["requests"] - ours_b["non_2xx"])
@@ -212,6 +230,7 @@ def main() -> None:
             **paired_ratios(samples["syncworker", "single"], samples["bare_flask", "single"]),
             "target_ratio": 0.5,
             "non_2xx": ours_s["non_2xx"],
+            "socket_errors": ours_s["socket_errors"] + bare_s["socket_errors"],
             **cpu_figures(ours_s, bare_s),
         }
         answered += int(ours_s["requests"] - ours_s["non_2xx"])
