@@ -151,8 +151,7 @@ class Enqueuer:
         ]  # fmt: skip
         self._connection: redis.connection.AbstractConnection | None = None
         self._pid = os.getpid()
-        self._stamp_second = -1
-        self._stamp_prefix = ""
+        self._second = (-1, "")  # a second, and its text: one attribute, so threads see a pair
 
     def job(self, payload: dict[str, Any], description: str) -> tuple[str, list[Any]]:
         """A new ingest job: its id and the fields that vary (time, description, data)."""
@@ -169,11 +168,12 @@ class Enqueuer:
     def _stamp(self) -> str:
         """Now, as RQ's ``utcformat`` writes it (``%Y-%m-%dT%H:%M:%S.%fZ``)."""
         moment = time.time()
-        second = int(moment)
-        if second != self._stamp_second:  # threads may race here: both write the same value
-            self._stamp_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._stamp_second = second
-        return f"{self._stamp_prefix}.{int((moment - second) * 1e6):06d}Z"
+        second, text = self._second
+        if second != int(moment):
+            second = int(moment)
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, text)
+        return f"{text}.{int((moment - second) * 1e6):06d}Z"
 
     def ingest(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import zlib
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -180,3 +181,18 @@ def test_the_script_is_loaded_when_redis_has_lost_it(redis_conn: redis.Redis) ->
     redis_conn.script_flush()
     assert enqueuer.ingest(payload(2), "x", {}) is not None
     assert redis_conn.llen(f"rq:queue:{INGEST}") == 2
+
+
+def test_job_times_are_written_as_rq_writes_them(redis_conn: redis.Redis) -> None:
+    from rq.job import Job
+    from rq.utils import utcformat, utcparse
+
+    before = utcformat(datetime.now(UTC))
+    job_id = Enqueuer(redis_conn).ingest(payload(1), "x", {}) or ""
+    after = utcformat(datetime.now(UTC))
+    stored = redis_conn.hget(Job.key_for(job_id), "created_at")
+    assert stored is not None
+    assert before <= stored.decode() <= after  # same format, so text order is time order
+    assert utcformat(utcparse(stored.decode())) == stored.decode()
+    job = Job.fetch(job_id, connection=redis_conn, serializer=JSONSerializer)
+    assert job.created_at == job.enqueued_at
