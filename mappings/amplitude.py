@@ -3,11 +3,15 @@
 ``POST /2/httpapi`` ``{"api_key", "events"}`` (REGION=eu: EU residency), with Segment's event
 names. ``insert_id`` derives from the event key, so a retry within 7 days is ignored. The hygiene
 traits ride on the event as ``user_properties`` (plain values set them; Amplitude applies ``$set``
-operations only on ``$identify`` events); USER_PROPERTIES=false leaves them out. Any non-200
-answer means nothing was ingested: a 400 names the rejected events (they fail, the rest are sent
-again at once; "Invalid API key" is bad credentials); a 429 names the events of users or devices
-over 30 events/s (they retry after 30 s, or after an hour when over the daily quota, the rest are
-sent again), and a 429 naming none throttles the destination; a 413 halves the batch.
+operations only on ``$identify`` events); USER_PROPERTIES=false leaves them out. As Amplitude
+documents (https://amplitude.com/docs/apis/analytics/http-v2 and .../http-api-batching-retries),
+only a 200 ingests anything: a 400 names the rejected events (``events_with_invalid_fields`` and
+``events_with_missing_fields``: field -> indices; ``silenced_events``: indices), which fail while
+the rest are sent again at once ("Invalid API key" is bad credentials); a 429 names in
+``throttled_events`` the events of users or devices over 30 events/s (they retry after 30 s, as
+documented) or in ``exceeded_daily_quota_users`` over the daily 500,000 (checked hourly: retry in
+an hour, per .../batch-event-upload), the rest are sent again; a 429 naming none throttles the
+destination; a 413 (over 2,000 events or 1 MB) halves the batch.
 """
 
 from __future__ import annotations

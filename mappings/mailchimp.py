@@ -1,14 +1,14 @@
 """Mailchimp: each audience member's status from the ledger; tags for what a status cannot say.
 
 Per contact and audience (LIST_ID, a comma list): ``GET /lists/{id}/members/{md5}``, then only what
-differs: ``PATCH`` the status, ``POST .../tags``. Suppressed -> ``unsubscribed`` (hard bounce:
-HARD_BOUNCE_STATUS=cleaned asks for ``cleaned``, one-way; refused, it falls back). Complaint and
-bounce reasons become tags ``<TAG_PREFIX><reason>``, removed on unsuppress; RESUBSCRIBE=pending
-(Mailchimp's opt-in email) or subscribed then asks for the status back. ``cleaned`` is final, and
-an archived member is not unarchived. The batch ``POST /lists/{id}`` upserts, so it only serves
-CREATE_MISSING=true (unknown addresses added already suppressed). Mailchimp limits concurrent
-connections (10 per user), not requests, so per-member calls spend no quota; a 429 or a bare
-403 (its overload signal) is Throttled.
+differs: ``PATCH`` the status, ``POST .../tags``. Suppressed -> ``unsubscribed``; complaint and
+bounce reasons become tags ``<TAG_PREFIX><reason>``, removed on unsuppress; RESUBSCRIBE=pending or
+subscribed asks for the status back. ``cleaned`` is among the statuses a client may send
+(https://mailchimp.com/developer/marketing/api/list-members/) but no doc says it is honoured
+(https://mailchimp.com/help/about-cleaned-contacts/: cleaned contacts "can't be edited"), so
+HARD_BOUNCE_STATUS=cleaned is opt-in and a refusal falls back to ``unsubscribed``. ``cleaned`` is
+final, archived members stay archived, the batch ``POST /lists/{id}`` (an upsert) only serves
+CREATE_MISSING=true, and a 429 or a bare 403 (overload; the limit is 10 connections) is Throttled.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ class Mailchimp(Destination):
         if status == 404:
             return Outcome.not_found("gone from the audience")
         title, detail = str(body.get("title", "")), str(body.get("detail", ""))
-        if wanted == "cleaned" and title == "Invalid Resource":
+        if wanted == "cleaned" and status == 400:  # any refusal: unsubscribed is still safe
             self.cleaned_refused = True  # unsubscribed + tag from now on
             if now == "unsubscribed":
                 return ""  # nothing changed

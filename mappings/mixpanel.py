@@ -2,9 +2,17 @@
 
 ``POST /import?strict=1`` (gzip; Basic auth: service account + PROJECT_ID, API secret, or project
 token), Segment's event names, ``$insert_id`` from the event key and the event's own ``time``, so a
-retry is deduplicated. A 400 is a partial success (``failed_records`` fail, the rest were imported);
-a 413 halves the batch. PROFILE_SET=true adds an ``/engage`` ``$set`` of the traits per imported
+retry is deduplicated. PROFILE_SET=true adds an ``/engage`` ``$set`` of the traits per imported
 user (opt-in: ``$set`` creates missing profiles; ``verbose=1``: ``/engage`` answers 200 regardless).
+Mixpanel's docs (https://docs.mixpanel.com/reference/import-events,
+https://docs.mixpanel.com/troubleshooting/errors/413-payload-too-large, .../400-bad-request and
+.../429-rate-limit-exceeded): up to 2,000 events and 10 MB uncompressed per request, each event
+under 1 MB (an oversized one may come back in ``failed_records``); over the size cap is a 413
+``request exceeds max limit of N bytes`` (the reference's own sample says 2097152, so
+MAX_BATCH_BYTES stays 2,000,000 by default and a 413 halves the batch); a 400 is a partial success
+(``failed_records`` fail, the rest were imported). Rate limit: 2 GB of JSON a minute (~30k
+events/s) per project, answered 429 with no documented Retry-After (Mixpanel advises a 2-60 s
+backoff): the destination then pauses the HttpClient's default 10 s.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from syncworker.destinations import (
 REGIONS = {r: f"https://api{s}.mixpanel.com" for r, s in (("us", ""), ("eu", "-eu"), ("in", "-in"))}
 BOUNCE_TYPES = {Kind.HARD_BOUNCE: "hard", Kind.SOFT_BOUNCE: "soft", Kind.BLOCKED: "block"}
 TEXT_CAP = 255  # Mixpanel truncates every string to 255 characters
-MAX_BYTES = 2 * 1024 * 1024  # uncompressed bytes per /import request (the API reference's cap)
+MAX_BYTES = 10_000_000  # uncompressed bytes per /import request: "10MB" in the reference
 Slots = list[Outcome | None]  # one per change, filled in as answers come
 
 
@@ -130,7 +138,7 @@ class Mixpanel(Destination):
         except PermanentError as exc:
             outcome = Outcome.failed(f"{exc} {exc.body}".strip())
         else:
-            if response.status_code == 413 and half:  # a smaller cap than documented: halve
+            if response.status_code == 413 and half:  # a smaller cap than assumed: halve
                 for part in (chunk[:half], chunk[half:]):
                     self._import(part, outcomes)
                 return

@@ -4,10 +4,15 @@ Per contact (no batch update exists): ``GET /platform/contacts/email:{email}`` (
 the email-keyed PATCH is an upsert and is never used), then only what differs from the ledger:
 ``PATCH /platform/contacts/{uuid}`` (update-only) declining the ``communications`` legal basis of
 type LEGAL_BASIS_TYPE, and every other one still granted, for OPT_OUT_REASONS (or removing tags);
-``POST .../uuid:{uuid}/tag`` adding TAG_PREFIX tags for bounces and complaints. RD Station takes
-24 PATCHes per contact per 24 h: a contact already in its state costs one GET, and a 429 on its
-own update or tag call retries that contact after LIMIT_RETRY_AFTER s (or Retry-After) instead of
-pausing the destination. OAuth: refresh token at ``/auth/token``; the access token lives for one
+``POST .../uuid:{uuid}/tag`` adding TAG_PREFIX tags for bounces and complaints. RD Station
+documents 24 PATCHes per contact and 120 tag calls per lead in 24 h, and 120 calls a minute per
+account (https://developers.rdstation.com/reference/limite-de-requisicoes-da-api), and a 429 as
+"API usage limit exceeded" (.../reference/mensagens-de-erro-rdsm), but neither the body nor a
+Retry-After of the per-contact answer. So a 429 on a contact's own update or tag call retries that
+contact after LIMIT_RETRY_AFTER s (or Retry-After, if sent) instead of pausing the destination; a
+contact already in its state costs one GET. Whether a PATCH's ``legal_bases`` merge with the
+contact's or replace them is undocumented too: declining every granted basis explicitly leaves
+none granted either way. OAuth: refresh token at ``/auth/token``; the access token lives for one
 deliver job, is renewed before ``expires_in`` and on a 401 (``expired_token``), and the rejected
 call is repeated once.
 """

@@ -3,9 +3,15 @@
 A SOQL query per object in OBJECTS (Leads: unconverted) finds every record of each address; one
 ``PATCH /composite/sobjects`` (allOrNone=false, 200 a call) writes only fields that differ, so a
 repeat costs the queries and fires no triggers: ``HasOptedOutOfEmail``, ``EmailBouncedReason``/
-``Date`` (cleared only where syncworker wrote them), a COMPLAINT_FIELD checkbox. OAuth refresh
-token at BASE_URL (login host), data at its ``instance_url``; the token lives for one deliver job
-and a 401 refreshes it and repeats the call once. 403 REQUEST_LIMIT_EXCEEDED pauses LIMIT_PAUSE s.
+``Date`` (cleared only where syncworker wrote them), a COMPLAINT_FIELD checkbox. The Object
+Reference lists both bounce fields as Update and Nillable on Contact and Lead (Create on Contact
+only); "if bounce management is activated" is when Salesforce fills them, not a condition to write
+them, and "email bounce functionality isn't triggered by record updates"
+(https://developer.salesforce.com/docs/atlas.en-us.object_reference.meta/object_reference/sforce_api_objects_contact.htm
+and sforce_api_objects_lead.htm). Field-level security can still deny the integration user: that
+save fails naming the field, and BOUNCE_FIELDS=false leaves them out. OAuth refresh token at
+BASE_URL (login host), data at its ``instance_url``; the token lives for one deliver job and a 401
+refreshes it and repeats the call once. 403 REQUEST_LIMIT_EXCEEDED pauses LIMIT_PAUSE s.
 """
 
 from __future__ import annotations

@@ -1,18 +1,21 @@
 """Amplitude HTTP V2 emulator: ``/2/httpapi`` with insert_id dedupe, and the ``/identify`` API.
 
-As Amplitude documents (HTTP V2 API reference; the Python SDK's response handling): the API key
-travels in the body, and a wrong one is a 400 ``Invalid API key: ...``; a request over 1 MB or
-2,000 events is 413; an event without ``event_type``, with a non-integer ``time``, or without an
-id (a ``user_id`` shorter than ``options.min_id_length``, default 5, is dropped first) makes the
-whole request a 400 naming the events (``events_with_missing_fields``,
-``events_with_invalid_fields``, ``events_with_invalid_id_lengths``), nothing ingested. A user over
-``user_limit`` events per window (Amplitude: 30/s averaged over 30 s), or in ``over_quota``, makes
-the request a 429 naming ``throttled_users``, ``exceeded_daily_quota_users`` and
-``throttled_events``, nothing ingested. An event repeating (device_id, insert_id) within 7 days is
-ignored (``duplicates``); without a device_id Amplitude derives one from the user_id. Plain
-``user_properties`` on an event set the user's properties; ``$set``/``$setOnce``/``$unset``
-operations apply on ``$identify`` events and through ``/identify``. The base limiter's 429 names no
-events: a project-wide limit, which Amplitude does not document for this API.
+As Amplitude documents (https://amplitude.com/docs/apis/analytics/http-v2, .../batch-event-upload;
+the Python SDK's response handling): the API key travels in the body, and a wrong one is a 400
+``Invalid API key: ...``; a request over 1 MB or 2,000 events is 413; an event without
+``event_type``, with a non-integer ``time``, or without an id (a ``user_id`` shorter than
+``options.min_id_length``, default 5, is dropped first) makes the whole request a 400 naming the
+events (``events_with_missing_fields``, ``events_with_invalid_fields``: field -> indices;
+``events_with_invalid_id_lengths``, from the SDKs), nothing ingested; so does an event of a
+``silenced`` device (400 ``Events silenced for device_id``, ``silenced_devices``,
+``silenced_events``). A user over ``user_limit`` events per window (Amplitude: 30/s averaged over
+30 s), or in ``over_quota``, makes the request a 429 naming ``throttled_users``,
+``exceeded_daily_quota_users`` and ``throttled_events``, nothing ingested. An event repeating
+(device_id, insert_id) within 7 days is ignored (``duplicates``); without a device_id Amplitude
+derives one from the user_id (``device_of``). Plain ``user_properties`` on an event set the user's
+properties; ``$set``/``$setOnce``/``$unset`` operations apply on ``$identify`` events and through
+``/identify``. The base limiter's 429 names no events: a project-wide limit, which Amplitude does
+not document for this API.
 """
 
 from __future__ import annotations
@@ -33,9 +36,9 @@ DEDUPE_SECONDS = 7 * 86400
 
 class AmplitudeEmulator(Emulator):
     """``AmplitudeEmulator(api_key=...)``; configure ``user_limit = (events, per_seconds)``,
-    ``over_quota`` (user ids), ``max_request_bytes``; inspect ``events`` (each distinct event
-    once), ``insert_ids``, ``received`` (every ingested event, replays included),
-    ``duplicates``, ``users`` (user_id -> user properties).
+    ``over_quota`` (user ids), ``silenced`` (device ids), ``max_request_bytes``; inspect
+    ``events`` (each distinct event once), ``insert_ids``, ``received`` (every ingested event,
+    replays included), ``duplicates``, ``users`` (user_id -> user properties).
     """
 
     def __init__(self, api_key: str = "amplitude-test-api-key") -> None:
@@ -44,6 +47,7 @@ class AmplitudeEmulator(Emulator):
         self.max_request_bytes = MAX_REQUEST_BYTES
         self.user_limit: tuple[int, float] | None = None
         self.over_quota: set[str] = set()
+        self.silenced: set[str] = set()
         self._received: list[dict[str, Any]] = []
         self._unique: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
         self._users: dict[str, dict[str, Any]] = {}
@@ -110,6 +114,9 @@ class AmplitudeEmulator(Emulator):
             invalid = "events_with_invalid_fields" in rejected
             error = "Invalid field values on some events" if invalid else "Missing fields"
             return _bad(error, **rejected)
+        silenced = self._silenced(events)
+        if silenced is not None:
+            return Response(400, silenced)
         throttled = self._throttled(events)
         if throttled is not None:
             return Response(429, throttled)
@@ -141,6 +148,23 @@ class AmplitudeEmulator(Emulator):
             elif not user_id and not device_id:
                 name("events_with_missing_fields", "user_id", index)
         return rejected
+
+    def _silenced(self, events: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The documented SilencedDeviceID 400 when an event's device is silenced."""
+        devices = [str(e.get("device_id") or device_of(e.get("user_id"))) for e in events]
+        named = [i for i, device in enumerate(devices) if device in self.silenced]
+        if not named:
+            return None
+        return {
+            "code": 400,
+            "error": "Events silenced for device_id",
+            "eps_threshold": 30,
+            "exceeded_daily_quota_devices": {},
+            "silenced_devices": sorted({devices[i] for i in named}),
+            "silenced_events": named,
+            "throttled_devices": {},
+            "throttled_events": [],
+        }
 
     def _throttled(self, events: list[dict[str, Any]]) -> dict[str, Any] | None:
         """The 429 body when a user in the request is over its limit (nothing is ingested)."""
@@ -180,7 +204,7 @@ class AmplitudeEmulator(Emulator):
     def _ingest(self, event: dict[str, Any], now: float) -> None:
         self._received.append(event)
         user_id = event.get("user_id")
-        device = event.get("device_id") or hashlib.sha256(str(user_id).encode()).hexdigest()
+        device = event.get("device_id") or device_of(user_id)
         insert_id = event.get("insert_id")
         if insert_id:
             seen = self._unique.get((device, insert_id))
@@ -219,6 +243,11 @@ class AmplitudeEmulator(Emulator):
             if isinstance(item, dict) and item.get("user_id"):
                 self._apply(str(item["user_id"]), item.get("user_properties") or {}, True)
         return Response(200, b"success", {"Content-Type": "text/plain"})
+
+
+def device_of(user_id: Any) -> str:
+    """The device_id the emulator derives for an event sent without one."""
+    return hashlib.sha256(str(user_id).encode()).hexdigest()
 
 
 def _bad(error: str, **fields: Any) -> Response:

@@ -9,12 +9,17 @@ Errors are ``application/problem+json`` (``type``, ``title``, ``status``, ``deta
 (or, at extreme volume, a bare 403 without a body: ``bare_403=True``); it sends no rate-limit
 headers, so ``send_retry_after`` is False unless a test turns it on.
 
-Compliance rules modelled: a ``cleaned`` member's status cannot change; a member who
+Compliance rules modelled: a ``cleaned`` member's status cannot change (Mailchimp: cleaned
+contacts "can't be edited", https://mailchimp.com/help/about-cleaned-contacts/); a member who
 unsubscribed themselves (``seed(..., by="self")``) cannot be set ``subscribed`` by the API, only
-``pending`` (which sends them an opt-in email, counted in ``confirmations``); a ``PATCH`` with a
-status unarchives an ``archived`` member; a permanently deleted (``forgotten``) address cannot be
-re-added. Whether Mailchimp accepts ``cleaned`` from an API client is unconfirmed:
-``client_cleaned`` (default False) decides, refusing with 400 ``Invalid Resource`` otherwise.
+``pending`` (which sends them an opt-in email, counted in ``confirmations``); both refusals are
+Mailchimp's 400 "Member In Compliance State" (its API's answer, quoted in client issue threads, not
+in its docs); a ``PATCH`` with a status unarchives an ``archived`` member; a permanently deleted
+(``forgotten``) address cannot be re-added. The API reference lists ``cleaned`` among the statuses
+a client may send (https://mailchimp.com/developer/marketing/api/list-members/) but no doc says
+whether Mailchimp honours it for an existing member, nor how it refuses: ``client_cleaned``
+(default False) decides, refusing with a 400 titled ``cleaned_refusal`` (default
+``Invalid Resource``) otherwise.
 """
 
 from __future__ import annotations
@@ -51,9 +56,10 @@ class Member:
 
 class MailchimpEmulator(Emulator):
     """``MailchimpEmulator(api_key=..., lists=("list1",), client_cleaned=False,
-    max_connections=10, bare_403=False)``; ``seed(list_id, *emails, status=, tags=, by=)``,
-    ``forget(list_id, email)``; inspect ``member(list_id, email)``, ``statuses(list_id)``,
-    ``tags(list_id)``, ``contacts``, ``confirmations``, ``inflight``, ``refused_connections``.
+    cleaned_refusal="Invalid Resource", max_connections=10, bare_403=False)``;
+    ``seed(list_id, *emails, status=, tags=, by=)``, ``forget(list_id, email)``; inspect
+    ``member(list_id, email)``, ``statuses(list_id)``, ``tags(list_id)``, ``contacts``,
+    ``confirmations``, ``inflight``, ``refused_connections``.
     """
 
     def __init__(
@@ -62,12 +68,14 @@ class MailchimpEmulator(Emulator):
         *,
         lists: tuple[str, ...] = ("list1",),
         client_cleaned: bool = False,
+        cleaned_refusal: str = "Invalid Resource",
         max_connections: int = 10,
         bare_403: bool = False,
     ) -> None:
         super().__init__()
         self.api_key = api_key
         self.client_cleaned = client_cleaned
+        self.cleaned_refusal = cleaned_refusal  # the 400's title: undocumented, so a test varies it
         self.max_connections = max_connections
         self.bare_403 = bare_403
         self.send_retry_after = False  # Mailchimp sends neither Retry-After nor rate headers
@@ -204,7 +212,7 @@ class MailchimpEmulator(Emulator):
         if status not in STATUSES or status == "archived":
             return "Invalid Resource", f"status: {status!r} is not one of the allowed values"
         if status == "cleaned" and not self.client_cleaned and member.status != "cleaned":
-            return "Invalid Resource", "The resource submitted could not be validated."
+            return self.cleaned_refusal, "The resource submitted could not be validated."
         if status == member.status:
             return None
         if member.status == "cleaned":

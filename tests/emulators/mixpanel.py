@@ -1,18 +1,20 @@
 """Mixpanel ingestion emulator: ``/import`` (strict validation, partial success) and ``/engage``.
 
-As Mixpanel documents (developer docs, ingestion OpenAPI): ``/import`` takes a JSON array or NDJSON,
-optionally gzip-compressed, with HTTP Basic auth — a service account plus ``project_id``, or the
-project's API secret or token as user with an empty password — and answers 401 ``Invalid
+As Mixpanel documents (https://docs.mixpanel.com/reference/import-events and the 400, 413 and 429
+pages under https://docs.mixpanel.com/troubleshooting/errors): ``/import`` takes a JSON array or
+NDJSON, optionally gzip-compressed, with HTTP Basic auth — a service account plus ``project_id``,
+or the project's API secret or token as user with an empty password — and answers 401 ``Invalid
 credentials`` otherwise. Each event needs ``event`` and ``properties.time`` (s or ms, from 1971 to
 one hour ahead), ``distinct_id`` (not a placeholder such as ``null``) and ``$insert_id`` (≤ 36 of
-``[A-Za-z0-9-]``), fewer than 255 properties. Valid events are ingested even when others fail:
-then the answer is 400 with ``num_records_imported`` and ``failed_records``. Over 2 MB
-(uncompressed) is 413; the 429 body is Mixpanel's. Events repeating (event, time, distinct_id,
+``[A-Za-z0-9-]``), fewer than 255 properties, under 1 MB. Valid events are ingested even when
+others fail: then the answer is 400 with ``num_records_imported`` and ``failed_records``. Over
+10 MB (uncompressed) is 413 ``request exceeds max limit of N bytes``. The 429 body is Mixpanel's,
+without Retry-After (none is documented). Events repeating (event, time, distinct_id,
 $insert_id) count in ``duplicates`` and are still reported imported (Mixpanel dedupes at query
 time). ``/engage`` applies ``$set``/``$set_once``/``$unset`` (creating profiles, as Mixpanel does)
 and answers 200 even when it rejects the batch: ``0``, or ``{"status": 0, "error"}`` with
-``verbose=1``. Undocumented choices: a batch with any invalid update is rejected whole, and more
-than 2,000 events is a 400 without ``failed_records``.
+``verbose=1``. Undocumented choices: a batch with any invalid update is rejected whole; more than
+2,000 events is a 400 without ``failed_records``; the oversized-event message is ours.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from typing import Any
 
 from tests.emulators.base import Emulator, Request, Response
 
-MAX_REQUEST_BYTES = 2 * 1024 * 1024
+MAX_REQUEST_BYTES = 10 * 1024 * 1024
+MAX_EVENT_BYTES = 1024 * 1024
 MAX_EVENTS = 2000
 INSERT_ID = re.compile(r"^[A-Za-z0-9-]{1,36}$")
 PLACEHOLDERS = frozenset(
@@ -42,7 +45,8 @@ class MixpanelEmulator(Emulator):
     project_id=...)``; ``seed_profile(distinct_id, **properties)``; inspect ``events`` (each
     distinct event once), ``insert_ids``, ``received`` (every event, replays included),
     ``duplicates``, ``profiles`` (distinct_id -> properties), ``engage_updates``.
-    ``max_request_bytes`` lowers the size cap; ``now`` is the clock the time check uses;
+    ``max_request_bytes`` and ``max_event_bytes`` lower the size caps; ``now`` is the clock the
+    time check uses;
     ``engage_error`` (a message) makes ``/engage`` reject every batch with it.
     """
 
@@ -60,6 +64,8 @@ class MixpanelEmulator(Emulator):
         self.service_account = service_account
         self.project_id = project_id
         self.max_request_bytes = MAX_REQUEST_BYTES
+        self.max_event_bytes = MAX_EVENT_BYTES
+        self.send_retry_after = False  # Mixpanel documents no Retry-After on its 429
         self.now = time.time
         self.engage_error: str | None = None
         self._received: list[dict[str, Any]] = []
@@ -207,6 +213,8 @@ class MixpanelEmulator(Emulator):
             return "properties", "'properties' must be an object"
         if len(props) >= 255:
             return "properties", "an event must have fewer than 255 properties"
+        if len(json.dumps(item, separators=(",", ":")).encode()) > self.max_event_bytes:
+            return "event", f"event exceeds max size of {self.max_event_bytes} bytes"
         at = props.get("time")
         if not isinstance(at, int | float) or isinstance(at, bool):
             return "properties.time", "'properties.time' is invalid: must be seconds since epoch"

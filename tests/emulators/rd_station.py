@@ -6,13 +6,16 @@ Shapes follow developers.rdstation.com and the official Ruby client: ``POST /aut
 ``{"errors": {field: [{"error_type", "error_message"}]}}``); an expired token is a 401 whose
 ``WWW-Authenticate`` says ``error="expired_token"``. ``PATCH /platform/contacts/email:{email}``
 is an upsert (it creates the contact, as RD Station's does); ``PATCH /platform/contacts/{uuid}``
-and ``POST /platform/contacts/uuid:{uuid}/tag`` only update. Each contact takes 24 PATCHes and
-120 tag calls per sliding 24 h, answered 429 beyond that; the account rate limit (``rate_limit``)
-is a 429 with Retry-After.
+and ``POST /platform/contacts/uuid:{uuid}/tag`` only update. As documented
+(https://developers.rdstation.com/reference/limite-de-requisicoes-da-api), each contact takes 24
+PATCHes and 120 tag calls per sliding 24 h, answered 429 beyond that; the account rate limit
+(``rate_limit``) is a 429 with Retry-After.
 
-Not confirmed in RD Station's docs, so configurable or documented here: how a PATCH combines
-``legal_bases`` with the contact's (merged by category and type), the body and headers of the
-per-contact 429 (``TOO_MANY_REQUESTS``, Retry-After only with ``limit_retry_after=True``).
+Not documented by RD Station (its error page only says a 429 means "API usage limit exceeded"),
+so configurable here: the body and headers of the per-contact 429 (``TOO_MANY_REQUESTS``,
+Retry-After only with ``limit_retry_after=True``), and whether a PATCH's ``legal_bases`` merge
+with the contact's by category and type (the default) or replace them
+(``legal_bases_replace=True``).
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ class RDStationEmulator(Emulator):
         contact_limit: int = 24,
         tag_limit: int = 120,
         limit_retry_after: bool = False,
+        legal_bases_replace: bool = False,
     ) -> None:
         super().__init__()
         self.client_id, self.client_secret = client_id, client_secret
@@ -87,6 +91,7 @@ class RDStationEmulator(Emulator):
         self.token_ttl = token_ttl
         self.contact_limit, self.tag_limit = contact_limit, tag_limit
         self.limit_retry_after = limit_retry_after
+        self.legal_bases_replace = legal_bases_replace
         self.refreshes = 0
         self.limited = 0
         self.created: list[str] = []
@@ -254,7 +259,8 @@ class RDStationEmulator(Emulator):
         window.append(self.now())
         for name, new in body.items():
             if name == "legal_bases":
-                merged = {(b["category"], b["type"]): b for b in found["legal_bases"]}
+                kept = [] if self.legal_bases_replace else found["legal_bases"]
+                merged = {(b["category"], b["type"]): b for b in kept}
                 merged.update({(b["category"], b["type"]): dict(b) for b in new})
                 found["legal_bases"] = list(merged.values())
             else:

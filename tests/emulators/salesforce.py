@@ -6,9 +6,13 @@ or unknown session is 401 INVALID_SESSION_ID; the org's API allocation and the t
 are answered 403 REQUEST_LIMIT_EXCEEDED (Salesforce's throttle signal, not 429) without
 Retry-After; every data response carries ``Sforce-Limit-Info: api-usage=used/limit``.
 ``PATCH /composite/sobjects`` takes at most 200 records and answers 200 with one SaveResult per
-record, in order (``allOrNone: true`` rolls every record back when one fails). The SOQL parser
-understands only the query shapes the mapping sends (``SELECT fields FROM Contact|Lead WHERE Email
-IN (...) [AND IsConverted = false]``); anything else is a 400 MALFORMED_QUERY.
+record, in order (``allOrNone: true`` rolls every record back when one fails). As the Object
+Reference documents, ``EmailBouncedReason`` and ``EmailBouncedDate`` are updatable on Contact and
+Lead (``read_only`` stands for field-level security denying them), while ``IsEmailBounced`` is a
+read-only Contact field (Leads have none); deriving it from the two bounce fields is this
+emulator's choice. The SOQL parser understands only the query shapes the mapping sends (``SELECT
+fields FROM Contact|Lead WHERE Email IN (...) [AND IsConverted = false]``); anything else is a
+400 MALFORMED_QUERY.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ LITERAL = re.compile(r"'((?:[^'\\]|\\.)*)'")
 PREFIX = {"Contact": "003", "Lead": "00Q"}
 STANDARD = {"Id", "Email", "HasOptedOutOfEmail", "EmailBouncedReason", "EmailBouncedDate"}
 READ_ONLY = {"Id", "Email", "IsEmailBounced", "IsConverted"}  # as far as this emulator goes
+OWN_FIELDS = {"Contact": {"IsEmailBounced"}, "Lead": {"IsConverted"}}  # beyond STANDARD
 LIMIT = 200
 LIMITED = "REQUEST_LIMIT_EXCEEDED"
 
@@ -52,7 +57,7 @@ class SalesforceEmulator(Emulator):
       default timeout) after they were issued;
     - ``delete(id)``, ``fail_record(id, code, times)``: per-record errors in the next saves;
     - ``api_limit``: the org's 24-hour allocation (``api_used`` counts against it);
-    - ``read_only``: fields the org has not made writable; ``custom_fields``: ``__c`` checkboxes;
+    - ``read_only``: fields field-level security denies; ``custom_fields``: ``__c`` checkboxes;
     - ``page_size``: records per query page (``nextRecordsUrl`` beyond it);
     - ``instance=other``: the token answer sends data calls to another emulator.
     """
@@ -231,7 +236,7 @@ class SalesforceEmulator(Emulator):
             return _errors(400, "MALFORMED_QUERY", f"unexpected query: {soql[:200]}")
         sobject = match["object"]
         fields = [f.strip() for f in match["fields"].split(",")]
-        known = STANDARD | self.custom_fields | {"IsConverted", "IsEmailBounced"}
+        known = STANDARD | self.custom_fields | OWN_FIELDS[sobject]
         for name in fields:
             if name not in known:
                 message = f"No such column '{name}' on entity '{sobject}'."
@@ -340,8 +345,9 @@ class SalesforceEmulator(Emulator):
     def _view(self, record: dict[str, Any]) -> dict[str, Any]:
         view = copy.deepcopy(record)
         view["attributes"] = self._attributes(record)
-        bounced = record.get("EmailBouncedReason") or record.get("EmailBouncedDate")
-        view["IsEmailBounced"] = bool(bounced)  # derived by Salesforce, never written
+        if record["attributes"]["type"] == "Contact":  # read-only; Leads have no such field
+            bounced = record.get("EmailBouncedReason") or record.get("EmailBouncedDate")
+            view["IsEmailBounced"] = bool(bounced)
         return view
 
     def _attributes(self, record: dict[str, Any]) -> dict[str, str]:

@@ -22,7 +22,7 @@ from syncworker.destinations import (
     OutcomeStatus,
     Throttled,
 )
-from tests.emulators.amplitude import AmplitudeEmulator
+from tests.emulators.amplitude import AmplitudeEmulator, device_of
 from tests.mappings.contract import T0, EventsContract, addresses, event_change
 
 APPLIED, FAILED, RETRY = OutcomeStatus.APPLIED, OutcomeStatus.FAILED, OutcomeStatus.RETRY
@@ -156,6 +156,19 @@ def test_rejected_events_fail_and_the_rest_are_sent_again_at_once(
     assert [r.status for r in amplitude.requests] == [400, 200]
     assert len(amplitude.requests[1].json["events"]) == 3
     assert len(amplitude.insert_ids) == 3
+
+
+def test_events_of_a_silenced_device_fail_and_the_rest_go_through(
+    amplitude: AmplitudeEmulator, session: requests.Session
+) -> None:
+    """Amplitude's SilencedDeviceID 400 names ``silenced_events``; it ingests nothing."""
+    amplitude.silenced.add(device_of("muted@example.com"))
+    changes = [event_change(e, Kind.UNSUBSCRIBE) for e in ("ok@example.com", "muted@example.com")]
+    outcomes = make(amplitude, session).sync(changes)
+    assert [o.status for o in outcomes] == [APPLIED, FAILED]
+    assert "Events silenced for device_id" in outcomes[1].detail
+    assert [r.status for r in amplitude.requests] == [400, 200]
+    assert [e["user_id"] for e in amplitude.events] == ["ok@example.com"]
 
 
 def test_an_invalid_api_key_is_bad_credentials(
@@ -329,6 +342,22 @@ def test_emulator_answers_amplitudes_400_shapes(
     body = answer.json()
     assert body["events_with_missing_fields"] == {"event_type": [1], "user_id": [3]}
     assert body["events_with_invalid_fields"] == {"time": [2]}
+    assert amplitude.received == []
+
+
+def test_emulator_silenced_devices_answer_amplitudes_400(
+    amplitude: AmplitudeEmulator, session: requests.Session
+) -> None:
+    amplitude.silenced.add("device-9")
+    events = [
+        {"user_id": "user-1", "event_type": "E"},
+        {"user_id": "user-2", "event_type": "E", "device_id": "device-9"},
+    ]
+    answer = post(amplitude, session, {"api_key": amplitude.api_key, "events": events})
+    assert answer.status_code == 400
+    body = answer.json()
+    assert body["error"] == "Events silenced for device_id"
+    assert (body["silenced_devices"], body["silenced_events"]) == (["device-9"], [1])
     assert amplitude.received == []
 
 

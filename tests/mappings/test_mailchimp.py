@@ -159,10 +159,17 @@ def test_hard_bounce_becomes_cleaned_when_configured_and_accepted(
         assert mailchimp.tags() == {"a@example.com": ["syncworker:hard_bounce"]}
 
 
+@pytest.mark.parametrize("title", ["Invalid Resource", "Forbidden", "Some Title Added Later"])
 def test_a_refused_cleaned_falls_back_to_unsubscribed_and_is_not_asked_again(
-    mailchimp: MailchimpEmulator, session: requests.Session
+    session: requests.Session, title: str
 ) -> None:
-    """Whether Mailchimp takes ``cleaned`` from a client is unconfirmed: a refusal is handled."""
+    """Whether Mailchimp takes ``cleaned`` from a client, and how it refuses, is undocumented:
+    any 400 refusal leaves the member unsubscribed rather than still subscribed."""
+    with MailchimpEmulator(cleaned_refusal=title) as mailchimp:
+        refused_cleaned_falls_back(mailchimp, session)
+
+
+def refused_cleaned_falls_back(mailchimp: MailchimpEmulator, session: requests.Session) -> None:
     emails = ["a@example.com", "b@example.com"]
     mailchimp.seed("list1", *emails)
     destination = make(mailchimp, session, HARD_BOUNCE_STATUS="cleaned")

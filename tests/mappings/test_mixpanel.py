@@ -90,6 +90,10 @@ class TestMixpanelContract(EventsContract):
     def duplicates(self, emulator: MixpanelEmulator) -> int:
         return emulator.duplicates
 
+    def expected_retry_after(self, emulator: Any, window: float) -> tuple[float, float]:
+        """Mixpanel's 429 carries no Retry-After: the HttpClient's 10 s default applies."""
+        return 10.0, 10.0
+
 
 def test_event_names_are_segments() -> None:
     """The same hygiene event carries the same name in every analytics tool."""
@@ -196,7 +200,7 @@ def test_failed_records_fail_alone_and_the_rest_is_not_resent(
 def test_a_413_halves_the_batch_until_it_fits(
     mixpanel: MixpanelEmulator, session: requests.Session
 ) -> None:
-    """The cap is documented as both 2 MB and 10 MB: a smaller real one still gets through."""
+    """The reference says 10 MB but its 413 sample says 2 MiB: a smaller real cap still works."""
     mixpanel.max_request_bytes = 3_000
     changes = [event_change(e, Kind.SOFT_BOUNCE, reason="x" * 200) for e in addresses(12)]
     outcomes = make(mixpanel, session).sync(changes)
@@ -334,15 +338,23 @@ def test_a_template_builds_the_user_id(
     assert mixpanel.events[0]["properties"]["distinct_id"] == "user:a@example.com"
 
 
-def test_a_429_raises_throttled_with_retry_after(
+def test_a_429_without_retry_after_pauses_the_destination_10_s(
     mixpanel: MixpanelEmulator, session: requests.Session
 ) -> None:
+    """Mixpanel documents no Retry-After (it advises a 2-60 s backoff): the pause is 10 s."""
     mixpanel.rate_limit(1, per_seconds=20)
     destination = make(mixpanel, session)
     destination.sync([event_change("a@example.com", Kind.UNSUBSCRIBE)])
     with pytest.raises(Throttled) as caught:
         destination.sync([event_change("b@example.com", Kind.UNSUBSCRIBE)])
-    assert 1 <= caught.value.retry_after <= 20
+    assert caught.value.retry_after == 10.0
+
+
+def test_max_batch_bytes_may_go_up_to_mixpanels_10_mb(
+    mixpanel: MixpanelEmulator, session: requests.Session
+) -> None:
+    assert make(mixpanel, session, MAX_BATCH_BYTES="10000000").max_bytes == 10_000_000
+    assert make(mixpanel, session).max_bytes == 2_000_000  # under the 2 MiB of the 413 sample
 
 
 def test_the_region_picks_the_residency_host() -> None:
@@ -363,7 +375,7 @@ def test_the_region_picks_the_residency_host() -> None:
         {"USER_ID": "{email}-{name}"},
         {"REGION": "mars"},
         {"MAX_BATCH_BYTES": "big"},
-        {"MAX_BATCH_BYTES": "3000000"},
+        {"MAX_BATCH_BYTES": "10000001"},
         {"SERVICE_ACCOUNT_USERNAME": "sa", "SERVICE_ACCOUNT_SECRET": "s"},
     ],
 )
@@ -468,5 +480,18 @@ def test_emulator_engage_answers_200_even_when_it_rejects(
 def test_emulator_429_is_mixpanels(mixpanel: MixpanelEmulator, session: requests.Session) -> None:
     mixpanel.rate_limit(0, per_seconds=4)
     answer = post(mixpanel, session, [good()])
-    assert answer.status_code == 429 and answer.headers["Retry-After"] == "4"
+    assert answer.status_code == 429 and "Retry-After" not in answer.headers
     assert answer.json()["status"] == "Too Many Requests"
+
+
+def test_emulator_caps_requests_at_10_mb_and_events_at_1_mb(
+    mixpanel: MixpanelEmulator, session: requests.Session
+) -> None:
+    """An oversized event fails alone in failed_records; the request cap is a 413."""
+    assert mixpanel.max_request_bytes == 10 * 1024 * 1024
+    assert mixpanel.max_event_bytes == 1024 * 1024
+    mixpanel.max_event_bytes = 300
+    answer = post(mixpanel, session, [good("small"), good("big", note="n" * 400)])
+    assert answer.status_code == 400
+    assert [(r["index"], r["field"]) for r in answer.json()["failed_records"]] == [(1, "event")]
+    assert mixpanel.insert_ids == {"small"}

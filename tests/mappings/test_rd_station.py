@@ -141,6 +141,24 @@ def test_every_granted_communications_basis_is_declined(
     }
 
 
+@pytest.mark.parametrize("replace", [False, True], ids=["merged", "replaced"])
+def test_no_basis_stays_granted_whether_rd_merges_or_replaces_legal_bases(
+    session: requests.Session, replace: bool
+) -> None:
+    """RD Station does not document how a PATCH's legal_bases combine with the contact's."""
+    with RDStationEmulator(legal_bases_replace=replace) as rd:
+        bases = [basis(t, "granted") for t in ("consent", "legitimate_interest")]
+        rd.seed("a@example.com", legal_bases=[*bases, basis("vital_interest", "declined")])
+        destination = make(rd, session)
+        assert statuses(destination, state_change("a@example.com", MANUAL)) == [APPLIED]
+        contact = rd.contact("a@example.com")
+        assert contact is not None
+        assert {b["type"] for b in contact["legal_bases"]} >= {"consent", "legitimate_interest"}
+        assert all(b["status"] == "declined" for b in contact["legal_bases"])
+        assert statuses(destination, state_change("a@example.com", MANUAL)) == [ALREADY]
+        assert len(rd.calls(CONTACTS, "PATCH")) == 1
+
+
 def test_a_hard_bounce_declines_and_tags_the_contact(
     rd: RDStationEmulator, session: requests.Session
 ) -> None:

@@ -176,6 +176,22 @@ def test_a_hard_bounce_opts_out_and_sets_the_bounce_fields(
     assert saved["IsEmailBounced"] is True
 
 
+def test_a_leads_bounce_fields_are_updated_like_a_contacts(
+    salesforce: SalesforceEmulator, session: requests.Session
+) -> None:
+    """The Object Reference lists both bounce fields as updatable on Lead too."""
+    lead = salesforce.seed("a@example.com", "Lead")
+    assert statuses(make(salesforce, session), bounced("a@example.com", Kind.HARD_BOUNCE)) == [
+        APPLIED
+    ]
+    saved = salesforce.record(lead)
+    assert saved["EmailBouncedReason"] == "syncworker: hard_bounce (postmark)"
+    assert saved["EmailBouncedDate"] == "2026-01-01T00:00:00.000+0000"
+    assert "IsEmailBounced" not in saved  # a Contact-only field
+    (update,) = salesforce.calls(UPDATE)
+    assert {"EmailBouncedReason", "EmailBouncedDate"} <= set(update.json["records"][0])
+
+
 def test_repeating_a_sync_sends_no_update_and_saves_nothing(
     salesforce: SalesforceEmulator, session: requests.Session
 ) -> None:
@@ -523,6 +539,21 @@ def test_emulator_rejects_more_than_200_records(
     response = session.patch(salesforce.url + UPDATE, json=body, headers=token(salesforce, session))
     assert response.status_code == 400
     assert response.json()[0]["errorCode"] == "EXCEEDED_ID_LIMIT"
+
+
+def test_emulator_keeps_is_email_bounced_read_only_and_on_contacts(
+    salesforce: SalesforceEmulator, session: requests.Session
+) -> None:
+    contact = salesforce.seed("a@example.com")
+    headers = token(salesforce, session)
+    for sobject, status in (("Contact", 200), ("Lead", 400)):
+        soql = f"SELECT Id, IsEmailBounced FROM {sobject} WHERE Email IN ('a@example.com')"
+        response = session.get(salesforce.url + QUERY, params={"q": soql}, headers=headers)
+        assert response.status_code == status, sobject
+    record = {"attributes": {"type": "Contact"}, "id": contact, "IsEmailBounced": True}
+    body = {"allOrNone": False, "records": [record]}
+    response = session.patch(salesforce.url + UPDATE, json=body, headers=headers)
+    assert response.json()[0]["errors"][0]["statusCode"] == "INVALID_FIELD_FOR_INSERT_UPDATE"
 
 
 def test_emulator_rolls_back_everything_when_all_or_none(
