@@ -21,11 +21,11 @@ import redis
 from bench.common import ROOT
 from syncworker.config import DestinationConfig, Settings
 from syncworker.delivery import INFLIGHT
+from syncworker.emulators.hubspot import HubSpotEmulator
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
 from syncworker.redis_server import RedisServer
 from syncworker.runtime import Runtime
-from tests.emulators.hubspot import HubSpotEmulator
 
 
 def main() -> None:

@@ -16,12 +16,12 @@ from syncworker.cli import main
 from syncworker.config import Settings
 from syncworker.delivery import ATTEMPTS, DEAD, DSTATS, INFLIGHT, Delivery
 from syncworker.destinations import Outcome
+from syncworker.emulators.hubspot import HubSpotEmulator
+from syncworker.emulators.segment import SegmentEmulator
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
 from syncworker.runtime import Runtime
 from tests.conftest import SettingsFactory
-from tests.emulators.hubspot import HubSpotEmulator
-from tests.emulators.segment import SegmentEmulator
 
 EMAILS = [f"c{i}@example.com" for i in range(25)]
 

@@ -10,10 +10,10 @@ import redis
 
 from syncworker.config import DestinationConfig, Settings
 from syncworker.destinations import Destination, Rate
+from syncworker.emulators.base import Emulator, Request, Response
 from syncworker.errors import Throttled
 from syncworker.ratelimit import RateLimiter
 from syncworker.runtime import DestinationRuntime
-from tests.emulators.base import Emulator, Request, Response
 
 
 class Anything(Emulator):

@@ -13,12 +13,12 @@ from syncworker import reconcile as backfill
 from syncworker.cli import main
 from syncworker.config import Settings
 from syncworker.delivery import Delivery
+from syncworker.emulators.hubspot import HubSpotEmulator
+from syncworker.emulators.segment import SegmentEmulator
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
 from syncworker.runtime import Runtime
 from tests.conftest import SettingsFactory
-from tests.emulators.hubspot import HubSpotEmulator
-from tests.emulators.segment import SegmentEmulator
 
 ADDRESSES = [f"r{i:04d}@example.com" for i in range(1200)]
 SUPPRESSED = set(ADDRESSES[::3])  # 400 of them

@@ -20,10 +20,10 @@ import redis
 import requests
 
 from syncworker.delivery import INFLIGHT
+from syncworker.emulators.hubspot import HubSpotEmulator
+from syncworker.emulators.segment import SegmentEmulator
+from syncworker.emulators.webhook_receiver import WebhookReceiver, new_secret
 from syncworker.ledger import PENDING
-from tests.emulators.hubspot import HubSpotEmulator
-from tests.emulators.segment import SegmentEmulator
-from tests.emulators.webhook_receiver import WebhookReceiver, new_secret
 from tests.intake.signing import (
     basic_auth_header,
     mailgun_body,

@@ -16,16 +16,16 @@ import redis
 import requests
 
 from syncworker.delivery import DEAD, INFLIGHT
+from syncworker.emulators.amplitude import AmplitudeEmulator
+from syncworker.emulators.braze import BrazeEmulator
+from syncworker.emulators.hubspot import HubSpotEmulator
+from syncworker.emulators.mailchimp import MailchimpEmulator
+from syncworker.emulators.mixpanel import MixpanelEmulator
+from syncworker.emulators.rd_station import RDStationEmulator
+from syncworker.emulators.salesforce import SalesforceEmulator
+from syncworker.emulators.segment import SegmentEmulator
+from syncworker.emulators.webhook_receiver import WebhookReceiver, new_secret
 from syncworker.ledger import PENDING
-from tests.emulators.amplitude import AmplitudeEmulator
-from tests.emulators.braze import BrazeEmulator
-from tests.emulators.hubspot import HubSpotEmulator
-from tests.emulators.mailchimp import MailchimpEmulator
-from tests.emulators.mixpanel import MixpanelEmulator
-from tests.emulators.rd_station import RDStationEmulator
-from tests.emulators.salesforce import SalesforceEmulator
-from tests.emulators.segment import SegmentEmulator
-from tests.emulators.webhook_receiver import WebhookReceiver, new_secret
 from tests.intake.signing import sendgrid_keypair, sign_sendgrid
 from tests.processes import Process, clean_env, start_gunicorn, start_worker, wait_until
 

@@ -14,10 +14,10 @@ from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from syncworker.delivery import DEAD, INFLIGHT
+from syncworker.emulators.hubspot import HubSpotEmulator
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
 from syncworker.queueing import INGEST, Enqueuer
-from tests.emulators.hubspot import HubSpotEmulator
 from tests.processes import clean_env, start_worker, wait_until
 
 EMAILS = [f"crash{i:04d}@example.com" for i in range(300)]

@@ -10,11 +10,11 @@ import pytest
 import redis
 
 from syncworker.delivery import INFLIGHT
+from syncworker.emulators.hubspot import HubSpotEmulator
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
 from syncworker.queueing import INGEST, Enqueuer
 from syncworker.redis_server import RedisServer
-from tests.emulators.hubspot import HubSpotEmulator
 from tests.processes import clean_env, start_worker, wait_until
 
 EMAILS = [f"restart{i:03d}@example.com" for i in range(200)]

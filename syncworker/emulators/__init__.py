@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from tests.emulators.base import Emulator, Request, Response
-from tests.emulators.hubspot import HubSpotEmulator
-from tests.emulators.segment import SegmentEmulator
-from tests.emulators.webhook_receiver import WebhookReceiver, new_secret, sign
+from syncworker.emulators.base import Emulator, Request, Response
+from syncworker.emulators.hubspot import HubSpotEmulator
+from syncworker.emulators.segment import SegmentEmulator
+from syncworker.emulators.webhook_receiver import WebhookReceiver, new_secret, sign
 
 __all__ = [
     "Emulator",

@@ -27,7 +27,7 @@ from collections import deque
 from typing import Any
 from urllib.parse import parse_qsl
 
-from tests.emulators.base import Emulator, Request, Response
+from syncworker.emulators.base import Emulator, Request, Response
 
 MAX_REQUEST_BYTES = 1_000_000
 MAX_EVENTS = 2000

@@ -27,7 +27,7 @@ import re
 import time
 from typing import Any
 
-from tests.emulators.base import Emulator, Request, Response
+from syncworker.emulators.base import Emulator, Request, Response
 
 MAX_REQUEST_BYTES = 10 * 1024 * 1024
 MAX_EVENT_BYTES = 1024 * 1024

@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.emulators.base import Emulator, Request, Response
+from syncworker.emulators.base import Emulator, Request, Response
 
 EMAIL_LIMIT = 50
 TRACK_LIMIT = 75

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
-from tests.emulators.base import Emulator, Request, Response
+from syncworker.emulators.base import Emulator, Request, Response
 
 PREFS = "/communication-preferences/v4/statuses"
 BATCH_UNSUBSCRIBE = re.compile(rf"^{PREFS}/batch/unsubscribe-all$")

@@ -28,7 +28,7 @@ from collections import deque
 from typing import Any
 from urllib.parse import unquote
 
-from tests.emulators.base import Emulator, Request, Response
+from syncworker.emulators.base import Emulator, Request, Response
 
 TOKEN = "/auth/token"
 CONTACT = re.compile(r"^/platform/contacts/(?P<ident>[^/]+)(?P<tag>/tag)?$")
@@ -299,7 +299,7 @@ class RDStationEmulator(Emulator):
         self, email: str, legal_bases: list[dict[str, str]], tags: list[str], fields: dict[str, Any]
     ) -> str:
         contact_id = str(uuid.uuid4())
-        contact = {"uuid": contact_id, "email": email.lower(), "name": None}
+        contact: dict[str, Any] = {"uuid": contact_id, "email": email.lower(), "name": None}
         contact |= {"tags": list(tags), "legal_bases": [dict(b) for b in legal_bases], **fields}
         self._contacts[contact_id] = contact
         return contact_id

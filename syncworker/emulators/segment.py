@@ -15,7 +15,7 @@ import json
 import uuid
 from typing import Any
 
-from tests.emulators.base import Emulator, Request, Response
+from syncworker.emulators.base import Emulator, Request, Response
 
 MAX_REQUEST_BYTES = 500 * 1024
 MAX_MESSAGE_BYTES = 32 * 1024

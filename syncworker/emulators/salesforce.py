@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
-from tests.emulators.base import Emulator, Request, Response
+from syncworker.emulators.base import Emulator, Request, Response
 
 TOKEN = "/services/oauth2/token"
 DATA = re.compile(r"^/services/data/v(?P<version>\d+\.\d)(?P<rest>/.*)$")

@@ -32,7 +32,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.emulators.base import Emulator, Request, Response, _Handler
+from syncworker.emulators.base import Emulator, Request, Response, _Handler
 
 STATUSES = ("subscribed", "unsubscribed", "cleaned", "pending", "transactional", "archived")
 LIST = re.compile(r"^/3\.0/lists/(?P<list>[^/]+)$")
