@@ -342,12 +342,56 @@ def status() -> None:
     echo_json(overview(load_runtime()))
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--limit", default=20, show_default=True)
-def quarantine(limit: int) -> None:
-    """Show the newest quarantined events (verified requests that failed validation)."""
+@click.pass_context
+def quarantine(ctx: click.Context, limit: int) -> None:
+    """Show the newest quarantined events (verified requests that failed validation);
+    `quarantine replay` parses them again."""
+    if ctx.invoked_subcommand is not None:
+        return
     from syncworker.queueing import QUARANTINE
 
     rt = load_runtime()
     for raw in rt.conn.lrange(QUARANTINE, 0, limit - 1):
         echo_json(orjson.loads(raw))
+
+
+@quarantine.command("replay")
+@click.option("--source", default=None, help="only this source's records")
+@click.option("--dry-run", is_flag=True, help="change nothing; report what would happen")
+def quarantine_replay(source: str | None, dry_run: bool) -> None:
+    """Parse quarantined events again with the current parsers and settings; queue those that
+    now validate. Run it after an upgrade or a configuration fix; running it twice is harmless."""
+    from syncworker import quarantine as replaying
+    from syncworker.privacy import mask_text
+    from syncworker.queueing import QUARANTINE
+
+    rt = load_runtime()
+    if source is not None and source not in rt.settings.sources:
+        configured = ", ".join(rt.settings.sources) or "none"
+        raise click.ClickException(f"{source!r} is not a configured source ({configured})")
+    total = rt.conn.llen(QUARANTINE)
+    if total >= replaying.MANY:
+        with click.progressbar(length=total, label="replay quarantine") as bar:
+            report = replaying.replay(
+                rt, source=source, dry_run=dry_run, on_record=lambda: bar.update(1)
+            )
+    else:
+        report = replaying.replay(rt, source=source, dry_run=dry_run)
+    for line in report.lines():
+        click.echo(mask_text(line))  # a reason may quote a value
+
+
+# -- demo --------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--port", type=int, default=8000, show_default=True, help="web port (loopback)")
+@click.option("--exit", "exit_after", is_flag=True, help="stop everything after the summary")
+def demo(port: int, exit_after: bool) -> None:
+    """The whole pipeline on loopback emulators: embedded Redis, HubSpot, Segment and webhook
+    emulators, web and worker; posts sample events and shows where they went."""
+    from syncworker.demo import run_demo
+
+    run_demo(port, exit_after=exit_after)

@@ -22,9 +22,9 @@ def ingest(payload: dict[str, Any]) -> dict[str, int]:
     result = rt.ledger.apply(events)
     quarantined = payload.get("quarantined", [])
     if quarantined:
-        store_quarantine(
-            rt.conn, payload.get("source", "?"), quarantined, rt.settings.quarantine_limit
-        )
+        # the ESP is kept with each item: a replay parses it only with that ESP's module
+        items = [{"esp": payload.get("esp"), **item} for item in quarantined]
+        store_quarantine(rt.conn, payload.get("source", "?"), items, rt.settings.quarantine_limit)
     with rt.conn.pipeline(transaction=False) as pipe:
         for effect, n in result.effects.items():
             pipe.hincrby(STATS, f"ledger:{effect}", n)

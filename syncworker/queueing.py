@@ -286,7 +286,12 @@ def store_quarantine(
     now = time.time()
     with conn.pipeline(transaction=True) as pipe:
         for item in items:
-            pipe.lpush(QUARANTINE, orjson.dumps({"source": source, "at": now, **item}))
+            record = {"source": source, "at": now, **item}
+            try:
+                encoded = orjson.dumps(record)
+            except TypeError:  # an integer beyond 64 bits (as in Enqueuer.job)
+                encoded = json.dumps(record).encode()
+            pipe.lpush(QUARANTINE, encoded)
         pipe.ltrim(QUARANTINE, 0, max(0, limit - 1))
         pipe.hincrby(STATS, "quarantined", len(items))
         pipe.execute()

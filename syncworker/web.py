@@ -29,7 +29,16 @@ class AppState:
     parsers: dict[str, EspParser] = field(default_factory=dict)
 
     def quarantine_body(self, source: str, esp: str, reason: str, body: bytes) -> None:
-        item = {"esp": esp, "reason": reason, "body": body.decode("utf-8", "replace")}
+        """Keep a verified body that could not be parsed, for ``syncworker quarantine replay``,
+        with the headers its parser reads (never a signature: ``EspParser.kept_headers``)."""
+        from flask import has_request_context, request
+
+        item: dict[str, object] = {"esp": esp, "reason": reason}
+        item["body"] = body.decode("utf-8", "replace")
+        parser = self.parsers.get(source)
+        if parser is not None and has_request_context():  # the route calls it in its request
+            if headers := parser.kept_headers(request.headers):
+                item["headers"] = headers
         store_quarantine(self.runtime.conn, source, [item], self.settings.quarantine_limit)
 
 

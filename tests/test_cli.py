@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from syncworker.cli import main
 from syncworker.events import HygieneEvent, Kind
-from syncworker.queueing import QUARANTINE
+from syncworker.queueing import QUARANTINE, store_quarantine
 from syncworker.redis_server import free_port
 from tests.conftest import SettingsFactory
 from tests.intake.signing import basic_auth_header
@@ -84,6 +84,65 @@ def test_status_and_quarantine(redis_url: str, redis_conn: redis.Redis) -> None:
     assert status["quarantined"] == 1
     shown = runner.invoke(main, ["quarantine"], env={"REDIS_URL": redis_url}).output
     assert orjson.loads(shown)["reason"] == "invalid: x"
+
+
+def quarantined_bounce(conn: redis.Redis, source: str, email: str, n: int) -> None:
+    """A Postmark bounce an older release quarantined (as the ingest job stores it)."""
+    bounce = {"RecordType": "Bounce", "ID": n, "Type": "HardBounce", "Email": email,
+              "BouncedAt": "2026-11-20T10:00:00Z"}  # fmt: skip
+    store_quarantine(conn, source, [{"esp": "postmark", "reason": "held", "raw": bounce}], 10**6)
+
+
+def test_quarantine_replay_command(redis_url: str, redis_conn: redis.Redis) -> None:
+    """`quarantine replay`: a dry run first, then the replay; the listing still works."""
+    env = {
+        "REDIS_URL": redis_url,
+        "SYNCWORKER_SOURCES": "postmark",
+        "SYNCWORKER_POSTMARK_USERNAME": "pm",
+        "SYNCWORKER_POSTMARK_PASSWORD": "pw",
+    }
+    quarantined_bounce(redis_conn, "postmark", "fixed@example.com", 1)
+    quarantined_bounce(redis_conn, "postmark", "still bad", 2)
+    quarantined_bounce(redis_conn, "retired", "old@example.com", 3)
+    runner = CliRunner()
+    before = redis_conn.lrange(QUARANTINE, 0, -1)
+    dry = runner.invoke(main, ["quarantine", "replay", "--dry-run"], env=env)
+    assert dry.exit_code == 0, dry.output
+    assert "dry run: nothing was changed" in dry.output
+    assert "3 record(s) read; 1 would be replayed: 1 event(s) would be recovered" in dry.output
+    assert redis_conn.lrange(QUARANTINE, 0, -1) == before
+    assert redis_conn.llen("rq:queue:syncworker-ingest") == 0
+
+    done = runner.invoke(main, ["quarantine", "replay"], env=env)
+    assert done.exit_code == 0, done.output
+    assert "3 record(s) read; 1 replayed: 1 event(s) recovered" in done.output
+    assert "1 still invalid" in done.output and "Not a valid email address" in done.output
+    assert "1 skipped" in done.output and "source 'retired' is not configured" in done.output
+    assert redis_conn.llen("rq:queue:syncworker-ingest") == 1
+    listed = runner.invoke(main, ["quarantine", "--limit", "5"], env=env).output
+    shown = [orjson.loads(doc) for doc in re.split(r"\n(?=\{)", listed.strip())]
+    assert [(doc["source"], doc["raw"]["ID"]) for doc in shown] == [("retired", 3), ("postmark", 2)]
+
+    only = runner.invoke(main, ["quarantine", "replay", "--source", "retired"], env=env)
+    assert only.exit_code == 1 and "'retired' is not a configured source" in only.output
+
+
+def test_quarantine_replay_shows_progress_for_many_records(
+    redis_url: str, redis_conn: redis.Redis
+) -> None:
+    env = {
+        "REDIS_URL": redis_url,
+        "SYNCWORKER_SOURCES": "postmark",
+        "SYNCWORKER_POSTMARK_USERNAME": "pm",
+        "SYNCWORKER_POSTMARK_PASSWORD": "pw",
+    }
+    for n in range(150):
+        quarantined_bounce(redis_conn, "postmark", f"many{n}@example.com", n)
+    result = CliRunner().invoke(main, ["quarantine", "replay", "--source", "postmark"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "replay quarantine" in result.output
+    assert "150 record(s) read; 150 replayed: 150 event(s) recovered" in result.output
+    assert redis_conn.llen(QUARANTINE) == 0
 
 
 def test_run_starts_an_embedded_redis_web_and_worker(tmp_path: Path) -> None:

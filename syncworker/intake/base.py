@@ -104,6 +104,23 @@ class EspParser:
         retry)."""
         return self.parse(request.body)
 
+    def parse_item(self, raw: Any) -> ParseResult:
+        """Parse one quarantined item again, without the request it came in.
+
+        ``raw`` is what this module put in ``Quarantined.raw``, which has the shape of its events'
+        ``raw``: each holds whatever the event's key needs, so an event recovered here is keyed
+        as the request would have keyed it. ``syncworker quarantine replay`` calls this once a
+        parser or a setting is fixed; the request was verified when it arrived, so nothing is
+        verified here. Raise :class:`PayloadInvalid` for a raw this module does not produce.
+        """
+        raise PayloadInvalid(f"{type(self).__name__} does not implement parse_item()")
+
+    def kept_headers(self, headers: HeaderMap) -> dict[str, str]:
+        """The headers ``parse_request`` reads, kept with a verified body that could not be
+        parsed, so a replay can pass them back. Never a signature or a secret: only what the
+        events need (e.g. a message id)."""
+        return {}
+
     # -- helpers shared by ESP modules -------------------------------------------------------
 
     def secrets(self, key: str) -> list[str]:

@@ -93,7 +93,11 @@ def test_a_bounce_fans_out_to_one_event_per_recipient(signer: SnsSigner) -> None
     assert first.message_id == "0100018f6d9e4a2b-3f1c6a55-7e9d-4b1e-9a2c-5d8f0e1b2c3d-000000"
     assert first.occurred_at == sns.iso_seconds("2026-03-02T09:15:03.412Z")
     assert (first.smtp_code, first.reason) == ("5.1.1", "smtp; 550 5.1.1 user unknown")
-    assert first.raw == orjson.loads(doc["Message"])
+    # the SNS MessageId keys the events, and each keeps the message with its own recipient
+    message = orjson.loads(doc["Message"])
+    jane = message["bounce"]["bouncedRecipients"][0]
+    narrowed = {**message, "bounce": {**message["bounce"], "bouncedRecipients": [jane]}}
+    assert first.raw == {"MessageId": doc["MessageId"], "Message": narrowed}
     assert result.ignored == Counter() and result.quarantined == []
 
 
@@ -174,12 +178,17 @@ def test_not_spam_feedback_is_not_a_complaint(signer: SnsSigner) -> None:
 
 def test_bad_recipients_are_quarantined_and_the_rest_kept(signer: SnsSigner) -> None:
     parser = make_parser()
-    result = parser.parse(verified(parser, signer, stored("invalid_recipients")))
+    doc = stored("invalid_recipients")
+    result = parser.parse(verified(parser, signer, doc))
     assert [e.email for e in result.events] == ["gone@example.com"]
-    assert [q.raw for q in result.quarantined] == [
-        {"emailAddress": "not an address"},
-        "gone-too@example.com",
+    # each bad recipient is kept with its message (narrowed to it), so it can be replayed alone
+    message = orjson.loads(doc["Message"])
+    assert [q.raw["Message"]["bounce"]["bouncedRecipients"] for q in result.quarantined] == [
+        [{"emailAddress": "not an address"}],
+        ["gone-too@example.com"],
     ]
+    assert {q.raw["MessageId"] for q in result.quarantined} == {doc["MessageId"]}
+    assert result.quarantined[0].raw["Message"]["mail"] == message["mail"]
 
 
 @pytest.mark.parametrize(

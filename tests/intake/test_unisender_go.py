@@ -99,7 +99,10 @@ def test_single_event_form() -> None:
     assert (bounce.email, bounce.kind) == ("single.bounce@example.com", Kind.HARD_BOUNCE)
     assert bounce.occurred_at == at("2024-03-05 19:00:00")
     assert bounce.message_id == "1a3Q2V-0000OZ-T1"
-    assert "auth" not in bounce.raw and bounce.raw["project_id"] == "6432890213745872"
+    # kept in a grouped event's shape: the flat fields, without auth, are its event_data
+    assert bounce.raw["event_name"] == "transactional_email_status"
+    data = bounce.raw["event_data"]
+    assert "auth" not in data and data["project_id"] == "6432890213745872"
 
 
 def test_single_event_of_another_name_is_ignored() -> None:

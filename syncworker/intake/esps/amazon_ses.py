@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from marshmallow import EXCLUDE, Schema, ValidationError, fields
 
+from syncworker.errors import PayloadInvalid
 from syncworker.events import HygieneEvent, Kind, normalize_email
 from syncworker.intake import sns
 from syncworker.intake.base import (
@@ -111,6 +112,7 @@ SCHEMAS: dict[str, Schema] = {
     "Subscription": _message_schema("subscription", SesSubscription),
 }
 RECIPIENT = SesRecipient()
+NOTIFICATION_KEYS = frozenset({"mail", "notificationType", "eventType"})
 
 
 class AmazonSesParser(EspParser):
@@ -149,10 +151,28 @@ class AmazonSesParser(EspParser):
         if message.message.strip() == TOPIC_VALIDATION:  # sent once, when the topic is set up
             result.ignored["TopicValidation"] += 1
             return result
-        doc = sns.message_object(message)
+        return self._parse_message(message.message_id, sns.message_object(message))
+
+    def parse_item(self, raw: Any) -> ParseResult:
+        """``{"MessageId", "Message"}``: the SNS message id (it keys the events) and the Message
+        object, narrowed to one recipient where the rest of them were used. A Message object
+        alone, as an older release quarantined it, is keyed by content instead."""
+        if isinstance(raw, dict) and isinstance(raw.get("Message"), dict):
+            message_id = raw.get("MessageId")
+            if not isinstance(message_id, str) or not message_id:
+                raise PayloadInvalid("MessageId missing")
+            return self._parse_message(message_id, raw["Message"])
+        if isinstance(raw, dict) and not NOTIFICATION_KEYS.isdisjoint(raw):
+            return self._parse_message(None, raw)
+        # an older release quarantined a bad recipient alone, without its notification
+        raise PayloadInvalid("a recipient without its notification: cannot be parsed again")
+
+    def _parse_message(self, message_id: str | None, doc: dict[str, Any]) -> ParseResult:
+        result = ParseResult()
+        whole = _kept(message_id, doc)
         code = doc.get("eventType") or doc.get("notificationType")
         if not isinstance(code, str):
-            result.quarantined.append(Quarantined("eventType/notificationType missing", doc))
+            result.quarantined.append(Quarantined("eventType/notificationType missing", whole))
             return result
         schema = SCHEMAS.get(code)
         if schema is None:
@@ -162,26 +182,39 @@ class AmazonSesParser(EspParser):
             data = schema.load(doc)
         except ValidationError as exc:
             reason = f"invalid: {orjson.dumps(exc.messages).decode()}"
-            result.quarantined.append(Quarantined(reason, doc))
+            result.quarantined.append(Quarantined(reason, whole))
             return result
-        kind, label, detail, recipients = _classify(code, data)
+        kind, label, detail, path = _classify(code, data)
+        recipients = _dig(data, *path)
         if kind is None:
             result.ignored[label] += 1
         elif not recipients:
-            result.quarantined.append(Quarantined("no recipients", doc))
+            result.quarantined.append(Quarantined("no recipients", whole))
         else:
-            for recipient in validate_items(RECIPIENT, recipients, result.quarantined):
-                result.events.append(self._event(message, data, detail, recipient, kind, doc))
+            for index, recipient in enumerate(recipients):
+                # each event, and each bad recipient, keeps the message with that recipient only
+                # (replayed alone, it yields that one event)
+                kept = (
+                    whole
+                    if len(recipients) == 1
+                    else _kept(message_id, _narrowed(doc, path, index))
+                )
+                if code == "Subscription" and isinstance(recipient, str):
+                    recipient = {"emailAddress": recipient}
+                invalid: list[Quarantined] = []
+                for valid in validate_items(RECIPIENT, [recipient], invalid):
+                    result.events.append(self._event(message_id, data, detail, valid, kind, kept))
+                result.quarantined += [Quarantined(q.reason, kept) for q in invalid]
         return result
 
     def _event(
         self,
-        message: sns.SnsMessage,
+        message_id: str | None,
         data: dict[str, Any],
         detail: dict[str, Any],
         recipient: dict[str, Any],
         kind: Kind,
-        doc: dict[str, Any],
+        raw: dict[str, Any],
     ) -> HygieneEvent:
         email = normalize_email(recipient["emailAddress"])
         reason = text(recipient["diagnosticCode"]) or text(detail.get("complaintFeedbackType"))
@@ -189,26 +222,38 @@ class AmazonSesParser(EspParser):
             reason = reason or "/".join(
                 filter(None, (detail["bounceType"], detail["bounceSubType"]))
             )
+        ses_message_id = text(data["mail"].get("messageId"))
+        # one SNS message per notification, redelivered with the same MessageId
+        vendor_id = f"{message_id}:{email}" if message_id else None
         return HygieneEvent(
-            # one SNS message per notification, redelivered with the same MessageId
-            key=f"{self.esp}:{message.message_id}:{email}",
+            key=self.event_key(vendor_id, email, kind, detail["timestamp"], ses_message_id),
             source=self.name,
             esp=self.esp,
             email=email,
             kind=kind,
             occurred_at=detail["timestamp"],
-            message_id=text(data["mail"].get("messageId")),
+            message_id=ses_message_id,
             reason=reason or text(detail.get("source")),
             smtp_code=text(recipient["status"]),
             list_id=text(detail.get("contactList")),
-            raw=doc,
+            raw=raw,
         )
+
+
+# where each notification lists its recipients: SES names no recipient in the subscription
+# object, as the message went to one address
+RECIPIENTS: dict[str, tuple[str, str]] = {
+    "Bounce": ("bounce", "bouncedRecipients"),
+    "Complaint": ("complaint", "complainedRecipients"),
+    "Subscription": ("mail", "destination"),
+}
 
 
 def _classify(
     code: str, data: dict[str, Any]
-) -> tuple[Kind | None, str, dict[str, Any], list[Any]]:
-    """(kind or None, the label counted when ignored, the detail object, its recipients)."""
+) -> tuple[Kind | None, str, dict[str, Any], tuple[str, str]]:
+    """(kind or None, the label counted when ignored, the detail object, its recipients' path)."""
+    path = RECIPIENTS[code]
     if code == "Bounce":
         bounce = data["bounce"]
         sub = bounce["bounceSubType"] or ""
@@ -217,21 +262,33 @@ def _classify(
             if sub in BOUNCE_SUBTYPES
             else BOUNCE_TYPES.get(bounce["bounceType"])
         )
-        return kind, f"Bounce:{sub or bounce['bounceType']}", bounce, bounce["bouncedRecipients"]
+        return kind, f"Bounce:{sub or bounce['bounceType']}", bounce, path
     if code == "Complaint":
         complaint = data["complaint"]
         feedback = complaint["complaintFeedbackType"]
         kind = None if feedback in NOT_COMPLAINTS else Kind.SPAM_COMPLAINT
-        return kind, f"Complaint:{feedback}", complaint, complaint["complainedRecipients"]
+        return kind, f"Complaint:{feedback}", complaint, path
     subscription = data["subscription"]
     old = subscription["oldTopicPreferences"] or {}
     if subscription["newTopicPreferences"]["unsubscribeAll"]:
         kind = Kind.UNSUBSCRIBE
     else:
         kind = Kind.RESUBSCRIBE if old.get("unsubscribeAll") else None
-    # SES names no recipient in the subscription object: the message went to one address
-    recipients = [
-        {"emailAddress": a} if isinstance(a, str) else a
-        for a in data["mail"].get("destination", [])
-    ]
-    return kind, "Subscription:topics", subscription, recipients
+    return kind, "Subscription:topics", subscription, path
+
+
+def _dig(value: Any, *keys: str) -> Any:
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _kept(message_id: str | None, doc: dict[str, Any]) -> dict[str, Any]:
+    """What a quarantined item (and an event's raw) holds: the SNS MessageId keys the events."""
+    return {"MessageId": message_id, "Message": doc} if message_id else doc
+
+
+def _narrowed(doc: dict[str, Any], path: tuple[str, str], index: int) -> dict[str, Any]:
+    """The notification with only its ``index``-th recipient."""
+    holder, field = path
+    return {**doc, holder: {**doc[holder], field: [doc[holder][field][index]]}}

@@ -120,6 +120,13 @@ class EmailLabsParser(BasicAuthParser):
         items = [doc] if isinstance(doc, dict) else doc
         if not isinstance(items, list):
             raise PayloadInvalid("expected a JSON array of status reports")
+        return self._parse_items(items)
+
+    def parse_item(self, raw: Any) -> ParseResult:
+        """One status report of a batch, as quarantined."""
+        return self._parse_items([raw])
+
+    def _parse_items(self, items: list[Any]) -> ParseResult:
         result = ParseResult()
         for item in items:
             status = item.get("status") if isinstance(item, dict) else None

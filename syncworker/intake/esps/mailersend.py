@@ -135,7 +135,11 @@ class MailerSendParser(EspParser):
         raise SignatureInvalid("signature does not match any configured signing secret")
 
     def parse(self, body: bytes) -> ParseResult:
-        doc = load_json(body)
+        return self.parse_item(load_json(body))
+
+    def parse_item(self, raw: Any) -> ParseResult:
+        """The body is the one event, so a quarantined item is parsed like a body."""
+        doc = raw
         if not isinstance(doc, dict):
             raise PayloadInvalid("expected one JSON object")
         result = ParseResult()

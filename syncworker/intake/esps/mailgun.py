@@ -104,41 +104,61 @@ class MailgunParser(EspParser):
         doc = load_json(body)
         if not isinstance(doc, dict) or not isinstance(doc.get("event-data"), dict):
             raise PayloadInvalid("expected a JSON object with an event-data object")
-        sig = doc.get("signature")
-        token = sig.get("token") if isinstance(sig, dict) else None
+        token = _dig(doc, "signature", "token")
         if not isinstance(token, str) or not token:
             raise PayloadInvalid("signature.token missing")
-        item: dict[str, Any] = doc["event-data"]
+        return self._parse_event(doc["event-data"], token)
+
+    def parse_item(self, raw: Any) -> ParseResult:
+        """``{"signature": {"token"}, "event-data"}``: the body without the signature and its
+        timestamp, since the token keys the event. An event-data object alone, as an older
+        release quarantined it, has lost its token and is keyed by content instead."""
+        if isinstance(raw, dict) and "event-data" in raw:
+            token = _dig(raw, "signature", "token")
+            if not isinstance(raw["event-data"], dict) or not isinstance(token, str) or not token:
+                raise PayloadInvalid("expected an event-data object and signature.token")
+            return self._parse_event(raw["event-data"], token)
+        if isinstance(raw, dict):
+            return self._parse_event(raw, None)
+        raise PayloadInvalid("expected a Mailgun event object")
+
+    def _parse_event(self, item: dict[str, Any], token: str | None) -> ParseResult:
+        # what is kept of the request (as quarantined, and as the event's raw): the token, not
+        # the signature
+        kept = {"signature": {"token": token}, "event-data": item} if token else item
         result = ParseResult()
         code = item.get("event")
         if isinstance(code, str) and code != "failed" and code not in KINDS:
             result.ignored[code] += 1  # accepted, delivered, opened, clicked, stored, ...
             return result
-        for data in validate_items(EVENT, [item], result.quarantined):
+        invalid: list[Quarantined] = []
+        for data in validate_items(EVENT, [item], invalid):
             if code == "failed":
                 kind = REASONS.get(data["reason"] or "") or SEVERITIES.get(data["severity"] or "")
                 if kind is None:
-                    result.quarantined.append(
-                        Quarantined("failed event without a known severity", item)
-                    )
+                    invalid.append(Quarantined("failed event without a known severity", item))
                     continue
             else:
                 kind = KINDS[data["event"]]
+            email = normalize_email(data["recipient"])
+            message_id = text(_dig(data["message"], "headers", "message-id"))
             status = data["delivery_status"]
             reason = text(_dig(status, "description")) or text(_dig(status, "message"))
+            # event-data.id is only unique per day; the signed token is unique per post
+            key = self.event_key(token, email, kind, data["timestamp"], message_id)
             result.events.append(
                 HygieneEvent(
-                    # event-data.id is only unique per day; the signed token is unique per post
-                    key=f"mailgun:{token}",
+                    key=key,
                     source=self.name,
                     esp=self.esp,
-                    email=normalize_email(data["recipient"]),
+                    email=email,
                     kind=kind,
                     occurred_at=data["timestamp"],
-                    message_id=text(_dig(data["message"], "headers", "message-id")),
+                    message_id=message_id,
                     reason=reason or data["reason"],
                     smtp_code=text(_dig(status, "code")),
-                    raw=item,
+                    raw=kept,
                 )
             )
+        result.quarantined += [Quarantined(q.reason, kept) for q in invalid]
         return result

@@ -89,6 +89,13 @@ class MailjetParser(BasicAuthParser):
         items = [doc] if isinstance(doc, dict) else doc
         if not isinstance(items, list):
             raise PayloadInvalid("expected a JSON object or an array of them")
+        return self._parse_items(items)
+
+    def parse_item(self, raw: Any) -> ParseResult:
+        """One event (of a group, or alone), as quarantined."""
+        return self._parse_items([raw])
+
+    def _parse_items(self, items: list[Any]) -> ParseResult:
         result = ParseResult()
         for item, data, kind in hygiene_items(items, SCHEMAS, _kind, result):
             email = normalize_email(data["email"])

@@ -128,8 +128,15 @@ class MailtrapParser(EspParser):
             raise SignatureInvalid("signature does not match any configured signing secret")
 
     def parse(self, body: bytes) -> ParseResult:
+        return self._parse_items(_items(body))
+
+    def parse_item(self, raw: Any) -> ParseResult:
+        """One event of a batch, as quarantined."""
+        return self._parse_items([raw])
+
+    def _parse_items(self, items: list[Any]) -> ParseResult:
         result = ParseResult()
-        for item, data, kind in hygiene_items(_items(body), SCHEMAS, _kind, result):
+        for item, data, kind in hygiene_items(items, SCHEMAS, _kind, result):
             email = normalize_email(data["email"])
             message_id = text(data["message_id"])
             event_id = text(data["event_id"])  # documented "for idempotency"

@@ -156,7 +156,14 @@ class MandrillParser(EspParser):
             raise PayloadInvalid(f"{FIELD} is not valid JSON: {exc.msg}") from None
         if not isinstance(items, list):
             raise PayloadInvalid(f"expected {FIELD} to be a JSON array")
-        result = ParseResult()  # an empty array is Mandrill's test delivery
+        return self._parse_items(items)  # an empty array is Mandrill's test delivery
+
+    def parse_item(self, raw: Any) -> ParseResult:
+        """One event of the ``mandrill_events`` array, as quarantined."""
+        return self._parse_items([raw])
+
+    def _parse_items(self, items: list[Any]) -> ParseResult:
+        result = ParseResult()
         for item in items:
             code = _code(item) if isinstance(item, dict) else None
             if code is None:

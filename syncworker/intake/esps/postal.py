@@ -188,7 +188,11 @@ class PostalParser(EspParser):
         raise SignatureInvalid("signature does not match any configured public key")
 
     def parse(self, body: bytes) -> ParseResult:
-        doc = load_json(body)
+        return self.parse_item(load_json(body))
+
+    def parse_item(self, raw: Any) -> ParseResult:
+        """The body is the one event, so a quarantined item is parsed like a body."""
+        doc = raw
         if not isinstance(doc, dict):
             raise PayloadInvalid("expected a JSON object {event, timestamp, uuid, payload}")
         result = ParseResult()

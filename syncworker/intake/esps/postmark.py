@@ -98,7 +98,11 @@ class PostmarkParser(BasicAuthParser):
     verification = "HTTP Basic credentials in the webhook URL"
 
     def parse(self, body: bytes) -> ParseResult:
-        item = load_json(body)
+        return self.parse_item(load_json(body))
+
+    def parse_item(self, raw: Any) -> ParseResult:
+        """The body is the one event, so a quarantined item is parsed like a body."""
+        item = raw
         if not isinstance(item, dict):
             raise PayloadInvalid("expected one JSON object")
         result = ParseResult()

@@ -22,7 +22,7 @@ from syncworker.intake.base import (
     text,
     validate_items,
 )
-from syncworker.intake.standard_webhooks import StandardWebhooksSignedParser
+from syncworker.intake.esps.standard_webhooks import MessageKeyedParser
 
 # type -> Kind for types whose kind needs no second field
 KINDS: dict[str, Kind] = {
@@ -158,13 +158,17 @@ def _reason(data: dict[str, Any]) -> str | None:
     return text(data.get("origin"))
 
 
-class ResendParser(StandardWebhooksSignedParser):
+class ResendParser(MessageKeyedParser):
     esp = "resend"
     settings = ("SIGNING_SECRET",)
     verification = "Svix: HMAC-SHA256 of svix-id.svix-timestamp.body, whsec_ secret; skew ≤ 5 min"
 
     def parse(self, body: bytes) -> ParseResult:
-        doc = load_json(body)
+        return self.parse_event(load_json(body))
+
+    def parse_event(self, item: Any) -> ParseResult:
+        """The body is the one event."""
+        doc = item
         if not isinstance(doc, dict):
             raise PayloadInvalid("expected one JSON object")
         result = ParseResult()
@@ -190,7 +194,7 @@ class ResendParser(StandardWebhooksSignedParser):
         message_id = text(data.get("email_id")) or text(data.get("source_id"))
         return HygieneEvent(
             # the body carries no event id (email_id is per message): a content hash here, which
-            # parse_request() replaces with the svix-id Resend repeats on every retry
+            # MessageKeyedParser replaces with the svix-id Resend repeats on every retry
             key=content_key(self.esp, email, kind, occurred_at, message_id),
             source=self.name,
             esp=self.esp,

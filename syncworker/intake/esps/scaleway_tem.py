@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from marshmallow import EXCLUDE, Schema, ValidationError, fields
 
+from syncworker.errors import PayloadInvalid
 from syncworker.events import HygieneEvent, Kind, content_key, normalize_email
 from syncworker.intake import sns
 from syncworker.intake.base import (
@@ -101,7 +102,13 @@ class ScalewayTemParser(EspParser):
         message = sns.load_message(body)
         if message.type != "Notification":
             return self.sns.handshake(message)
-        doc = sns.message_object(message)
+        return self.parse_item(sns.message_object(message))
+
+    def parse_item(self, raw: Any) -> ParseResult:
+        """The SNS Message object (one event, keyed by its own ids), as quarantined."""
+        doc = raw
+        if not isinstance(doc, dict):
+            raise PayloadInvalid("expected the SNS Message object of a TEM event")
         result = ParseResult()
         code = doc.get("type")
         if not isinstance(code, str):

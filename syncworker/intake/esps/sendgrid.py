@@ -154,6 +154,13 @@ class SendGridParser(EspParser):
         items = load_json(body)
         if not isinstance(items, list):
             raise PayloadInvalid("expected a JSON array of events")
+        return self._parse_items(items)
+
+    def parse_item(self, raw: Any) -> ParseResult:
+        """One event of a batch, as quarantined."""
+        return self._parse_items([raw])
+
+    def _parse_items(self, items: list[Any]) -> ParseResult:
         result = ParseResult()
         for item, data, kind in hygiene_items(items, SCHEMAS, _kind, result):
             email = normalize_email(data["email"])

@@ -122,8 +122,15 @@ class SparkPostParser(BasicAuthParser):
             doc = [doc]  # the validate endpoint posts its sample message as a bare wrapper
         if not isinstance(doc, list):
             raise PayloadInvalid("expected a JSON array of msys wrappers")
+        return self._parse_wrappers(doc)
+
+    def parse_item(self, raw: Any) -> ParseResult:
+        """One ``msys`` wrapper of a batch, as quarantined (and as each event's ``raw``)."""
+        return self._parse_wrappers([raw])
+
+    def _parse_wrappers(self, wrappers: list[Any]) -> ParseResult:
         result = ParseResult()
-        for wrapper in doc:
+        for wrapper in wrappers:
             item = _unwrap(wrapper, result)
             if item is None:
                 continue

@@ -1,4 +1,6 @@
-"""Any sender that signs with Standard Webhooks and posts hygiene events in syncworker's own shape.
+"""Any sender that signs with Standard Webhooks and posts hygiene events in syncworker's own shape;
+also the base of every Standard Webhooks source (Resend too), which keys a lone event on the
+message id of the request.
 
 Spec of the signature: https://www.standardwebhooks.com/ (headers webhook-id, webhook-timestamp,
 webhook-signature; see ``syncworker.intake.standard_webhooks``). The body is one of
@@ -29,6 +31,7 @@ smtp_code      no        the receiving server's reply code
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from marshmallow import EXCLUDE, Schema, fields, validate
@@ -36,6 +39,8 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 from syncworker.errors import PayloadInvalid
 from syncworker.events import HygieneEvent, Kind, normalize_email
 from syncworker.intake.base import (
+    HeaderMap,
+    InboundRequest,
     IsoTime,
     ParseResult,
     Quarantined,
@@ -43,10 +48,12 @@ from syncworker.intake.base import (
     text,
     validate_items,
 )
-from syncworker.intake.standard_webhooks import StandardWebhooksSignedParser
+from syncworker.intake.standard_webhooks import HEADER_SETS, StandardWebhooksSignedParser
 
 # kind -> Kind: the sender names syncworker's own kinds
 KINDS: dict[str, Kind] = {kind.value: kind for kind in Kind}
+# where a kept body or a quarantined item holds the message id that keys its lone event
+KEPT_ID = "webhook-id"
 
 
 class HygieneItem(Schema):
@@ -79,12 +86,72 @@ def _items(doc: Any) -> list[Any]:
     return holder["events"]
 
 
-class StandardWebhooksParser(StandardWebhooksSignedParser):
+class MessageKeyedParser(StandardWebhooksSignedParser):
+    """Base of the Standard Webhooks sources (this one and Resend): a single event without an id
+    of its own is keyed on the signed message id, which the sender keeps the same on every retry
+    of the delivery (the spec's idempotency key).
+
+    That id is in the headers, so it is kept where a replay finds it: a quarantined body keeps it
+    (``kept_headers``), and the raw of such an event, or of the request's one item when that was
+    quarantined, is ``{"webhook-id": <id>, "event": <the event>}``. A subclass writes
+    ``parse_event`` (one event) and ``parse`` (a body).
+    """
+
+    def parse_event(self, item: Any) -> ParseResult:
+        """One event of a body (the whole body, where it holds one)."""
+        raise PayloadInvalid(f"{type(self).__name__} does not implement parse_event()")
+
+    def parse_request(self, request: InboundRequest) -> ParseResult:
+        result = self.parse(request.body)
+        msg_id = message_id(request.headers)
+        return self._keyed(result, msg_id) if msg_id else result
+
+    def parse_item(self, raw: Any) -> ParseResult:
+        if isinstance(raw, dict) and raw.keys() == {KEPT_ID, "event"}:
+            msg_id = raw[KEPT_ID]
+            if not isinstance(msg_id, str) or not msg_id:
+                raise PayloadInvalid(f"{KEPT_ID} is not a message id")
+            return self._keyed(self.parse_event(raw["event"]), msg_id)
+        return self.parse_event(raw)
+
+    def kept_headers(self, headers: HeaderMap) -> dict[str, str]:
+        msg_id = message_id(headers)
+        return {KEPT_ID: msg_id} if msg_id else {}
+
+    def _keyed(self, result: ParseResult, msg_id: str) -> ParseResult:
+        if len(result.events) == 1 and result.events[0].key.startswith(f"{self.esp}:h:"):
+            key = f"{self.esp}:{self.name}:msg:{msg_id}"  # scoped: two accounts cannot collide
+            event = result.events[0]
+            raw = {KEPT_ID: msg_id, "event": event.raw}
+            result.events[0] = dataclasses.replace(event, key=key, raw=raw)
+        elif not result.events and not result.ignored and len(result.quarantined) == 1:
+            bad = result.quarantined[0]
+            result.quarantined[0] = Quarantined(bad.reason, {KEPT_ID: msg_id, "event": bad.raw})
+        return result
+
+
+def message_id(headers: HeaderMap) -> str | None:
+    """The message id ``verify`` checked: that of the first complete header set. A replayed
+    body has its kept id alone, under ``KEPT_ID``."""
+    for names in HEADER_SETS:
+        msg_id, timestamp, signature = (headers.get(name, "").strip() for name in names)
+        if msg_id and timestamp and signature:
+            return msg_id
+    return headers.get(KEPT_ID, "").strip() or None
+
+
+class StandardWebhooksParser(MessageKeyedParser):
     esp = "standard_webhooks"
 
     def parse(self, body: bytes) -> ParseResult:
+        return self._parse_items(_items(load_json(body)))
+
+    def parse_event(self, item: Any) -> ParseResult:
+        return self._parse_items([item])
+
+    def _parse_items(self, items: list[Any]) -> ParseResult:
         result = ParseResult()
-        for item in _items(load_json(body)):
+        for item in items:
             name = item.get("kind") if isinstance(item, dict) else None
             if not isinstance(name, str):
                 why = "kind missing" if isinstance(item, dict) else "event is not an object"

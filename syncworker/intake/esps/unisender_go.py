@@ -99,7 +99,8 @@ def _events(doc: dict[str, Any]) -> list[tuple[Any, Any]]:
         if "event_name" not in doc:
             raise PayloadInvalid("expected events_by_user, or one event with event_name")
         flat = {k: v for k, v in doc.items() if k != "auth"}
-        return [(flat, flat)]
+        # kept in a grouped event's shape, so that a quarantined one is read as it was
+        return [({"event_name": flat["event_name"], "event_data": flat}, flat)]
     groups = doc["events_by_user"]
     if not isinstance(groups, list):
         raise PayloadInvalid("events_by_user is not an array")
@@ -108,7 +109,11 @@ def _events(doc: dict[str, Any]) -> list[tuple[Any, Any]]:
         events = group.get("events") if isinstance(group, dict) else None
         if not isinstance(events, list):
             raise PayloadInvalid("events_by_user[].events is not an array")
-        found += [(e, e.get("event_data") if isinstance(e, dict) else None) for e in events]
+        for event in events:
+            if isinstance(event, dict) and "event_data" not in event:
+                # kept with an explicit null, so that a replay does not read it as a flat event
+                event = {**event, "event_data": None}
+            found.append((event, event.get("event_data") if isinstance(event, dict) else None))
     return found
 
 
@@ -136,8 +141,19 @@ class UnisenderGoParser(EspParser):
         doc = load_json(body)
         if not isinstance(doc, dict):
             raise PayloadInvalid("expected a JSON object")
+        return self._parse_events(_events(doc))
+
+    def parse_item(self, raw: Any) -> ParseResult:
+        """One event as quarantined: ``{"event_name", "event_data"}``, as in a grouped body; a
+        flat single event is kept so too, its fields (without ``auth``) as the event_data. An
+        object without event_data is a flat event as an older release kept it."""
+        if isinstance(raw, dict) and "event_data" not in raw:
+            return self._parse_events([(raw, raw)])
+        return self._parse_events([(raw, raw.get("event_data") if isinstance(raw, dict) else None)])
+
+    def _parse_events(self, events: list[tuple[Any, Any]]) -> ParseResult:
         result = ParseResult()
-        for raw, data in _events(doc):
+        for raw, data in events:
             name = raw.get("event_name") if isinstance(raw, dict) else None
             status = data.get("status") if isinstance(data, dict) else None
             if not isinstance(name, str):
