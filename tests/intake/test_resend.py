@@ -12,6 +12,7 @@ from syncworker.config import SourceConfig
 from syncworker.emulators.webhook_receiver import new_secret
 from syncworker.errors import PayloadInvalid, SignatureInvalid
 from syncworker.events import Kind, content_key
+from syncworker.intake.base import InboundRequest
 from syncworker.intake.esps.resend import ResendParser
 from tests.intake.signers.standard_webhooks import signed_headers
 from tests.intake.signing import payload, request
@@ -145,9 +146,31 @@ def test_a_display_name_in_to_is_dropped() -> None:
     assert event.email == "carol@example.com"
 
 
-def test_an_event_naming_several_recipients_is_quarantined() -> None:
-    """Resend does not say which recipient bounced: guessing would suppress the wrong one."""
+def test_a_bounce_naming_several_recipients_is_an_event_for_each() -> None:
+    """Resend documents a bounce's and a complaint's ``to`` as the impacted recipients."""
+    body = changed("bounced_permanent", to=["alice@example.com", "Zed <zed@example.com>"])
+    parser = make_parser()
+    result = parser.parse(body)
+    assert [e.email for e in result.events] == ["alice@example.com", "zed@example.com"]
+    assert {e.kind for e in result.events} == {Kind.HARD_BOUNCE} and not result.quarantined
+    assert len({e.key for e in result.events}) == 2, "each recipient's event has its own key"
+    assert parser.parse(body).events == result.events, "retries give the same keys"
+    for event in result.events:
+        assert parser.parse_item(event.raw).events == [event]
+
+
+def test_a_keyed_bounce_naming_several_recipients_keeps_a_key_per_recipient() -> None:
+    """A single event is keyed on the svix-id; two events of one message cannot share it."""
     body = changed("bounced_permanent", to=["alice@example.com", "zed@example.com"])
+    parser = make_parser()
+    headers = {"svix-id": "msg_1", "svix-timestamp": "1", "svix-signature": "v1,x"}
+    events = parser.parse_request(InboundRequest(body, headers)).events
+    assert len({e.key for e in events}) == 2
+
+
+def test_a_suppression_naming_several_recipients_is_quarantined() -> None:
+    """For other types the docs do not say ``to`` names only the affected recipients."""
+    body = changed("suppressed", to=["alice@example.com", "zed@example.com"])
     result = make_parser().parse(body)
     assert result.events == []
     [quarantined] = result.quarantined

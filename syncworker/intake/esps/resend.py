@@ -61,17 +61,20 @@ def _address(value: Any) -> str:
     return validate.Email()(address)
 
 
-class Recipient(fields.Field[str]):
-    """The one address of ``to``: Resend sends an event per recipient but does not say which."""
+class Recipients(fields.Field[list[str]]):
+    """The addresses of ``to``, each valid, without repeats."""
 
-    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> list[str]:
         if not isinstance(value, list) or not value:
-            raise ValidationError("Expected a list with one address.")
-        if len(value) > 1:
-            raise ValidationError(
-                "Several recipients: the event does not say which one it is about."
-            )
-        return _address(value[0])
+            raise ValidationError("Expected a list of addresses.")
+        return list(dict.fromkeys(_address(entry) for entry in value))
+
+
+# Types whose ``to`` is documented as "Array of impacted recipient email addresses"
+# (https://resend.com/docs/webhooks/emails/bounced, .../complained): one event per address. For
+# the others the docs do not say whether ``to`` names only the affected recipients, so an event
+# naming several is quarantined rather than guessed at (it could suppress the wrong address).
+IMPACTED_RECIPIENTS = frozenset({"email.bounced", "email.complained"})
 
 
 class ResendBounce(Schema):
@@ -87,7 +90,7 @@ class ResendEmail(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    to = Recipient(required=True)
+    to = Recipients(required=True)
     email_id = fields.Raw(load_default=None)
     bounce = fields.Nested(ResendBounce, load_default=None)
     suppressed = fields.Raw(load_default=None)
@@ -158,6 +161,11 @@ def _reason(data: dict[str, Any]) -> str | None:
     return text(data.get("origin"))
 
 
+def _narrowed(doc: dict[str, Any], email: str) -> dict[str, Any]:
+    """The event as if it had named only ``email`` in ``to``."""
+    return {**doc, "data": {**doc["data"], "to": [email]}}
+
+
 class ResendParser(MessageKeyedParser):
     esp = "resend"
     settings = ("SIGNING_SECRET",)
@@ -181,16 +189,24 @@ class ResendParser(MessageKeyedParser):
             for loaded in validate_items(SCHEMAS[code], [doc], result.quarantined):
                 data: dict[str, Any] = loaded["data"]
                 kind = _kind(code, data)
+                emails: list[str] = data.get("to") or [normalize_email(data["email"])]
                 if kind is None:
                     result.ignored[code] += 1
+                elif len(emails) > 1 and code not in IMPACTED_RECIPIENTS:
+                    why = "Several recipients: the event does not say which one it is about."
+                    result.quarantined.append(Quarantined(why, doc))
                 else:
-                    result.events.append(self._event(doc, loaded["created_at"], data, kind))
+                    for email in emails:
+                        # each event's raw names its one recipient, so parse_item gives it back
+                        raw = doc if len(emails) == 1 else _narrowed(doc, email)
+                        result.events.append(
+                            self._event(raw, email, loaded["created_at"], data, kind)
+                        )
         return result
 
     def _event(
-        self, doc: dict[str, Any], occurred_at: float, data: dict[str, Any], kind: Kind
+        self, doc: dict[str, Any], email: str, occurred_at: float, data: dict[str, Any], kind: Kind
     ) -> HygieneEvent:
-        email = data.get("to") or normalize_email(data["email"])
         message_id = text(data.get("email_id")) or text(data.get("source_id"))
         return HygieneEvent(
             # the body carries no event id (email_id is per message): a content hash here, which
