@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -258,19 +257,10 @@ class _Replay:
             batch = self.batches.pop(name)
             events, quarantined = batch.events, batch.quarantined
             if events or quarantined:
-                payload = {
-                    "source": name,
-                    "esp": batch.esp,
-                    "received_at": time.time(),
-                    "events": [event.to_dict() for event in events],
-                    "quarantined": [{"reason": q.reason, "raw": q.raw} for q in quarantined],
-                }
-                description = (
-                    f"ingest source={name} events={len(events)} "
-                    f"quarantined={len(quarantined)} replay"
-                )
                 counters = {"quarantine_recovered": len(events)}
-                self.enqueuer.ingest(payload, description, counters)
+                self.enqueuer.ingest_events(
+                    name, batch.esp, events, quarantined, counters, note="replay"
+                )
             with self.conn.pipeline(transaction=False) as pipe:
                 for value in batch.values:
                     pipe.lrem(QUARANTINE, -1, value)  # type: ignore[arg-type]  # bytes work

@@ -13,8 +13,8 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import hiredis
 import orjson
@@ -27,6 +27,10 @@ from rq import Retry as JobRetry
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.utils import now
+
+if TYPE_CHECKING:
+    from syncworker.events import HygieneEvent
+    from syncworker.intake.base import Quarantined
 
 INGEST = "syncworker-ingest"
 DELIVER = "syncworker-deliver"
@@ -174,6 +178,29 @@ class Enqueuer:
             text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = (second, text)
         return f"{text}.{int((moment - second) * 1e6):06d}Z"
+
+    def ingest_events(
+        self,
+        source: str,
+        esp: str,
+        events: Sequence[HygieneEvent],
+        quarantined: Sequence[Quarantined],
+        counters: Mapping[str, int],
+        note: str = "",
+    ) -> str | None:
+        """Queue one request's (or one replay batch's) events and invalid items in the shape
+        ``jobs.ingest`` reads; with neither, only the counters are written."""
+        payload: dict[str, Any] | None = None
+        if events or quarantined:
+            payload = {
+                "source": source,
+                "esp": esp,
+                "received_at": time.time(),
+                "events": [event.to_dict() for event in events],
+                "quarantined": [{"reason": q.reason, "raw": q.raw} for q in quarantined],
+            }
+        description = f"ingest source={source} events={len(events)} quarantined={len(quarantined)}"
+        return self.ingest(payload, f"{description} {note}" if note else description, counters)
 
     def ingest(
         self,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
-from typing import Any
 
 import orjson
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -62,17 +60,7 @@ def receive(source: str) -> tuple[Response, int]:
         counters[name] = counters.get(name, 0) + 1
     if quarantined:
         counters[f"in:{source}:quarantined"] = len(quarantined)
-    payload: dict[str, Any] | None = None
-    if events or quarantined:
-        payload = {
-            "source": source,
-            "esp": parser.esp,
-            "received_at": time.time(),
-            "events": [e.to_dict() for e in events],
-            "quarantined": [{"reason": q.reason, "raw": q.raw} for q in quarantined],
-        }
-    description = f"ingest source={source} events={len(events)} quarantined={len(quarantined)}"
-    job_id = state.enqueuer.ingest(payload, description, counters)
+    job_id = state.enqueuer.ingest_events(source, parser.esp, events, quarantined, counters)
     if log.isEnabledFor(logging.INFO):
         log.info(
             "accepted source=%s events=%d ignored=%d quarantined=%d job=%s",
