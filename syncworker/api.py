@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from werkzeug.exceptions import BadRequest, NotFound, Unauthorized
 
 from syncworker import delivery
-from syncworker.events import normalize_email
+from syncworker.events import address_problem, normalize_email
 from syncworker.observability import RedisStatsCollector
 from syncworker.status import overview
 
@@ -42,7 +42,7 @@ def _manual(email: str, suppress: bool) -> Response:
     body: Any = request.get_json(silent=True) or {}
     if not isinstance(body, dict) or not isinstance(body.get("reason", ""), str):
         raise BadRequest("body must be a JSON object with a string `reason`")
-    if "@" not in email:
+    if address_problem(normalize_email(email)) is not None:
         raise BadRequest("not an email address")
     ledger = state.runtime.ledger
     reason = body.get("reason", "") or ("api suppress" if suppress else "api unsuppress")

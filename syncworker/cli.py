@@ -20,7 +20,7 @@ import redis
 from syncworker import delivery, runtime
 from syncworker.config import Settings
 from syncworker.errors import ConfigError
-from syncworker.events import Kind
+from syncworker.events import Kind, address_problem, normalize_email
 from syncworker.observability import setup_logging, setup_sentry
 from syncworker.queueing import DELIVER, INGEST, QUEUES, connect_worker
 
@@ -237,7 +237,7 @@ def unsuppress(email: str, reason: str) -> None:
 
 
 def _manual(email: str, reason: str, *, suppress: bool) -> None:
-    if "@" not in email:
+    if address_problem(normalize_email(email)) is not None:
         raise click.BadParameter("not an email address", param_hint="EMAIL")
     rt = load_runtime()
     change = rt.ledger.suppress if suppress else rt.ledger.unsuppress

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,9 +23,10 @@ import orjson
 import redis
 import sentry_sdk
 
+from syncworker import codec
 from syncworker.destinations import ContactChange, Destination, Mode, Outcome, OutcomeStatus
 from syncworker.errors import BadCredentials, PermanentError, RetryableError, Throttled
-from syncworker.events import HygieneEvent, Kind, normalize_email
+from syncworker.events import HygieneEvent, normalize_email
 from syncworker.ledger import EVENT, PENDING, SYNC
 from syncworker.privacy import mask, mask_text
 from syncworker.queueing import DELIVER, QUARANTINE, queue
@@ -53,21 +55,6 @@ for _, id in ipairs(ids) do
   redis.call('ZADD', KEYS[2], now + lease, id)
 end
 return ids
-"""
-
-# drop the entries of a list that mention ARGV[1] (lower-cased), keeping the others in order
-DROP_LUA = """
-local entries = redis.call('LRANGE', KEYS[1], 0, -1)
-local keep = {}
-for _, e in ipairs(entries) do
-  if not string.find(string.lower(e), ARGV[1], 1, true) then keep[#keep + 1] = e end
-end
-if #keep == #entries then return 0 end
-redis.call('DEL', KEYS[1])
-for i = 1, #keep, 1000 do
-  redis.call('RPUSH', KEYS[1], unpack(keep, i, math.min(i + 999, #keep)))
-end
-return #entries - #keep
 """
 
 RELEASE_LUA = """
@@ -268,21 +255,37 @@ class Delivery:
             for key in ids:
                 pipe.get(EVENT + key)
             raws = pipe.execute()
-        events: list[tuple[str, dict[str, Any]]] = []
+        events: list[tuple[str, HygieneEvent]] = []
         gone: list[str] = []
+        self._raw_events = {}
         for key, raw in zip(ids, raws, strict=True):
             if raw is None:
                 gone.append(key)  # older than the dedupe TTL: nothing left to send
-            else:
-                events.append((key, orjson.loads(raw)))
-        self._raw_events = dict(events)
-        emails = sorted({e["email"] for _, e in events})
+                continue
+            form = orjson.loads(raw)
+            self._raw_events[key] = form
+            try:
+                events.append((key, codec.load(form)))
+            except codec.InvalidEvent as exc:
+                self.unreadable(key, form, str(exc))
+                gone.append(key)
+        emails = sorted({e.email for _, e in events})
         by_email = {s.email: s for s in ledger.states(emails)}
         changes = [
-            ContactChange(key=key, email=e["email"], state=by_email[e["email"]], event=_event(e))
+            ContactChange(key=key, email=e.email, state=by_email[e.email], event=e)
             for key, e in events
         ]
         return changes, gone
+
+    def unreadable(self, key: str, form: Any, why: str) -> None:
+        """A stored event the codec refuses (written by a release with other rules) cannot be
+        sent: it is dead-lettered with the reason, never dropped in silence."""
+        entry = {"id": key, "error": f"stored event unreadable: {why}", "at": time.time()}
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.lpush(DEAD + self.name, orjson.dumps({**entry, "event": form}))
+            pipe.hincrby(DSTATS + self.name, "dead", 1)
+            pipe.execute()
+        log.error("deliver dest=%s event unreadable: %s (dead-lettered)", self.name, why)
 
     def record(self, changes: list[ContactChange], outcomes: list[Outcome], report: Report) -> None:
         now = time.time()
@@ -410,20 +413,6 @@ def replay_dead(runtime: Runtime, destination: str) -> int:
     return len(entries)
 
 
-def _event(e: dict[str, Any]) -> HygieneEvent:
-    return HygieneEvent(
-        key=e["key"],
-        source=e.get("source", ""),
-        esp=e.get("esp", ""),
-        email=e["email"],
-        kind=Kind(e["kind"]),
-        occurred_at=float(e["occurred_at"]),
-        message_id=e.get("message_id"),
-        reason=e.get("detail"),
-        list_id=e.get("list_id"),
-    )
-
-
 def forget(runtime: Runtime, email: str) -> bool:
     """Erase an address from the ledger and from all delivery state: pending and in-flight
     entries, attempts, confirmations, dead letters, queued stream events, quarantined payloads.
@@ -441,7 +430,7 @@ def forget(runtime: Runtime, email: str) -> bool:
                 for key in queued:
                     pipe.get(EVENT + key)
                 raws = pipe.execute()
-            ids = [k for k, raw in zip(queued, raws, strict=True) if raw and _mentions(raw, email)]
+            ids = [k for k, raw in zip(queued, raws, strict=True) if raw and mentions(raw, email)]
         with conn.pipeline(transaction=True) as pipe:
             if ids:
                 pipe.zrem(PENDING + name, *ids)
@@ -456,11 +445,49 @@ def forget(runtime: Runtime, email: str) -> bool:
     return runtime.ledger.forget(email)
 
 
-def _mentions(raw: bytes | str, email: str) -> bool:
+def mentions(raw: bytes | str, email: str) -> bool:
+    """Whether a stored JSON entry names exactly ``email`` (normalized) in any string or key.
+
+    Exact: ``joann@example.com`` and ``ann@example.com.au`` do not name ``ann@example.com``. JSON
+    is read first so escaped text (``\\u00e9``, an escaped body) is compared as it reads.
+    """
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    return email in text.lower()
+    if email not in text.lower() and "\\" not in text:
+        return False  # the common case, without parsing
+    pattern = _exact(email)
+    try:
+        doc = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return bool(pattern.search(text.lower()))
+    return any(pattern.search(value.lower()) for value in _strings(doc))
 
 
-def _drop_from_list(conn: redis.Redis, key: str, email: str) -> None:
-    """Remove every entry of a JSON list that mentions the address, atomically."""
-    conn.register_script(DROP_LUA)(keys=[key], args=[email])
+def _exact(email: str) -> re.Pattern[str]:
+    # not preceded by a character of a local part, not followed by one of a domain
+    return re.compile(rf"(?<![\w.!#$%&'*+/=?^`{{|}}~-]){re.escape(email)}(?![\w-]|\.[\w-])")
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in a JSON document, keys included, depth-first without recursion."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _drop_from_list(conn: redis.Redis, key: str, email: str) -> int:
+    """Remove every entry of a JSON list that names the address exactly; entries pushed
+    meanwhile are kept (each is removed by its value)."""
+    matched = {raw for raw in conn.lrange(key, 0, -1) if mentions(raw, email)}
+    if matched:
+        with conn.pipeline(transaction=True) as pipe:
+            for raw in matched:
+                pipe.lrem(key, 0, raw)  # type: ignore[arg-type]  # bytes work
+            pipe.execute()
+    return len(matched)

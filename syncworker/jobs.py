@@ -8,35 +8,54 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from syncworker import delivery, runtime
+from syncworker import codec, delivery, runtime
+from syncworker.events import HygieneEvent
 from syncworker.queueing import STATS, store_quarantine
-from syncworker.schemas import EVENTS_SCHEMA
 
 log = logging.getLogger(__name__)
 
 
 def ingest(payload: dict[str, Any]) -> dict[str, int]:
-    """Apply a request's events to the ledger, quarantine its invalid ones, schedule deliveries."""
+    """Apply a request's events to the ledger, quarantine its invalid ones, schedule deliveries.
+
+    Each event stands alone: one the codec refuses or Redis cannot apply is quarantined with the
+    reason (replayable with ``syncworker quarantine replay``), and its siblings are applied.
+    """
     rt = runtime.current()
-    events = EVENTS_SCHEMA.load(payload.get("events", []))
+    source, esp = payload.get("source", "?"), payload.get("esp")
+    events: list[HygieneEvent] = []
+    forms: list[Any] = []
+    refused: list[dict[str, Any]] = []
+    for form in payload.get("events") or []:
+        try:
+            events.append(codec.load(form))
+            forms.append(form)
+        except codec.InvalidEvent as exc:
+            refused.append({"reason": f"invalid event: {exc}", "event": form})
     result = rt.ledger.apply(events)
-    quarantined = payload.get("quarantined", [])
-    if quarantined:
-        # the ESP is kept with each item: a replay parses it only with that ESP's module
-        items = [{"esp": payload.get("esp"), **item} for item in quarantined]
-        store_quarantine(rt.conn, payload.get("source", "?"), items, rt.settings.quarantine_limit)
+    for index, why in result.failed:
+        refused.append({"reason": f"not applied: {why}", "event": forms[index]})
+    # the ESP is kept with each item: a replay parses it only with that ESP's module
+    items = [{"esp": esp, **item} for item in [*(payload.get("quarantined") or []), *refused]]
+    if items:
+        store_quarantine(rt.conn, source, items, rt.settings.quarantine_limit)
     with rt.conn.pipeline(transaction=False) as pipe:
         for effect, n in result.effects.items():
             pipe.hincrby(STATS, f"ledger:{effect}", n)
+        if refused:
+            pipe.hincrby(STATS, "ingest:refused", len(refused))
         pipe.execute()
     delivery.flush(rt, result.marked)
     log.info(
-        "ingested source=%s events=%d effects=%s quarantined=%d",
-        payload.get("source"),
+        "ingested source=%s events=%d effects=%s quarantined=%d refused=%d",
+        source,
         len(events),
         dict(result.effects),
-        len(quarantined),
+        len(items) - len(refused),
+        len(refused),
     )
+    if refused:
+        log.warning("ingest refused events source=%s n=%d (quarantined)", source, len(refused))
     return dict(result.effects)
 
 

@@ -17,13 +17,14 @@ import hashlib
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import redis
 
+from syncworker import codec
 from syncworker.config import Settings
 from syncworker.events import (
     MANUAL,
@@ -49,6 +50,9 @@ FORGOTTEN = "sw:forgotten:"  # sha256 of an erased address -> the suppression re
 # once per message (an ESP reports each retry of a greylisted message).
 IMMEDIATE = frozenset({Kind.HARD_BOUNCE, Kind.SPAM_COMPLAINT, Kind.UNSUBSCRIBE, MANUAL})
 COUNTED = frozenset({Kind.SOFT_BOUNCE, Kind.BLOCKED})
+# What a manual change is to an event stream: the README promises them an unsubscribe for a
+# manual suppress and a resubscribe for an unsuppress
+STREAM_KINDS: dict[str, Kind] = {MANUAL: Kind.UNSUBSCRIBE, UNSUPPRESS: Kind.RESUBSCRIBE}
 
 APPLY_LUA = """
 local ev = cjson.decode(ARGV[1])
@@ -163,8 +167,8 @@ if changed then
     redis.call('HSET', KEYS[4], ARGV[10 + i], status)
   end
 end
-if e > 0 and ev.stream == 1 then
-  redis.call('SET', KEYS[5], ARGV[1], 'EX', ARGV[3])
+if e > 0 and ARGV[10] ~= '' then
+  redis.call('SET', KEYS[5], ARGV[10], 'EX', ARGV[3])
   for j = s + 1, s + e do
     redis.call('ZADD', KEYS[7 + j], 'NX', now, ev.key)
   end
@@ -189,7 +193,7 @@ class Route:
         for name, (stream, cares) in destinations.items():
             for kind in kinds:
                 manual = kind in (MANUAL, UNSUPPRESS)
-                if stream and not manual and kind in cares:
+                if stream and STREAM_KINDS.get(kind, kind) in cares:
                     events.setdefault(kind, []).append(name)
                 if not stream and (manual or kind in cares):
                     state.setdefault(kind, []).append(name)
@@ -202,6 +206,8 @@ class Route:
 class ApplyResult:
     effects: Counter[str] = field(default_factory=Counter)
     marked: set[str] = field(default_factory=set)  # destinations that got new pending work
+    #: events Redis refused to apply (index in the batch, Redis's reason); the others applied
+    failed: list[tuple[int, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -237,48 +243,36 @@ class Ledger:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def apply(self, events: Iterable[HygieneEvent]) -> ApplyResult:
-        """Apply events in order, each atomically; one round trip for the whole batch."""
-        return self._apply_dicts(
-            [
-                {
-                    "key": e.key,
-                    "email": e.email,
-                    "kind": e.kind.value,
-                    "occurred_at": e.occurred_at,
-                    "source": e.source,
-                    "esp": e.esp,
-                    "message_id": e.message_id,
-                    "detail": _detail(e.reason, e.smtp_code),
-                    "list_id": e.list_id,
-                    "stream": 1,
-                }
-                for e in events
-            ]
-        )
+    def apply(self, events: Sequence[HygieneEvent]) -> ApplyResult:
+        """Apply events in order, each atomically; one round trip for the whole batch. An event
+        Redis refuses (``ApplyResult.failed``) does not stop the others."""
+        return self._apply_events([(e, e.kind.value) for e in events])
 
     def suppress(self, email: str, reason: str, *, source: str = MANUAL) -> ApplyResult:
+        """Record a manual suppression; :class:`~syncworker.codec.InvalidEvent` for a string that
+        is not an address."""
         return self._manual(email, MANUAL, reason, source)
 
     def unsuppress(self, email: str, reason: str, *, source: str = MANUAL) -> ApplyResult:
         return self._manual(email, UNSUPPRESS, reason, source)
 
     def _manual(self, email: str, kind: str, reason: str, source: str) -> ApplyResult:
-        return self._apply_dicts(
-            [
-                {
-                    "key": f"{MANUAL}:{uuid.uuid4().hex}",
-                    "email": normalize_email(email),
-                    "kind": kind,
-                    "occurred_at": time.time(),
-                    "source": source,
-                    "detail": reason or None,
-                    "stream": 0,
-                }
-            ]
+        event = HygieneEvent(
+            key=f"{MANUAL}:{uuid.uuid4().hex}",
+            source=source,
+            esp=MANUAL,
+            email=normalize_email(email),
+            kind=STREAM_KINDS[kind],  # what event streams get; the ledger applies ``kind``
+            occurred_at=time.time(),
+            reason=reason or None,
         )
+        why = codec.problem(event)
+        if why is not None:
+            raise codec.InvalidEvent(why)
+        return self._apply_events([(event, kind)])
 
-    def _apply_dicts(self, items: list[dict[str, Any]]) -> ApplyResult:
+    def _apply_events(self, items: list[tuple[HygieneEvent, str]]) -> ApplyResult:
+        """Apply each event as ledger kind ``kind`` (a Kind, or a manual change)."""
         result = ApplyResult()
         if not items:
             return result
@@ -286,12 +280,11 @@ class Ledger:
         now = time.time()
         routes: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
         with self.conn.pipeline(transaction=False) as pipe:
-            for item in items:
-                kind = item["kind"]
+            for event, kind in items:
                 state_dests = self.route.state.get(kind, ())
-                event_dests = self.route.events.get(kind, ()) if item["stream"] else ()
+                event_dests = self.route.events.get(kind, ())
                 routes.append((state_dests, event_dests))
-                email, key = item["email"], item["key"]
+                email, key = event.email, event.key
                 keys = [
                     CONTACT + email,
                     HISTORY + email,
@@ -302,7 +295,17 @@ class Ledger:
                     FORGOTTEN + address_hash(email),
                     *(PENDING + d for d in state_dests + event_dests),
                 ]
+                item = {
+                    "key": key,
+                    "email": email,
+                    "kind": kind,
+                    "occurred_at": event.occurred_at,
+                    "source": event.source,
+                    "message_id": event.message_id,
+                    "detail": _detail(event.reason, event.smtp_code),
+                }
                 args: list[bytes | str | int | float] = [
+                    # cjson reads JSON null as a truthy value: absent fields are left out
                     orjson.dumps({k: v for k, v in item.items() if v is not None}),
                     now,
                     s.dedupe_ttl_s,
@@ -312,13 +315,18 @@ class Ledger:
                     self._immediate,
                     len(state_dests),
                     len(event_dests),
-                    0,
+                    # the event as event streams get it: the codec's form, every field kept
+                    orjson.dumps(codec.dump(event)) if event_dests else "",
                     *state_dests,
                     *event_dests,
                 ]
                 self._apply(keys=keys, args=args, client=pipe)
-            replies = pipe.execute()
-        for reply, (state_dests, event_dests) in zip(replies, routes, strict=True):
+            replies = pipe.execute(raise_on_error=False)
+        for i, (reply, (state_dests, event_dests)) in enumerate(zip(replies, routes, strict=True)):
+            if isinstance(reply, redis.ResponseError):
+                result.failed.append((i, str(reply)[:300]))
+                result.effects["failed"] += 1
+                continue
             effect = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
             result.effects[effect] += 1
             if effect == "duplicate":

@@ -18,10 +18,11 @@ from typing import Any
 import orjson
 from werkzeug.datastructures import Headers
 
+from syncworker import codec
 from syncworker.config import Settings
 from syncworker.errors import IntakeError, PayloadInvalid
 from syncworker.events import HygieneEvent
-from syncworker.intake.base import EspParser, InboundRequest, ParseResult, Quarantined
+from syncworker.intake.base import EspParser, InboundRequest, ParseResult, Quarantined, admit
 from syncworker.intake.registry import ESP_PARSERS
 from syncworker.queueing import QUARANTINE, Enqueuer
 from syncworker.runtime import Runtime
@@ -208,7 +209,7 @@ class _Replay:
             self.report.skipped[f"source {name!r} now reads {parser.esp}, not {esp}"] += 1
             return
         try:
-            result = _parse(parser, record)
+            result = admit(_parse(parser, record))
             if result.followup is not None and not self.dry_run:
                 # a handshake (SNS subscription) the route would have confirmed
                 log.info("replay handshake source=%s %s", name, result.followup())
@@ -280,6 +281,11 @@ class _Batch:
 
 def _parse(parser: EspParser, record: dict[str, Any]) -> ParseResult:
     """A kept body goes through ``parse_request`` with its kept headers; an item, ``parse_item``."""
+    if "event" in record:  # an event the worker could not apply: it is already in codec form
+        try:
+            return ParseResult(events=[codec.load(record["event"])])
+        except codec.InvalidEvent as exc:
+            raise PayloadInvalid(f"invalid event: {exc}") from None
     body = record.get("body")
     if isinstance(body, str):
         headers = record.get("headers")

@@ -28,6 +28,8 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.utils import now
 
+from syncworker import codec
+
 if TYPE_CHECKING:
     from syncworker.events import HygieneEvent
     from syncworker.intake.base import Quarantined
@@ -196,7 +198,7 @@ class Enqueuer:
                 "source": source,
                 "esp": esp,
                 "received_at": time.time(),
-                "events": [event.to_dict() for event in events],
+                "events": [codec.dump(event) for event in events],
                 "quarantined": [{"reason": q.reason, "raw": q.raw} for q in quarantined],
             }
         description = f"ingest source={source} events={len(events)} quarantined={len(quarantined)}"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO
 
+from syncworker import codec
 from syncworker.events import HygieneEvent, Kind, normalize_email
 from syncworker.ledger import CONTACTS
 from syncworker.runtime import Runtime
@@ -42,12 +43,9 @@ def read_rows(stream: IO[str], kind: Kind, source: str) -> Iterator[HygieneEvent
     time_column = next((columns[c] for c in TIME_COLUMNS if c in columns), None)
     for line, row in enumerate(reader, start=2):
         email = normalize_email(row.get(email_column) or "")
-        if "@" not in email or " " in email:
-            yield f"line {line}: not an email address"
-            continue
         at = _seconds(row.get(time_column) or "") if time_column else None
-        material = f"{email}\x1f{kind.value}\x1f{source}".encode()
-        yield HygieneEvent(
+        material = f"{email}\x1f{kind.value}\x1f{source}".encode("utf-8", "surrogatepass")
+        event = HygieneEvent(
             key="import:" + hashlib.sha256(material).hexdigest()[:32],
             source=source,
             esp="import",
@@ -56,6 +54,8 @@ def read_rows(stream: IO[str], kind: Kind, source: str) -> Iterator[HygieneEvent
             occurred_at=at if at is not None else time.time(),
             reason="imported",
         )
+        why = codec.problem(event)  # the rule the intake applies, so the worker takes it too
+        yield event if why is None else f"line {line}: {why}"
 
 
 def import_rows(

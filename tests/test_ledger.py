@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import threading
 
+import orjson
+import pytest
 import redis
 
+from syncworker import codec
 from syncworker.config import Settings
 from syncworker.events import HygieneEvent, Kind
-from syncworker.ledger import PENDING, Ledger, Route
+from syncworker.ledger import EVENT, PENDING, Ledger, Route
 
 ALL = frozenset(k.value for k in Kind)
 
@@ -138,12 +141,59 @@ def test_manual_unsuppress_clears_older_reasons_and_is_recorded(redis_conn: redi
     assert view.history[1]["detail"] == "verified by phone"
 
 
-def test_manual_suppress_reaches_state_destinations_only(redis_conn: redis.Redis) -> None:
+def test_manual_changes_reach_state_destinations_and_event_streams(
+    redis_conn: redis.Redis,
+) -> None:
+    """A manual suppress is an unsubscribe to event streams and an unsuppress a resubscribe, as
+    the README promises; streams that take neither kind get nothing."""
     led = ledger(redis_conn)
-    result = led.suppress("bob@example.com", "asked by email")
+    result = led.suppress("Bob@Example.com", "asked by email", source="api")
     assert led.state("bob@example.com").suppressed
-    assert result.marked == {"crm"}
+    assert result.marked == {"crm", "stream"}
     assert redis_conn.zscore(PENDING + "crm", "bob@example.com") is not None
+    (key,) = redis_conn.zrange(PENDING + "stream", 0, -1)
+    stored = codec.load(orjson.loads(redis_conn.get(EVENT + key.decode())))
+    assert (stored.email, stored.kind, stored.source, stored.reason) == (
+        "bob@example.com",
+        Kind.UNSUBSCRIBE,
+        "api",
+        "asked by email",
+    )
+    result = led.unsuppress("bob@example.com", "verified", source="api")
+    assert result.marked == {"crm", "stream"}
+    kinds = sorted(
+        codec.load(orjson.loads(redis_conn.get(EVENT + k.decode()))).kind
+        for k in redis_conn.zrange(PENDING + "stream", 0, -1)
+    )
+    assert kinds == [Kind.RESUBSCRIBE, Kind.UNSUBSCRIBE]
+    assert redis_conn.zcard(PENDING + "bounces_only") == 0
+
+
+def test_manual_change_refuses_what_is_not_an_address(redis_conn: redis.Redis) -> None:
+    led = ledger(redis_conn)
+    with pytest.raises(codec.InvalidEvent):
+        led.suppress("not an address", "typo")
+    assert redis_conn.dbsize() == 0
+
+
+def test_stream_destinations_get_every_field_the_parser_produced(redis_conn: redis.Redis) -> None:
+    """The stored event is the codec's form: reason and SMTP code stay apart, nothing is lost."""
+    led = ledger(redis_conn)
+    event = HygieneEvent(
+        "k-fields",
+        "sg-main",
+        "sendgrid",
+        "jane@example.com",
+        Kind.HARD_BOUNCE,
+        1000.25,
+        message_id="m-1",
+        reason="mailbox unknown",
+        smtp_code="550",
+        list_id="list-7",
+    )
+    led.apply([event])
+    stored = codec.load(orjson.loads(redis_conn.get(EVENT + "k-fields")))
+    assert stored == event
 
 
 def test_history_is_capped(redis_conn: redis.Redis) -> None:

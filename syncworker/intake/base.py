@@ -16,12 +16,11 @@ import orjson
 from marshmallow import Schema, ValidationError, fields, validate
 
 from syncworker.errors import PayloadInvalid, SignatureInvalid
+from syncworker.events import MAX_TS as MAX_TS  # ESP modules bound their times with it
 from syncworker.events import HygieneEvent, Kind, content_key
 
 if TYPE_CHECKING:  # avoids an import cycle with config
     from syncworker.config import SourceConfig
-
-MAX_TS = 253_402_300_799  # 9999-12-31: anything later is not a real event time
 
 
 class HeaderMap(Protocol):
@@ -298,3 +297,18 @@ class UnixTime(fields.Float):
 
     def __init__(self) -> None:
         super().__init__(required=True, validate=validate.Range(0, MAX_TS))
+
+
+def admit(result: ParseResult) -> ParseResult:
+    """Move each event that breaks the event codec's rules to ``result.quarantined``, with the
+    reason: the web and a quarantine replay queue only events the worker will take."""
+    from syncworker import codec
+
+    bad = [(event, why) for event in result.events if (why := codec.problem(event)) is not None]
+    if bad:
+        refused = {id(event) for event, _ in bad}
+        result.events = [event for event in result.events if id(event) not in refused]
+        result.quarantined += [
+            Quarantined(f"invalid event: {why}", event.raw) for event, why in bad
+        ]
+    return result

@@ -8,7 +8,7 @@ import orjson
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from syncworker.errors import PayloadInvalid, PayloadTooLarge, UnknownEsp
-from syncworker.intake.base import InboundRequest, ParseResult
+from syncworker.intake.base import InboundRequest, ParseResult, admit
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def receive(source: str) -> tuple[Response, int]:
     inbound = InboundRequest(body, request.headers, url, request.remote_addr)
     parser.verify(inbound)
     try:
-        result: ParseResult = parser.parse_request(inbound)
+        result: ParseResult = admit(parser.parse_request(inbound))
     except PayloadInvalid as exc:
         # verified but unreadable: keep it for inspection, then tell the ESP
         state.quarantine_body(source, parser.esp, str(exc.detail), body)

@@ -13,6 +13,7 @@ from rq import Queue
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
+from syncworker import codec
 from syncworker.delivery import DEAD, INFLIGHT
 from syncworker.emulators.hubspot import HubSpotEmulator
 from syncworker.events import HygieneEvent, Kind
@@ -45,9 +46,16 @@ def worker_env(redis_url: str, hubspot: HubSpotEmulator) -> dict[str, str]:
 
 def events(n: int) -> list[dict[str, object]]:
     return [
-        HygieneEvent(
-            f"crash-{i}", "t", "t", EMAILS[i % len(EMAILS)], Kind.UNSUBSCRIBE, 1_700_000_000.0 + i
-        ).to_dict()  # fmt: skip
+        codec.dump(
+            HygieneEvent(
+                f"crash-{i}",
+                "t",
+                "t",
+                EMAILS[i % len(EMAILS)],
+                Kind.UNSUBSCRIBE,
+                1_700_000_000.0 + i,
+            )
+        )  # fmt: skip
         for i in range(n)
     ]
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from syncworker import codec
 from syncworker.delivery import INFLIGHT
 from syncworker.emulators.hubspot import HubSpotEmulator
 from syncworker.events import HygieneEvent, Kind
@@ -48,7 +49,7 @@ def job(start: int, n: int) -> dict[str, object]:
         HygieneEvent(f"rs-{i}", "t", "t", EMAILS[i], Kind.UNSUBSCRIBE, 1_700_000_000.0 + i)
         for i in range(start, start + n)
     ]
-    return {"source": "t", "events": [e.to_dict() for e in events]}
+    return {"source": "t", "events": [codec.dump(e) for e in events]}
 
 
 def test_worker_survives_a_redis_restart(persistent_redis: Restartable, tmp_path: Path) -> None:

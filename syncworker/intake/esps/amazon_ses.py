@@ -26,6 +26,7 @@ from syncworker.intake.base import (
     text,
     validate_items,
 )
+from syncworker.intake.fields import Address
 
 if TYPE_CHECKING:
     from syncworker.config import SourceConfig
@@ -61,7 +62,7 @@ class _Lenient(Schema):
 
 
 class SesRecipient(_Lenient):
-    emailAddress = fields.Email(required=True)
+    emailAddress = Address(required=True)
     status = fields.Raw(load_default=None)
     diagnosticCode = fields.Raw(load_default=None)
 

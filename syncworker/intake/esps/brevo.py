@@ -27,6 +27,7 @@ from syncworker.intake.base import (
     load_json,
     text,
 )
+from syncworker.intake.fields import Address
 
 # event -> Kind. request, delivered, deferred (a delay: Brevo retries), opened, unique_opened,
 # proxy_open, unique_proxy_open, click and error (a send failure on Brevo's side) are ignored.
@@ -51,7 +52,7 @@ class BrevoEvent(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    email = fields.Email(required=True)
+    email = Address(required=True)
     # ts_epoch is the one time Brevo keeps in UTC; ts_event (seconds) is the documented fallback
     ts_epoch = fields.Float(load_default=None, validate=validate.Range(0, MAX_TS * 1000))
     ts_event = fields.Float(load_default=None, validate=validate.Range(0, MAX_TS))

@@ -32,6 +32,7 @@ from syncworker.intake.base import (
     text,
     validate_items,
 )
+from syncworker.intake.fields import Address
 
 # `status` (lower-cased) -> Kind. Not hygiene: injected, ok (delivered; off unless support turns
 # it on), deferred (held by EmailLabs itself), open, track (click).
@@ -59,7 +60,7 @@ class EmailLabsRecipient(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    email = fields.Email(required=True)
+    email = Address(required=True)
     messageId = fields.Raw(load_default=None)
 
 

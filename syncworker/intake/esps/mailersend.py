@@ -30,6 +30,7 @@ from syncworker.intake.base import (
     text,
     validate_items,
 )
+from syncworker.intake.fields import Address
 
 # type -> Kind; hard vs soft is MailerSend's own split into two event types
 KINDS: dict[str, Kind] = {
@@ -62,7 +63,7 @@ class MailerSendActivity(Schema):
         unknown = EXCLUDE
 
     id = fields.Raw(load_default=None)
-    email = fields.Email(required=True)
+    email = Address(required=True)
     created_at = IsoTime(load_default=None)  # 1.0 only: the activity's own time
     message_id = fields.Raw(load_default=None)
     meta = fields.Raw(load_default=None)

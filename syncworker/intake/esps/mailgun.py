@@ -26,6 +26,7 @@ from syncworker.intake.base import (
     text,
     validate_items,
 )
+from syncworker.intake.fields import Address
 
 # event-data.event -> Kind; `failed` is split by SEVERITIES and REASONS below
 KINDS: dict[str, Kind] = {
@@ -47,7 +48,7 @@ class MailgunEvent(Schema):
         unknown = EXCLUDE
 
     event = fields.String(required=True)
-    recipient = fields.Email(required=True)
+    recipient = Address(required=True)
     timestamp = UnixTime()
     severity = fields.String(load_default=None)
     reason = fields.String(load_default=None)

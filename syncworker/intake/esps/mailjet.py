@@ -13,6 +13,7 @@ from marshmallow import EXCLUDE, Schema, fields
 from syncworker.errors import PayloadInvalid
 from syncworker.events import HygieneEvent, Kind, content_key, normalize_email
 from syncworker.intake.base import BasicAuthParser, ParseResult, UnixTime, hygiene_items, load_json
+from syncworker.intake.fields import Address
 
 # event -> Kind; `bounce` and `blocked` are refined by BOUNCES and BLOCKED_ERRORS below
 KINDS: dict[str, Kind] = {"spam": Kind.SPAM_COMPLAINT, "unsub": Kind.UNSUBSCRIBE}
@@ -26,7 +27,7 @@ class MailjetEvent(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    email = fields.Email(required=True)
+    email = Address(required=True)
     time = UnixTime()
     MessageID = fields.Raw(load_default=None)
 

@@ -25,6 +25,7 @@ from syncworker.intake.base import (
     hygiene_items,
     text,
 )
+from syncworker.intake.fields import Address
 
 # event -> Kind; `bounce` and `reject` are refined below
 KINDS: dict[str, Kind] = {
@@ -50,7 +51,7 @@ class MailtrapEvent(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    email = fields.Email(required=True)
+    email = Address(required=True)
     timestamp = UnixTime()
     event_id = fields.Raw(load_default=None)
     message_id = fields.Raw(load_default=None)

@@ -34,6 +34,7 @@ from syncworker.intake.base import (
     text,
     validate_items,
 )
+from syncworker.intake.fields import Address
 
 # message events: `event` -> Kind. send, delivered, deferral (a delay: Mandrill retries), open,
 # click, inbound, and codes Mandrill adds later are ignored.
@@ -64,7 +65,7 @@ class MandrillMessage(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    email = fields.Email(required=True)
+    email = Address(required=True)
     bounce_description = fields.Raw(load_default=None)
     diag = fields.Raw(load_default=None)
 
@@ -82,7 +83,7 @@ class MandrillReject(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    email = fields.Email(required=True)
+    email = Address(required=True)
     reason = fields.Raw(load_default=None)
     detail = fields.Raw(load_default=None)
 

@@ -29,6 +29,7 @@ from syncworker.intake.base import (
     load_json,
     text,
 )
+from syncworker.intake.fields import Address
 
 if TYPE_CHECKING:
     from syncworker.config import SourceConfig
@@ -54,7 +55,7 @@ class _Lenient(Schema):
 
 
 class PostalMessage(_Lenient):
-    to = fields.Email(required=True)  # the RCPT TO address
+    to = Address(required=True)  # the RCPT TO address
     message_id = fields.Raw(load_default=None)
     direction = fields.Raw(load_default=None)
 

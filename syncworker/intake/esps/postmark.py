@@ -22,6 +22,7 @@ from syncworker.intake.base import (
     text,
     validate_items,
 )
+from syncworker.intake.fields import Address
 
 # RecordType "Bounce": Type -> Kind. Other types (AutoResponder, AddressChange, Subscribe,
 # OpenRelayTest, VirusNotification, Unknown, SMTPApiError, ...) say nothing about the address.
@@ -55,7 +56,7 @@ class PostmarkSpamComplaint(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    email = fields.Email(required=True, data_key="Email")
+    email = Address(required=True, data_key="Email")
     occurred_at = IsoTime(required=True, data_key="BouncedAt")
 
 
@@ -67,7 +68,7 @@ class PostmarkSubscriptionChange(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    email = fields.Email(required=True, data_key="Recipient")
+    email = Address(required=True, data_key="Recipient")
     occurred_at = IsoTime(required=True, data_key="ChangedAt")
     SuppressSending = fields.Boolean(load_default=None)
     reason = fields.String(load_default=None, data_key="SuppressionReason")

@@ -23,6 +23,7 @@ from syncworker.intake.base import (
     validate_items,
 )
 from syncworker.intake.esps.standard_webhooks import MessageKeyedParser
+from syncworker.intake.fields import Address, load_address
 
 # type -> Kind for types whose kind needs no second field
 KINDS: dict[str, Kind] = {
@@ -54,20 +55,13 @@ SUPPRESSION_ORIGINS: dict[str, Kind] = {
 # and inbox.*.
 
 
-def _address(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValidationError("Not an address.")
-    address = normalize_email(value)  # `to` entries may carry a display name
-    return validate.Email()(address)
-
-
 class Recipients(fields.Field[list[str]]):
     """The addresses of ``to``, each valid, without repeats."""
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> list[str]:
         if not isinstance(value, list) or not value:
             raise ValidationError("Expected a list of addresses.")
-        return list(dict.fromkeys(_address(entry) for entry in value))
+        return list(dict.fromkeys(load_address(entry) for entry in value))  # display names too
 
 
 # Types whose ``to`` is documented as "Array of impacted recipient email addresses"
@@ -100,7 +94,7 @@ class ResendContact(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    email = fields.Email(required=True)
+    email = Address(required=True)
     unsubscribed = fields.Boolean(load_default=False)
     audience_id = fields.Raw(load_default=None)
 
@@ -109,7 +103,7 @@ class ResendSuppression(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    email = fields.Email(required=True)
+    email = Address(required=True)
     origin = fields.String(required=True, validate=validate.OneOf(SUPPRESSION_ORIGINS))
     source_id = fields.Raw(load_default=None)
 

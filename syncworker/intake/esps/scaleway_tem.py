@@ -25,6 +25,7 @@ from syncworker.intake.base import (
     Quarantined,
     text,
 )
+from syncworker.intake.fields import Address
 
 if TYPE_CHECKING:
     from syncworker.config import SourceConfig
@@ -56,7 +57,7 @@ class TemEvent(Schema):
         unknown = EXCLUDE
 
     id = fields.String(load_default=None)
-    email_to = fields.Email(required=True)
+    email_to = Address(required=True)
     created_at = IsoTime(required=True)
     email_id = fields.String(load_default=None)
     email_response_code = fields.Raw(load_default=None)

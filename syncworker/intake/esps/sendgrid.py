@@ -27,6 +27,7 @@ from syncworker.intake.base import (
     load_json,
     text,
 )
+from syncworker.intake.fields import Address
 
 if TYPE_CHECKING:
     from syncworker.config import SourceConfig
@@ -63,7 +64,7 @@ class SendGridEvent(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    email = fields.Email(required=True)
+    email = Address(required=True)
     timestamp = UnixTime()
     sg_message_id = fields.Raw(load_default=None)
 

@@ -22,6 +22,7 @@ from syncworker.intake.base import (
     text,
     validate_items,
 )
+from syncworker.intake.fields import Address
 
 # bounce_class -> Kind, for bounce, out_of_band, policy_rejection and generation_rejection events.
 # SparkPost's own categories decide; only its Hard and Admin classes are suppression-level.
@@ -63,7 +64,7 @@ class SparkPostEvent(Schema):
         unknown = EXCLUDE
 
     type = fields.String(required=True)
-    rcpt_to = fields.Email(required=True)
+    rcpt_to = Address(required=True)
     timestamp = UnixTime()  # Unix seconds sent as a string
     event_id = fields.Raw(load_default=None)
     message_id = fields.Raw(load_default=None)

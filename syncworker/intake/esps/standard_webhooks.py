@@ -48,6 +48,7 @@ from syncworker.intake.base import (
     text,
     validate_items,
 )
+from syncworker.intake.fields import Address
 from syncworker.intake.standard_webhooks import HEADER_SETS, StandardWebhooksSignedParser
 
 # kind -> Kind: the sender names syncworker's own kinds
@@ -60,7 +61,7 @@ class HygieneItem(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    email = fields.Email(required=True)
+    email = Address(required=True)
     occurred_at = IsoTime(unix=True, required=True)
     id = fields.String(load_default=None, validate=validate.Length(1, 200))
     key = fields.String(load_default=None, validate=validate.Length(1, 200))

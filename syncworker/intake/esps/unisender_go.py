@@ -30,6 +30,7 @@ from syncworker.intake.base import (
     load_json,
     text,
 )
+from syncworker.intake.fields import Address
 
 # event_data.status -> Kind for event_name "transactional_email_status". sent, delivered, opened
 # and clicked are ignored, as are other event names (transactional_spam_block concerns Unisender's
@@ -74,7 +75,7 @@ class UnisenderEvent(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    email = fields.Email(required=True)
+    email = Address(required=True)
     status = fields.String(required=True)
     event_time = UnisenderTime(required=True)
     job_id = fields.Raw(load_default=None)

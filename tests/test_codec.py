@@ -1,0 +1,237 @@
+"""One definition of a valid event, shared by the intake and the worker: what the web accepted,
+the worker applies or quarantines, event by event, and never fails the whole job over one."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import orjson
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from rq import Queue
+from rq.registry import FailedJobRegistry
+from rq.serializers import JSONSerializer
+
+from syncworker import codec, runtime
+from syncworker.events import (
+    MAX_KEY,
+    HygieneEvent,
+    Kind,
+    address_problem,
+    normalize_email,
+)
+from syncworker.intake.fields import load_address
+from syncworker.intake.registry import ESP_PARSERS
+from syncworker.ledger import CONTACT, DEDUPE
+from syncworker.queueing import INGEST, QUARANTINE
+from syncworker.web import create_app
+from tests.conftest import SettingsFactory
+from tests.intake.signing import payload, signer_for
+
+LONG_DOMAIN = ".".join(["d" * 60] * 3) + ".example"  # 191 characters
+ACCEPTED = [
+    "jane@example.com",
+    "İnci@example.com",  # lowercases to "i" + U+0307: the worker used to refuse that form
+    "ÉLODIE@exämple.fr",
+    "user+tag@sub.example.co.uk",
+    "user@localhost",
+    "user@[192.0.2.1]",
+    '"john..doe"@example.com',
+    "a@b.c0m",
+    "用户@例子.广告",
+    f"{'l' * 59}@{LONG_DOMAIN}",  # 251 characters: an Amazon SES recipient seen refused
+    "Jane Doe <Jane.Doe@Example.com>",
+    '"Doe, Jane" <jane@example.com>',
+]
+REFUSED = ["", "plain", "@example.com", "jane@", "jane@@example.com", "jane doe@example.com",
+           "jane@example", "a" * 320 + "@example.com", "jane@exa mple.com", "<>"]  # fmt: skip
+
+
+@pytest.mark.parametrize("address", ACCEPTED)
+def test_the_intake_field_and_the_codec_accept_the_same_address(address: str) -> None:
+    loaded = load_address(address)
+    assert loaded == normalize_email(address)
+    assert address_problem(loaded) is None
+    event = HygieneEvent("k", "src", "esp", loaded, Kind.HARD_BOUNCE, 1.0)
+    assert codec.load(orjson.loads(orjson.dumps(codec.dump(event)))) == event
+
+
+def test_display_names_are_dropped() -> None:
+    assert load_address('"Jane Doe" <Jane@Example.com>') == "jane@example.com"
+    assert load_address("Jane <jane@example.com>") == "jane@example.com"
+
+
+@pytest.mark.parametrize("address", REFUSED)
+def test_what_is_not_an_address_is_refused_by_both(address: str) -> None:
+    assert address_problem(normalize_email(address)) is not None
+    form = codec.dump(HygieneEvent("k", "src", "esp", address, Kind.HARD_BOUNCE, 1.0))
+    with pytest.raises(codec.InvalidEvent) as caught:
+        codec.load(form)
+    assert "@" not in str(caught.value)  # the reason never repeats the address
+
+
+@pytest.mark.parametrize("length", [MAX_KEY + 1, 256, 300, 5000])
+def test_long_vendor_ids_become_bounded_stable_keys(length: int) -> None:
+    vendor = "é" * length
+    first = HygieneEvent(
+        f"sparkpost:{vendor}", "s", "sparkpost", "a@example.com", Kind.HARD_BOUNCE, 1.0
+    )
+    again = HygieneEvent(
+        f"sparkpost:{vendor}", "s", "sparkpost", "a@example.com", Kind.HARD_BOUNCE, 1.0
+    )
+    other = HygieneEvent(
+        f"sparkpost:{vendor}x", "s", "sparkpost", "a@example.com", Kind.HARD_BOUNCE, 1.0
+    )
+    assert len(first.key) <= MAX_KEY and first.key.startswith("sparkpost:")
+    assert first.key == again.key != other.key
+    assert codec.problem(first) is None
+
+
+def test_events_stored_before_reason_and_code_were_apart_still_load() -> None:
+    legacy = {"key": "k", "source": "s", "esp": "e", "email": "a@example.com",
+              "kind": "hard_bounce", "occurred_at": 5, "detail": "550 mailbox unknown",
+              "stream": 1}  # fmt: skip
+    event = codec.load(legacy)
+    assert (event.reason, event.smtp_code, event.occurred_at) == ("550 mailbox unknown", None, 5.0)
+
+
+TEXT = st.one_of(st.none(), st.text(max_size=300))
+
+
+@given(
+    key=st.text(min_size=1, max_size=400),
+    local=st.from_regex(r"[a-zA-Z0-9İçÉ._%+-]{1,64}", fullmatch=True),
+    kind=st.sampled_from(list(Kind)),
+    at=st.floats(min_value=0, max_value=253_402_300_799),
+    texts=st.tuples(TEXT, TEXT, TEXT, TEXT),
+)
+@settings(max_examples=300, deadline=None)
+def test_every_event_the_codec_admits_round_trips_through_json(
+    key: str, local: str, kind: Kind, at: float, texts: tuple[str | None, ...]
+) -> None:
+    email = normalize_email(f"{local}@example.com")
+    event = HygieneEvent(key, "src", "esp", email, kind, at, *texts)
+    if codec.problem(event) is None:
+        assert codec.load(orjson.loads(orjson.dumps(codec.dump(event)))) == event
+    else:
+        with pytest.raises(codec.InvalidEvent):
+            codec.load(codec.dump(event))
+
+
+def test_the_worker_applies_each_event_on_its_own(
+    make_settings: SettingsFactory,
+    use_runtime: Callable[..., runtime.Runtime],
+    run_worker: Callable[..., int],
+    redis_conn: redis.Redis,
+) -> None:
+    """An event the codec refuses and one Redis refuses are quarantined with their reasons; their
+    siblings are applied, and the job itself succeeds."""
+    use_runtime(make_settings())
+    good = [HygieneEvent(f"good-{i}", "t", "t", f"good{i}@example.com", Kind.UNSUBSCRIBE, 10.0 + i)
+            for i in range(3)]  # fmt: skip
+    redis_conn.set(CONTACT + "wrongtype@example.com", "not a hash")  # Redis will refuse this one
+    refused_by_redis = HygieneEvent(
+        "bad-redis", "t", "t", "wrongtype@example.com", Kind.HARD_BOUNCE, 1.0
+    )
+    forms = [codec.dump(e) for e in (good[0], refused_by_redis, good[1], good[2])]
+    forms.insert(2, {**codec.dump(good[0]), "key": "bad-codec", "email": "no address"})
+    forms.insert(3, {"key": "x"})
+    payload_ = {"source": "t", "esp": "t", "events": forms, "quarantined": []}
+    Queue(INGEST, connection=redis_conn, serializer=JSONSerializer).enqueue(
+        "syncworker.jobs.ingest", payload_
+    )
+    run_worker((INGEST,))
+    for event in good:
+        assert redis_conn.exists(DEDUPE + event.key)
+        assert redis_conn.hget(CONTACT + event.email, "suppressed") == b"1"
+    assert not redis_conn.exists(DEDUPE + "bad-codec")
+    assert len(FailedJobRegistry(INGEST, connection=redis_conn)) == 0
+    records = [orjson.loads(r) for r in redis_conn.lrange(QUARANTINE, 0, -1)]
+    reasons = sorted(r["reason"].split(":")[0] for r in records)
+    assert reasons == ["invalid event", "invalid event", "not applied"]
+    assert {r["event"].get("key") for r in records} == {"bad-codec", "x", "bad-redis"}
+
+
+# -- every ESP: generated ids and addresses, through the app, the queue and a real worker --------
+
+PUBLIC_URL = "https://hooks.example.com"
+ADDRESS_IN_TEXT = re.compile(rb"[A-Za-z0-9._%+\-]+@example\.com")
+ID_IN_TEXT = re.compile(rb'("(?:[A-Za-z_-]*[iI][dD])"\s*:\s*)"[^"\\]*"')
+ESPS = sorted(ESP_PARSERS)
+
+LOCALS = st.from_regex(r"[a-zA-Z0-9İıÉéßçæ._+-]{1,64}", fullmatch=True)
+DOMAINS = st.sampled_from(["example.com", "exämple.de", "例子.广告", LONG_DOMAIN, "localhost",
+                           "[192.0.2.7]", "sub.example.co.uk"])  # fmt: skip
+IDS = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters='"\\'),
+    min_size=1,
+    max_size=320,
+)
+
+
+def _json_text(value: str) -> bytes:
+    """``value`` as the inside of a JSON string, ASCII only (safe inside a nested JSON string)."""
+    return orjson.dumps(value)[1:-1] if value.isascii() else _ascii(value)
+
+
+def _ascii(value: str) -> bytes:
+    out = []
+    for ch in value:
+        code = ord(ch)
+        if code < 0x80:
+            out.append(ch)
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            code -= 0x10000
+            out.append(f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}")
+    return "".join(out).encode()
+
+
+@pytest.mark.parametrize("esp", ESPS)
+@given(data=st.data())
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+def test_what_any_source_accepts_is_applied_or_quarantined(
+    esp: str,
+    data: st.DataObject,
+    make_settings: SettingsFactory,
+    use_runtime: Callable[..., runtime.Runtime],
+    run_worker: Callable[..., int],
+    redis_conn: redis.Redis,
+) -> None:
+    signer = signer_for(esp)
+    settings_ = make_settings(sources={esp: (esp, signer.values)}, public_url=PUBLIC_URL)
+    use_runtime(settings_)
+    client = create_app(settings_).test_client()
+    body = payload(esp, signer.sample[0])
+    address = data.draw(st.builds("{}@{}".format, LOCALS, DOMAINS), label="address")
+    vendor_id = data.draw(IDS, label="id")
+    # a function as the replacement: its text is used as it is, escapes included
+    body = ADDRESS_IN_TEXT.sub(lambda _: _json_text(address), body)
+    body = ID_IN_TEXT.sub(lambda m: m.group(1) + b'"' + _ascii(vendor_id) + b'"', body)
+    signed = signer.sign(body)
+    redis_conn.delete(QUARANTINE)
+    headers = dict(signed.headers)  # type: ignore[call-overload]
+    answer = client.post(f"/webhooks/{esp}", data=signed.body, headers=headers)
+    assert answer.status_code < 500, answer.text
+    if answer.status_code != 200 or "accepted" not in (answer.json or {}):
+        return
+    expected = answer.json["accepted"]
+    run_worker((INGEST,))
+    assert len(FailedJobRegistry(INGEST, connection=redis_conn)) == 0
+    # every accepted event was applied (its dedupe marker) or quarantined by the worker
+    parsed = ESP_PARSERS[esp](settings_.sources[esp]).parse_request(signed)
+    records = [orjson.loads(r) for r in redis_conn.lrange(QUARANTINE, 0, -1)]
+    refused = {r["event"]["key"] for r in records if "event" in r}
+    admitted = [e for e in parsed.events if codec.problem(e) is None]
+    assert len(admitted) == expected
+    for event in admitted:
+        assert redis_conn.exists(DEDUPE + event.key) or event.key in refused, event.key
+    assert not refused, "the worker refused what the web accepted"
