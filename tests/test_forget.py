@@ -120,3 +120,37 @@ def test_forget_command(
     assert "forgotten; its suppression is kept as a hash" in done.output
     lookup = runner.invoke(main, ["lookup", JANE], env=env)
     assert lookup.exit_code == 1 and "hashed suppression is kept" in lookup.output
+
+
+def test_forget_erases_the_exact_address_only(
+    make_settings: SettingsFactory,
+    use_runtime: Callable[[Settings], Runtime],
+    redis_conn: redis.Redis,
+) -> None:
+    """``ann@example.com`` is a substring of ``joann@example.com`` and ``ann@example.com.au``:
+    forgetting ann leaves their dead letters, quarantine records and stream events alone, and
+    still finds ann however her record spells or escapes her."""
+    rt = runtime_with_everything(make_settings, use_runtime)
+    ann, others = "ann@example.com", ["joann@example.com", "ann@example.com.au", "xann@example.com"]
+    rt.ledger.apply(
+        [HygieneEvent(f"k-{e}", "t", "t", e, Kind.UNSUBSCRIBE, 1.0) for e in [ann, *others]]
+    )
+    for email in [ann, *others]:
+        entry = {"id": email, "email": email, "error": "400"}
+        rt.conn.lpush(DEAD + "hubspot", orjson.dumps(entry))
+        body = orjson.dumps({"Email": email.upper(), "Name": "x"}).decode()
+        rt.conn.lpush(QUARANTINE, orjson.dumps({"source": "postmark", "body": body}))
+    # the same address, escaped as the stdlib's JSON writes it
+    rt.conn.lpush(QUARANTINE, b'{"source": "postmark", "raw": {"Email": "\\u0061nn@example.com"}}')
+    delivery.forget(rt, ann)
+    dead = [orjson.loads(r)["email"] for r in redis_conn.lrange(DEAD + "hubspot", 0, -1)]
+    assert sorted(dead) == sorted([*others, JANE])
+    quarantine = b"".join(redis_conn.lrange(QUARANTINE, 0, -1)).decode().lower()
+    assert all(e in quarantine for e in others)
+    assert len(redis_conn.lrange(QUARANTINE, 0, -1)) == len(others) + 1  # + jane's
+    streamed = {
+        orjson.loads(redis_conn.get(f"sw:ev:{k.decode()}") or b"{}").get("email")
+        for k in redis_conn.zrange(PENDING + "segment", 0, -1)
+    }
+    assert set(others) <= streamed and ann not in streamed
+    assert all(rt.ledger.state(e).suppressed for e in others)
