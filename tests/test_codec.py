@@ -235,3 +235,56 @@ def test_what_any_source_accepts_is_applied_or_quarantined(
     for event in admitted:
         assert redis_conn.exists(DEDUPE + event.key) or event.key in refused, event.key
     assert not refused, "the worker refused what the web accepted"
+
+
+@pytest.mark.parametrize(
+    ("esp", "prefix", "body"),
+    [
+        (
+            "standard_webhooks",
+            "webhook-",
+            orjson.dumps(
+                {
+                    "events": [
+                        {"id": "é" * 200, "kind": "hard_bounce", "email": "one@example.com",
+                         "occurred_at": "2026-03-01T10:00:00Z"},
+                        {"kind": "unsubscribe", "email": "İnci@example.com",
+                         "occurred_at": "2026-03-01T10:00:01Z"},
+                    ]
+                }
+            ),
+        ),
+        ("resend", "svix-", payload("resend", "complained")),
+    ],
+)  # fmt: skip
+def test_ids_the_verifier_accepts_make_keys_the_worker_takes(
+    esp: str,
+    prefix: str,
+    body: bytes,
+    make_settings: SettingsFactory,
+    use_runtime: Callable[..., runtime.Runtime],
+    run_worker: Callable[..., int],
+    redis_conn: redis.Redis,
+) -> None:
+    """A 256-character message id and a 200-character event id (each allowed by its scheme)
+    once made keys the worker refused, and the whole request was lost after its 200."""
+    from tests.intake.signers.standard_webhooks import signed_headers
+
+    signer = signer_for(esp)
+    settings_ = make_settings(sources={esp: (esp, signer.values)})
+    use_runtime(settings_)
+    secret = (
+        signer.values["SECRET"] if esp == "standard_webhooks" else signer.values["SIGNING_SECRET"]
+    )
+    headers = signed_headers(body, secret, prefix=prefix, msg_id="m" * 256)
+    answer = (
+        create_app(settings_).test_client().post(f"/webhooks/{esp}", data=body, headers=headers)
+    )
+    assert answer.status_code == 200 and answer.json is not None
+    assert answer.json["accepted"] >= 1 and answer.json["quarantined"] == 0
+    run_worker((INGEST,))
+    assert len(FailedJobRegistry(INGEST, connection=redis_conn)) == 0
+    assert redis_conn.llen(QUARANTINE) == 0
+    keys = [k.decode() for k in redis_conn.scan_iter("sw:k:*")]
+    assert len(keys) == answer.json["accepted"]
+    assert all(len(k) <= len("sw:k:") + MAX_KEY for k in keys)
