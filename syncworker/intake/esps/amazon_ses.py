@@ -40,9 +40,12 @@ BOUNCE_TYPES: dict[str, Kind] = {
 }
 # bounce.bounceSubType -> Kind, overriding the type; None: about the message, not the address
 BOUNCE_SUBTYPES: dict[str, Kind | None] = {
-    # the account-level list holds bounces, complaints and manual entries: SES's policy, not
-    # the mailbox's answer (a Suppressed bounce, SES's global list, is a hard bounce)
-    "OnAccountSuppressionList": Kind.BLOCKED,
+    # SES did not send because the address is on its global (Suppressed) or the account-level
+    # suppression list: proof of an earlier hard bounce or complaint, so it suppresses at once.
+    # The account list's entry reason (BOUNCE or COMPLAINT) is not in the notification, so it is
+    # a hard bounce. https://docs.aws.amazon.com/ses/latest/dg/notification-contents.html
+    "Suppressed": Kind.HARD_BOUNCE,
+    "OnAccountSuppressionList": Kind.HARD_BOUNCE,
     "MessageTooLarge": None,
     "ContentRejected": None,
     "AttachmentRejected": None,
