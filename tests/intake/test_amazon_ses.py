@@ -620,3 +620,15 @@ def test_a_refusal_by_a_suppression_list_is_a_hard_bounce_with_ses_reason(
     [event] = parser.parse(verified(parser, signer, stored(case))).events
     assert (event.email, event.kind) == (email, Kind.HARD_BOUNCE)
     assert event.reason is not None and event.reason.startswith(reason)
+
+
+def test_a_complaint_refused_by_the_account_list_is_a_complaint_naming_it(
+    signer: SnsSigner,
+) -> None:
+    """complaintSubType OnAccountSuppressionList: SES did not send because an earlier complaint
+    put the address on the account's list; a spam complaint at once, with that as the reason."""
+    parser = make_parser()
+    doc = stored("complaint_on_account_suppression_list")
+    [event] = parser.parse(verified(parser, signer, doc)).events
+    assert (event.email, event.kind) == ("listed.complainer@example.com", Kind.SPAM_COMPLAINT)
+    assert event.reason == "OnAccountSuppressionList"

@@ -84,6 +84,8 @@ class SesBounce(_Lenient):
 class SesComplaint(_Lenient):
     complainedRecipients = fields.List(fields.Raw(), required=True)
     complaintFeedbackType = fields.String(load_default=None)
+    # OnAccountSuppressionList: not sent, the address is on the account's list for a complaint
+    complaintSubType = fields.String(load_default=None)
     timestamp = IsoTime(required=True)
 
 
@@ -220,7 +222,11 @@ class AmazonSesParser(EspParser):
         raw: dict[str, Any],
     ) -> HygieneEvent:
         email = normalize_email(recipient["emailAddress"])
-        reason = text(recipient["diagnosticCode"]) or text(detail.get("complaintFeedbackType"))
+        reason = (
+            text(recipient["diagnosticCode"])
+            or text(detail.get("complaintFeedbackType"))
+            or text(detail.get("complaintSubType"))
+        )
         if "bounceType" in detail:
             reason = reason or "/".join(
                 filter(None, (detail["bounceType"], detail["bounceSubType"]))
