@@ -42,7 +42,7 @@ KINDS: dict[str, Kind] = {
 }
 # email_blocklisted (a send refused by a blocklist) and blocklist_created: blocklist_type -> Kind.
 # Scaleway blocklists an address after a "mailbox not found" or "mailbox full" answer
-# (https://www.scaleway.com/en/docs/transactional-email/concepts/#blocklist). The refusal is the
+# (https://www.scaleway.com/en/docs/transactional-email/concepts/). The refusal is the
 # kind of its cause: a mailbox not found suppresses at once, a full mailbox (a temporary
 # blocklist) is a soft bounce. Any other type (unknown_type, or one added later) is still
 # Scaleway's own list refusing the address, so it is a hard bounce.

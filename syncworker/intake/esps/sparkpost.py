@@ -48,11 +48,13 @@ BOUNCE_CLASSES: dict[str, Kind] = {
 # Not hygiene: 26 Smart Send suppression (a send-frequency rule), 60 auto-reply and
 # 100 challenge-response (the mailbox is alive and answered), 80 a subscribe request.
 #
-# A send refused because the address is on a suppression list is an Admin failure (25) whose
-# reason says so: "554 5.7.1 recipient address was suppressed due to customer policy (<source>)"
-# for the account's list, "... due to system policy" for SparkPost's global one
-# (https://support.sparkpost.com/docs/deliverability/suppression-timing). It suppresses at once,
-# as its source: source (lower-cased) -> Kind; an unknown or missing source is a hard bounce.
+# A send refused because the address is on a suppression list is a bounce of class 25 (once a
+# policy_rejection) whose reason says so: "recipient address was suppressed due to customer
+# policy" for the account's list, "... due to system policy" for SparkPost's global one
+# (https://support.sparkpost.com/docs/tech-resources/preparing-for-async-suppressions); the
+# dashboard adds the entry's source, e.g. "(Spam Complaint)", "(Bounce Rule)", "(Unsubscribe
+# Rule)" (https://support.sparkpost.com/docs/user-guide/using-suppression-lists). It suppresses
+# at once, as its source: source (lower-cased) -> Kind; an unknown or no source is a hard bounce.
 SUPPRESSED = re.compile(r"suppressed due to (?:customer|system) policy(?:\s*\(([^)]*)\))?", re.I)
 SUPPRESSION_SOURCES: dict[str, Kind] = {
     "bounce rule": Kind.HARD_BOUNCE,
