@@ -227,7 +227,7 @@ SIGNERS: dict[str, Callable[[], EspSigner]] = {
         single=False,
         sample=(
             "grouped",
-            {"soft_bounce": 1, "blocked": 1, "spam_complaint": 1, "unsubscribe": 1},
+            {"soft_bounce": 1, "hard_bounce": 1, "spam_complaint": 1, "unsubscribe": 1},
         ),
     ),
 }

@@ -105,7 +105,7 @@ def test_a_bounce_fans_out_to_one_event_per_recipient(signer: SnsSigner) -> None
     ("case", "kind"),
     [
         ("bounce_transient_event", Kind.SOFT_BOUNCE),  # event publishing: eventType, Subject
-        ("bounce_on_account_suppression_list", Kind.BLOCKED),
+        ("bounce_on_account_suppression_list", Kind.HARD_BOUNCE),
         ("complaint", Kind.SPAM_COMPLAINT),
         ("subscription_unsubscribe_all", Kind.UNSUBSCRIBE),
     ],
@@ -592,3 +592,43 @@ def test_the_http_function_is_injectable(signer: SnsSigner) -> None:
     result = parser.parse(body)
     assert result.followup is not None and "confirmed" in result.followup()
     assert calls[-1] == url
+
+
+@pytest.mark.parametrize(
+    ("case", "email", "reason"),
+    [
+        (
+            "bounce_on_account_suppression_list",
+            "listed@example.com",
+            "Amazon SES has suppressed sending to this address because it is on the account-level"
+            " suppression list.",
+        ),
+        (
+            "bounce_suppressed",
+            "globally.suppressed@example.com",
+            "Amazon SES has suppressed sending to this address because it has a recent history of"
+            " bouncing as an invalid address.",
+        ),
+    ],
+)
+def test_a_refusal_by_a_suppression_list_is_a_hard_bounce_with_ses_reason(
+    signer: SnsSigner, case: str, email: str, reason: str
+) -> None:
+    """SES refused to send because of its own suppression list: an earlier hard bounce or
+    complaint, so the address is suppressed at once rather than counted."""
+    parser = make_parser()
+    [event] = parser.parse(verified(parser, signer, stored(case))).events
+    assert (event.email, event.kind) == (email, Kind.HARD_BOUNCE)
+    assert event.reason is not None and event.reason.startswith(reason)
+
+
+def test_a_complaint_refused_by_the_account_list_is_a_complaint_naming_it(
+    signer: SnsSigner,
+) -> None:
+    """complaintSubType OnAccountSuppressionList: SES did not send because an earlier complaint
+    put the address on the account's list; a spam complaint at once, with that as the reason."""
+    parser = make_parser()
+    doc = stored("complaint_on_account_suppression_list")
+    [event] = parser.parse(verified(parser, signer, doc)).events
+    assert (event.email, event.kind) == ("listed.complainer@example.com", Kind.SPAM_COMPLAINT)
+    assert event.reason == "OnAccountSuppressionList"

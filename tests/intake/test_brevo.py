@@ -66,7 +66,7 @@ def test_batched_array_mixes_hygiene_and_engagement_events() -> None:
         "no.such.user@example.com": Kind.HARD_BOUNCE,
         "typo@example.com": Kind.HARD_BOUNCE,
         "full.mailbox@example.com": Kind.SOFT_BOUNCE,
-        "blocked@example.com": Kind.BLOCKED,
+        "blocked@example.com": Kind.HARD_BOUNCE,
         "complainer@example.com": Kind.SPAM_COMPLAINT,
         "fbl@example.com": Kind.SPAM_COMPLAINT,
         "leaver@example.com": Kind.UNSUBSCRIBE,
@@ -98,7 +98,7 @@ def test_ts_epoch_wins_over_ts_event() -> None:
         ("hard_bounce", Kind.HARD_BOUNCE),
         ("invalid_email", Kind.HARD_BOUNCE),
         ("soft_bounce", Kind.SOFT_BOUNCE),
-        ("blocked", Kind.BLOCKED),
+        ("blocked", Kind.HARD_BOUNCE),
         ("spam", Kind.SPAM_COMPLAINT),
         ("complaint", Kind.SPAM_COMPLAINT),
         ("unsubscribe", Kind.UNSUBSCRIBE),
@@ -226,3 +226,19 @@ def test_event_with_a_bad_time_is_quarantined(ts_epoch: Any) -> None:
     body = orjson.dumps([event(event="spam", ts_epoch=ts_epoch)])
     result = make_parser().parse(body)
     assert result.events == [] and len(result.quarantined) == 1
+
+
+def test_a_send_refused_by_the_blocklist_is_a_hard_bounce_with_brevo_reason() -> None:
+    """`blocked`: Brevo did not send because the address is on its blocklist (an earlier hard
+    bounce, complaint, unsubscription or block by the account), so it is suppressed at once."""
+    [event] = parse_case("single_blocked").events
+    assert (event.email, event.kind) == ("blocklisted@example.com", Kind.HARD_BOUNCE)
+    assert event.reason == "blocked : due to blacklist user"
+
+
+def test_a_receiving_server_refusal_reported_as_soft_stays_soft() -> None:
+    body = orjson.dumps(
+        event(event="soft_bounce", reason="421 4.7.0 Try again later, closing connection (spam)")
+    )
+    [found] = make_parser().parse(body).events
+    assert found.kind == Kind.SOFT_BOUNCE

@@ -254,3 +254,38 @@ def test_metadata_of_an_unexpected_shape_does_not_lose_the_event(change: dict[st
     doc["event-data"].update(change)
     [event] = make_parser().parse(orjson.dumps(doc)).events
     assert event.kind == Kind.HARD_BOUNCE
+
+
+@pytest.mark.parametrize(
+    ("reason", "kind"),
+    [
+        ("suppress-bounce", Kind.HARD_BOUNCE),
+        ("suppress-unsubscribe", Kind.UNSUBSCRIBE),
+        ("suppress-complaint", Kind.SPAM_COMPLAINT),
+    ],
+)
+@pytest.mark.parametrize("severity", ["permanent", "temporary", None])
+def test_a_refusal_by_a_suppression_list_suppresses_as_its_list_whatever_the_severity(
+    reason: str, kind: Kind, severity: str | None
+) -> None:
+    """Mailgun did not send because the address is on one of its suppression lists: the list
+    decides the kind, and the severity (or its absence) does not make it a counted bounce."""
+    data = orjson.loads(payload("mailgun", "failed_suppress_bounce"))["event-data"]
+    data = {**data, "reason": reason, "severity": severity}
+    [event] = make_parser().parse(mailgun_body(data, KEY, NOW)).events
+    assert (event.email, event.kind) == ("bounced.before@example.com", kind)
+    assert event.reason == "Not delivering to previously bounced address"
+
+
+def test_a_previous_bounce_refusal_is_a_hard_bounce_with_mailgun_reason() -> None:
+    body = signed_case("failed_suppress_bounce")
+    parser = make_parser()
+    parser.verify(request(body))
+    [event] = parser.parse(body).events
+    assert (event.kind, event.smtp_code) == (Kind.HARD_BOUNCE, "605")
+    assert event.reason == "Not delivering to previously bounced address"
+
+
+def test_a_receiving_server_refusal_still_follows_its_severity() -> None:
+    [event] = make_parser().parse(signed_case("failed_temporary")).events
+    assert event.kind == Kind.SOFT_BOUNCE

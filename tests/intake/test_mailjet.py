@@ -65,7 +65,7 @@ def test_grouped_array_mixes_hygiene_and_engagement_events() -> None:
     result = parse_case("grouped")
     assert {e.email: e.kind for e in result.events} == {
         "full.mailbox@example.com": Kind.SOFT_BOUNCE,
-        "preblocked@example.com": Kind.BLOCKED,
+        "preblocked@example.com": Kind.HARD_BOUNCE,
         "complainer@example.com": Kind.SPAM_COMPLAINT,
         "leaver@example.com": Kind.UNSUBSCRIBE,
     }
@@ -88,8 +88,8 @@ def test_empty_group_yields_nothing() -> None:
         ({"event": "bounce", "hard_bounce": True}, Kind.HARD_BOUNCE),
         ({"event": "bounce", "hard_bounce": False, "error": "greylisted"}, Kind.SOFT_BOUNCE),
         ({"event": "bounce"}, Kind.SOFT_BOUNCE),
-        ({"event": "blocked", "error": "preblocked"}, Kind.BLOCKED),
-        ({"event": "blocked", "error": "Preblocked "}, Kind.BLOCKED),
+        ({"event": "blocked", "error": "preblocked"}, Kind.HARD_BOUNCE),
+        ({"event": "blocked", "error": "Preblocked "}, Kind.HARD_BOUNCE),
         ({"event": "blocked", "error": "duplicate in campaign"}, None),
         ({"event": "blocked"}, None),
         ({"event": "spam", "source": "JMRPP"}, Kind.SPAM_COMPLAINT),
@@ -194,3 +194,29 @@ def test_invalid_events_are_quarantined_with_a_reason() -> None:
     assert reasons[3] == "event code missing"
     assert reasons[4] == "event is not an object"
     assert result.quarantined[4].raw == 42
+
+
+@pytest.mark.parametrize(
+    ("code", "error", "kind"),
+    [
+        ("blocked", "preblocked", Kind.HARD_BOUNCE),
+        ("blocked", "spam reporter", Kind.SPAM_COMPLAINT),
+        ("blocked", "blacklisted", Kind.UNSUBSCRIBE),
+        ("bounce", "spam reporter", Kind.SPAM_COMPLAINT),
+        ("bounce", "blacklisted", Kind.UNSUBSCRIBE),
+    ],
+)
+def test_a_refusal_by_mailjet_lists_suppresses_at_once_with_its_error(
+    code: str, error: str, kind: Kind
+) -> None:
+    """Mailjet did not send because of an earlier bounce, a spam report or the account's own
+    blacklist: the address is suppressed as that reason, with Mailjet's error as the reason."""
+    doc = event(event=code, error_related_to="recipient", error=error, hard_bounce=False)
+    [found] = make_parser().parse(orjson.dumps(doc)).events
+    assert (found.kind, found.reason) == (kind, error)
+
+
+def test_a_receiving_server_policy_bounce_is_still_counted_by_its_hard_bounce_flag() -> None:
+    doc = event(event="bounce", error_related_to="spam", error="content blocked", hard_bounce=False)
+    [found] = make_parser().parse(orjson.dumps(doc)).events
+    assert (found.kind, found.reason) == (Kind.SOFT_BOUNCE, "content blocked")

@@ -62,7 +62,7 @@ def test_batch_yields_hygiene_events_and_counts_the_rest() -> None:
         "greylisted@example.com": Kind.SOFT_BOUNCE,
         "complainer@example.com": Kind.SPAM_COMPLAINT,
         "leaver@example.com": Kind.UNSUBSCRIBE,
-        "suppressed@example.com": Kind.BLOCKED,
+        "suppressed@example.com": Kind.UNSUBSCRIBE,
     }
     assert result.ignored == Counter(reject=1, suspension=1, delivery=1, open=1, click=1)
     assert result.quarantined == []
@@ -96,7 +96,7 @@ def test_bounce_event_carries_its_details() -> None:
         ({"event": "unsubscribe"}, Kind.UNSUBSCRIBE),
         (
             {"event": "reject", "reason": "Recipient in suppression list. Reason: unsubscription"},
-            Kind.BLOCKED,
+            Kind.UNSUBSCRIBE,
         ),
         ({"event": "reject", "reason": "Domain was not verified in time"}, None),
         ({"event": "reject"}, None),
@@ -278,3 +278,36 @@ def test_malformed_signature_header_is_401(value: str) -> None:
 def test_missing_signature_header_is_401() -> None:
     with pytest.raises(SignatureInvalid, match="missing"):
         make_parser().verify(request(payload("mailtrap", "batch"), {}))
+
+
+@pytest.mark.parametrize(
+    ("entry", "kind"),
+    [
+        ("unsubscription", Kind.UNSUBSCRIBE),
+        ("spam complaint", Kind.SPAM_COMPLAINT),
+        ("hard bounce", Kind.HARD_BOUNCE),
+        ("manual import", Kind.UNSUBSCRIBE),
+        ("some reason added later", Kind.HARD_BOUNCE),
+    ],
+)
+def test_a_reject_by_the_suppression_list_suppresses_as_its_entry_reason(
+    entry: str, kind: Kind
+) -> None:
+    """Mailtrap names why the address is on its suppression list; that reason decides the kind,
+    and the reject's text is kept as the event's reason."""
+    reason = f"Recipient in suppression list. Reason: {entry}"
+    [event] = parse_one(event="reject", reason=reason).events
+    assert (event.kind, event.reason) == (kind, reason)
+
+
+def test_a_receiving_server_policy_bounce_stays_a_block() -> None:
+    [event] = parse_one(
+        event="bounce",
+        response="[CS01] Message rejected due to local policy",
+        response_code=555,
+        bounce_category="spam",
+    ).events
+    assert (event.kind, event.reason) == (
+        Kind.BLOCKED,
+        "[CS01] Message rejected due to local policy",
+    )

@@ -59,7 +59,7 @@ def test_batch_mixes_message_sync_and_engagement_events() -> None:
         ("leaver@example.com", Kind.UNSUBSCRIBE),
         ("denied@example.com", Kind.BLOCKED),
         ("no.such.user@example.com", Kind.HARD_BOUNCE),
-        ("manual.block@example.com", Kind.BLOCKED),
+        ("manual.block@example.com", Kind.UNSUBSCRIBE),
     ]
     assert result.ignored == Counter(
         {"send": 1, "deferral": 1, "open": 1, "click": 1, "blacklist:remove": 1, "whitelist:add": 1}
@@ -115,9 +115,10 @@ def test_message_event_table(code: str, kind: Kind | None) -> None:
         ("blacklist", "add", "hard-bounce", Kind.HARD_BOUNCE),
         ("blacklist", "add", "spam", Kind.SPAM_COMPLAINT),
         ("blacklist", "add", "unsub", Kind.UNSUBSCRIBE),
-        ("blacklist", "add", "soft-bounce", Kind.BLOCKED),
-        ("blacklist", "add", "custom", Kind.BLOCKED),
-        ("blacklist", "add", None, Kind.BLOCKED),
+        ("blacklist", "add", "soft-bounce", Kind.SOFT_BOUNCE),
+        ("blacklist", "add", "custom", Kind.UNSUBSCRIBE),
+        ("blacklist", "add", None, Kind.HARD_BOUNCE),
+        ("blacklist", "add", "a-reason-added-later", Kind.HARD_BOUNCE),
         ("blacklist", "change", "hard-bounce", Kind.HARD_BOUNCE),
         ("denylist", "add", "spam", Kind.SPAM_COMPLAINT),
         ("denylist", "change", "unsub", Kind.UNSUBSCRIBE),
@@ -270,3 +271,41 @@ def test_invalid_events_are_quarantined_with_a_reason() -> None:
     assert reasons[3] == "event code missing"
     assert reasons[4] == "event is not an object"
     assert result.quarantined[4].raw == 42
+
+
+@pytest.mark.parametrize(
+    ("reason", "kind"),
+    [
+        ("hard-bounce", Kind.HARD_BOUNCE),
+        ("spam", Kind.SPAM_COMPLAINT),
+        ("unsub", Kind.UNSUBSCRIBE),
+        ("custom", Kind.UNSUBSCRIBE),
+        ("soft-bounce", Kind.SOFT_BOUNCE),
+        ("invalid", Kind.HARD_BOUNCE),
+        ("a-reason-added-later", Kind.HARD_BOUNCE),
+        ("rule", Kind.BLOCKED),
+    ],
+)
+def test_a_reject_with_its_reason_suppresses_as_that_reason(reason: str, kind: Kind) -> None:
+    """A send Mandrill refused because of its denylist is decided by the rejection's reason, and
+    that reason is the event's."""
+    rejection = {"reason": reason, "detail": "", "email": "someone@example.com"}
+    [event] = receive(orjson.dumps([message_event("reject", reject=rejection)])).events
+    assert (event.kind, event.reason) == (kind, reason)
+
+
+@pytest.mark.parametrize("reason", ["invalid-sender", "unsigned", "test-mode-limit"])
+def test_a_reject_for_the_sender_fault_says_nothing_about_the_address(reason: str) -> None:
+    rejection = {"reason": reason, "email": "someone@example.com"}
+    result = receive(orjson.dumps([message_event("reject", reject=rejection)]))
+    assert result.events == [] and result.ignored == Counter(reject=1)
+
+
+def test_stored_rejects_by_the_denylist_suppress_at_once() -> None:
+    result = receive(payload("mandrill", "reject_denylisted"))
+    assert [(e.email, e.kind, e.reason) for e in result.events] == [
+        ("bounced.before@example.com", Kind.HARD_BOUNCE, "hard-bounce"),
+        ("complained.before@example.com", Kind.SPAM_COMPLAINT, "spam"),
+        ("unsubscribed.before@example.com", Kind.UNSUBSCRIBE, "unsub"),
+        ("no.reason@example.com", Kind.BLOCKED, None),
+    ]

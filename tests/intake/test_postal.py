@@ -110,7 +110,7 @@ def test_non_hygiene_events_are_counted(current: Keypair, case: str) -> None:
 
 @pytest.mark.parametrize(
     "event",
-    ["MessageHeld", "MessageLinkClicked", "MessageLoaded", "DomainDNSError", "SendLimitExceeded"],
+    ["MessageLinkClicked", "MessageLoaded", "DomainDNSError", "SendLimitExceeded"],
 )
 def test_other_postal_events_are_ignored(current: Keypair, event: str) -> None:
     body = orjson.dumps({"event": event, "timestamp": 1.5, "uuid": "u", "payload": {}})
@@ -322,3 +322,30 @@ def test_non_rsa_public_key_stops_startup() -> None:
     )
     with pytest.raises(ConfigError, match="not an RSA public key"):
         make_parser(base64.b64encode(der).decode())
+
+
+def test_a_message_held_for_the_suppression_list_is_a_hard_bounce(current: Keypair) -> None:
+    """Postal puts an address on its suppression list after hard fails and holds later mail to
+    it: proof enough to suppress at once, with Postal's details as the reason."""
+    [event] = verified("held_suppressed", current).events
+    assert (event.email, event.kind) == ("listed@example.com", Kind.HARD_BOUNCE)
+    assert event.reason == (
+        "Recipient (listed@example.com) is on the suppression list (reason: too many hard fails)"
+    )
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        "Credential is configured to hold all messages authenticated by it.",
+        "Message has a spam score higher than the server's maximum.",
+        None,
+    ],
+)
+def test_a_message_held_for_another_reason_is_ignored(
+    current: Keypair, details: str | None
+) -> None:
+    doc = orjson.loads(payload("postal", "held_suppressed"))
+    doc["payload"]["details"] = details
+    result = make_parser(current[1]).parse(orjson.dumps(doc))
+    assert result.events == [] and result.ignored == Counter(MessageHeld=1)

@@ -129,7 +129,7 @@ def test_reactivation_without_message_id_still_gets_a_key() -> None:
         ("SpamComplaint", Kind.SPAM_COMPLAINT),
         ("Blocked", Kind.BLOCKED),
         ("DMARCPolicy", Kind.BLOCKED),
-        ("ManuallyDeactivated", Kind.BLOCKED),
+        ("ManuallyDeactivated", Kind.UNSUBSCRIBE),
         ("Unsubscribe", Kind.UNSUBSCRIBE),
         ("Subscribe", None),
         ("ChallengeVerification", None),
@@ -271,3 +271,17 @@ def test_invalid_record_is_quarantined_with_a_reason(
     assert result.events == []
     [quarantined] = result.quarantined
     assert why in quarantined.reason and quarantined.raw == doc
+
+
+def test_a_manually_deactivated_address_is_an_unsubscribe_at_once() -> None:
+    """Postmark's suppression list holds the address because the sender deactivated it: an
+    opt-out, suppressed at once like SuppressionReason ManualSuppression."""
+    [event] = parse_case("bounce_manually_deactivated").events
+    assert (event.email, event.kind) == ("deactivated@example.com", Kind.UNSUBSCRIBE)
+    assert event.reason == "Manually deactivated by the sender"
+
+
+def test_an_isp_block_stays_a_counted_block() -> None:
+    [event] = parse_case("bounce_blocked").events
+    assert (event.email, event.kind) == ("strict.isp@example.com", Kind.BLOCKED)
+    assert event.reason is not None and "blocked using zen.spamhaus.org" in event.reason

@@ -52,7 +52,7 @@ def changed(case: str, **data: Any) -> bytes:
         ("bounced_transient", "carol@example.com", Kind.SOFT_BOUNCE),
         ("bounced_without_type", "dave@example.com", Kind.HARD_BOUNCE),
         ("complained", "erin@example.com", Kind.SPAM_COMPLAINT),
-        ("suppressed", "frank@example.com", Kind.BLOCKED),
+        ("suppressed", "frank@example.com", Kind.HARD_BOUNCE),
         ("contact_unsubscribed", "ivan@example.com", Kind.UNSUBSCRIBE),
         ("suppression_added", "mallory@example.com", Kind.SPAM_COMPLAINT),
         ("suppression_removed", "niaj@example.com", Kind.RESUBSCRIBE),
@@ -303,3 +303,12 @@ def test_a_missing_header_is_401(missing: str) -> None:
     headers = {k: v for k, v in svix(body).items() if k != missing}
     with pytest.raises(SignatureInvalid):
         make_parser().verify(request(body, headers))
+
+
+def test_a_send_refused_by_the_suppression_list_is_a_hard_bounce_with_resend_reason() -> None:
+    """email.suppressed: Resend's own list refused the send, which only an earlier hard bounce,
+    complaint or manual entry causes, so the address is suppressed at once."""
+    [event] = make_parser().parse(payload("resend", "suppressed")).events
+    assert (event.email, event.kind) == ("frank@example.com", Kind.HARD_BOUNCE)
+    assert event.reason is not None
+    assert event.reason.startswith("Resend has suppressed sending to this address because it is")

@@ -108,12 +108,21 @@ def test_hygiene_events_by_case(ca: CA, signer: SnsSigner, case: str, kind: Kind
     assert (event.source, event.esp) == ("scaleway_tem", "scaleway_tem")
 
 
-def test_a_blocklist_of_another_type_is_blocked(ca: CA, signer: SnsSigner) -> None:
-    message = {**event_of("email_blocklisted"), "blocklist_type": "manual"}
+@pytest.mark.parametrize("blocklist_type", ["unknown_type", "manual", None])
+def test_a_refusal_by_a_blocklist_of_another_type_is_a_hard_bounce(
+    ca: CA, signer: SnsSigner, blocklist_type: str | None
+) -> None:
+    """Scaleway's own blocklist refused the address for a cause it does not name: suppressed
+    at once, with the blocklist's reason."""
+    message = {
+        **event_of("email_blocklisted"),
+        "blocklist_type": blocklist_type,
+        "blocklist_reason": "added by the account",
+    }
     [event] = parsed(
         ca, signer, stored("email_blocklisted", Message=orjson.dumps(message).decode())
     ).events
-    assert event.kind == Kind.BLOCKED
+    assert (event.kind, event.reason) == (Kind.HARD_BOUNCE, "added by the account")
 
 
 def test_retries_of_one_deferred_email_count_once(ca: CA, signer: SnsSigner) -> None:

@@ -328,3 +328,23 @@ def test_metadata_of_an_unexpected_type_does_not_lose_the_event(current: Keypair
     body = orjson.dumps([event(event="bounce", status=550, sg_message_id=["x"], asm_group_id={})])
     [bounce] = make_parser(current[1]).parse(body).events
     assert (bounce.smtp_code, bounce.message_id) == ("550", None)
+
+
+def test_a_drop_by_a_suppression_list_suppresses_with_sendgrid_reason(current: Keypair) -> None:
+    """`dropped` for an address on one of SendGrid's suppression lists suppresses at once as
+    that list; a receiving server's block (`bounce` type blocked) stays a counted block."""
+    result = make_parser(current[1]).parse(payload("sendgrid", "batch"))
+    found = {e.email: (e.kind, e.reason) for e in result.events}
+    assert found["previously.bounced@example.com"] == (Kind.HARD_BOUNCE, "Bounced Address")
+    assert found["previously.unsubscribed@example.com"] == (
+        Kind.UNSUBSCRIBE,
+        "Unsubscribed Address",
+    )
+    assert found["previous.complainer@example.com"] == (
+        Kind.SPAM_COMPLAINT,
+        "Spam Reporting Address",
+    )
+    assert found["blocked@example.com"] == (
+        Kind.BLOCKED,
+        "550 5.7.1 Service unavailable; client host blocked",
+    )

@@ -271,3 +271,45 @@ def test_wrong_or_malformed_credentials_are_401(headers: dict[str, str]) -> None
     with pytest.raises(SignatureInvalid) as exc:
         make_parser().verify(request(payload("sparkpost", "ping"), headers))
     assert exc.value.status == 401
+
+
+def test_a_refusal_by_a_suppression_list_suppresses_as_its_source() -> None:
+    """SparkPost names why it refused to send to a suppressed address: the source decides the
+    kind (system policy, its global list, is a hard bounce), and the reason is kept."""
+    result = parse_case("suppressed")
+    assert [(e.email, e.kind) for e in result.events] == [
+        ("bounced.before@example.com", Kind.HARD_BOUNCE),
+        ("complained.before@example.com", Kind.SPAM_COMPLAINT),
+        ("unsubscribed.before@example.com", Kind.UNSUBSCRIBE),
+        ("global.list@example.com", Kind.HARD_BOUNCE),
+        ("reputation.block@example.com", Kind.BLOCKED),
+    ]
+    assert result.events[1].reason == (
+        "554 5.7.1 recipient address was suppressed due to customer policy (Spam Complaint)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("reason", "kind"),
+    [
+        ("554 5.7.1 recipient address suppressed due to customer policy", Kind.HARD_BOUNCE),
+        (
+            "554 5.7.1 recipient address was suppressed due to customer policy (FBL)",
+            Kind.SPAM_COMPLAINT,
+        ),
+        (
+            "554 5.7.1 recipient address was suppressed due to customer policy (unsubscribe)",
+            Kind.UNSUBSCRIBE,
+        ),
+        (
+            "554 5.7.1 recipient address was suppressed due to customer policy (New Rule)",
+            Kind.HARD_BOUNCE,
+        ),
+        ("550 5.7.1 [internal] recipient blackholed", Kind.BLOCKED),  # another admin policy
+    ],
+)
+def test_admin_failure_table(reason: str, kind: Kind) -> None:
+    wrapper = orjson.loads(payload("sparkpost", "suppressed"))[0]
+    wrapper["msys"]["message_event"].update(raw_reason=reason, reason=reason)
+    [event] = make_parser().parse(orjson.dumps([wrapper])).events
+    assert event.kind == kind

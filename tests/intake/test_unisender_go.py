@@ -138,7 +138,11 @@ def test_status_table(status: str, kind: Kind | None) -> None:
         ("hard_bounced", "err_unsubscribed", Kind.UNSUBSCRIBE),
         ("hard_bounced", "err_blacklisted", Kind.BLOCKED),
         ("hard_bounced", "err_spam_rejected", Kind.BLOCKED),
-        ("hard_bounced", "err_spam_skipped", Kind.BLOCKED),
+        ("hard_bounced", "err_spam_skipped", None),
+        ("hard_bounced", "err_unreachable", Kind.HARD_BOUNCE),
+        ("soft_bounced", "err_unreachable", Kind.HARD_BOUNCE),
+        ("hard_bounced", "err_skip_letter", Kind.SOFT_BOUNCE),
+        ("soft_bounced", "err_unsubscribed", Kind.UNSUBSCRIBE),
         ("hard_bounced", "err_too_large", None),
         ("soft_bounced", "err_mailbox_full", Kind.SOFT_BOUNCE),
         ("soft_bounced", "err_will_retry", None),
@@ -281,3 +285,18 @@ def test_invalid_events_are_quarantined_with_a_reason() -> None:
     assert reasons[4] == "event is not an object"
     events = orjson.loads(payload("unisender_go", "invalid_events"))["events_by_user"][0]["events"]
     assert [q.raw for q in result.quarantined] == events[1:]
+
+
+def test_an_address_unisender_lists_as_unreachable_is_a_hard_bounce_at_once() -> None:
+    """err_unreachable: Unisender did not send because repeated failures put the address on its
+    own list of permanently unavailable addresses; its answer is kept as the reason."""
+    result = receive(payload("unisender_go", "unreachable"))
+    [event] = result.events
+    assert (event.email, event.kind) == ("unreachable@example.com", Kind.HARD_BOUNCE)
+    assert event.reason == "err_unreachable"
+
+
+def test_a_receiving_server_blacklist_stays_a_counted_block() -> None:
+    info = {"delivery_status": "err_blacklisted", "destination_response": "554 5.7.1 listed"}
+    [event] = receive(envelope(status_event("hard_bounced", delivery_info=info))).events
+    assert (event.kind, event.reason) == (Kind.BLOCKED, "554 5.7.1 listed")

@@ -41,9 +41,12 @@ BOUNCE_TYPES: dict[str, Kind] = {
 }
 # bounce.bounceSubType -> Kind, overriding the type; None: about the message, not the address
 BOUNCE_SUBTYPES: dict[str, Kind | None] = {
-    # the account-level list holds bounces, complaints and manual entries: SES's policy, not
-    # the mailbox's answer (a Suppressed bounce, SES's global list, is a hard bounce)
-    "OnAccountSuppressionList": Kind.BLOCKED,
+    # SES did not send because the address is on its global (Suppressed) or the account-level
+    # suppression list: proof of an earlier hard bounce or complaint, so it suppresses at once.
+    # The account list's entry reason (BOUNCE or COMPLAINT) is not in the notification, so it is
+    # a hard bounce. https://docs.aws.amazon.com/ses/latest/dg/notification-contents.html
+    "Suppressed": Kind.HARD_BOUNCE,
+    "OnAccountSuppressionList": Kind.HARD_BOUNCE,
     "MessageTooLarge": None,
     "ContentRejected": None,
     "AttachmentRejected": None,
@@ -82,6 +85,8 @@ class SesBounce(_Lenient):
 class SesComplaint(_Lenient):
     complainedRecipients = fields.List(fields.Raw(), required=True)
     complaintFeedbackType = fields.String(load_default=None)
+    # OnAccountSuppressionList: not sent, the address is on the account's list for a complaint
+    complaintSubType = fields.String(load_default=None)
     timestamp = IsoTime(required=True)
 
 
@@ -218,7 +223,11 @@ class AmazonSesParser(EspParser):
         raw: dict[str, Any],
     ) -> HygieneEvent:
         email = normalize_email(recipient["emailAddress"])
-        reason = text(recipient["diagnosticCode"]) or text(detail.get("complaintFeedbackType"))
+        reason = (
+            text(recipient["diagnosticCode"])
+            or text(detail.get("complaintFeedbackType"))
+            or text(detail.get("complaintSubType"))
+        )
         if "bounceType" in detail:
             reason = reason or "/".join(
                 filter(None, (detail["bounceType"], detail["bounceSubType"]))

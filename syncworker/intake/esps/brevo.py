@@ -36,7 +36,11 @@ KINDS: dict[str, Kind] = {
     # Brevo found the address itself invalid (syntax or a dead domain): nothing will ever arrive
     "invalid_email": Kind.HARD_BOUNCE,
     "soft_bounce": Kind.SOFT_BOUNCE,
-    "blocked": Kind.BLOCKED,
+    # Brevo did not send: the address is on its transactional blocklist, which holds earlier hard
+    # bounces, spam complaints, unsubscriptions and contacts the account blocked
+    # (https://developers.brevo.com/reference/get-transac-blocked-contacts). The event does not
+    # say which, so it is a hard bounce, suppressed at once, with Brevo's reason text.
+    "blocked": Kind.HARD_BOUNCE,
     "spam": Kind.SPAM_COMPLAINT,
     "complaint": Kind.SPAM_COMPLAINT,
     # the docs' event list says "unsubscribed", payloads seen by django-anymail say "unsubscribe"

@@ -35,9 +35,12 @@ KINDS: dict[str, Kind] = {
     "complained": Kind.SPAM_COMPLAINT,
 }
 SEVERITIES: dict[str, Kind] = {"permanent": Kind.HARD_BOUNCE, "temporary": Kind.SOFT_BOUNCE}
-# A permanent `failed` caused by Mailgun's own suppression lists repeats the original reason;
-# calling a previous unsubscribe or complaint a hard bounce would misstate why.
+# A `failed` caused by Mailgun's own suppression lists ("Not delivering to previously bounced
+# address") names the list; it suppresses at once as that list's reason, whatever the severity
+# says (https://documentation.mailgun.com/docs/mailgun/user-manual/events/). Calling a previous
+# unsubscribe or complaint a hard bounce would misstate why.
 REASONS: dict[str, Kind] = {
+    "suppress-bounce": Kind.HARD_BOUNCE,
     "suppress-unsubscribe": Kind.UNSUBSCRIBE,
     "suppress-complaint": Kind.SPAM_COMPLAINT,
 }

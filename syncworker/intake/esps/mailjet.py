@@ -15,12 +15,22 @@ from syncworker.events import HygieneEvent, Kind, content_key, normalize_email
 from syncworker.intake.base import BasicAuthParser, ParseResult, UnixTime, hygiene_items, load_json
 from syncworker.intake.fields import Address
 
-# event -> Kind; `bounce` and `blocked` are refined by BOUNCES and BLOCKED_ERRORS below
+# event -> Kind; `bounce` and `blocked` are refined by BOUNCES and SUPPRESSION_ERRORS below
 KINDS: dict[str, Kind] = {"spam": Kind.SPAM_COMPLAINT, "unsub": Kind.UNSUBSCRIBE}
 BOUNCES: dict[bool, Kind] = {True: Kind.HARD_BOUNCE, False: Kind.SOFT_BOUNCE}  # by `hard_bounce`
-# blocked: `error` -> Kind. Mailjet says only "preblocked" stops all mail to the contact;
-# "duplicate in campaign" and the rest block one message, so they say nothing about the address.
-BLOCKED_ERRORS: dict[str, Kind] = {"preblocked": Kind.BLOCKED}
+# `error` -> Kind where Mailjet did not send because of its own lists, for bounce and blocked
+# events alike; these suppress at once
+# (https://dev.mailjet.com/email/guides/webhooks/#possible-values-for-errors):
+SUPPRESSION_ERRORS: dict[str, Kind] = {
+    # "an address that recently (or repeatedly) bounced. We didn't try to send it"
+    "preblocked": Kind.HARD_BOUNCE,
+    # "a recipient that has reported a previous message from this account as spam"
+    "spam reporter": Kind.SPAM_COMPLAINT,
+    # "a blacklisted recipient for this account": the sender's own exclusion list, an opt-out
+    "blacklisted": Kind.UNSUBSCRIBE,
+}
+# Other blocked errors ("duplicate in campaign", template errors, "sender blocked", "content
+# blocked", ...) block one message, so they say nothing about the address and are ignored.
 
 
 class MailjetEvent(Schema):
@@ -73,10 +83,12 @@ def _text(value: Any) -> str | None:
 
 
 def _kind(code: str, data: dict[str, Any]) -> Kind | None:
-    if code == "bounce":
+    if code in ("bounce", "blocked"):
+        error = data["error"]
+        listed = SUPPRESSION_ERRORS.get(error.strip().lower() if isinstance(error, str) else "")
+        if listed is not None or code == "blocked":
+            return listed
         return BOUNCES[data["hard_bounce"]]
-    if code == "blocked":
-        return BLOCKED_ERRORS.get((data["error"] or "").strip().lower())
     return KINDS[code]
 
 

@@ -44,6 +44,17 @@ BOUNCE_CATEGORIES: dict[str, Kind] = {"spam": Kind.BLOCKED}
 # in time) would block every recipient at once, so it is ignored, like `suspension` (unverified
 # domain or sending limit) and delivery, open and click.
 REJECT_SUPPRESSED = "recipient in suppression list"
+# A suppression-list reject names the entry's reason ("Recipient in suppression list. Reason:
+# unsubscription", https://docs.mailtrap.io/email-api-smtp/advanced/webhooks); that reason -> Kind,
+# lower-cased. It suppresses at once: the entry is an earlier hard bounce, complaint or opt-out.
+# A reason not listed here (or none) is a hard bounce.
+SUPPRESSION_REASONS: dict[str, Kind] = {
+    "hard bounce": Kind.HARD_BOUNCE,
+    "spam complaint": Kind.SPAM_COMPLAINT,
+    "unsubscription": Kind.UNSUBSCRIBE,
+    # an entry the sender imported or added: an opt-out decided by the sender
+    "manual import": Kind.UNSUBSCRIBE,
+}
 SIGNATURE_HEADER = "Mailtrap-Signature"
 
 
@@ -80,7 +91,10 @@ SCHEMAS: dict[str, Schema] = {
 def _kind(code: str, data: dict[str, Any]) -> Kind | None:
     if code == "reject":
         reason = (text(data["reason"]) or "").strip().lower()
-        return Kind.BLOCKED if reason.startswith(REJECT_SUPPRESSED) else None
+        if not reason.startswith(REJECT_SUPPRESSED):
+            return None
+        entry = reason.partition("reason:")[2].strip().rstrip(".")
+        return SUPPRESSION_REASONS.get(entry, Kind.HARD_BOUNCE)
     if code == "bounce":
         category = (text(data["bounce_category"]) or "").lower()
         return BOUNCE_CATEGORIES.get(category, Kind.HARD_BOUNCE)

@@ -43,18 +43,36 @@ KINDS: dict[str, Kind] = {
     "soft_bounce": Kind.SOFT_BOUNCE,
     "spam": Kind.SPAM_COMPLAINT,
     "unsub": Kind.UNSUBSCRIBE,
-    # Mandrill refused to send, mostly because the address is on its rejection denylist
+    # Mandrill refused to send. With the rejection's reason (msg.reject.reason) it is decided by
+    # REJECT_REASONS below; without one it stays a counted block, as Mandrill also rejects for
+    # its sender's faults (unsigned domain, test-mode limit), which the event does not tell apart
     "reject": Kind.BLOCKED,
 }
 # sync events have `type` and `action` instead of `event`; their code here is "type:action".
-# An address added to (or renewed on) the denylist: `reject.reason` -> Kind. Other reasons
-# (soft-bounce, custom, ...) block sending for a while, so they are BLOCKED. Allowlist changes
+# An address added to (or renewed on) the denylist: `reject.reason` -> Kind. Allowlist changes
 # and removals from the denylist (often plain expiry) say nothing new and are ignored.
 DENYLIST_CODES = ("blacklist:add", "blacklist:change", "denylist:add", "denylist:change")
+# Why an address is on Mandrill's denylist (its reject reasons:
+# https://mailchimp.com/developer/transactional/api/rejects/): a send refused for it, or an entry
+# added, suppresses at once as that reason; an unnamed or unknown reason is a hard bounce.
 DENYLIST_REASONS: dict[str, Kind] = {
     "hard-bounce": Kind.HARD_BOUNCE,
+    # Mandrill lists an address after repeated soft bounces, for a while: the cause is temporary
+    "soft-bounce": Kind.SOFT_BOUNCE,
     "spam": Kind.SPAM_COMPLAINT,
     "unsub": Kind.UNSUBSCRIBE,
+    "custom": Kind.UNSUBSCRIBE,  # added by the sender: an opt-out the sender decided
+}
+# A `reject` event's msg.reject.reason, where it is not a denylist reason: the send API's reject
+# reasons (https://mailchimp.com/developer/transactional/api/messages/send-new-message/). None:
+# about the sender or account, not the address, so the event is ignored.
+REJECT_REASONS: dict[str, Kind | None] = {
+    **DENYLIST_REASONS,
+    "invalid": Kind.HARD_BOUNCE,  # the address itself is invalid
+    "rule": Kind.BLOCKED,  # one of the sender's rejection rules, often a whole domain
+    "invalid-sender": None,
+    "unsigned": None,
+    "test-mode-limit": None,
 }
 FIELD = "mandrill_events"
 SIGNATURE_HEADER = "X-Mandrill-Signature"
@@ -68,6 +86,7 @@ class MandrillMessage(Schema):
     email = Address(required=True)
     bounce_description = fields.Raw(load_default=None)
     diag = fields.Raw(load_default=None)
+    reject = fields.Raw(load_default=None)  # a reject event's rejection entry, if Mandrill sends it
 
 
 class MandrillMessageEvent(Schema):
@@ -107,6 +126,21 @@ def _code(item: dict[str, Any]) -> str | None:
     if isinstance(kind, str):
         return f"{kind}:{action}" if isinstance(action, str) else kind
     return None
+
+
+def _rejection(msg: dict[str, Any]) -> dict[str, Any] | None:
+    """A reject event's rejection entry, when it names a reason."""
+    entry = msg["reject"]
+    return entry if isinstance(entry, dict) and text(entry.get("reason")) else None
+
+
+def _kind(code: str, data: dict[str, Any]) -> Kind | None:
+    if code in DENYLIST_CODES:
+        return DENYLIST_REASONS.get(text(data["reject"]["reason"]) or "", Kind.HARD_BOUNCE)
+    rejection = _rejection(data["msg"]) if code == "reject" else None
+    if rejection is not None:
+        return REJECT_REASONS.get(str(text(rejection["reason"])), Kind.HARD_BOUNCE)
+    return KINDS[code]
 
 
 def form_fields(body: bytes) -> list[tuple[str, str]]:
@@ -174,17 +208,25 @@ class MandrillParser(EspParser):
                 result.ignored[code] += 1
             else:
                 for data in validate_items(SCHEMAS[code], [item], result.quarantined):
-                    result.events.append(self._event(code, item, data))
+                    kind = _kind(code, data)
+                    if kind is None:
+                        result.ignored[code] += 1
+                    else:
+                        result.events.append(self._event(code, item, data, kind))
         return result
 
-    def _event(self, code: str, item: dict[str, Any], data: dict[str, Any]) -> HygieneEvent:
+    def _event(
+        self, code: str, item: dict[str, Any], data: dict[str, Any], kind: Kind
+    ) -> HygieneEvent:
         if code in KINDS:
-            kind, msg = KINDS[code], data["msg"]
+            msg = data["msg"]
             email, message_id = normalize_email(msg["email"]), text(data["message_id"])
             diag, reason = text(msg["diag"]), text(msg["bounce_description"])
+            rejection = _rejection(msg)
+            if rejection is not None:
+                reason = text(rejection.get("reason")) or text(rejection.get("detail"))
         else:
             entry = data["reject"]
-            kind = DENYLIST_REASONS.get(text(entry["reason"]) or "", Kind.BLOCKED)
             email, message_id = normalize_email(entry["email"]), None
             diag, reason = None, text(entry["reason"]) or text(entry["detail"])
         found = _SMTP_CODE.search(diag) if diag else None

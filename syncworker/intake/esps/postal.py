@@ -41,8 +41,14 @@ STATUSES: dict[str, Kind] = {"HardFail": Kind.HARD_BOUNCE, "SoftFail": Kind.SOFT
 # MessageBounced (a DSN after the MX accepted the message): hard, unless the bounce says "soft"
 # (bounce.bounce_type, sent by newer Postal builds; the documented payload has no type)
 BOUNCE_TYPES: dict[str, Kind] = {"soft": Kind.SOFT_BOUNCE}
-# MessageSent, MessageHeld, MessageLinkClicked, MessageLoaded, DomainDNSError and SendLimit*
-# say nothing bad about an address; Postal sends no complaint or unsubscribe events.
+# MessageHeld: Postal holds a message it will not send. Held because the recipient is on the
+# server's suppression list (details "Recipient (...) is on the suppression list (reason: too
+# many hard fails)", postalserver/postal app/lib/message_dequeuer/outgoing_message_processor.rb),
+# it is proof of earlier hard fails: a hard bounce, at once. Any other hold (a credential that
+# holds all mail, the spam threshold, development mode) is about the message and is ignored.
+ON_SUPPRESSION_LIST = "is on the suppression list"
+# MessageSent, MessageLinkClicked, MessageLoaded, DomainDNSError and SendLimit* say nothing bad
+# about an address; Postal sends no complaint or unsubscribe events.
 SIGNATURE_256 = "X-Postal-Signature-256"  # RSA-SHA256, Postal >= 3.2
 SIGNATURE_SHA1 = "X-Postal-Signature"  # RSA-SHA1, the only one before 3.2
 _SMTP_CODE = re.compile(r"\A\s*([245]\d\d)\b")
@@ -89,6 +95,7 @@ class PostalBounceEvent(PostalEvent):
 SCHEMAS: dict[str, Schema] = {
     "MessageDeliveryFailed": PostalStatusEvent(),
     "MessageDelayed": PostalStatusEvent(),
+    "MessageHeld": PostalStatusEvent(),
     "MessageBounced": PostalBounceEvent(),
 }
 
@@ -101,6 +108,9 @@ def _kind(code: str, data: dict[str, Any]) -> Kind | None:
         return BOUNCE_TYPES.get(bounce_type or "", Kind.HARD_BOUNCE)
     if payload["message"]["direction"] == "incoming":
         return None  # a failed delivery to one of our own HTTP or SMTP endpoints
+    if code == "MessageHeld":
+        held = ON_SUPPRESSION_LIST in (text(payload["details"]) or "")
+        return Kind.HARD_BOUNCE if held else None
     return STATUSES.get(payload["status"])
 
 

@@ -36,9 +36,14 @@ BOUNCE_TYPES: dict[str, Kind] = {
     "DnsError": Kind.SOFT_BOUNCE,
     "SpamNotification": Kind.SPAM_COMPLAINT,
     "SpamComplaint": Kind.SPAM_COMPLAINT,
+    # the receiving server refused by its own policy (an ISP block, the sender's DMARC policy):
+    # counted, not suppressed at once
     "Blocked": Kind.BLOCKED,
     "DMARCPolicy": Kind.BLOCKED,
-    "ManuallyDeactivated": Kind.BLOCKED,
+    # the address is on Postmark's suppression list because the sender deactivated it: an
+    # opt-out decided by the sender, as SuppressionReason ManualSuppression below
+    # (https://postmarkapp.com/developer/api/bounce-api#bounce-types)
+    "ManuallyDeactivated": Kind.UNSUBSCRIBE,
     "Unsubscribe": Kind.UNSUBSCRIBE,
 }
 # RecordType "SubscriptionChange" with SuppressSending true: SuppressionReason -> Kind

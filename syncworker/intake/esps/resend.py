@@ -28,9 +28,10 @@ from syncworker.intake.fields import Address, load_address
 # type -> Kind for types whose kind needs no second field
 KINDS: dict[str, Kind] = {
     "email.complained": Kind.SPAM_COMPLAINT,
-    # Resend did not send: the address is on the account suppression list (an earlier hard
-    # bounce, complaint or manual entry; the event does not say which), so it counts as a block
-    "email.suppressed": Kind.BLOCKED,
+    # Resend did not send: the address is on the account suppression list, which only an earlier
+    # hard bounce, complaint or manual entry puts it on. The event does not say which, so it is a
+    # hard bounce, suppressed at once (https://resend.com/docs/dashboard/emails/email-suppressions)
+    "email.suppressed": Kind.HARD_BOUNCE,
 }
 # email.bounced: data.bounce.type -> Kind. A bounce without a type (older payloads) is hard, as
 # the event is documented: "the recipient's mail server permanently rejected the email".

@@ -42,8 +42,11 @@ KINDS: dict[str, Kind] = {
     "email_spam": Kind.SPAM_COMPLAINT,
 }
 # email_blocklisted (a send refused by a blocklist) and blocklist_created: blocklist_type -> Kind.
-# Scaleway blocklists an address after a "mailbox not found" or "mailbox full" answer; a type it
-# adds later is its policy, so blocked.
+# Scaleway blocklists an address after a "mailbox not found" or "mailbox full" answer
+# (https://www.scaleway.com/en/docs/transactional-email/concepts/). The refusal is the
+# kind of its cause: a mailbox not found suppresses at once, a full mailbox (a temporary
+# blocklist) is a soft bounce. Any other type (unknown_type, or one added later) is still
+# Scaleway's own list refusing the address, so it is a hard bounce.
 BLOCKLIST_TYPES: dict[str, Kind] = {
     "mailbox_not_found": Kind.HARD_BOUNCE,
     "mailbox_full": Kind.SOFT_BOUNCE,
@@ -127,7 +130,7 @@ class ScalewayTemParser(EspParser):
         if code in KINDS:
             kind = KINDS[code]
         else:
-            kind = BLOCKLIST_TYPES.get(data["blocklist_type"] or "", Kind.BLOCKED)
+            kind = BLOCKLIST_TYPES.get(data["blocklist_type"] or "", Kind.HARD_BOUNCE)
         email = normalize_email(data["email_to"])
         event_id, email_id = text(data["id"]), text(data["email_id"])
         if code == "email_deferred" and email_id:

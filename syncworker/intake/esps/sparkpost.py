@@ -7,6 +7,7 @@ https://support.sparkpost.com/docs/tech-resources/webhook-authentication
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from marshmallow import EXCLUDE, Schema, fields
@@ -41,12 +42,28 @@ BOUNCE_CLASSES: dict[str, Kind] = {
     # Block: the receiver refused this sender or content (mail block, spam block or content,
     # prohibited attachment, relaying denied)
     **dict.fromkeys(("50", "51", "52", "53", "54"), Kind.BLOCKED),
-    # Admin: SparkPost's policies refused to send (e.g. the address is on its suppression list);
-    # like Mailgun `rejected`, nothing reached the MX
+    # Admin: SparkPost's policies refused to send (a suppression list is decided by
+    # SUPPRESSED below); like Mailgun `rejected`, nothing reached the MX
     "25": Kind.BLOCKED,
 }
 # Not hygiene: 26 Smart Send suppression (a send-frequency rule), 60 auto-reply and
 # 100 challenge-response (the mailbox is alive and answered), 80 a subscribe request.
+#
+# A send refused because the address is on a suppression list is a bounce of class 25 (once a
+# policy_rejection) whose reason says so: "recipient address was suppressed due to customer
+# policy" for the account's list, "... due to system policy" for SparkPost's global one
+# (https://support.sparkpost.com/docs/tech-resources/preparing-for-async-suppressions); the
+# dashboard adds the entry's source, e.g. "(Spam Complaint)", "(Bounce Rule)", "(Unsubscribe
+# Rule)" (https://support.sparkpost.com/docs/user-guide/using-suppression-lists). It suppresses
+# at once, as its source: source (lower-cased) -> Kind; an unknown or no source is a hard bounce.
+SUPPRESSED = re.compile(r"suppressed due to (?:customer|system) policy(?:\s*\(([^)]*)\))?", re.I)
+SUPPRESSION_SOURCES: dict[str, Kind] = {
+    "bounce rule": Kind.HARD_BOUNCE,
+    "spam complaint": Kind.SPAM_COMPLAINT,
+    "fbl": Kind.SPAM_COMPLAINT,  # a feedback-loop complaint
+    "unsubscribe rule": Kind.UNSUBSCRIBE,
+    "unsubscribe": Kind.UNSUBSCRIBE,
+}
 BOUNCE_TYPES = frozenset({"bounce", "out_of_band", "policy_rejection", "generation_rejection"})
 # event type -> Kind where no bounce_class is involved
 KINDS: dict[str, Kind] = {
@@ -91,6 +108,10 @@ SCHEMAS.update(
 
 def _kind(code: str, data: dict[str, Any]) -> Kind | None:
     if code in BOUNCE_TYPES:
+        reason = text(data["raw_reason"]) or text(data["reason"]) or ""
+        if suppressed := SUPPRESSED.search(reason):
+            source = (suppressed.group(1) or "").strip().lower()
+            return SUPPRESSION_SOURCES.get(source, Kind.HARD_BOUNCE)
         return BOUNCE_CLASSES.get(text(data["bounce_class"]) or "")
     return KINDS[code]
 

@@ -43,11 +43,21 @@ STATUSES: dict[str, Kind] = {
     "subscribed": Kind.RESUBSCRIBE,  # the recipient undid an unsubscribe from the same message
 }
 # A bounce's delivery_info.delivery_status says why; where that is not the mailbox, it decides.
+# Meanings: https://godocs.unisender.ru/email-statuses (the same codes as UniOne's docs).
 DELIVERY_STATUSES: dict[str, Kind | None] = {
-    "err_unsubscribed": Kind.UNSUBSCRIBE,  # not sent: the address unsubscribed earlier
-    "err_blacklisted": Kind.BLOCKED,  # not sent: the address is on Unisender's blocklist
+    # not sent because of Unisender's own lists: these suppress at once, as their cause
+    "err_unsubscribed": Kind.UNSUBSCRIBE,  # the address unsubscribed earlier
+    # "numerous delivery failures lead to mark this email address as permanently unavailable"
+    "err_unreachable": Kind.HARD_BOUNCE,
+    # "sending has been canceled because the email address is temporarily unavailable": a
+    # temporary listing, so its cause is a soft bounce
+    "err_skip_letter": Kind.SOFT_BOUNCE,
+    # the receiving server refused by its policy: counted blocks
+    "err_blacklisted": Kind.BLOCKED,  # "sender IP or sender domain is found in a black list"
     "err_spam_rejected": Kind.BLOCKED,  # the receiving server refused the message as spam
-    "err_spam_skipped": Kind.BLOCKED,
+    # "sending has been canceled because the campaign has been blocked as a spam": the campaign,
+    # not the address
+    "err_spam_skipped": None,
     "err_too_large": None,  # the message was too big: nothing is wrong with the address
     "err_will_retry": None,  # a soft bounce Unisender will retry: a delay, not a failure yet
 }

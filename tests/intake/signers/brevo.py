@@ -29,9 +29,8 @@ def signer() -> EspSigner:
         sample=(
             "batched",
             {
-                "hard_bounce": 2,
+                "hard_bounce": 3,
                 "soft_bounce": 1,
-                "blocked": 1,
                 "spam_complaint": 2,
                 "unsubscribe": 1,
             },

@@ -37,9 +37,9 @@ def signer() -> EspSigner:
             {
                 "hard_bounce": 1,
                 "soft_bounce": 1,
-                "blocked": 2,
+                "blocked": 1,
                 "spam_complaint": 1,
-                "unsubscribe": 1,
+                "unsubscribe": 2,
             },
         ),
     )

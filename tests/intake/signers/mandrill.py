@@ -63,8 +63,8 @@ def signer() -> EspSigner:
                 "hard_bounce": 2,
                 "soft_bounce": 1,
                 "spam_complaint": 1,
-                "unsubscribe": 1,
-                "blocked": 2,
+                "unsubscribe": 2,
+                "blocked": 1,
             },
         ),
     )
