@@ -211,7 +211,8 @@ def test_what_any_source_accepts_is_applied_or_quarantined(
     use_runtime(settings_)
     client = create_app(settings_).test_client()
     body = payload(esp, signer.sample[0])
-    address = data.draw(st.builds("{}@{}".format, LOCALS, DOMAINS), label="address")
+    bare = st.builds("{}@{}".format, LOCALS, DOMAINS)
+    address = data.draw(st.one_of(bare, bare.map("Jane Q. Doe <{}>".format)), label="address")
     vendor_id = data.draw(IDS, label="id")
     # a function as the replacement: its text is used as it is, escapes included
     body = ADDRESS_IN_TEXT.sub(lambda _: _json_text(address), body)
@@ -234,6 +235,7 @@ def test_what_any_source_accepts_is_applied_or_quarantined(
     assert len(admitted) == expected
     for event in admitted:
         assert redis_conn.exists(DEDUPE + event.key) or event.key in refused, event.key
+        assert "<" not in event.email  # a display name is dropped, the bare address kept
     assert not refused, "the worker refused what the web accepted"
 
 
