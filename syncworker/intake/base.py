@@ -127,6 +127,22 @@ class EspParser:
         """The current and, during rotation, previous value of a secret setting."""
         return self.source.secrets(key)
 
+    def generations(self, *keys: str) -> list[tuple[str, ...]]:
+        """The values of settings that only work together (a user and its password), one tuple
+        per generation: the current values, then, during rotation, the ``_PREVIOUS`` ones, where
+        a key without a ``_PREVIOUS`` value keeps its current value. A request must match one
+        generation in full: an old user with a new password is no credential anybody was given.
+        """
+        current = tuple(self.source.get(key) for key in keys)
+        found = [current]
+        if any(self.source.get(key + "_PREVIOUS") for key in keys):
+            previous = tuple(
+                self.source.get(key + "_PREVIOUS") or self.source.get(key) for key in keys
+            )
+            if previous != current:
+                found.append(previous)
+        return found
+
     def event_key(
         self,
         vendor_id: str | None,
@@ -186,7 +202,8 @@ class BasicAuthParser(EspParser):
     settings = ("USERNAME", "PASSWORD")
 
     def verify(self, request: InboundRequest) -> None:
-        pairs = [(u, p) for u in self.secrets("USERNAME") for p in self.secrets("PASSWORD")]
+        # USERNAME and PASSWORD rotate together: a pair is accepted only from one generation
+        pairs = [(user, password) for user, password in self.generations("USERNAME", "PASSWORD")]
         check_basic_auth(request, pairs)
 
 
