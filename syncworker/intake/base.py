@@ -115,6 +115,20 @@ class EspParser:
         """
         raise PayloadInvalid(f"{type(self).__name__} does not implement parse_item()")
 
+    def replay_nonce(self, request: InboundRequest) -> str | None:
+        """What makes a verified request single-use, for a scheme whose signature does not bind
+        the body: the route claims it in Redis for ``nonce_ttl_s`` before it writes anything and
+        refuses a second request carrying it (401). ``None`` (the default): the signature covers
+        the body, so a replay can only repeat the same events, which the ledger dedupes."""
+        return None
+
+    @property
+    def nonce_ttl_s(self) -> int:
+        """How long a claimed nonce is remembered: while its signature could still pass the skew
+        check (a timestamp up to the tolerance ahead of our clock stays acceptable until the
+        tolerance has passed behind it)."""
+        return math.ceil(2 * self.source.signature_tolerance_s) + 1
+
     def kept_headers(self, headers: HeaderMap) -> dict[str, str]:
         """The headers ``parse_request`` reads, kept with a verified body that could not be
         parsed, so a replay can pass them back. Never a signature or a secret: only what the

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import socket
+import threading
+import time
 from collections import Counter
 from typing import Any
 
 import orjson
 import pytest
+import redis
+from flask.testing import FlaskClient
+from rq import Queue
+from rq.serializers import JSONSerializer
 
 from syncworker.config import SourceConfig
 from syncworker.errors import PayloadInvalid, SignatureInvalid
 from syncworker.events import Kind
 from syncworker.intake.esps.mailgun import MailgunParser
+from syncworker.queueing import INGEST
+from syncworker.redis_server import RedisServer, free_port
+from syncworker.web import create_app
+from tests.conftest import SettingsFactory
 from tests.intake.signing import mailgun_body, payload, request, resign_mailgun, sign_mailgun
 
 NOW = 1_700_000_050
@@ -254,3 +266,151 @@ def test_metadata_of_an_unexpected_shape_does_not_lose_the_event(change: dict[st
     doc["event-data"].update(change)
     [event] = make_parser().parse(orjson.dumps(doc)).events
     assert event.kind == Kind.HARD_BOUNCE
+
+
+# -- single use, through the app -----------------------------------------------------------------
+
+
+class DroppingProxy:
+    """A loopback TCP proxy in front of the test Redis that, while ``drop`` is set, cuts any
+    connection whose command names ``EVALSHA`` (the ingest job write) instead of forwarding it:
+    Redis lost between a request's nonce claim and its job write."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.drop = False
+        self.dropped = 0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.server.getsockname()[1])
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self.sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, outbound: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if outbound and self.drop and b"EVALSHA" in data:
+                    self.dropped += 1
+                    break
+                target.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, target):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self.server.close()
+        for sock in self.sockets:
+            sock.close()
+
+
+def _mailgun_app(make_settings: SettingsFactory, **overrides: Any) -> FlaskClient:
+    settings = make_settings(sources={"mailgun": ("mailgun", {"SIGNING_KEY": KEY})}, **overrides)
+    return create_app(settings).test_client()
+
+
+def _event(case: str, recipient: str | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = orjson.loads(payload("mailgun", case))["event-data"]
+    data["timestamp"] = float(int(time.time()))
+    if recipient is not None:
+        data["recipient"] = recipient
+    return data
+
+
+def _nonce_keys(conn: redis.Redis) -> list[bytes]:
+    return list(conn.scan_iter(match="sw:nonce:*"))
+
+
+def test_a_signature_is_accepted_once_even_with_other_event_data(
+    make_settings: SettingsFactory, redis_conn: redis.Redis
+) -> None:
+    """A captured signature posted again with a victim's address in event-data is refused (401,
+    with a reason) and queues nothing; so is an exact repeat."""
+    client = _mailgun_app(make_settings)
+    signature = sign_mailgun(KEY)
+    genuine = {"signature": signature, "event-data": _event("complained")}
+    forged = {"signature": signature, "event-data": _event("complained", "victim@example.com")}
+    assert client.post("/webhooks/mailgun", json=genuine).status_code == 200
+    jobs = Queue(INGEST, connection=redis_conn, serializer=JSONSerializer).count
+    for body in (forged, genuine):
+        response = client.post("/webhooks/mailgun", json=body)
+        assert response.status_code == 401
+        assert response.json is not None and response.json["error"] == "signature_invalid"
+        assert "already used" in response.json["detail"]
+    assert Queue(INGEST, connection=redis_conn, serializer=JSONSerializer).count == jobs == 1
+    assert b"victim" not in b"".join(redis_conn.dump(k) or b"" for k in redis_conn.keys("rq:*"))
+
+
+def test_a_new_signature_for_the_same_event_is_accepted(
+    make_settings: SettingsFactory, redis_conn: redis.Redis
+) -> None:
+    """A retry, signed again, is not a replay (the ledger dedupes its events by key)."""
+    client = _mailgun_app(make_settings)
+    data = _event("failed_permanent")
+    for _ in range(2):
+        body = {"signature": sign_mailgun(KEY), "event-data": data}
+        assert client.post("/webhooks/mailgun", json=body).status_code == 200
+    assert len(_nonce_keys(redis_conn)) == 2
+
+
+def test_a_claim_is_kept_for_the_skew_window_only(
+    make_settings: SettingsFactory, redis_conn: redis.Redis
+) -> None:
+    source = SourceConfig("mailgun", "mailgun", {"SIGNING_KEY": KEY}, signature_tolerance_s=120)
+    client = create_app(make_settings().replace(sources={"mailgun": source})).test_client()
+    body = {"signature": sign_mailgun(KEY), "event-data": _event("complained")}
+    assert client.post("/webhooks/mailgun", json=body).status_code == 200
+    [key] = _nonce_keys(redis_conn)
+    assert 0 < redis_conn.ttl(key) <= 2 * 120 + 1
+    assert TOKEN not in key.decode()  # hashed: fixed length, whatever the nonce is
+
+
+def test_an_unverified_request_claims_nothing(
+    make_settings: SettingsFactory, redis_conn: redis.Redis
+) -> None:
+    client = _mailgun_app(make_settings)
+    signature = {**sign_mailgun(KEY), "signature": "ab" * 32}
+    body = {"signature": signature, "event-data": _event("complained")}
+    assert client.post("/webhooks/mailgun", json=body).status_code == 401
+    assert _nonce_keys(redis_conn) == []
+
+
+def test_a_job_that_cannot_be_written_releases_its_claim(
+    make_settings: SettingsFactory, redis_server: RedisServer, redis_conn: redis.Redis
+) -> None:
+    """Redis is lost after the claim, before the job is written: 503 with Retry-After, and the
+    claim is gone, so the same delivery sent again is accepted, not refused as a replay."""
+    proxy = DroppingProxy(redis_server.port)
+    try:
+        client = _mailgun_app(make_settings, redis_url=f"redis://127.0.0.1:{proxy.port}/0")
+        body = {"signature": sign_mailgun(KEY), "event-data": _event("complained")}
+        proxy.drop = True
+        response = client.post("/webhooks/mailgun", json=body)
+        assert response.status_code == 503 and response.headers["Retry-After"] == "60"
+        assert proxy.dropped == 1
+        assert _nonce_keys(redis_conn) == []
+        proxy.drop = False
+        assert client.post("/webhooks/mailgun", json=body).status_code == 200
+    finally:
+        proxy.close()
+    assert Queue(INGEST, connection=redis_conn, serializer=JSONSerializer).count == 1
+
+
+def test_redis_unreachable_while_claiming_is_503(make_settings: SettingsFactory) -> None:
+    client = _mailgun_app(make_settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    body = {"signature": sign_mailgun(KEY), "event-data": _event("complained")}
+    response = client.post("/webhooks/mailgun", json=body)
+    assert response.status_code == 503 and response.headers["Retry-After"] == "60"
+    assert response.json is not None and response.json["error"] == "unavailable"
