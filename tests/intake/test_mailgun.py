@@ -10,6 +10,7 @@ import threading
 import time
 from collections import Counter
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 import pytest
@@ -21,12 +22,20 @@ from rq.serializers import JSONSerializer
 from syncworker.config import SourceConfig
 from syncworker.errors import PayloadInvalid, SignatureInvalid
 from syncworker.events import Kind
+from syncworker.intake.base import InboundRequest
 from syncworker.intake.esps.mailgun import MailgunParser
 from syncworker.queueing import INGEST
 from syncworker.redis_server import RedisServer, free_port
 from syncworker.web import create_app
 from tests.conftest import SettingsFactory
-from tests.intake.signing import mailgun_body, payload, request, resign_mailgun, sign_mailgun
+from tests.intake.signing import (
+    mailgun_body,
+    mailgun_legacy_request,
+    payload,
+    request,
+    resign_mailgun,
+    sign_mailgun,
+)
 
 NOW = 1_700_000_050
 KEY = "key-current-0123456789abcdef"
@@ -266,6 +275,186 @@ def test_metadata_of_an_unexpected_shape_does_not_lose_the_event(change: dict[st
     doc["event-data"].update(change)
     [event] = make_parser().parse(orjson.dumps(doc)).events
     assert event.kind == Kind.HARD_BOUNCE
+
+
+# -- legacy form posts ---------------------------------------------------------------------------
+
+
+def legacy_fields(case: str) -> list[list[str]]:
+    fields: list[list[str]] = orjson.loads(payload("mailgun", case))["legacy-form"]
+    return fields
+
+
+def legacy(case: str, key: str = KEY, timestamp: int = NOW, token: str = TOKEN) -> InboundRequest:
+    return mailgun_legacy_request(legacy_fields(case), key, timestamp, token)
+
+
+@pytest.mark.parametrize(
+    ("case", "kind"),
+    [
+        ("legacy_bounced", Kind.HARD_BOUNCE),
+        ("legacy_dropped_old", Kind.SOFT_BOUNCE),
+        ("legacy_dropped_hardfail", Kind.HARD_BOUNCE),
+        ("legacy_dropped_complained", Kind.SPAM_COMPLAINT),
+        ("legacy_complained", Kind.SPAM_COMPLAINT),
+        ("legacy_unsubscribed", Kind.UNSUBSCRIBE),
+    ],
+)
+def test_legacy_posts_are_verified_and_parsed(case: str, kind: Kind) -> None:
+    req = legacy(case)
+    parser = make_parser()
+    parser.verify(req)
+    result = parser.parse_request(req)
+    [event] = result.events
+    assert event.kind == kind
+    assert event.key == f"mailgun:{TOKEN}"  # keyed like a JSON post: by the signed token
+    assert event.occurred_at == NOW  # a legacy post's only time is its signed timestamp
+    assert event.raw["signature"] == {"token": TOKEN, "timestamp": str(NOW)}
+    assert parser.parse_item(orjson.loads(orjson.dumps(event.raw))).events == [event]
+    assert result.quarantined == [] and result.ignored == Counter()
+
+
+def test_legacy_bounce_carries_its_details() -> None:
+    [event] = make_parser().parse_request(legacy("legacy_bounced")).events
+    assert event.email == "alice@example.com"
+    assert event.message_id == "20130503182626.18666.16540@mg.example.com"
+    assert event.smtp_code == "550"
+    assert event.reason is not None and event.reason.startswith("5.1.1 The email account")
+    # a user variable named like an event field comes after Mailgun's own value
+    assert event.raw["legacy"]["event"] == "bounced"
+    assert "my_var_1" not in event.raw["legacy"]
+
+
+def test_legacy_delivered_is_counted_not_returned() -> None:
+    result = make_parser().parse_request(legacy("legacy_delivered"))
+    assert result.events == [] and result.ignored == Counter(delivered=1)
+
+
+def test_legacy_post_is_read_without_its_content_type() -> None:
+    """A body kept in the quarantine comes back without headers: it is still read as a form."""
+    req = legacy("legacy_unsubscribed")
+    [event] = make_parser().parse(req.body).events
+    assert event.kind == Kind.UNSUBSCRIBE and event.message_id is not None
+
+
+def test_legacy_multipart_post_with_an_attachment_is_verified_and_parsed() -> None:
+    """Bounce, drop and complaint posts carrying the ESP's attachment are multipart."""
+    signed = sign_mailgun(KEY, NOW, TOKEN)
+    fields = [*legacy_fields("legacy_complained"), *signed.items()]
+    boundary = "mailgun-test-boundary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="attachment-1"; '
+        f'filename="report.eml"\r\nContent-Type: message/rfc822\r\n\r\n'.encode()
+        + b"\xff\xfe not text \r\n"
+    )
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    parser = make_parser()
+    req = request(body, headers)
+    parser.verify(req)
+    assert parser.replay_nonce(req) == f"{NOW}:{TOKEN}"
+    [event] = parser.parse_request(req).events
+    assert (event.kind, event.email) == (Kind.SPAM_COMPLAINT, "frank@example.com")
+    assert parser.kept_headers(req.headers) == headers  # the boundary, to read it again
+
+
+def test_legacy_signature_fields_take_mailguns_value_after_a_user_variable() -> None:
+    """A user variable named token comes first; Mailgun's signed token is the last value."""
+    req = mailgun_legacy_request(
+        [["token", "user-variable"], *legacy_fields("legacy_bounced")], KEY, NOW, TOKEN
+    )
+    parser = make_parser()
+    parser.verify(req)
+    assert parser.replay_nonce(req) == f"{NOW}:{TOKEN}"
+    assert parser.parse_request(req).events[0].key == f"mailgun:{TOKEN}"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"signature": "ab" * 32},
+        {"token": "x" * 50},
+        {"timestamp": str(NOW + 1)},
+        {"timestamp": "yesterday"},
+        {"signature": ""},
+    ],
+)
+def test_legacy_post_with_a_bad_signature_is_401(change: dict[str, str]) -> None:
+    signed = {**sign_mailgun(KEY, NOW, TOKEN), **change}
+    fields = [(k, v) for k, v in legacy_fields("legacy_bounced")] + list(signed.items())
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    with pytest.raises(SignatureInvalid) as exc:
+        make_parser().verify(request(urlencode(fields).encode(), headers))
+    assert exc.value.status == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"event=bounced&recipient=a%40example.com", "application/x-www-form-urlencoded"),
+        (b"\xff=\xfe", "application/x-www-form-urlencoded"),
+        (b"--x\r\nbroken", "multipart/form-data; boundary=x"),
+        (b"a=b", "multipart/form-data"),
+    ],
+)
+def test_legacy_post_without_a_readable_signature_is_401(body: bytes, content_type: str) -> None:
+    with pytest.raises(SignatureInvalid):
+        make_parser().verify(request(body, {"Content-Type": content_type}))
+
+
+def test_stale_legacy_post_is_refused() -> None:
+    with pytest.raises(SignatureInvalid, match="skew"):
+        make_parser().verify(legacy("legacy_bounced", timestamp=NOW - 301))
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [({"recipient": "not-an-address"}, "Not a valid email"), ({"recipient": None}, "recipient")],
+)
+def test_invalid_legacy_event_is_quarantined_and_replays(change: dict[str, Any], why: str) -> None:
+    fields = [[k, v] for k, v in legacy_fields("legacy_bounced") if k != "recipient"]
+    if change["recipient"] is not None:
+        fields.append(["recipient", change["recipient"]])
+    req = mailgun_legacy_request(fields, KEY, NOW, TOKEN)
+    parser = make_parser()
+    parser.verify(req)
+    result = parser.parse_request(req)
+    [bad] = result.quarantined
+    assert why in bad.reason and result.events == []
+    [again] = parser.parse_item(orjson.loads(orjson.dumps(bad.raw))).quarantined
+    assert (again.reason, again.raw) == (bad.reason, bad.raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"legacy": {"event": "bounced"}, "signature": {"token": TOKEN}},
+        {"legacy": {"event": 5}, "signature": {"token": TOKEN, "timestamp": "1"}},
+        {"legacy": [], "signature": {"token": TOKEN, "timestamp": "1"}},
+    ],
+)
+def test_a_legacy_item_without_what_keys_it_is_payload_invalid(raw: dict[str, Any]) -> None:
+    with pytest.raises(PayloadInvalid):
+        make_parser().parse_item(raw)
+
+
+def test_legacy_signature_is_accepted_once_through_the_app(
+    make_settings: SettingsFactory, redis_conn: redis.Redis
+) -> None:
+    client = _mailgun_app(make_settings)
+    req = mailgun_legacy_request(legacy_fields("legacy_bounced"), KEY)
+    headers = dict(req.headers)  # type: ignore[call-overload]
+    assert client.post("/webhooks/mailgun", data=req.body, headers=headers).status_code == 200
+    # the same signature with another recipient
+    forged = req.body.replace(b"Alice%40Example.com", b"victim%40example.com")
+    assert forged != req.body
+    again = client.post("/webhooks/mailgun", data=forged, headers=headers)
+    assert again.status_code == 401 and again.json is not None
+    assert Queue(INGEST, connection=redis_conn, serializer=JSONSerializer).count == 1
 
 
 # -- single use, through the app -----------------------------------------------------------------
