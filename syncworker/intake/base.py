@@ -191,6 +191,18 @@ def equal(a: str | bytes, b: str | bytes) -> bool:
 
 def check_basic_auth(request: InboundRequest, credentials: Iterable[tuple[str, str]]) -> None:
     """Accept the request if its Basic credentials match any configured pair."""
+    user, password = basic_credentials(request)
+    ok = False
+    for want_user, want_password in credentials:
+        # no early exit: every configured pair is compared
+        ok |= equal(user, want_user) & equal(password, want_password)
+    if not ok:
+        raise SignatureInvalid("basic auth credentials do not match")
+
+
+def basic_credentials(request: InboundRequest) -> tuple[str, str]:
+    """The user and password of the request's Basic Authorization header; SignatureInvalid if
+    there is none or it is malformed."""
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "basic" or not value:
@@ -202,12 +214,7 @@ def check_basic_auth(request: InboundRequest, credentials: Iterable[tuple[str, s
     user, sep, password = decoded.partition(":")
     if not sep:
         raise SignatureInvalid("basic auth header malformed")
-    ok = False
-    for want_user, want_password in credentials:
-        # no early exit: every configured pair is compared
-        ok |= equal(user, want_user) & equal(password, want_password)
-    if not ok:
-        raise SignatureInvalid("basic auth credentials do not match")
+    return user, password
 
 
 class BasicAuthParser(EspParser):
