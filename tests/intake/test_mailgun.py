@@ -16,6 +16,8 @@ import orjson
 import pytest
 import redis
 from flask.testing import FlaskClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rq import Queue
 from rq.serializers import JSONSerializer
 
@@ -440,6 +442,35 @@ def test_invalid_legacy_event_is_quarantined_and_replays(change: dict[str, Any],
 def test_a_legacy_item_without_what_keys_it_is_payload_invalid(raw: dict[str, Any]) -> None:
     with pytest.raises(PayloadInvalid):
         make_parser().parse_item(raw)
+
+
+LEGACY_NAMES = st.sampled_from(
+    ["event", "recipient", "code", "reason", "description", "error", "notification", "Message-Id",
+     "message-headers", "token", "timestamp", "signature", "my_var"]
+)  # fmt: skip
+LEGACY_VALUES = st.one_of(
+    st.sampled_from(["bounced", "dropped", "complained", "unsubscribed", "delivered", "old"]),
+    st.sampled_from(["hardfail", "605", "607", "a@example.com", "[]", '[["Message-Id", 5]]']),
+    st.text(max_size=30),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(fields=st.lists(st.tuples(LEGACY_NAMES, LEGACY_VALUES), max_size=12))
+def test_any_signed_legacy_post_gets_a_clear_answer(fields: list[tuple[str, str]]) -> None:
+    """Whatever fields a verified legacy post holds: a result or a 400, and each event or
+    quarantined item it yields replays to one outcome."""
+    parser = make_parser()
+    req = mailgun_legacy_request(fields, KEY, NOW, TOKEN)
+    parser.verify(req)
+    try:
+        result = parser.parse_request(req)
+    except PayloadInvalid:
+        return
+    assert len(result.events) + sum(result.ignored.values()) + len(result.quarantined) == 1
+    for raw in [*(e.raw for e in result.events), *(q.raw for q in result.quarantined)]:
+        again = parser.parse_item(orjson.loads(orjson.dumps(raw)))
+        assert len(again.events) + sum(again.ignored.values()) + len(again.quarantined) == 1
 
 
 def test_legacy_signature_is_accepted_once_through_the_app(
