@@ -14,6 +14,8 @@ import logging
 
 import redis
 
+from syncworker.errors import Unavailable
+
 log = logging.getLogger(__name__)
 
 NONCE = "sw:nonce:"  # sw:nonce:<source>:<sha256 of the nonce> -> "1", expires with the skew window
@@ -25,9 +27,14 @@ def nonce_key(source: str, nonce: str) -> str:
 
 
 def claim(conn: redis.Redis, source: str, nonce: str, ttl_s: int) -> bool:
-    """True if this is the first claim of ``nonce`` within ``ttl_s``; Redis errors propagate
-    (the route answers 503, like any Redis trouble)."""
-    return bool(conn.set(nonce_key(source, nonce), b"1", nx=True, ex=max(1, ttl_s)))
+    """True if this is the first claim of ``nonce`` within ``ttl_s``. Redis out of reach
+    propagates (the app answers 503); a Redis that refuses the write (out of memory, a read-only
+    replica) is Unavailable, a 503 too: the sender retries, nothing was accepted."""
+    try:
+        return bool(conn.set(nonce_key(source, nonce), b"1", nx=True, ex=max(1, ttl_s)))
+    except redis.ResponseError as exc:
+        reason = type(exc).__name__  # OutOfMemoryError, ReadOnlyError, ...
+        raise Unavailable(f"Redis refused to record the signature ({reason})") from None
 
 
 def release(conn: redis.Redis, source: str, nonce: str) -> None:

@@ -634,3 +634,24 @@ def test_redis_unreachable_while_claiming_is_503(make_settings: SettingsFactory)
     response = client.post("/webhooks/mailgun", json=body)
     assert response.status_code == 503 and response.headers["Retry-After"] == "60"
     assert response.json is not None and response.json["error"] == "unavailable"
+
+
+def test_redis_refusing_the_claim_is_503(
+    make_settings: SettingsFactory, redis_conn: redis.Redis
+) -> None:
+    """Out of memory (noeviction): the write of the claim is refused; 503 with Retry-After, so
+    Mailgun retries, never a 500."""
+    client = _mailgun_app(make_settings)
+    body = {"signature": sign_mailgun(KEY), "event-data": _event("complained")}
+    limit = redis_conn.config_get("maxmemory")["maxmemory"]
+    policy = redis_conn.config_get("maxmemory-policy")["maxmemory-policy"]
+    redis_conn.config_set("maxmemory-policy", "noeviction")
+    redis_conn.config_set("maxmemory", 1)
+    try:
+        response = client.post("/webhooks/mailgun", json=body)
+    finally:
+        redis_conn.config_set("maxmemory", limit)
+        redis_conn.config_set("maxmemory-policy", policy)
+    assert response.status_code == 503 and response.headers["Retry-After"] == "60"
+    assert response.json is not None and "OutOfMemory" in response.json["detail"]
+    assert client.post("/webhooks/mailgun", json=body).status_code == 200
