@@ -70,7 +70,8 @@ class EspParser:
     """Base of every ESP module. Subclasses set ``esp`` and ``settings`` and implement both methods.
 
     ``settings`` are read as ``SYNCWORKER_<SOURCE>_<KEY>``; each may be rotated by also setting
-    ``SYNCWORKER_<SOURCE>_<KEY>_PREVIOUS`` (both accepted). ``optional_settings``: key -> default.
+    ``SYNCWORKER_<SOURCE>_<KEY>_PREVIOUS`` (both accepted; settings that only work together are
+    matched by ``generations``). ``optional_settings``: key -> default.
     A parser does no HTTP, no queueing and no logging.
     """
 

@@ -44,10 +44,10 @@ def receive(source: str) -> tuple[Response, int]:
     inbound = InboundRequest(body, request.headers, url, request.remote_addr)
     parser.verify(inbound)
     nonce = parser.replay_nonce(inbound)
-    # claimed before anything is written (a replayed signature cannot even fill the quarantine);
-    # a Redis error here is a 503 like any other
+    # claimed before anything is written (a replayed signature cannot even fill the quarantine),
+    # once per ESP: two sources may share a signing key; a Redis error here is a 503 like any other
     if nonce is not None and not nonces.claim(
-        state.runtime.conn, source, nonce, parser.nonce_ttl_s
+        state.runtime.conn, parser.esp, nonce, parser.nonce_ttl_s
     ):
         raise SignatureInvalid("this signature was already used: a request is accepted once")
     try:
@@ -72,7 +72,7 @@ def receive(source: str) -> tuple[Response, int]:
         job_id = state.enqueuer.ingest_events(source, parser.esp, events, quarantined, counters)
     except BaseException:
         if nonce is not None:  # not accepted (503): the sender's retry must not be refused
-            nonces.release(state.runtime.conn, source, nonce)
+            nonces.release(state.runtime.conn, parser.esp, nonce)
         raise
     if log.isEnabledFor(logging.INFO):
         log.info(

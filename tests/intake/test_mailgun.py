@@ -573,6 +573,20 @@ def test_a_signature_is_accepted_once_even_with_other_event_data(
     assert b"victim" not in b"".join(redis_conn.dump(k) or b"" for k in redis_conn.keys("rq:*"))
 
 
+def test_a_signature_is_accepted_once_across_sources_sharing_a_key(
+    make_settings: SettingsFactory, redis_conn: redis.Redis
+) -> None:
+    """Two paths for one Mailgun account share its signing key: what one accepted, the other
+    refuses."""
+    sources = {name: ("mailgun", {"SIGNING_KEY": KEY}) for name in ("mailgun", "mailgun_eu")}
+    client = create_app(make_settings(sources=sources)).test_client()
+    signature = sign_mailgun(KEY)
+    body = {"signature": signature, "event-data": _event("complained")}
+    assert client.post("/webhooks/mailgun", json=body).status_code == 200
+    other = {"signature": signature, "event-data": _event("complained", "victim@example.com")}
+    assert client.post("/webhooks/mailgun_eu", json=other).status_code == 401
+
+
 def test_a_new_signature_for_the_same_event_is_accepted(
     make_settings: SettingsFactory, redis_conn: redis.Redis
 ) -> None:
