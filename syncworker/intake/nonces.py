@@ -3,10 +3,10 @@
 A scheme whose signature does not cover the body (Mailgun signs a timestamp and a token, not the
 event) would let a captured signature carry other data within the allowed skew. The route claims
 the parser's ``replay_nonce`` with ``SET NX EX`` after verification, before anything is written,
-and refuses a request whose nonce is already claimed (in the README's words, each signature is
-accepted once). A request whose job cannot be written (503) releases its claim, so the sender's
-own retry is not refused; one whose body is unreadable (400) keeps it, since its body is
-quarantined and a replay would only store it again.
+and refuses a request whose nonce is already claimed: each signature is accepted once. A request
+whose job cannot be written (503) releases its claim, so the sender's own retry is not refused;
+one whose body is unreadable (400) keeps it: its body is quarantined, a replay would only store
+it again.
 """
 
 from __future__ import annotations

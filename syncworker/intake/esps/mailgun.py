@@ -187,9 +187,10 @@ def _legacy_message_id(pairs: list[tuple[str, str]]) -> str | None:
         except orjson.JSONDecodeError:
             headers = None
         for header in headers if isinstance(headers, list) else ():
-            if isinstance(header, list) and len(header) == 2 and header[0] == "Message-Id":
-                found = header[1] if isinstance(header[1], str) else None
-                break
+            if isinstance(header, list) and len(header) == 2 and isinstance(header[0], str):
+                if header[0].lower() == "message-id":
+                    found = header[1] if isinstance(header[1], str) else None
+                    break
     return text(found.strip().removeprefix("<").removesuffix(">")) if found else None
 
 
