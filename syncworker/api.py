@@ -21,11 +21,16 @@ bp = Blueprint("api", __name__)
 def require_token() -> None:
     if not request.path.startswith("/v1/"):
         return
-    token = current_app.extensions["syncworker"].settings.api_token
-    if not token:
+    settings = current_app.extensions["syncworker"].settings
+    if not settings.api_token:
         raise Unauthorized("the API is off: set SYNCWORKER_API_TOKEN")
+    # while the token rotates, SYNCWORKER_API_TOKEN_PREVIOUS is accepted too
+    tokens = [t for t in (settings.api_token, settings.api_token_previous) if t]
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+    ok = False
+    for token in tokens:  # no early exit: every configured token is compared
+        ok |= hmac.compare_digest(given.encode(), token.encode())
+    if scheme.lower() != "bearer" or not ok:
         raise Unauthorized("a valid bearer token is required")
 
 

@@ -35,6 +35,9 @@ OPTIONS: dict[str, Option] = {
     "sources": Option("SOURCES", str, "", "", "comma list of sources, `name` or `name:esp`"),
     "destinations": Option("DESTINATIONS", str, "", "", "comma list of destinations"),
     "api_token": Option("API_TOKEN", str, "", "", "bearer token for /v1; empty = API off"),
+    "api_token_previous": Option(
+        "API_TOKEN_PREVIOUS", str, "", "", "the old bearer token, also accepted while rotating"
+    ),
     "public_url": Option("PUBLIC_URL", str, "", "", "public base URL (URL-signing ESPs)"),
     "max_body_bytes": Option("MAX_BODY_BYTES", int, 10 * 1024 * 1024, "bytes", "largest body"),
     "signature_tolerance_s": Option(
@@ -123,6 +126,7 @@ class Settings:
     sources: Mapping[str, SourceConfig] = field(default_factory=dict)
     destinations: Mapping[str, DestinationConfig] = field(default_factory=dict)
     api_token: str = ""
+    api_token_previous: str = ""
     public_url: str = ""
     max_body_bytes: int = 10 * 1024 * 1024
     signature_tolerance_s: float = 300.0
@@ -173,6 +177,8 @@ class Settings:
                 problems.append(f"{key}={raw!r}: expected a non-negative {opt.kind.__name__}")
                 continue
             values[name] = value
+        if values["api_token_previous"] and not values["api_token"]:
+            problems.append(f"{PREFIX}API_TOKEN_PREVIOUS is set but {PREFIX}API_TOKEN is empty")
         if values["worker_class"] not in ("fork", "simple"):
             problems.append(f"{PREFIX}WORKER_CLASS must be `fork` or `simple`")
 
@@ -261,7 +267,7 @@ class Settings:
                 )
             else:
                 value = getattr(self, name)
-                if name == "api_token" and value:
+                if name in ("api_token", "api_token_previous") and value:
                     value = "***"
             rows.append((PREFIX + opt.env, f"{value}{' ' + opt.unit if opt.unit else ''}"))
         for scope in (self.sources, self.destinations):

@@ -25,6 +25,16 @@ def test_api_needs_the_bearer_token(client: FlaskClient) -> None:
     assert wrong.json is not None and wrong.json["error"] == "unauthorized"
 
 
+def test_previous_token_is_accepted_while_rotating(make_settings: SettingsFactory) -> None:
+    settings = make_settings(api_token="api-token", api_token_previous="old-token")
+    client = create_app(settings).test_client()
+    for token in ("api-token", "old-token"):
+        response = client.get("/v1/stats", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200, token
+    wrong = client.get("/v1/stats", headers={"Authorization": "Bearer other-token"})
+    assert wrong.status_code == 401
+
+
 def test_api_is_off_without_a_token(make_settings: SettingsFactory) -> None:
     client = create_app(make_settings()).test_client()
     response = client.get("/v1/stats", headers={"Authorization": "Bearer "})

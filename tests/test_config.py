@@ -97,6 +97,23 @@ def test_check_config_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
         assert secret not in result.output
 
 
+def test_api_token_previous_is_read_and_masked() -> None:
+    env = {
+        "SYNCWORKER_API_TOKEN": "new-api-token",
+        "SYNCWORKER_API_TOKEN_PREVIOUS": "old-api-token",
+    }
+    assert Settings.from_env(env).api_token_previous == "old-api-token"
+    result = CliRunner().invoke(main, ["check-config"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "SYNCWORKER_API_TOKEN_PREVIOUS" in result.output
+    assert "old-api-token" not in result.output and "new-api-token" not in result.output
+
+
+def test_api_token_previous_without_a_current_token_is_a_problem() -> None:
+    with pytest.raises(ConfigError, match="API_TOKEN_PREVIOUS is set but"):
+        Settings.from_env({"SYNCWORKER_API_TOKEN_PREVIOUS": "old-api-token"})
+
+
 def test_check_config_fails_with_every_problem() -> None:
     result = CliRunner().invoke(main, ["check-config"], env={"SYNCWORKER_BOGUS": "1"})
     assert result.exit_code == 1

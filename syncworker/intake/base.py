@@ -69,7 +69,8 @@ class EspParser:
     """Base of every ESP module. Subclasses set ``esp`` and ``settings`` and implement both methods.
 
     ``settings`` are read as ``SYNCWORKER_<SOURCE>_<KEY>``; each may be rotated by also setting
-    ``SYNCWORKER_<SOURCE>_<KEY>_PREVIOUS`` (both accepted). ``optional_settings``: key -> default.
+    ``SYNCWORKER_<SOURCE>_<KEY>_PREVIOUS`` (both accepted; settings that only work together are
+    matched by ``generations``). ``optional_settings``: key -> default.
     A parser does no HTTP, no queueing and no logging.
     """
 
@@ -114,6 +115,20 @@ class EspParser:
         """
         raise PayloadInvalid(f"{type(self).__name__} does not implement parse_item()")
 
+    def replay_nonce(self, request: InboundRequest) -> str | None:
+        """What makes a verified request single-use, for a scheme whose signature does not bind
+        the body: the route claims it in Redis for ``nonce_ttl_s`` before it writes anything and
+        refuses a second request carrying it (401). ``None`` (the default): the signature covers
+        the body, so a replay can only repeat the same events, which the ledger dedupes."""
+        return None
+
+    @property
+    def nonce_ttl_s(self) -> int:
+        """How long a claimed nonce is remembered: while its signature could still pass the skew
+        check (a timestamp up to the tolerance ahead of our clock stays acceptable until the
+        tolerance has passed behind it)."""
+        return math.ceil(2 * self.source.signature_tolerance_s) + 1
+
     def kept_headers(self, headers: HeaderMap) -> dict[str, str]:
         """The headers ``parse_request`` reads, kept with a verified body that could not be
         parsed, so a replay can pass them back. Never a signature or a secret: only what the
@@ -125,6 +140,22 @@ class EspParser:
     def secrets(self, key: str) -> list[str]:
         """The current and, during rotation, previous value of a secret setting."""
         return self.source.secrets(key)
+
+    def generations(self, *keys: str) -> list[tuple[str, ...]]:
+        """The values of settings that only work together (a user and its password), one tuple
+        per generation: the current values, then, during rotation, the ``_PREVIOUS`` ones, where
+        a key without a ``_PREVIOUS`` value keeps its current value. A request must match one
+        generation in full: an old user with a new password is no credential anybody was given.
+        """
+        current = tuple(self.source.get(key) for key in keys)
+        found = [current]
+        if any(self.source.get(key + "_PREVIOUS") for key in keys):
+            previous = tuple(
+                self.source.get(key + "_PREVIOUS") or self.source.get(key) for key in keys
+            )
+            if previous != current:
+                found.append(previous)
+        return found
 
     def event_key(
         self,
@@ -160,6 +191,18 @@ def equal(a: str | bytes, b: str | bytes) -> bool:
 
 def check_basic_auth(request: InboundRequest, credentials: Iterable[tuple[str, str]]) -> None:
     """Accept the request if its Basic credentials match any configured pair."""
+    user, password = basic_credentials(request)
+    ok = False
+    for want_user, want_password in credentials:
+        # no early exit: every configured pair is compared
+        ok |= equal(user, want_user) & equal(password, want_password)
+    if not ok:
+        raise SignatureInvalid("basic auth credentials do not match")
+
+
+def basic_credentials(request: InboundRequest) -> tuple[str, str]:
+    """The user and password of the request's Basic Authorization header; SignatureInvalid if
+    there is none or it is malformed."""
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "basic" or not value:
@@ -171,12 +214,7 @@ def check_basic_auth(request: InboundRequest, credentials: Iterable[tuple[str, s
     user, sep, password = decoded.partition(":")
     if not sep:
         raise SignatureInvalid("basic auth header malformed")
-    ok = False
-    for want_user, want_password in credentials:
-        # no early exit: every configured pair is compared
-        ok |= equal(user, want_user) & equal(password, want_password)
-    if not ok:
-        raise SignatureInvalid("basic auth credentials do not match")
+    return user, password
 
 
 class BasicAuthParser(EspParser):
@@ -185,7 +223,8 @@ class BasicAuthParser(EspParser):
     settings = ("USERNAME", "PASSWORD")
 
     def verify(self, request: InboundRequest) -> None:
-        pairs = [(u, p) for u in self.secrets("USERNAME") for p in self.secrets("PASSWORD")]
+        # USERNAME and PASSWORD rotate together: a pair is accepted only from one generation
+        pairs = [(user, password) for user, password in self.generations("USERNAME", "PASSWORD")]
         check_basic_auth(request, pairs)
 
 

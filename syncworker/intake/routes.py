@@ -7,7 +7,8 @@ import logging
 import orjson
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from syncworker.errors import PayloadInvalid, PayloadTooLarge, UnknownEsp
+from syncworker.errors import PayloadInvalid, PayloadTooLarge, SignatureInvalid, UnknownEsp
+from syncworker.intake import nonces
 from syncworker.intake.base import InboundRequest, ParseResult, admit
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,13 @@ def receive(source: str) -> tuple[Response, int]:
         url = public.rstrip("/") + request.full_path.rstrip("?") if public else request.url
     inbound = InboundRequest(body, request.headers, url, request.remote_addr)
     parser.verify(inbound)
+    nonce = parser.replay_nonce(inbound)
+    # claimed before anything is written (a replayed signature cannot even fill the quarantine),
+    # once per ESP: two sources may share a signing key; a Redis error here is a 503 like any other
+    if nonce is not None and not nonces.claim(
+        state.runtime.conn, parser.esp, nonce, parser.nonce_ttl_s
+    ):
+        raise SignatureInvalid("this signature was already used: a request is accepted once")
     try:
         result: ParseResult = admit(parser.parse_request(inbound))
     except PayloadInvalid as exc:
@@ -60,7 +68,12 @@ def receive(source: str) -> tuple[Response, int]:
         counters[name] = counters.get(name, 0) + 1
     if quarantined:
         counters[f"in:{source}:quarantined"] = len(quarantined)
-    job_id = state.enqueuer.ingest_events(source, parser.esp, events, quarantined, counters)
+    try:
+        job_id = state.enqueuer.ingest_events(source, parser.esp, events, quarantined, counters)
+    except BaseException:
+        if nonce is not None:  # not accepted (503): the sender's retry must not be refused
+            nonces.release(state.runtime.conn, parser.esp, nonce)
+        raise
     if log.isEnabledFor(logging.INFO):
         log.info(
             "accepted source=%s events=%d ignored=%d quarantined=%d job=%s",

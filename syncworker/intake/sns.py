@@ -7,6 +7,12 @@ https://www.scaleway.com/en/docs/topics-and-events/reference-content/verifying-w
 The one part of the intake that does HTTP: it fetches signing certificates (only from an
 allow-listed URL, cached in-process by URL) and confirms subscriptions. The parsers hand the
 confirmation to the route as ``ParseResult.followup``. ``http`` is injectable for tests.
+
+A failed fetch is cached too, briefly, so that forged messages naming an allowed topic cannot
+make the process fetch on every request: a certificate URL that can never verify (an HTTP error
+other than the transient ones, a body that is no PEM certificate) answers 401 for
+``FAILURE_TTL_S``; a host that is down or answers 5xx/408/429 answers 503 (SNS retries 20 s
+later by default) for ``TRANSIENT_FAILURE_TTL_S``, shorter than that retry interval.
 """
 
 from __future__ import annotations
@@ -30,8 +36,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from syncworker.errors import ConfigError, PayloadInvalid, SignatureInvalid, Unavailable
-from syncworker.intake.base import ParseResult, iso_seconds
+from syncworker.errors import (
+    ConfigError,
+    IntakeError,
+    PayloadInvalid,
+    SignatureInvalid,
+    Unavailable,
+)
+from syncworker.intake.base import HeaderMap, ParseResult, iso_seconds
 
 if TYPE_CHECKING:
     from syncworker.config import SourceConfig
@@ -48,6 +60,10 @@ HASHES: dict[str, type[hashes.HashAlgorithm]] = {"1": hashes.SHA1, "2": hashes.S
 MAX_BYTES = 64 * 1024  # a PEM chain is a few KB; more is not a certificate
 TIMEOUT_S = (3.05, 5.0)  # SNS waits 15 s for our answer, the certificate fetch included
 MAX_CHAIN = 4
+CERTIFICATE_TTL_S = 86400.0  # a fetched certificate is used this long before it is fetched again
+FAILURE_TTL_S = 60.0  # a URL that served no usable certificate is not fetched again for this long
+TRANSIENT_FAILURE_TTL_S = 10.0  # nor is one whose host was down, shorter than SNS's 20 s retry
+TRANSIENT_STATUSES = frozenset({408, 429})  # with 5xx: the host may serve it on SNS's retry
 
 HttpGet = Callable[[str], tuple[int, bytes]]
 
@@ -139,12 +155,35 @@ def allowed(pattern: re.Pattern[str], url: str) -> bool:
 
 
 class CertificateCache:
-    """Fetched certificates by URL, for every parser of the process; checked again on each use."""
+    """Fetched certificates by URL, for every parser of the process; checked again on each use.
 
-    def __init__(self, size: int = 64, ttl_s: float = 86400.0) -> None:
+    Failed fetches are kept apart (a flood of them cannot evict a good certificate), each until
+    its own expiry, at most ``size`` of them.
+    """
+
+    def __init__(self, size: int = 64, ttl_s: float = CERTIFICATE_TTL_S) -> None:
         self.size, self.ttl_s = size, ttl_s
         self._entries: OrderedDict[str, tuple[float, list[x509.Certificate]]] = OrderedDict()
+        self._failures: OrderedDict[str, tuple[float, IntakeError]] = OrderedDict()
         self._lock = threading.Lock()
+
+    def failure(self, url: str, now: float) -> IntakeError | None:
+        """The error a recent fetch of ``url`` ended with, while it is cached; else None."""
+        with self._lock:
+            entry = self._failures.get(url)
+            if entry is None:
+                return None
+            if now >= entry[0]:
+                del self._failures[url]
+                return None
+            return entry[1]
+
+    def fail(self, url: str, error: IntakeError, until: float) -> None:
+        with self._lock:
+            self._failures[url] = (until, error)
+            self._failures.move_to_end(url)
+            while len(self._failures) > self.size:
+                self._failures.popitem(last=False)
 
     def get(self, url: str, now: float) -> list[x509.Certificate] | None:
         with self._lock:
@@ -290,12 +329,22 @@ class SnsVerifier:
             http=http,
         )
 
-    def verify(self, body: bytes) -> SnsMessage:
-        """Check topic, age, certificate and signature; SignatureInvalid with the reason."""
+    def verify(self, body: bytes, headers: HeaderMap | None = None) -> SnsMessage:
+        """Check topic, age, certificate and signature; SignatureInvalid with the reason.
+
+        SNS also names the message type in the ``x-amz-sns-message-type`` header; one that
+        disagrees with the signed ``Type`` is a malformed request (PayloadInvalid, 400), not one
+        to act on: the header is unsigned, the body is what we read.
+        """
         try:
             message = load_message(body)
         except PayloadInvalid as exc:
             raise SignatureInvalid(f"not a signed SNS message: {exc.detail}") from None
+        said = headers.get("x-amz-sns-message-type", "").strip() if headers is not None else ""
+        if said and said != message.type:
+            raise PayloadInvalid(
+                f"x-amz-sns-message-type {said[:40]!r} disagrees with the signed Type"
+            )
         if self.topics is not None and message.topic_arn not in self.topics:
             raise SignatureInvalid("TopicArn is not an allowed topic")
         algorithm = HASHES.get(message.fields["SignatureVersion"])
@@ -324,16 +373,7 @@ class SnsVerifier:
             raise SignatureInvalid("SigningCertURL is not an allowed certificate URL")
         certs = CERTIFICATES.get(url, now)
         if certs is None:
-            status, body = self.http(url)
-            if status >= 500:
-                raise Unavailable(f"certificate host answered HTTP {status}")
-            if status != 200 or len(body) > MAX_BYTES:
-                raise SignatureInvalid(f"certificate not served (HTTP {status})")
-            try:
-                certs = x509.load_pem_x509_certificates(body)
-            except ValueError:
-                raise SignatureInvalid("SigningCertURL did not serve a PEM certificate") from None
-            CERTIFICATES.put(url, certs, now)
+            certs = self._fetch(url, now)
         moment = datetime.fromtimestamp(now, UTC)
         leaf = certs[0]
         if not _valid_at(leaf, moment):
@@ -344,6 +384,30 @@ class SnsVerifier:
         if not isinstance(key, rsa.RSAPublicKey):
             raise SignatureInvalid("signing certificate does not hold an RSA key")
         return key
+
+    def _fetch(self, url: str, now: float) -> list[x509.Certificate]:
+        """GET the certificates at ``url``, or raise how it failed: the same way, without a
+        fetch, while that failure is cached."""
+        failed = CERTIFICATES.failure(url, now)
+        if failed is not None:
+            raise type(failed)(failed.detail)  # a fresh error: a traceback is not shared
+        try:
+            status, body = self.http(url)  # Unavailable if the host cannot be reached
+            if status >= 500 or status in TRANSIENT_STATUSES:
+                raise Unavailable(f"certificate host answered HTTP {status}")
+            if status != 200 or len(body) > MAX_BYTES:
+                raise SignatureInvalid(f"certificate not served (HTTP {status})")
+            try:
+                certs = x509.load_pem_x509_certificates(body)
+            except ValueError:
+                raise SignatureInvalid("SigningCertURL did not serve a PEM certificate") from None
+        except (Unavailable, SignatureInvalid) as exc:
+            transient = isinstance(exc, Unavailable)
+            ttl = TRANSIENT_FAILURE_TTL_S if transient else FAILURE_TTL_S
+            CERTIFICATES.fail(url, exc, now + ttl)
+            raise
+        CERTIFICATES.put(url, certs, now)
+        return certs
 
     def handshake(self, message: SnsMessage) -> ParseResult:
         """The answer to a (verified) subscription or unsubscription confirmation."""

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 from cryptography.hazmat.primitives import hashes
@@ -92,6 +93,22 @@ def mailgun_body(
     return orjson.dumps(
         {"signature": sign_mailgun(signing_key, timestamp, token), "event-data": event_data}
     )
+
+
+def mailgun_legacy_request(
+    fields: list[tuple[str, str]] | list[list[str]],
+    signing_key: str,
+    timestamp: int | None = None,
+    token: str | None = None,
+) -> InboundRequest:
+    """A legacy Mailgun post: the event's form fields, then timestamp, token and signature."""
+    signature = sign_mailgun(signing_key, timestamp, token)
+    pairs = [(k, v) for k, v in fields] + [(k, signature[k]) for k in SIGNATURE_ORDER]
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    return request(urlencode(pairs).encode(), headers)
+
+
+SIGNATURE_ORDER = ("timestamp", "token", "signature")
 
 
 def resign_mailgun(
@@ -179,6 +196,8 @@ def _mailgun() -> EspSigner:
             return request(body)
         if not isinstance(doc, dict):
             return request(body)
+        if isinstance(doc.get("legacy-form"), list):  # a stored legacy post: its form fields
+            return mailgun_legacy_request(doc["legacy-form"], key)
         doc["signature"] = sign_mailgun(key)
         return request(orjson.dumps(doc))
 

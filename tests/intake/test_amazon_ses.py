@@ -376,6 +376,136 @@ def test_a_certificate_host_that_fails_is_unavailable_so_sns_retries(signer: Sns
         parser.verify(down.request(stored("complaint")))
 
 
+class Clock:
+    """A clock the test moves: the parser's view of now, for the failure cache."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def clocked_parser(clock: Clock) -> AmazonSesParser:
+    values = {"TOPIC_ARNS": TOPIC, **sns_server().settings()}
+    return AmazonSesParser(SourceConfig("amazon_ses", "amazon_ses", values), clock=clock)
+
+
+@pytest.mark.parametrize(("status", "body"), [(404, b""), (403, b""), (200, b"not a certificate")])
+def test_a_certificate_that_can_never_verify_is_401_and_not_fetched_again_for_a_while(
+    signer: SnsSigner, status: int, body: bytes
+) -> None:
+    """A forged message naming an allowed topic and a certificate URL that serves nothing: 401,
+    and the same URL again within FAILURE_TTL_S costs no fetch."""
+    server = sns_server()
+    url = server.serve(body)
+    path = url.removeprefix(server.base)
+    server.statuses[path] = status
+    clock = Clock()
+    parser = clocked_parser(clock)
+    forged = SnsSigner(signer.key, url, TOPIC)
+    for _ in range(3):
+        with pytest.raises(SignatureInvalid):
+            parser.verify(forged.request(stored("complaint")))
+    assert server.hits[path] == 1
+    clock.now += sns.FAILURE_TTL_S
+    with pytest.raises(SignatureInvalid):
+        parser.verify(forged.request(stored("complaint")))
+    assert server.hits[path] == 2
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 408, 429])
+def test_a_failing_certificate_host_is_503_briefly_then_asked_again(
+    signer: SnsSigner, status: int
+) -> None:
+    """The host may serve the certificate on SNS's retry (20 s later by default): 503, cached for
+    less than that, then fetched again; once it serves, the message verifies."""
+    server = sns_server()
+    url = server.serve(pem(certificate(signer.key, "sns.us-east-1.amazonaws.com")))
+    path = url.removeprefix(server.base)
+    server.statuses[path] = status
+    clock = Clock()
+    parser = clocked_parser(clock)
+    genuine = SnsSigner(signer.key, url, TOPIC)
+    for _ in range(3):
+        with pytest.raises(sns.Unavailable):
+            parser.verify(genuine.request(stored("complaint")))
+    assert server.hits[path] == 1
+    assert sns.TRANSIENT_FAILURE_TTL_S < 20
+    clock.now += sns.TRANSIENT_FAILURE_TTL_S
+    del server.statuses[path]
+    parser.verify(genuine.request(stored("complaint")))
+    parser.verify(genuine.request(stored("complaint")))
+    assert server.hits[path] == 2
+
+
+def test_an_unreachable_certificate_host_is_503_and_not_dialled_again_at_once(
+    signer: SnsSigner,
+) -> None:
+    port = free_port()  # nothing listens there
+    url = f"http://127.0.0.1:{port}/certs/x.pem"
+    calls: list[str] = []
+
+    def http(target: str) -> tuple[int, bytes]:
+        calls.append(target)
+        return sns.http_get(target)  # the real GET, counted
+
+    clock = Clock()
+    values = {"TOPIC_ARNS": TOPIC, "CERT_URL_PATTERN": rf"http://127\.0\.0\.1:{port}/certs/x\.pem"}
+    source = SourceConfig("amazon_ses", "amazon_ses", values)
+    parser = AmazonSesParser(source, clock=clock, http=http)
+    down = SnsSigner(signer.key, url, TOPIC)
+    for _ in range(3):
+        with pytest.raises(sns.Unavailable):
+            parser.verify(down.request(stored("complaint")))
+    assert calls == [url]
+    clock.now += sns.TRANSIENT_FAILURE_TTL_S
+    with pytest.raises(sns.Unavailable):
+        parser.verify(down.request(stored("complaint")))
+    assert calls == [url, url]
+
+
+def test_forged_signatures_over_a_genuine_certificate_fetch_it_once(signer: SnsSigner) -> None:
+    """Messages signed by another key but naming the genuine certificate: 401 each time, and
+    the (good) certificate is fetched once."""
+    server = sns_server()
+    fresh = sns_signer(TOPIC)  # a certificate URL no test has fetched yet
+    impostor = SnsSigner(signer.key, fresh.cert_url, TOPIC)
+    parser = make_parser()
+    for _ in range(3):
+        assert "not match" in refused(parser, impostor.request(stored("complaint")).body)
+    assert server.hits[fresh.cert_url.removeprefix(server.base)] == 1
+
+
+def test_a_failure_cache_flood_never_evicts_a_good_certificate(signer: SnsSigner) -> None:
+    cache = sns.CertificateCache(size=2)
+    good = [certificate(signer.key, "good")]
+    cache.put("https://good", good, 0.0)
+    for n in range(5):
+        cache.fail(f"https://bad/{n}", SignatureInvalid("x"), 100.0)
+    assert cache.get("https://good", 1.0) == good
+    assert cache.failure("https://bad/0", 1.0) is None  # evicted: bounded
+    assert cache.failure("https://bad/4", 1.0) is not None
+    assert cache.failure("https://bad/4", 100.0) is None  # expired
+
+
+@pytest.mark.parametrize("said", ["SubscriptionConfirmation", "UnsubscribeConfirmation", "x"])
+def test_a_message_type_header_that_disagrees_with_the_signed_type_is_400(
+    signer: SnsSigner, said: str
+) -> None:
+    req = signer.request(stored("complaint"))
+    headers = {**dict(req.headers), "x-amz-sns-message-type": said}  # type: ignore[call-overload]
+    with pytest.raises(PayloadInvalid) as exc:
+        make_parser().verify(request(req.body, headers))
+    assert exc.value.status == 400 and "x-amz-sns-message-type" in str(exc.value.detail)
+
+
+def test_a_message_type_header_that_agrees_or_is_absent_is_accepted(signer: SnsSigner) -> None:
+    req = signer.request(stored("complaint"))
+    make_parser().verify(req)
+    make_parser().verify(request(req.body))
+
+
 def test_a_certificate_url_off_the_allow_list_is_never_fetched(signer: SnsSigner) -> None:
     server = sns_server()
     stray = server.base + "/elsewhere/cert.pem"
@@ -561,6 +691,22 @@ def test_a_certificate_host_that_fails_gives_503_with_retry_after(
     body = SnsSigner(signer.key, url, TOPIC).request(stored("complaint")).body
     answer = post(client, body)
     assert answer.status_code == 503 and "Retry-After" in answer.headers
+
+
+def test_a_type_header_at_odds_with_the_body_is_400_and_changes_nothing(
+    client: Any, signer: SnsSigner, redis_conn: redis.Redis
+) -> None:
+    """A notification posted as a subscription confirmation: refused before anything is read
+    from it, so nothing is confirmed, queued or kept."""
+    body = signer.request(stored("bounce_permanent")).body
+    headers = {
+        "Content-Type": "text/plain; charset=UTF-8",
+        "x-amz-sns-message-type": "SubscriptionConfirmation",
+    }
+    answer = client.post("/webhooks/amazon_ses", data=body, headers=headers)
+    assert answer.status_code == 400 and answer.json["error"] == "payload_invalid"
+    assert "x-amz-sns-message-type" in answer.json["detail"]
+    assert ingest_jobs(redis_conn) == [] and redis_conn.llen(QUARANTINE) == 0
 
 
 def test_unsubscribe_confirmation_is_logged_and_never_re_subscribes(

@@ -222,6 +222,32 @@ def test_previous_secret_key_is_accepted_during_rotation() -> None:
     parser.verify(signed(b"[]", secret=OLD_SECRET))
 
 
+def test_credentials_and_secret_key_rotate_together() -> None:
+    """The panel sets the Basic credentials and the SecretKey in one form: a request must match
+    one generation in full, not today's password with yesterday's key."""
+    parser = make_parser(
+        SECRET_KEY=SECRET, SECRET_KEY_PREVIOUS=OLD_SECRET, PASSWORD_PREVIOUS=OLD_PASSWORD
+    )
+
+    def posted(password: str, secret: str) -> Any:
+        return request(b"[]", {**basic_auth_header(USER, password), **checksum_headers(secret)})
+
+    parser.verify(posted(PASSWORD, SECRET))
+    parser.verify(posted(OLD_PASSWORD, OLD_SECRET))
+    for password, secret in [(PASSWORD, OLD_SECRET), (OLD_PASSWORD, SECRET)]:
+        with pytest.raises(SignatureInvalid, match="does not match"):
+            parser.verify(posted(password, secret))
+
+
+def test_a_secret_key_rotated_alone_keeps_the_current_credentials() -> None:
+    parser = make_parser(SECRET_KEY=SECRET, SECRET_KEY_PREVIOUS=OLD_SECRET)
+    parser.verify(signed(b"[]", secret=OLD_SECRET))
+    with pytest.raises(SignatureInvalid):
+        parser.verify(
+            request(b"[]", {**basic_auth_header(USER, "wrong"), **checksum_headers(OLD_SECRET)})
+        )
+
+
 def test_uppercase_checksum_is_accepted() -> None:
     upper = checksum_headers()["X-Webhook-Checksum"].upper()
     make_parser(SECRET_KEY=SECRET).verify(signed(b"[]", **{"X-Webhook-Checksum": upper}))

@@ -217,6 +217,29 @@ def test_previous_password_is_accepted_during_rotation() -> None:
     parser.verify(request(body, basic_auth_header(USER, OLD_PASSWORD)))
 
 
+def test_user_and_password_rotate_together() -> None:
+    """During rotation each generation's pair works, and a user from one with the password of
+    the other does not: that pair is no credential anybody was given."""
+    old_user = "postmark-hooks-old"
+    parser = make_parser(USERNAME_PREVIOUS=old_user, PASSWORD_PREVIOUS=OLD_PASSWORD)
+    body = payload("postmark", "bounce_hard")
+    parser.verify(request(body, basic_auth_header(USER, PASSWORD)))
+    parser.verify(request(body, basic_auth_header(old_user, OLD_PASSWORD)))
+    for user, password in [(old_user, PASSWORD), (USER, OLD_PASSWORD)]:
+        with pytest.raises(SignatureInvalid):
+            parser.verify(request(body, basic_auth_header(user, password)))
+
+
+def test_a_key_without_a_previous_value_keeps_its_current_one() -> None:
+    """Only the user rotates: the previous generation is the old user with today's password."""
+    parser = make_parser(USERNAME_PREVIOUS="postmark-hooks-old")
+    body = payload("postmark", "bounce_hard")
+    parser.verify(request(body, basic_auth_header(USER, PASSWORD)))
+    parser.verify(request(body, basic_auth_header("postmark-hooks-old", PASSWORD)))
+    with pytest.raises(SignatureInvalid):
+        parser.verify(request(body, basic_auth_header("postmark-hooks-old", "wrong")))
+
+
 @pytest.mark.parametrize(
     "headers",
     [

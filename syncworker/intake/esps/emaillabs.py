@@ -27,6 +27,7 @@ from syncworker.intake.base import (
     ParseResult,
     Quarantined,
     UnixTime,
+    basic_credentials,
     equal,
     load_json,
     text,
@@ -98,10 +99,13 @@ class EmailLabsParser(BasicAuthParser):
     )
 
     def verify(self, request: InboundRequest) -> None:
-        super().verify(request)
-        secrets = self.secrets("SECRET_KEY")
-        if not secrets:
+        # the credentials and the SecretKey are set in one webhook form of the panel, so they
+        # rotate together: all three must come from one generation
+        generations = self.generations("USERNAME", "PASSWORD", "SECRET_KEY")
+        if not any(secret for _, _, secret in generations):
+            super().verify(request)
             return
+        user, password = basic_credentials(request)
         given = request.headers.get(CHECKSUM_HEADER, "").strip().lower()
         date = request.headers.get(DATE_HEADER, "")
         request_id = request.headers.get(REQUEST_ID_HEADER, "")
@@ -110,10 +114,13 @@ class EmailLabsParser(BasicAuthParser):
         if len(given) != 40 or not set(given) <= _HEX:
             raise SignatureInvalid("checksum header is not a hex SHA-1")
         ok = False
-        for secret in secrets:  # no early exit: every configured secret is compared
-            ok |= equal(checksum(secret, date, request_id), given)
+        for want_user, want_password, secret in generations:  # no early exit: all are compared
+            match = equal(user, want_user) & equal(password, want_password)
+            if secret:
+                match &= equal(checksum(secret, date, request_id), given)
+            ok |= match
         if not ok:
-            raise SignatureInvalid("checksum does not match any configured secret key")
+            raise SignatureInvalid("credentials or checksum does not match one configured pair")
 
     def parse(self, body: bytes) -> ParseResult:
         doc = load_json(body)

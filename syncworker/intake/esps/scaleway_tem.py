@@ -100,7 +100,7 @@ class ScalewayTemParser(EspParser):
         )
 
     def verify(self, request: InboundRequest) -> None:
-        self.sns.verify(request.body)
+        self.sns.verify(request.body, request.headers)
 
     def parse(self, body: bytes) -> ParseResult:
         message = sns.load_message(body)
