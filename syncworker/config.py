@@ -77,6 +77,9 @@ OPTIONS: dict[str, Option] = {
     "worker_class": Option(
         "WORKER_CLASS", str, "fork", "", "`fork` (crash-safe) or `simple` (no fork per job)"
     ),
+    "stop_grace_s": Option(
+        "STOP_GRACE", float, 10.0, "s", "a job running this long after SIGTERM is requeued"
+    ),
 }
 
 DESTINATION_COMMON = ("BASE_URL", "RATE", "BATCH_SIZE", "DRY_RUN")
@@ -145,6 +148,7 @@ class Settings:
     bind: str = ""
     redis_server_bin: str = ""
     worker_class: str = "fork"
+    stop_grace_s: float = 10.0
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
