@@ -1,4 +1,5 @@
-"""The RQ worker classes ``syncworker worker`` runs: RQ's own, made to stop within seconds.
+"""The RQ worker classes ``syncworker worker`` runs: RQ's own, made to stop within seconds and
+to count failed job runs per queue (``syncworker status``, ``/metrics``).
 
 RQ (2.12) listens for its commands on a pub/sub thread that waits up to 60 s per read, and on
 stop joins it with no timeout. After the UNSUBSCRIBE that stop sends, the thread can read the
@@ -18,15 +19,25 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
-from rq import SimpleWorker, Worker
+from rq import Queue, SimpleWorker, Worker
+from rq.job import Job
+
+from syncworker.queueing import STATS
 
 log = logging.getLogger(__name__)
 
 PUBSUB_POLL_S = 1.0  # longest wait of RQ's command listener per read: bounds a stop
+FAILED = "jobs_failed:"  # + queue short name: a counter in the STATS hash
+
+
+def short_name(queue: str) -> str:
+    """``syncworker-ingest`` -> ``ingest``: how status and metrics name a queue."""
+    return queue.removeprefix("syncworker-")
 
 
 class _QuickStop:
-    """Mixin for RQ workers: a command listener that notices a stop within ``PUBSUB_POLL_S``."""
+    """Mixin for RQ workers: a command listener that notices a stop within ``PUBSUB_POLL_S``,
+    and a count of failed job runs (retried or not) per queue, for status and metrics."""
 
     if TYPE_CHECKING:  # RQ's BaseWorker provides these
         connection: Any
@@ -37,6 +48,16 @@ class _QuickStop:
         def handle_payload(self, message: Any) -> None: ...
 
         def _pubsub_exception_handler(self, exc: Exception, pubsub: Any, thread: Any) -> None: ...
+
+    def handle_job_failure(
+        self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = ""
+    ) -> None:
+        """RQ's failure handling (failed registry, or the retry's schedule), then the counter.
+        Called for an exception in the job, a timeout and a killed work-horse alike."""
+        super().handle_job_failure(  # type: ignore[misc]
+            job, queue, started_job_registry=started_job_registry, exc_string=exc_string
+        )
+        self.connection.hincrby(STATS, FAILED + short_name(queue.name), 1)
 
     def subscribe(self) -> None:
         """RQ's ``subscribe`` with a short read timeout (RQ hardcodes ``sleep_time=60``)."""
