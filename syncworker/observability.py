@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -13,6 +14,7 @@ import sentry_sdk
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from syncworker.intake.base import OTHER_CODE
 from syncworker.privacy import scrub
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -78,6 +80,17 @@ def setup_sentry(dsn: str, *, transport: Any = None, release: str | None = None)
     return True
 
 
+@functools.cache
+def _intake_labels() -> frozenset[str]:
+    """Every value the ``event`` label of ``syncworker_intake_events`` may take: the hygiene
+    kinds, ``quarantined``, ``other`` and the native codes some ESP module knows."""
+    from syncworker.events import Kind
+    from syncworker.intake.registry import ESP_PARSERS
+
+    known = {code for parser in ESP_PARSERS.values() for code in parser.known_codes}
+    return frozenset({*known, *(kind.value for kind in Kind), "quarantined", OTHER_CODE})
+
+
 class RedisStatsCollector(Collector):
     """Exposes the counters kept in Redis (shared by every web and worker process)."""
 
@@ -118,11 +131,16 @@ class RedisStatsCollector(Collector):
             "syncworker_job_failures", "Failed job runs, retried or not", labels=["queue"]
         )
         failures_seen = set()
+        intake_values: dict[tuple[str, str], float] = {}
         for raw_key, raw_value in stats.items():
             key, value = raw_key.decode(), float(raw_value)
             parts = key.split(":")
-            if parts[0] == "in" and len(parts) == 3:
-                intake.add_metric([parts[1], parts[2]], value)
+            if parts[0] == "in" and len(parts) >= 3:
+                # written by the intake route with known codes only; a counter kept from an
+                # older release may hold any text: those are summed under one label
+                code = key.split(":", 2)[2]
+                label = code if code in _intake_labels() else OTHER_CODE
+                intake_values[(parts[1], label)] = intake_values.get((parts[1], label), 0) + value
             elif parts[0] == "ledger" and len(parts) == 2:
                 ledger.add_metric([parts[1]], value)
             elif key.startswith(FAILED) and key[len(FAILED) :] in failed_keys:
@@ -132,6 +150,8 @@ class RedisStatsCollector(Collector):
                 other.add_metric([key], value)
         for name in failed_keys.keys() - failures_seen:
             failures.add_metric([name], 0.0)  # a counter that exists before its first failure
+        for labels, total in intake_values.items():
+            intake.add_metric(list(labels), total)
         yield intake
         yield ledger
         yield other
