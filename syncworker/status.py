@@ -10,7 +10,7 @@ from rq.registry import FailedJobRegistry
 
 from syncworker.delivery import DEAD, DSTATS, INFLIGHT, PAUSE
 from syncworker.ledger import PENDING
-from syncworker.queueing import DELIVER, INGEST, QUARANTINE, STATS
+from syncworker.queueing import DELIVER, INGEST, QUARANTINE, QUARANTINE_BYTES, STATS
 from syncworker.runtime import Runtime
 from syncworker.workers import short_name
 
@@ -29,6 +29,7 @@ def overview(rt: Runtime) -> dict[str, Any]:
         pipe.llen(f"rq:queue:{INGEST}")
         pipe.llen(f"rq:queue:{DELIVER}")
         pipe.llen(QUARANTINE)
+        pipe.get(QUARANTINE_BYTES)
         for key in failed.values():
             # scored by expiry (failure_ttl): what RQ's cleanup would still keep
             pipe.zcount(key, time.time(), "+inf")
@@ -39,9 +40,9 @@ def overview(rt: Runtime) -> dict[str, Any]:
             pipe.get(PAUSE + name)
             pipe.hgetall(DSTATS + name)
         replies = pipe.execute()
-    stats, ingest, deliver, quarantine = replies[:4]
-    failed_jobs = dict(zip(failed, replies[4 : 4 + len(failed)], strict=True))
-    first = 4 + len(failed)
+    stats, ingest, deliver, quarantine, quarantine_bytes = replies[:5]
+    failed_jobs = dict(zip(failed, replies[5 : 5 + len(failed)], strict=True))
+    first = 5 + len(failed)
     destinations: dict[str, Any] = {}
     for i, name in enumerate(names):
         pending, inflight, dead, pause, dstats = replies[first + 5 * i : first + 5 + 5 * i]
@@ -58,6 +59,7 @@ def overview(rt: Runtime) -> dict[str, Any]:
         # jobs_failed:<queue>, every failed run, retried or not
         "failed_jobs": failed_jobs,
         "quarantined": quarantine,
+        "quarantined_bytes": int(quarantine_bytes or 0),
         "counters": {k.decode(): int(v) for k, v in sorted(stats.items())},
         "destinations": destinations,
     }
