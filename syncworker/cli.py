@@ -75,7 +75,7 @@ def main(log_level: str) -> None:
 @click.option("--data-dir", default=".syncworker", show_default=True, help="embedded Redis data")
 def run(port: int, data_dir: str) -> None:
     """Web and worker together; with no REDIS_URL, an embedded Redis server too."""
-    load_settings(require_redis=False)
+    settings = load_settings(require_redis=False)
     env = dict(os.environ)
     server = None
     if not env.get("REDIS_URL"):
@@ -84,19 +84,33 @@ def run(port: int, data_dir: str) -> None:
         server = RedisServer(data_dir=str(Path(data_dir) / "redis"), persist=True).start()
         env["REDIS_URL"] = server.url
         click.echo(f"embedded Redis listening on {server.url} (data in {server.data_dir})")
-    env["SYNCWORKER_BIND"] = f"0.0.0.0:{port}"
+    bind = settings.bind or f"0.0.0.0:{port}"
+    env["SYNCWORKER_BIND"] = bind
     me = [sys.executable, "-m", "syncworker"]
     children = [
         subprocess.Popen([*me, "web"], env=env),
         subprocess.Popen([*me, "worker"], env=env),
     ]
-    click.echo(f"web on http://127.0.0.1:{port}  (POST /webhooks/<source>, GET /healthz)")
+    click.echo(f"web listening on {bind}{_reach(bind)}  (POST /webhooks/<source>, GET /healthz)")
+    signalled = False
     try:
-        _wait_any(children)
+        signalled = _wait_any(children)
     finally:
-        _stop_all(children)
+        _stop_all(children, grace=settings.stop_grace_s + 10, signalled=signalled)
         if server is not None:
             server.stop()
+
+
+def _reach(bind: str) -> str:
+    """How to reach a gunicorn bind address from this machine, when it is a TCP one."""
+    if bind.startswith(("unix:", "fd://")):
+        return ""
+    host, _, port = bind.rpartition(":")
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host in ("[::]", "::"):
+        host = "[::1]"
+    return f": http://{host}:{port}"
 
 
 @main.command()
@@ -124,7 +138,14 @@ def worker(queue_name: str | None, burst: bool) -> None:
     me = [sys.executable, "-m", "syncworker", "worker"]
     children = {q: subprocess.Popen([*me, "--queue", q]) for q in ("ingest", "deliver")}
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def on_term(*_: object) -> None:
+        # passed on at once: when the whole process group gets the signal too (a platform's
+        # stop), RQ takes a second SIGTERM more than 1 s after the first for a cold stop
+        stop.set()
+        _signal_all(list(children.values()))
+
+    signal.signal(signal.SIGTERM, on_term)
     click.echo(
         f"worker: queues {', '.join(QUEUES)}; destinations {', '.join(rt.destinations) or '-'}"
     )
@@ -135,32 +156,35 @@ def worker(queue_name: str | None, burst: bool) -> None:
             except redis.RedisError as exc:
                 log.warning("tick failed error=%s", type(exc).__name__)
             for name, child in list(children.items()):
-                if child.poll() is not None:
+                if child.poll() is not None and not stop.is_set():
                     log.error("worker exited queue=%s code=%s; restarting", name, child.returncode)
                     children[name] = subprocess.Popen([*me, "--queue", name])
             stop.wait(1.0)
     except KeyboardInterrupt:
         pass
     finally:
-        _stop_all(list(children.values()))
+        _stop_all(list(children.values()), grace=settings.stop_grace_s, signalled=stop.is_set())
 
 
 def _run_rq_worker(settings: Settings, queue_name: str, burst: bool) -> None:
-    from rq import SimpleWorker, Worker
     from rq.serializers import JSONSerializer
+
+    from syncworker.workers import QuickStopSimpleWorker, QuickStopWorker
 
     setup_sentry(settings.sentry_dsn)
     conn = connect_worker(settings.redis_url)
     runtime.configure(runtime.Runtime.build(settings, conn))
-    klass = SimpleWorker if settings.worker_class == "simple" else Worker
-    w = klass(
-        [queue_name],
-        connection=conn,
-        serializer=JSONSerializer,
-        default_result_ttl=0,
+    options: dict[str, Any] = {
+        "connection": conn,
+        "serializer": JSONSerializer,
+        "default_result_ttl": 0,
         # abandoned jobs (a worker killed mid-job) are found by this sweep; RQ's default is 10 min
-        maintenance_interval=60,
-    )
+        "maintenance_interval": 60,
+    }
+    if settings.worker_class == "simple":
+        w: QuickStopWorker | QuickStopSimpleWorker = QuickStopSimpleWorker([queue_name], **options)
+    else:
+        w = QuickStopWorker([queue_name], stop_grace=settings.stop_grace_s, **options)
     w.work(
         burst=burst,
         # a failed or abandoned ingest job is retried after a delay: RQ's scheduler requeues it
@@ -169,21 +193,37 @@ def _run_rq_worker(settings: Settings, queue_name: str, burst: bool) -> None:
     )
 
 
-def _wait_any(children: list[subprocess.Popen[bytes]]) -> None:
+def _wait_any(children: list[subprocess.Popen[bytes]]) -> bool:
+    """Wait until a child exits or SIGTERM/Ctrl-C; True if the children were signalled."""
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def on_term(*_: object) -> None:
+        stop.set()
+        _signal_all(children)  # at once: see `worker`
+
+    signal.signal(signal.SIGTERM, on_term)
     try:
         while not stop.is_set() and all(c.poll() is None for c in children):
             stop.wait(0.5)
     except KeyboardInterrupt:
         pass
+    return stop.is_set()
 
 
-def _stop_all(children: list[subprocess.Popen[bytes]]) -> None:
+def _signal_all(children: list[subprocess.Popen[bytes]]) -> None:
     for child in children:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 20
+
+
+def _stop_all(
+    children: list[subprocess.Popen[bytes]], grace: float = 10.0, signalled: bool = False
+) -> None:
+    """Ask each child to stop (unless it was already asked) and wait for it: an RQ worker lets
+    its job run for up to ``grace`` seconds; past that and a margin, it is killed."""
+    if not signalled:
+        _signal_all(children)
+    deadline = time.monotonic() + grace + 10
     for child in children:
         try:
             child.wait(max(0.1, deadline - time.monotonic()))

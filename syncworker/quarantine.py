@@ -24,7 +24,7 @@ from syncworker.errors import IntakeError, PayloadInvalid
 from syncworker.events import HygieneEvent
 from syncworker.intake.base import EspParser, InboundRequest, ParseResult, Quarantined, admit
 from syncworker.intake.registry import ESP_PARSERS
-from syncworker.queueing import QUARANTINE, Enqueuer
+from syncworker.queueing import QUARANTINE, QUARANTINE_BYTES, QUARANTINE_REMOVE_LUA, Enqueuer
 from syncworker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ return redis.call('LRANGE', KEYS[1], math.max(0, start - tonumber(ARGV[2])), sta
 """
 # Rewrite one record where it is: at the index the replay expects it (counted from the tail,
 # the end it walks from), or, if a trim or a removal by someone else has moved it, wherever it is
-# now (found by its exact value); gone, it is left gone.
+# now (found by its exact value); gone, it is left gone. KEYS[2], the list's byte total, follows.
 REWRITE_LUA = """
 local at = tonumber(ARGV[3])
 if redis.call('LINDEX', KEYS[1], at) ~= ARGV[1] then
@@ -54,8 +54,11 @@ if redis.call('LINDEX', KEYS[1], at) ~= ARGV[1] then
   if not at then return 0 end
 end
 redis.call('LSET', KEYS[1], at, ARGV[2])
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('INCRBY', KEYS[2], #ARGV[2] - #ARGV[1]) end
 return 1
 """
+# Remove one record (the oldest copy of ARGV[1]) and lower the list's byte total (KEYS[2]) by it.
+TRUNCATED = "stored truncated (larger than the record size): cannot be parsed again"
 
 
 @dataclass
@@ -169,6 +172,7 @@ class _Replay:
         self.dry_run = dry_run
         self._enqueuer = enqueuer
         self._rewrite = self.conn.register_script(REWRITE_LUA)
+        self._remove = self.conn.register_script(QUARANTINE_REMOVE_LUA)
         self.report = ReplayReport(dry_run=dry_run)
         self.batches: dict[str, _Batch] = {}  # source -> what its replayed records yield
         # the newest record read that stays in the list: the next page starts past it
@@ -202,6 +206,9 @@ class _Replay:
         self.report.records += 1
         if not isinstance(name, str) or name not in self.parsers:
             self.report.skipped[f"source {name!r} is not configured"] += 1
+            return
+        if "truncated" in record:  # only a prefix was kept: see queueing.store_quarantine
+            self.report.skipped[TRUNCATED] += 1
             return
         parser = self.parsers[name]
         esp = record.get("esp")
@@ -247,7 +254,7 @@ class _Replay:
         kept.update(now)
         if kept != record and not self.dry_run:
             rewritten = _dumps(kept)
-            self._rewrite(keys=[QUARANTINE], args=[value, rewritten, at])
+            self._rewrite(keys=[QUARANTINE, QUARANTINE_BYTES], args=[value, rewritten, at])
             self.anchor = rewritten  # what the next page starts past
 
     def flush(self, source: str | None = None) -> None:
@@ -264,7 +271,7 @@ class _Replay:
                 )
             with self.conn.pipeline(transaction=False) as pipe:
                 for value in batch.values:
-                    pipe.lrem(QUARANTINE, -1, value)  # type: ignore[arg-type]  # bytes work
+                    self._remove(keys=[QUARANTINE, QUARANTINE_BYTES], args=[value, -1], client=pipe)
                 pipe.execute()
             self.behind -= len(batch.values)
 

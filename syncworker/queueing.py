@@ -14,6 +14,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import hiredis
@@ -31,6 +32,7 @@ from rq.utils import now
 from syncworker import codec
 
 if TYPE_CHECKING:
+    from syncworker.config import Settings
     from syncworker.events import HygieneEvent
     from syncworker.intake.base import Quarantined
 
@@ -39,6 +41,7 @@ DELIVER = "syncworker-deliver"
 QUEUES = (INGEST, DELIVER)
 STATS = "sw:stats"
 QUARANTINE = "sw:quarantine"  # verified requests whose events failed validation
+QUARANTINE_BYTES = "sw:quarantine:bytes"  # the byte total of its records (store_quarantine)
 
 # Writes a batch of RQ jobs atomically in one command: the intake counters bumped, then each job's
 # hash (as ``Job.to_dict()`` gives it), its id pushed on the queue, the queue registered. Every
@@ -308,22 +311,142 @@ def _copy(exc: BaseException) -> BaseException:
         return redis.ConnectionError(f"queue write failed: {type(exc).__name__}")
 
 
+@dataclass(frozen=True)
+class QuarantineLimits:
+    """How much the quarantine keeps: records, bytes per record, bytes in all (oldest dropped)."""
+
+    records: int = 10000
+    record_bytes: int = 64 * 1024
+    total_bytes: int = 64 * 1024 * 1024
+
+    @classmethod
+    def of(cls, settings: Settings) -> QuarantineLimits:
+        return cls(
+            settings.quarantine_limit,
+            settings.quarantine_record_bytes,
+            settings.quarantine_max_bytes,
+        )
+
+
+# Push records at the head, then drop records from the tail (the oldest) while the list holds
+# more than ARGV[1] records or more than ARGV[2] bytes. KEYS[2] keeps the list's byte total so
+# that no push reads the list; it is computed once from the list if missing (a list written by
+# an older release), and reset when the list is empty. Whatever removes a record elsewhere
+# should lower it (the replay does); where it does not, the total errs high and the list is
+# trimmed further than it needs to be, never less.
+#   KEYS[1] the quarantine list   KEYS[2] its byte total   KEYS[3] the stats hash
+#   ARGV[1] most records   ARGV[2] most bytes   ARGV[3..] the records, oldest first
+QUARANTINE_PUSH_LUA = """
+local limit, most = tonumber(ARGV[1]), tonumber(ARGV[2])
+local total = tonumber(redis.call('GET', KEYS[2]))
+if total == nil then
+  total = 0
+  for _, value in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do total = total + #value end
+end
+for i = 3, #ARGV do
+  redis.call('LPUSH', KEYS[1], ARGV[i])
+  total = total + #ARGV[i]
+end
+local dropped = 0
+local n = redis.call('LLEN', KEYS[1])
+while n > 0 and (n > limit or total > most) do
+  total = total - #redis.call('RPOP', KEYS[1])
+  n = n - 1
+  dropped = dropped + 1
+end
+if n == 0 or total < 0 then total = 0 end
+redis.call('SET', KEYS[2], total)
+redis.call('HINCRBY', KEYS[3], 'quarantined', #ARGV - 2)
+if dropped > 0 then redis.call('HINCRBY', KEYS[3], 'quarantine_dropped', dropped) end
+return dropped
+"""
+# Remove a record by its value and lower the byte total by what left.
+#   KEYS[1] the quarantine list   KEYS[2] its byte total
+#   ARGV[1] the record   ARGV[2] LREM's count (-1: one, from the tail; 0: every copy)
+QUARANTINE_REMOVE_LUA = """
+local removed = redis.call('LREM', KEYS[1], ARGV[2], ARGV[1])
+if removed > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('DECRBY', KEYS[2], #ARGV[1] * removed)
+end
+return removed
+"""
+REASON_CHARS = 2000  # most of a truncated record's reason (marshmallow lists every bad field)
+
+
 def store_quarantine(
-    conn: redis.Redis, source: str, items: list[dict[str, Any]], limit: int
+    conn: redis.Redis,
+    source: str,
+    items: list[dict[str, Any]],
+    limits: QuarantineLimits | int,
 ) -> None:
-    """Keep what a verified request carried but could not be used, newest first, capped."""
+    """Keep what a verified request carried but could not be used, newest first, bounded in
+    records and bytes (an int: the most records, with the default byte bounds).
+
+    An item's ``body`` (bytes or text) or ``raw`` that would make its record larger than
+    ``record_bytes`` is not kept whole: the record holds a ``prefix`` of it and ``truncated``,
+    its key, original length and SHA-256, so that an operator can match it to the ESP's logs.
+    """
+    if isinstance(limits, int):
+        limits = QuarantineLimits(records=limits)
     now = time.time()
-    with conn.pipeline(transaction=True) as pipe:
-        for item in items:
-            record = {"source": source, "at": now, **item}
-            try:
-                encoded = orjson.dumps(record)
-            except TypeError:  # an integer beyond 64 bits (as in Enqueuer.job)
-                encoded = json.dumps(record).encode()
-            pipe.lpush(QUARANTINE, encoded)
-        pipe.ltrim(QUARANTINE, 0, max(0, limit - 1))
-        pipe.hincrby(STATS, "quarantined", len(items))
-        pipe.execute()
+    records = [_fit({"source": source, "at": now, **item}, limits.record_bytes) for item in items]
+    conn.eval(
+        QUARANTINE_PUSH_LUA,
+        3,
+        QUARANTINE,
+        QUARANTINE_BYTES,
+        STATS,
+        max(0, limits.records),
+        max(0, limits.total_bytes),
+        *records,
+    )
+
+
+def _fit(record: dict[str, Any], cap: int) -> bytes:
+    """The record encoded, its body or raw cut to a prefix if it would exceed ``cap`` bytes."""
+    body = record.get("body")
+    if isinstance(body, bytes):
+        record["body"] = body.decode("utf-8", "replace")
+    encoded = _dumps(record)
+    if len(encoded) <= cap:
+        return encoded
+    key = "body" if "body" in record else "raw" if "raw" in record else None
+    whole = record.pop(key) if key is not None else None
+    original = body if isinstance(body, bytes) and key == "body" else _original(whole)
+    reason = record.get("reason")
+    most = min(REASON_CHARS, cap // 4)  # leave room for the prefix
+    if isinstance(reason, str) and len(reason) > most:
+        record["reason"] = reason[:most] + "…"
+    record["truncated"] = {
+        "key": key,
+        "length": len(original),
+        "sha256": hashlib.sha256(original).hexdigest(),
+    }
+    record["prefix"] = ""
+    room = cap - len(_dumps(record))
+    while room > 0:  # JSON escapes may make the prefix longer than its bytes: shrink until it fits
+        record["prefix"] = original[:room].decode("utf-8", "ignore")
+        encoded = _dumps(record)
+        if len(encoded) <= cap:
+            return encoded
+        room -= len(encoded) - cap
+    record["prefix"] = ""
+    return _dumps(record)
+
+
+def _original(value: Any) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace")
+    return _dumps(value)
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # an integer beyond 64 bits (as in Enqueuer.job)
+        return json.dumps(value).encode()
 
 
 def _lua_string(value: Any) -> str:

@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
+from rq.registry import FailedJobRegistry
 
 from syncworker.delivery import DEAD, DSTATS, INFLIGHT, PAUSE
 from syncworker.ledger import PENDING
-from syncworker.queueing import DELIVER, INGEST, QUARANTINE, STATS
+from syncworker.queueing import DELIVER, INGEST, QUARANTINE, QUARANTINE_BYTES, STATS
 from syncworker.runtime import Runtime
+from syncworker.workers import short_name
+
+
+def failed_job_keys() -> dict[str, str]:
+    """Queue short name -> the key of RQ's failed-job registry of that queue."""
+    return {short_name(q): FailedJobRegistry(q, connection=None).key for q in (INGEST, DELIVER)}
 
 
 def overview(rt: Runtime) -> dict[str, Any]:
     conn = rt.conn
     names = list(rt.destinations)
+    failed = failed_job_keys()
     with conn.pipeline(transaction=False) as pipe:
         pipe.hgetall(STATS)
         pipe.llen(f"rq:queue:{INGEST}")
         pipe.llen(f"rq:queue:{DELIVER}")
         pipe.llen(QUARANTINE)
+        pipe.get(QUARANTINE_BYTES)
+        for key in failed.values():
+            # scored by expiry (failure_ttl): what RQ's cleanup would still keep
+            pipe.zcount(key, time.time(), "+inf")
         for name in names:
             pipe.zcard(PENDING + name)
             pipe.zcard(INFLIGHT + name)
@@ -27,10 +40,12 @@ def overview(rt: Runtime) -> dict[str, Any]:
             pipe.get(PAUSE + name)
             pipe.hgetall(DSTATS + name)
         replies = pipe.execute()
-    stats, ingest, deliver, quarantine = replies[:4]
+    stats, ingest, deliver, quarantine, quarantine_bytes = replies[:5]
+    failed_jobs = dict(zip(failed, replies[5 : 5 + len(failed)], strict=True))
+    first = 5 + len(failed)
     destinations: dict[str, Any] = {}
     for i, name in enumerate(names):
-        pending, inflight, dead, pause, dstats = replies[4 + 5 * i : 9 + 5 * i]
+        pending, inflight, dead, pause, dstats = replies[first + 5 * i : first + 5 + 5 * i]
         destinations[name] = {
             "pending": pending,
             "in_flight": inflight,
@@ -40,7 +55,11 @@ def overview(rt: Runtime) -> dict[str, Any]:
         }
     return {
         "queues": {"ingest": ingest, "deliver": deliver},
+        # jobs in RQ's failed-job registries (`rq requeue` retries them); the counters hold
+        # jobs_failed:<queue>, every failed run, retried or not
+        "failed_jobs": failed_jobs,
         "quarantined": quarantine,
+        "quarantined_bytes": int(quarantine_bytes or 0),
         "counters": {k.decode(): int(v) for k, v in sorted(stats.items())},
         "destinations": destinations,
     }

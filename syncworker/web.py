@@ -15,7 +15,7 @@ from syncworker.errors import IntakeError
 from syncworker.intake.base import EspParser
 from syncworker.intake.registry import ESP_PARSERS
 from syncworker.observability import setup_logging, setup_sentry
-from syncworker.queueing import Enqueuer, connect, store_quarantine
+from syncworker.queueing import Enqueuer, QuarantineLimits, connect, store_quarantine
 from syncworker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -33,13 +33,14 @@ class AppState:
         with the headers its parser reads (never a signature: ``EspParser.kept_headers``)."""
         from flask import has_request_context, request
 
-        item: dict[str, object] = {"esp": esp, "reason": reason}
-        item["body"] = body.decode("utf-8", "replace")
+        # the bytes as received: past the record size, their SHA-256 is what is kept of them
+        item: dict[str, object] = {"esp": esp, "reason": reason, "body": body}
         parser = self.parsers.get(source)
         if parser is not None and has_request_context():  # the route calls it in its request
             if headers := parser.kept_headers(request.headers):
                 item["headers"] = headers
-        store_quarantine(self.runtime.conn, source, [item], self.settings.quarantine_limit)
+        limits = QuarantineLimits.of(self.settings)
+        store_quarantine(self.runtime.conn, source, [item], limits)
 
 
 def create_app(settings: Settings | None = None) -> Flask:

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 import redis
-from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from syncworker import runtime
 from syncworker.config import DestinationConfig, Settings, SourceConfig
 from syncworker.queueing import DELIVER, INGEST
 from syncworker.redis_server import RedisServer
+from syncworker.workers import QuickStopSimpleWorker
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +92,9 @@ def run_worker(redis_conn: redis.Redis) -> Callable[..., int]:
     def drain(queues: tuple[str, ...] = (INGEST, DELIVER), rounds: int = 50) -> int:
         total = 0
         for _ in range(rounds):
-            worker = SimpleWorker(list(queues), connection=redis_conn, serializer=JSONSerializer)
+            worker = QuickStopSimpleWorker(
+                list(queues), connection=redis_conn, serializer=JSONSerializer
+            )
             worker.work(burst=True, logging_level="WARNING")
             done = worker.successful_job_count + worker.failed_job_count
             total += done

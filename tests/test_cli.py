@@ -192,3 +192,41 @@ def test_run_starts_an_embedded_redis_web_and_worker(tmp_path: Path) -> None:
     finally:
         proc.stop(signal.SIGTERM)
     assert proc.proc.returncode is not None
+
+
+def test_run_binds_where_configured_and_says_so(tmp_path: Path) -> None:
+    """`syncworker run` listens on SYNCWORKER_BIND (here 127.0.0.2 only) and prints that address,
+    not 0.0.0.0 on --port."""
+    port, other = free_port(), free_port()
+    env = clean_env(
+        {
+            "SYNCWORKER_SOURCES": "postmark",
+            "SYNCWORKER_POSTMARK_USERNAME": "pm",
+            "SYNCWORKER_POSTMARK_PASSWORD": "pw",
+            "SYNCWORKER_BIND": f"127.0.0.2:{port}",
+        }
+    )
+    env.pop("REDIS_URL", None)
+    args = [sys.executable, "-m", "syncworker", "run", "--port", str(other)]
+    proc = Process([*args, "--data-dir", str(tmp_path / "data")], env, tmp_path / "run.log")
+    try:
+
+        def up() -> bool:
+            assert proc.alive(), proc.output()
+            try:
+                got = requests.get(f"http://127.0.0.2:{port}/healthz", timeout=0.5)
+                return got.status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_until(up, 30, "the web process on 127.0.0.2")
+        assert f"web listening on 127.0.0.2:{port}: http://127.0.0.2:{port}" in proc.output()
+        assert "0.0.0.0" not in proc.output() and "127.0.0.1:" + str(port) not in proc.output()
+        for elsewhere in (f"http://127.0.0.1:{port}", f"http://127.0.0.2:{other}"):
+            try:
+                requests.get(elsewhere + "/healthz", timeout=2)
+            except requests.ConnectionError:
+                continue
+            raise AssertionError(f"{elsewhere} answered: the web process bound too widely")
+    finally:
+        proc.stop(signal.SIGTERM)

@@ -11,7 +11,7 @@ import pytest
 import redis
 import sentry_sdk
 from flask import Flask
-from rq import Queue, SimpleWorker
+from rq import Queue
 from rq.serializers import JSONSerializer
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
@@ -20,6 +20,7 @@ from syncworker.observability import setup_sentry
 from syncworker.privacy import mask, mask_text, scrub
 from syncworker.queueing import INGEST
 from syncworker.web import create_app
+from syncworker.workers import QuickStopSimpleWorker
 from tests.conftest import SettingsFactory
 
 ADDRESS = re.compile(rb"[A-Za-z0-9._%+-]{2,}@example\.com")
@@ -84,7 +85,7 @@ def test_sentry_event_from_a_failing_job_has_no_address(
     bad = {"source": "x", "events": [{"email": "jane.doe@example.com", "kind": "nonsense"}]}
     queue.enqueue_call("syncworker.jobs.ingest", args=(bad,), description="ingest test")
     logging.getLogger("test").error("while handling jane.doe@example.com")
-    worker = SimpleWorker([queue], connection=redis_conn, serializer=JSONSerializer)
+    worker = QuickStopSimpleWorker([queue], connection=redis_conn, serializer=JSONSerializer)
     worker.work(burst=True, logging_level="CRITICAL")
     assert queue.failed_job_registry.count == 1
     sentry_sdk.flush()

@@ -10,11 +10,12 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from rq import Queue, SimpleWorker
+from rq import Queue
 from rq.serializers import JSONSerializer
 
 from syncworker.queueing import INGEST, STATS, Enqueuer, connect
 from syncworker.redis_server import RedisServer, free_port
+from syncworker.workers import QuickStopSimpleWorker
 
 
 def payload(i: int) -> dict[str, Any]:
@@ -42,7 +43,7 @@ def test_jobs_are_ordinary_rq_jobs(
     assert job.description == "ingest source=t events=0"
     assert job.retries_left == 3 and job.result_ttl == 0
     assert redis_conn.ttl(f"rq:job:{job_id}") == -1
-    worker = SimpleWorker([queue], connection=redis_conn, serializer=JSONSerializer)
+    worker = QuickStopSimpleWorker([queue], connection=redis_conn, serializer=JSONSerializer)
     worker.work(burst=True, logging_level="WARNING")
     assert queue.count == 0 and queue.failed_job_registry.count == 0
     assert redis_conn.hget(STATS, "in:t:x") == b"1"

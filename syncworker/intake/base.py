@@ -51,6 +51,9 @@ class Quarantined:
     raw: Any
 
 
+OTHER_CODE = "other"  # how an ignored event whose code the module does not know is counted
+
+
 @dataclass(slots=True)
 class ParseResult:
     """What a request yielded: hygiene events, counts of ignored native event types, bad events."""
@@ -81,6 +84,10 @@ class EspParser:
     verification: ClassVar[str] = ""
     #: the scheme signs the request URL, so the web app must fill ``InboundRequest.url``
     signs_url: ClassVar[bool] = False
+    #: the native event codes this module knows: its code table and the documented types it
+    #: ignores. An ignored event is counted under its code only if known, else as ``OTHER_CODE``
+    #: (a code is the ESP's text: it could be an address, and each one would be a metric label)
+    known_codes: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, source: SourceConfig, *, clock: Callable[[], float] = time.time) -> None:
         self.source = source

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from syncworker.errors import PayloadInvalid, PayloadTooLarge, SignatureInvalid, UnknownEsp
 from syncworker.intake import nonces
-from syncworker.intake.base import InboundRequest, ParseResult, admit
+from syncworker.intake.base import OTHER_CODE, InboundRequest, ParseResult, admit
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,12 @@ def receive(source: str) -> tuple[Response, int]:
         return jsonify(result.response), 200
     events, quarantined = result.events, result.quarantined
     ignored = sum(result.ignored.values())
-    counters: dict[str, int] = {f"in:{source}:{code}": n for code, n in result.ignored.items()}
+    counters: dict[str, int] = {}
+    known = parser.known_codes
+    for code, n in result.ignored.items():
+        # an unknown code is the ESP's free text (it could be an address): one label for all
+        name = f"in:{source}:{code if code in known else OTHER_CODE}"
+        counters[name] = counters.get(name, 0) + n
     for event in events:
         name = f"in:{source}:{event.kind.value}"
         counters[name] = counters.get(name, 0) + 1

@@ -123,6 +123,12 @@ NOTIFICATION_KEYS = frozenset({"mail", "notificationType", "eventType"})
 
 class AmazonSesParser(EspParser):
     esp = "amazon_ses"
+    known_codes = frozenset(
+        {*SCHEMAS, "TopicValidation", "Subscription:topics"}
+        | {"Delivery", "Send", "Reject", "Open", "Click", "Rendering Failure", "DeliveryDelay"}
+        | {f"Bounce:{sub}" for sub, kind in BOUNCE_SUBTYPES.items() if kind is None}
+        | {f"Complaint:{feedback}" for feedback in NOT_COMPLAINTS}
+    )
     settings = ("TOPIC_ARNS",)
     optional_settings = {
         "CERT_URL_PATTERN": r"https://sns\.[a-z0-9-]{3,}\.amazonaws\.com(\.cn)?/[A-Za-z0-9._/-]+\.pem",

@@ -86,6 +86,10 @@ def _kind(code: str, data: dict[str, Any]) -> Kind:
 
 class BrevoParser(EspParser):
     esp = "brevo"
+    known_codes = frozenset(
+        {*SCHEMAS, "request", "delivered", "deferred", "opened", "unique_opened", "click"}
+        | {"proxy_open", "unique_proxy_open", "error"}
+    )
     settings = ("TOKEN",)
     optional_settings = {"USERNAME": "brevo"}
     verification = (

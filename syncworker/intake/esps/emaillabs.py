@@ -91,6 +91,7 @@ def _message_id(value: Any) -> str | None:
 
 class EmailLabsParser(BasicAuthParser):
     esp = "emaillabs"
+    known_codes = frozenset({*STATUSES, "dropped", "injected", "ok", "deferred", "open", "track"})
     # SECRET_KEY_PREVIOUS is listed so the checksum secret can be rotated like the others
     optional_settings = {"SECRET_KEY": "", "SECRET_KEY_PREVIOUS": ""}
     verification = (

@@ -115,6 +115,11 @@ def _is_test_ping(body: bytes) -> bool:
 
 class MailerSendParser(EspParser):
     esp = "mailersend"
+    known_codes = frozenset(
+        {*KINDS, TEST_TYPE, "activity.deferred", "activity.sent", "activity.delivered"}
+        | {"activity.opened", "activity.opened_unique", "activity.clicked"}
+        | {"activity.clicked_unique", "activity.survey_opened", "activity.survey_submitted"}
+    )
     settings = ("SIGNING_SECRET",)
     verification = "hex HMAC-SHA256 of the raw body with the signing secret (Signature header)"
 

@@ -206,6 +206,9 @@ def _dig(value: Any, *keys: str) -> Any:
 
 class MailgunParser(EspParser):
     esp = "mailgun"
+    known_codes = frozenset(
+        {*KINDS, "failed", "accepted", "delivered", "opened", "clicked", "stored"}
+    )
     settings = ("SIGNING_KEY",)
     verification = (
         "HMAC-SHA256 of timestamp + token with the webhook signing key (JSON signature object,"

@@ -94,6 +94,7 @@ def _kind(code: str, data: dict[str, Any]) -> Kind | None:
 
 class MailjetParser(BasicAuthParser):
     esp = "mailjet"
+    known_codes = frozenset({*SCHEMAS, "sent", "open", "click"})
     verification = "HTTP Basic credentials in the callback URL"
 
     def parse(self, body: bytes) -> ParseResult:

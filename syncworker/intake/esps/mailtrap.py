@@ -124,6 +124,7 @@ def _items(body: bytes) -> list[Any]:
 
 class MailtrapParser(EspParser):
     esp = "mailtrap"
+    known_codes = frozenset({*SCHEMAS, "delivery", "open", "click", "suspension"})
     settings = ("SIGNING_SECRET",)
     verification = "HMAC-SHA256 of the raw body (Mailtrap-Signature, hex)"
 

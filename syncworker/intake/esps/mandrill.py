@@ -152,6 +152,11 @@ def form_fields(body: bytes) -> list[tuple[str, str]]:
 
 class MandrillParser(EspParser):
     esp = "mandrill"
+    known_codes = frozenset(
+        {*SCHEMAS, "send", "delivered", "deferral", "open", "click", "inbound"}
+        | {"blacklist:remove", "denylist:remove", "whitelist:add", "whitelist:remove"}
+        | {"allowlist:add", "allowlist:remove"}
+    )
     settings = ("WEBHOOK_KEY",)
     # the URL exactly as entered in Mandrill, if not SYNCWORKER_PUBLIC_URL + /webhooks/<name>
     optional_settings = {"WEBHOOK_URL": ""}

@@ -155,6 +155,10 @@ def load_public_keys(value: str) -> list[rsa.RSAPublicKey]:
 
 class PostalParser(EspParser):
     esp = "postal"
+    known_codes = frozenset(
+        {*SCHEMAS, "MessageSent", "MessageHeld", "MessageLinkClicked", "MessageLoaded"}
+        | {"DomainDNSError", "SendLimitApproaching", "SendLimitExceeded"}
+    )
     settings = ("PUBLIC_KEY",)
     optional_settings = {"ALLOW_SHA1": "false"}
     verification = "RSA PKCS#1 v1.5 SHA-256 signature of the raw body (SHA-1 if allowed)"

@@ -101,6 +101,15 @@ def _kind(record: str, data: dict[str, Any]) -> Kind | None:
 
 class PostmarkParser(BasicAuthParser):
     esp = "postmark"
+    # Bounce types that are not hygiene events are counted as Bounce:<Type>
+    known_codes = frozenset(
+        {*SCHEMAS, "Delivery", "Open", "Click"}
+        | {f"Bounce:{t}" for t in (
+            "Subscribe", "AutoResponder", "AddressChange", "ChallengeVerification",
+            "OpenRelayTest", "VirusNotification", "Unconfirmed", "SMTPApiError",
+            "TemplateRenderingFailed", "InboundError", "Unknown",
+        )}
+    )  # fmt: skip
     verification = "HTTP Basic credentials in the webhook URL"
 
     def parse(self, body: bytes) -> ParseResult:

@@ -163,6 +163,11 @@ def _narrowed(doc: dict[str, Any], email: str) -> dict[str, Any]:
 
 class ResendParser(MessageKeyedParser):
     esp = "resend"
+    known_codes = frozenset(
+        {*SCHEMAS, "email.sent", "email.delivered", "email.delivery_delayed", "email.failed"}
+        | {"email.scheduled", "email.opened", "email.clicked", "email.received"}
+        | {"contact.deleted", "domain.created", "domain.updated", "domain.deleted"}
+    )
     settings = ("SIGNING_SECRET",)
     verification = "Svix: HMAC-SHA256 of svix-id.svix-timestamp.body, whsec_ secret; skew ≤ 5 min"
 

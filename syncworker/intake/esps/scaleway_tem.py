@@ -75,6 +75,9 @@ SCHEMA = TemEvent()
 
 class ScalewayTemParser(EspParser):
     esp = "scaleway_tem"
+    known_codes = frozenset(
+        {*KINDS, *BLOCKLIST_EVENTS, "email_queued", "email_delivered", "unknown_type"}
+    )
     settings = ("TOPIC_ARNS", "CA_BUNDLE")
     optional_settings = {
         "CERT_URL_PATTERN": r"https://messaging\.s3\.[a-z]{2}-[a-z]{3}\.scw\.cloud/[A-Za-z0-9._/-]+",

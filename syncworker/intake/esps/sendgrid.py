@@ -113,6 +113,7 @@ def load_public_key(value: str) -> ec.EllipticCurvePublicKey:
 
 class SendGridParser(EspParser):
     esp = "sendgrid"
+    known_codes = frozenset({*SCHEMAS, "processed", "delivered", "deferred", "open", "click"})
     settings = ("PUBLIC_KEY",)
     verification = "ECDSA P-256 signature of timestamp + raw body (Signed Event Webhook)"
 

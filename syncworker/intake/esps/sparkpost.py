@@ -136,6 +136,12 @@ def _unwrap(wrapper: Any, result: ParseResult) -> dict[str, Any] | None:
 
 class SparkPostParser(BasicAuthParser):
     esp = "sparkpost"
+    known_codes = frozenset(
+        {*SCHEMAS, *KINDS, "delay", "injection", "delivery", "open", "initial_open", "click"}
+        | {"generation_failure", "amp_open", "amp_initial_open", "amp_click"}
+        | {"relay_injection", "relay_rejection", "relay_delivery", "relay_tempfail"}
+        | {"relay_permfail"}
+    )
     verification = "HTTP Basic credentials (the webhook's Basic Auth setting)"
 
     def parse(self, body: bytes) -> ParseResult:

@@ -143,6 +143,7 @@ def message_id(headers: HeaderMap) -> str | None:
 
 class StandardWebhooksParser(MessageKeyedParser):
     esp = "standard_webhooks"
+    known_codes = frozenset(KINDS)  # it sends our own kinds: any other is unknown
 
     def parse(self, body: bytes) -> ParseResult:
         return self._parse_items(_items(load_json(body)))

@@ -130,6 +130,9 @@ def _events(doc: dict[str, Any]) -> list[tuple[Any, Any]]:
 
 class UnisenderGoParser(EspParser):
     esp = "unisender_go"
+    known_codes = frozenset(
+        {*STATUSES, "sent", "delivered", "opened", "clicked", "transactional_spam_block"}
+    )
     settings = ("API_KEY",)
     verification = "`auth` field: MD5 of the raw body with `auth` replaced by the API key"
 

@@ -1,0 +1,112 @@
+"""RQ workers stop within seconds: in-process burst workers, and a real `syncworker worker` on
+SIGTERM in the middle of a big ingest job, which then completes or is requeued, losing nothing."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import redis
+from rq import Queue
+from rq.registry import ScheduledJobRegistry, StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from syncworker.events import HygieneEvent, Kind
+from syncworker.queueing import INGEST, Enqueuer
+from syncworker.workers import QuickStopSimpleWorker
+from tests.processes import Process, clean_env, start_worker, wait_until
+
+
+def test_burst_workers_stop_at_once(redis_conn: redis.Redis) -> None:
+    """RQ's command listener used to wait out its 60 s read after a stop now and then (about one
+    stop in twenty): every one of many burst runs ends within seconds."""
+    queue = Queue("stop-test", connection=redis_conn, serializer=JSONSerializer)
+    slowest = 0.0
+    for _ in range(150):
+        job = queue.enqueue("os.getpid")
+        started = time.monotonic()
+        worker = QuickStopSimpleWorker([queue], connection=redis_conn, serializer=JSONSerializer)
+        worker.work(burst=True, logging_level="WARNING")
+        slowest = max(slowest, time.monotonic() - started)
+        assert job.get_status() == "finished"
+        assert slowest < 5, f"a burst worker took {slowest:.1f}s to stop"
+
+
+def big_job(conn: redis.Redis, n: int) -> str:
+    events = [
+        HygieneEvent(
+            f"stop-{i}", "t", "t", f"stop{i % 500}@example.com", Kind.UNSUBSCRIBE, 1.7e9 + i
+        ).to_dict()
+        for i in range(n)
+    ]
+    job_id = Enqueuer(conn).ingest({"source": "t", "events": events}, "ingest test", {})
+    assert job_id is not None
+    return job_id
+
+
+def applied(conn: redis.Redis) -> int:
+    """Events of ``big_job`` the ledger has applied (it keeps one dedupe key per event)."""
+    return sum(1 for _ in conn.scan_iter("sw:k:stop-*", count=10_000))
+
+
+def stop_mid_job(conn: redis.Redis, worker: Process, job_id: str) -> float:
+    """SIGTERM the worker once the job has applied some events; seconds it took to exit."""
+    started = StartedJobRegistry(queue=Queue(INGEST, connection=conn, serializer=JSONSerializer))
+    wait_until(lambda: job_id in started.get_job_ids(cleanup=False), 30, "the job to start")
+    wait_until(lambda: applied(conn) > 0, 30, "the job to apply events")
+    began = time.monotonic()
+    worker.proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: not worker.alive(), 60, "the worker to exit", interval=0.02)
+    return time.monotonic() - began
+
+
+def test_sigterm_mid_job_lets_the_job_finish_and_stops(
+    redis_url: str, redis_conn: redis.Redis, tmp_path: Path
+) -> None:
+    """Within its stop grace, the running ingest job completes: every event is applied."""
+    env = clean_env({"REDIS_URL": redis_url, "SYNCWORKER_STOP_GRACE": "60"})
+    job_id = big_job(redis_conn, 5_000)
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        took = stop_mid_job(redis_conn, worker, job_id)
+        assert worker.proc.returncode == 0, worker.output()
+    finally:
+        worker.stop()
+    assert applied(redis_conn) == 5_000
+    assert not redis_conn.exists(f"rq:job:{job_id}")  # finished (result_ttl=0), not failed
+    assert took < 15, f"stopping took {took:.1f}s"
+    print(f"stop with a job to finish: {took:.2f}s")
+
+
+def test_job_running_past_the_stop_grace_is_requeued_and_lands_after_a_restart(
+    redis_url: str, redis_conn: redis.Redis, tmp_path: Path
+) -> None:
+    """A job longer than the stop grace is stopped and requeued through its retry; the worker
+    exits within seconds, and the next worker applies every event (the ledger dedupes)."""
+    env = clean_env({"REDIS_URL": redis_url, "SYNCWORKER_STOP_GRACE": "1"})
+    job_id = big_job(redis_conn, 60_000)
+    worker = start_worker(env, tmp_path / "worker1.log")
+    try:
+        took = stop_mid_job(redis_conn, worker, job_id)
+        assert worker.proc.returncode == 0, worker.output()
+    finally:
+        worker.stop()
+    assert took < 6, f"stopping took {took:.1f}s"
+    print(f"stop past the grace: {took:.2f}s")
+    assert applied(redis_conn) < 60_000, "the job was meant to be cut short"
+    queue = Queue(INGEST, connection=redis_conn, serializer=JSONSerializer)
+    assert job_id in ScheduledJobRegistry(queue=queue).get_job_ids(), "requeued by its retry"
+
+    restarted = start_worker(env, tmp_path / "worker2.log")
+    try:
+        wait_until(
+            lambda: not redis_conn.exists(f"rq:job:{job_id}"),
+            120,
+            "the requeued job to finish",
+            interval=0.2,
+        )
+    finally:
+        restarted.stop()
+    assert applied(redis_conn) == 60_000
+    assert queue.failed_job_registry.count == 0
