@@ -12,6 +12,7 @@ from rq import Queue
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
+from syncworker import codec
 from syncworker.events import HygieneEvent, Kind
 from syncworker.queueing import INGEST, Enqueuer
 from syncworker.workers import QuickStopSimpleWorker
@@ -35,9 +36,11 @@ def test_burst_workers_stop_at_once(redis_conn: redis.Redis) -> None:
 
 def big_job(conn: redis.Redis, n: int) -> str:
     events = [
-        HygieneEvent(
-            f"stop-{i}", "t", "t", f"stop{i % 500}@example.com", Kind.UNSUBSCRIBE, 1.7e9 + i
-        ).to_dict()
+        codec.dump(
+            HygieneEvent(
+                f"stop-{i}", "t", "t", f"stop{i % 500}@example.com", Kind.UNSUBSCRIBE, 1.7e9 + i
+            )
+        )
         for i in range(n)
     ]
     job_id = Enqueuer(conn).ingest({"source": "t", "events": events}, "ingest test", {})
