@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from syncworker.errors import ConfigError, PayloadInvalid, SignatureInvalid, Unavailable
-from syncworker.intake.base import ParseResult, iso_seconds
+from syncworker.intake.base import ParseResult, check_depth, iso_seconds, load_json
 
 if TYPE_CHECKING:
     from syncworker.config import SourceConfig
@@ -93,12 +93,18 @@ class SnsMessage:
         return "".join(f"{k}\n{v}\n" for k, v in pairs if v is not None).encode()
 
 
-def load_message(body: bytes) -> SnsMessage:
-    """Parse and check an SNS envelope; PayloadInvalid with the reason otherwise."""
+def load_message(body: bytes, *, depth_checked: bool = True) -> SnsMessage:
+    """Parse and check an SNS envelope; PayloadInvalid with the reason otherwise.
+
+    Verification reads only the signed string fields, so it passes ``depth_checked=False``;
+    the parse that follows refuses a body nested deeper than MAX_JSON_DEPTH (a 400, kept).
+    """
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise PayloadInvalid("body is not an SNS message (not JSON)") from None
+    if depth_checked:
+        check_depth(doc)
     if not isinstance(doc, dict):
         raise PayloadInvalid("body is not an SNS message (not a JSON object)")
     kind = doc.get("Type")
@@ -118,10 +124,7 @@ def load_message(body: bytes) -> SnsMessage:
 
 def message_object(message: SnsMessage) -> dict[str, Any]:
     """The JSON object an SNS Notification carries as its ``Message`` string."""
-    try:
-        doc = orjson.loads(message.message)
-    except orjson.JSONDecodeError:
-        raise PayloadInvalid("SNS Message is not JSON") from None
+    doc = load_json(message.message, "SNS Message")
     if not isinstance(doc, dict):
         raise PayloadInvalid("SNS Message is not a JSON object")
     return doc
@@ -293,7 +296,7 @@ class SnsVerifier:
     def verify(self, body: bytes) -> SnsMessage:
         """Check topic, age, certificate and signature; SignatureInvalid with the reason."""
         try:
-            message = load_message(body)
+            message = load_message(body, depth_checked=False)
         except PayloadInvalid as exc:
             raise SignatureInvalid(f"not a signed SNS message: {exc.detail}") from None
         if self.topics is not None and message.topic_arn not in self.topics:
