@@ -27,6 +27,7 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from syncworker.config import Settings, SourceConfig
+from syncworker.intake.base import MAX_JSON_DEPTH
 from syncworker.intake.registry import ESP_PARSERS
 from syncworker.intake.routes import PARSER_ERROR
 from syncworker.queueing import INGEST, QUARANTINE, STATS
@@ -172,9 +173,15 @@ def mutate(data: st.DataObject, doc: Any, fixed: frozenset[str]) -> Any:
     """Apply one to four random mutations to ``doc`` (in place where it can)."""
     for _ in range(data.draw(st.integers(1, 4), label="mutations")):
         every = [p for p in paths(doc) if p[0] not in fixed]
-        op = data.draw(st.sampled_from(["replace", "insert", "drop", "duplicate", "swap"]))
+        ops = ["replace", "insert", "drop", "duplicate", "swap", "deepen"]
+        op = data.draw(st.sampled_from(ops), label="op")
         if op == "replace" and every:
             put(doc, data.draw(st.sampled_from(every), label="path"), odd(data))
+        elif op == "deepen" and every:
+            # an item or a field near the top nested about as deep as orjson reads (1024)
+            shallow = [p for p in every if len(p) <= 3]
+            kind = data.draw(st.sampled_from(["array", "object"]), label="kind")
+            put(doc, data.draw(st.sampled_from(shallow or every), label="path"), nested(990, kind))
         elif op == "swap" and every:
             # a value of the wrong type for its field: another field's value
             source = copy.deepcopy(get(doc, data.draw(st.sampled_from(every), label="from")))
@@ -255,6 +262,15 @@ def post(client: FlaskClient, esp: str, doc: Any) -> tuple[Any, bytes]:
     return client.post(f"/webhooks/{esp}", data=body, headers=headers), body
 
 
+def depth(value: Any) -> int:
+    """How many arrays and objects are nested in one another in ``value``."""
+    level, levels = [value], 0
+    while level := [v for v in level if isinstance(v, dict | list)]:
+        levels += 1
+        level = [c for v in level for c in (v.values() if isinstance(v, dict) else v)]
+    return levels
+
+
 def check_answer(conn: redis.Redis, esp: str, response: Any, body: bytes) -> None:
     """The answer is never a 5xx and tells exactly what Redis got."""
     status = response.status_code
@@ -290,6 +306,9 @@ def check_answer(conn: redis.Redis, esp: str, response: Any, body: bytes) -> Non
         return
     (job,) = jobs
     (payload,) = job.args
+    # the limit holds on every way in: a quarantined item keeps at most its body's depth
+    # (below 2 levels of payload, 2 of the quarantined list and 1 of SNS's {MessageId, Message})
+    assert depth(payload["quarantined"]) <= MAX_JSON_DEPTH + 3
     assert len(payload["events"]) == answer["accepted"]
     assert len(payload["quarantined"]) == answer["quarantined"]
     assert "@" not in (job.description or "")
