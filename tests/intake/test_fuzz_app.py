@@ -490,13 +490,19 @@ def test_list_item_errors_are_reasons_with_text_keys(
     [
         orjson.loads(b"[" * 1000 + b"]" * 1000),
         {"n": 2**70, "s": "\ud800", "f": float("nan"), 3: "int key"},
-        {"big": 10**5000, "t": (1, 2), "o": object()},
+        {"big": 10**5000, "t": (1, [2**64] * 3), 1.5: [float("inf")] * 300},
     ],
-    ids=["nested-1000", "odd-scalars", "not-json"],
+    ids=["nested-1000", "odd-scalars", "huge-and-deep"],
 )
-def test_to_json_writes_anything(value: Any) -> None:
+def test_to_json_writes_any_json_value(value: Any) -> None:
     written = to_json(value)
     assert isinstance(orjson.loads(written), type(value) if isinstance(value, list) else dict)
+
+
+def test_to_json_refuses_what_is_not_json() -> None:
+    """A set or an object in a payload is a bug to see, not text to store."""
+    with pytest.raises(TypeError):
+        to_json({"x": [{1, 2}] * 300})
 
 
 class Exploding(EspParser):
