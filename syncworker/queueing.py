@@ -342,7 +342,7 @@ _INT64 = range(-(2**63), 2**64)
 
 def _writable(value: Any, depth: int) -> Any:
     """``value`` as orjson can write it: containers nested past ``depth`` replaced by a note,
-    integers beyond 64 bits by their digits, lone surrogates by U+FFFD, non-finite floats by
+    integers beyond 64 bits by their digits, lone surrogates by "?", non-finite floats by
     null (as orjson writes them). TypeError for a value of a type JSON does not have."""
     if value is None or isinstance(value, bool | float):
         return value

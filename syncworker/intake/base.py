@@ -22,9 +22,9 @@ if TYPE_CHECKING:  # avoids an import cycle with config
     from syncworker.config import SourceConfig
 
 MAX_TS = 253_402_300_799  # 9999-12-31: anything later is not a real event time
-# Arrays and objects nested in one another in a verified body, counting the outermost: no ESP
-# nests more than about 8; past 254 orjson cannot write a quarantined item back, and near 1000
-# the stdlib hits RecursionError. A deeper body is refused (400) and kept as text.
+# Arrays and objects nested in one another in a verified body, counting the outermost. ESPs'
+# documented payloads nest fewer than 10; past 254 orjson cannot write a quarantined item back,
+# and near 1000 the stdlib hits RecursionError. A deeper body is refused (400) and kept as text.
 MAX_JSON_DEPTH = 64
 
 

@@ -5,7 +5,9 @@ tells exactly what was queued, and a 4xx is JSON with a reason.
 Mutations replace or insert values at random paths (null, {}, [], nesting far deeper than
 ``MAX_JSON_DEPTH``, integers beyond 64 bits, floats, unicode and long strings, another field's
 value), drop keys and duplicate items. JSON carried inside a string (the SNS ``Message``) is
-mutated too, then encoded again. The cases these found are pinned at the end of the file.
+mutated too, then encoded again. A sweep replaces every value of every payload, one at a time,
+with the few values that broke parsers (wrong types a random search meets rarely). The cases
+these found are pinned at the end of the file.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
-Path_ = tuple[Any, ...]
+JsonPath = tuple[Any, ...]
 #: top-level fields the signer fills in, left alone so that the request stays signed
 FIXED = {"unisender_go": frozenset({"auth"}), "mailgun": frozenset({"signature"})}
 #: ESPs whose signature travels inside a JSON body that the test signer writes again
@@ -137,7 +139,7 @@ def children(value: Any) -> Iterator[tuple[Any, Any]]:
         yield from enumerate(value)
 
 
-def paths(value: Any, at: Path_ = ()) -> Iterator[Path_]:
+def paths(value: Any, at: JsonPath = ()) -> Iterator[JsonPath]:
     """Every path below the root (the root itself stays the ESP's envelope type)."""
     for step, child in children(value):
         here = (*at, step)
@@ -145,7 +147,7 @@ def paths(value: Any, at: Path_ = ()) -> Iterator[Path_]:
         yield from paths(child, here)
 
 
-def containers(value: Any, at: Path_ = ()) -> Iterator[Path_]:
+def containers(value: Any, at: JsonPath = ()) -> Iterator[JsonPath]:
     """Paths of every object and array, the root included."""
     if isinstance(value, dict | list):
         yield at
@@ -153,13 +155,13 @@ def containers(value: Any, at: Path_ = ()) -> Iterator[Path_]:
         yield from containers(child, (*at, step))
 
 
-def get(doc: Any, path: Path_) -> Any:
+def get(doc: Any, path: JsonPath) -> Any:
     for step in path:
         doc = doc.doc if isinstance(doc, Embedded) else doc[step]
     return doc
 
 
-def put(doc: Any, path: Path_, value: Any) -> None:
+def put(doc: Any, path: JsonPath, value: Any) -> None:
     parent = get(doc, path[:-1])
     if isinstance(parent, Embedded):
         parent.doc = value
