@@ -8,7 +8,6 @@ a replay may be stopped at any point and run again.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -24,7 +23,13 @@ from syncworker.errors import IntakeError, PayloadInvalid
 from syncworker.events import HygieneEvent
 from syncworker.intake.base import EspParser, InboundRequest, ParseResult, Quarantined, admit
 from syncworker.intake.registry import ESP_PARSERS
-from syncworker.queueing import QUARANTINE, QUARANTINE_BYTES, QUARANTINE_REMOVE_LUA, Enqueuer
+from syncworker.queueing import (
+    QUARANTINE,
+    QUARANTINE_BYTES,
+    QUARANTINE_REMOVE_LUA,
+    Enqueuer,
+    to_json,
+)
 from syncworker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -253,7 +258,7 @@ class _Replay:
             kept.pop("headers", None)
         kept.update(now)
         if kept != record and not self.dry_run:
-            rewritten = _dumps(kept)
+            rewritten = to_json(kept)
             self._rewrite(keys=[QUARANTINE, QUARANTINE_BYTES], args=[value, rewritten, at])
             self.anchor = rewritten  # what the next page starts past
 
@@ -301,10 +306,3 @@ def _parse(parser: EspParser, record: dict[str, Any]) -> ParseResult:
     if "raw" in record:
         return parser.parse_item(record["raw"])
     raise PayloadInvalid("the record holds neither a body nor an item")
-
-
-def _dumps(record: dict[str, Any]) -> bytes:
-    try:
-        return orjson.dumps(record)
-    except TypeError:  # an integer beyond 64 bits (as in Enqueuer.job)
-        return json.dumps(record).encode()

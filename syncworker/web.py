@@ -76,8 +76,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         headers = {"Retry-After": str(settings.intake_retry_after_s)} if exc.status == 503 else {}
         return jsonify(error=exc.error, detail=exc.detail), exc.status, headers
 
-    @app.errorhandler(redis.ConnectionError)
-    @app.errorhandler(redis.TimeoutError)
+    # any Redis trouble (down, hung, out of memory, read-only replica) is ours and passing: 503,
+    # so the ESP retries; never a 500 that some ESPs take as final
+    @app.errorhandler(redis.RedisError)
     def redis_down(exc: redis.RedisError) -> tuple[Response, int, dict[str, str]]:
         log.error("redis unavailable error=%s", type(exc).__name__)
         retry = str(settings.intake_retry_after_s)

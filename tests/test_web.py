@@ -216,3 +216,23 @@ def test_probes_answer_without_revealing_the_configuration(client: FlaskClient) 
     for path in ("/webhooks/postmark", "/webhooks/mandrill", "/webhooks/nosuch"):
         assert client.head(path).status_code == 200
         assert client.get(path).status_code == 200
+
+
+def test_redis_refusing_the_job_write_is_503_not_500(
+    client: FlaskClient, redis_conn: redis.Redis
+) -> None:
+    """Out of memory (noeviction) or a read-only replica refuses the write itself: that is our
+    own passing trouble, a 503 with Retry-After so the ESP retries, never a 500."""
+    limit = redis_conn.config_get("maxmemory")["maxmemory"]
+    policy = redis_conn.config_get("maxmemory-policy")["maxmemory-policy"]
+    redis_conn.config_set("maxmemory-policy", "noeviction")
+    redis_conn.config_set("maxmemory", 1)
+    try:
+        response = client.post("/webhooks/postmark", json=BOUNCE, headers=AUTH)
+    finally:
+        redis_conn.config_set("maxmemory", limit)
+        redis_conn.config_set("maxmemory-policy", policy)
+    assert response.status_code == 503 and "Retry-After" in response.headers
+    assert response.json is not None and response.json["error"] == "unavailable"
+    assert ingest_jobs(redis_conn) == []
+    assert client.post("/webhooks/postmark", json=BOUNCE, headers=AUTH).status_code == 200

@@ -22,6 +22,11 @@ from syncworker.events import HygieneEvent, Kind, content_key
 if TYPE_CHECKING:  # avoids an import cycle with config
     from syncworker.config import SourceConfig
 
+# Arrays and objects nested in one another in a verified body, counting the outermost. ESPs'
+# documented payloads nest fewer than 10; past 254 orjson cannot write a quarantined item back,
+# and near 1000 the stdlib hits RecursionError. A deeper body is refused (400) and kept as text.
+MAX_JSON_DEPTH = 64
+
 
 class HeaderMap(Protocol):
     """Case-insensitive header lookup (werkzeug ``Headers`` in the app; any mapping in tests)."""
@@ -235,14 +240,42 @@ class BasicAuthParser(EspParser):
         check_basic_auth(request, pairs)
 
 
-def load_json(body: bytes) -> Any:
-    """Parse a JSON body; PayloadInvalid with a short reason otherwise."""
+def load_json(body: bytes | str, what: str = "body") -> Any:
+    """Parse JSON (a body, or JSON carried in one of its fields); PayloadInvalid with a short
+    reason if it is empty, not JSON, or nested deeper than MAX_JSON_DEPTH."""
     if not body.strip():
-        raise PayloadInvalid("empty body")
+        raise PayloadInvalid(f"empty {what}")
     try:
-        return orjson.loads(body)
+        doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise PayloadInvalid(f"body is not valid JSON: {exc.msg}") from None
+        raise PayloadInvalid(f"{what} is not valid JSON: {exc.msg}") from None
+    check_depth(doc, what)
+    return doc
+
+
+def check_depth(doc: Any, what: str = "body") -> None:
+    """PayloadInvalid if ``doc`` nests arrays and objects deeper than MAX_JSON_DEPTH.
+
+    Level by level rather than recursive, so that it cannot itself hit the recursion limit.
+    """
+    level = [doc] if isinstance(doc, dict | list) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > MAX_JSON_DEPTH:
+            raise PayloadInvalid(f"{what} nests arrays and objects deeper than {MAX_JSON_DEPTH}")
+        level = [
+            child
+            for value in level
+            for child in (value.values() if isinstance(value, dict) else value)
+            if isinstance(child, dict | list)
+        ]
+
+
+def invalid_reason(messages: Any) -> str:
+    """``invalid: <marshmallow messages as JSON>``; errors in list items are keyed by index,
+    which orjson writes only as text keys."""
+    return "invalid: " + orjson.dumps(messages, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def validate_items(
@@ -257,7 +290,7 @@ def validate_items(
         try:
             valid.append(schema.load(item))
         except ValidationError as exc:
-            quarantined.append(Quarantined(f"invalid: {orjson.dumps(exc.messages).decode()}", item))
+            quarantined.append(Quarantined(invalid_reason(exc.messages), item))
     return valid
 
 

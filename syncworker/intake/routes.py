@@ -5,13 +5,23 @@ from __future__ import annotations
 import logging
 
 import orjson
+import sentry_sdk
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from syncworker.errors import PayloadInvalid, PayloadTooLarge, SignatureInvalid, UnknownEsp
+from syncworker.errors import (
+    IntakeError,
+    PayloadInvalid,
+    PayloadTooLarge,
+    SignatureInvalid,
+    UnknownEsp,
+)
 from syncworker.intake import nonces
 from syncworker.intake.base import OTHER_CODE, InboundRequest, ParseResult, admit
 
 log = logging.getLogger(__name__)
+
+#: how a body that made a parser raise unexpectedly is answered and kept (a bug to fix, then replay)
+PARSER_ERROR = "unexpected error"
 
 bp = Blueprint("intake", __name__, url_prefix="/webhooks")
 
@@ -56,6 +66,18 @@ def receive(source: str) -> tuple[Response, int]:
         # verified but unreadable: keep it for inspection, then tell the ESP
         state.quarantine_body(source, parser.esp, str(exc.detail), body)
         raise
+    except IntakeError:
+        raise
+    except Exception as exc:
+        # A parser bug must not answer 500: the ESP would send the body again and again, and
+        # what it holds is kept here for a fixed parser to replay. Only the exception's type
+        # is named: its message may quote an address (Sentry masks them in what it is sent).
+        error = type(exc).__name__
+        log.error("parser failed source=%s error=%s", source, error)
+        sentry_sdk.capture_exception(exc)
+        state.quarantine_body(source, parser.esp, f"{PARSER_ERROR}: {error}", body)
+        detail = f"{PARSER_ERROR} in the {parser.esp} parser ({error}); the body is kept"
+        raise PayloadInvalid(detail) from None
     if result.followup is not None:
         log.info("handshake source=%s %s", source, result.followup())
     if result.response is not None:

@@ -43,7 +43,7 @@ from syncworker.errors import (
     SignatureInvalid,
     Unavailable,
 )
-from syncworker.intake.base import HeaderMap, ParseResult, iso_seconds
+from syncworker.intake.base import HeaderMap, ParseResult, check_depth, iso_seconds, load_json
 
 if TYPE_CHECKING:
     from syncworker.config import SourceConfig
@@ -109,12 +109,18 @@ class SnsMessage:
         return "".join(f"{k}\n{v}\n" for k, v in pairs if v is not None).encode()
 
 
-def load_message(body: bytes) -> SnsMessage:
-    """Parse and check an SNS envelope; PayloadInvalid with the reason otherwise."""
+def load_message(body: bytes, *, depth_checked: bool = True) -> SnsMessage:
+    """Parse and check an SNS envelope; PayloadInvalid with the reason otherwise.
+
+    Verification reads only the signed string fields, so it passes ``depth_checked=False``;
+    the parse that follows refuses a body nested deeper than MAX_JSON_DEPTH (a 400, kept).
+    """
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise PayloadInvalid("body is not an SNS message (not JSON)") from None
+    if depth_checked:
+        check_depth(doc)
     if not isinstance(doc, dict):
         raise PayloadInvalid("body is not an SNS message (not a JSON object)")
     kind = doc.get("Type")
@@ -134,10 +140,7 @@ def load_message(body: bytes) -> SnsMessage:
 
 def message_object(message: SnsMessage) -> dict[str, Any]:
     """The JSON object an SNS Notification carries as its ``Message`` string."""
-    try:
-        doc = orjson.loads(message.message)
-    except orjson.JSONDecodeError:
-        raise PayloadInvalid("SNS Message is not JSON") from None
+    doc = load_json(message.message, "SNS Message")
     if not isinstance(doc, dict):
         raise PayloadInvalid("SNS Message is not a JSON object")
     return doc
@@ -337,7 +340,7 @@ class SnsVerifier:
         to act on: the header is unsigned, the body is what we read.
         """
         try:
-            message = load_message(body)
+            message = load_message(body, depth_checked=False)
         except PayloadInvalid as exc:
             raise SignatureInvalid(f"not a signed SNS message: {exc.detail}") from None
         said = headers.get("x-amz-sns-message-type", "").strip() if headers is not None else ""

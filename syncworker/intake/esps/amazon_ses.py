@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from marshmallow import EXCLUDE, Schema, ValidationError, fields
 
 from syncworker.errors import PayloadInvalid
@@ -23,6 +22,7 @@ from syncworker.intake.base import (
     IsoTime,
     ParseResult,
     Quarantined,
+    invalid_reason,
     text,
     validate_items,
 )
@@ -72,18 +72,19 @@ class SesRecipient(_Lenient):
 
 class SesMail(_Lenient):
     messageId = fields.Raw(load_default=None)
-    destination = fields.List(fields.Raw(), load_default=list)
+    destination = fields.List(fields.Raw(allow_none=True), load_default=list)
 
 
 class SesBounce(_Lenient):
     bounceType = fields.String(required=True)
     bounceSubType = fields.String(load_default=None)
-    bouncedRecipients = fields.List(fields.Raw(), required=True)
+    # a null recipient is quarantined alone (validate_items), not with the recipients beside it
+    bouncedRecipients = fields.List(fields.Raw(allow_none=True), required=True)
     timestamp = IsoTime(required=True)
 
 
 class SesComplaint(_Lenient):
-    complainedRecipients = fields.List(fields.Raw(), required=True)
+    complainedRecipients = fields.List(fields.Raw(allow_none=True), required=True)
     complaintFeedbackType = fields.String(load_default=None)
     # OnAccountSuppressionList: not sent, the address is on the account's list for a complaint
     complaintSubType = fields.String(load_default=None)
@@ -193,7 +194,7 @@ class AmazonSesParser(EspParser):
         try:
             data = schema.load(doc)
         except ValidationError as exc:
-            reason = f"invalid: {orjson.dumps(exc.messages).decode()}"
+            reason = invalid_reason(exc.messages)
             result.quarantined.append(Quarantined(reason, whole))
             return result
         kind, label, detail, path = _classify(code, data)

@@ -21,6 +21,7 @@ from syncworker.intake.base import (
     InboundRequest,
     ParseResult,
     UnixTime,
+    check_depth,
     equal,
     hygiene_items,
     text,
@@ -110,9 +111,12 @@ def _items(body: bytes) -> list[Any]:
     except orjson.JSONDecodeError:
         lines = [line for line in body.splitlines() if line.strip()]
         try:
-            return [orjson.loads(line) for line in lines]
+            items = [orjson.loads(line) for line in lines]
         except orjson.JSONDecodeError as exc:
             raise PayloadInvalid(f"body is neither JSON nor JSON Lines: {exc.msg}") from None
+        check_depth(items)
+        return items
+    check_depth(doc)
     if isinstance(doc, dict) and "events" in doc:
         if not isinstance(doc["events"], list):
             raise PayloadInvalid("events is not an array")

@@ -19,7 +19,6 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl
 
-import orjson
 from marshmallow import EXCLUDE, Schema, fields
 
 from syncworker.errors import PayloadInvalid, SignatureInvalid
@@ -31,6 +30,7 @@ from syncworker.intake.base import (
     Quarantined,
     UnixTime,
     equal,
+    load_json,
     text,
     validate_items,
 )
@@ -190,10 +190,7 @@ class MandrillParser(EspParser):
             raise PayloadInvalid("body is not an x-www-form-urlencoded form") from None
         if len(values) != 1:
             raise PayloadInvalid(f"expected one {FIELD} form field, got {len(values)}")
-        try:
-            items = orjson.loads(values[0])
-        except orjson.JSONDecodeError as exc:
-            raise PayloadInvalid(f"{FIELD} is not valid JSON: {exc.msg}") from None
+        items = load_json(values[0], FIELD)
         if not isinstance(items, list):
             raise PayloadInvalid(f"expected {FIELD} to be a JSON array")
         return self._parse_items(items)  # an empty array is Mandrill's test delivery

@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from marshmallow import EXCLUDE, Schema, ValidationError, fields
 
 from syncworker.errors import PayloadInvalid
@@ -23,6 +22,7 @@ from syncworker.intake.base import (
     IsoTime,
     ParseResult,
     Quarantined,
+    invalid_reason,
     text,
 )
 from syncworker.intake.fields import Address
@@ -127,7 +127,7 @@ class ScalewayTemParser(EspParser):
         try:
             data = SCHEMA.load(doc)
         except ValidationError as exc:
-            reason = f"invalid: {orjson.dumps(exc.messages).decode()}"
+            reason = invalid_reason(exc.messages)
             result.quarantined.append(Quarantined(reason, doc))
             return result
         if code in KINDS:

@@ -27,6 +27,7 @@ from syncworker.intake.base import (
     ParseResult,
     Quarantined,
     equal,
+    invalid_reason,
     load_json,
     text,
 )
@@ -99,6 +100,8 @@ def _kind(data: dict[str, Any]) -> Kind | None:
     kind = STATUSES[data["status"]]
     info = data["delivery_info"]
     detail = info.get("delivery_status") if isinstance(info, dict) else None
+    if not isinstance(detail, str):  # {} or [] cannot be looked up: no detail is known
+        detail = None
     if kind in (Kind.HARD_BOUNCE, Kind.SOFT_BOUNCE) and detail in DELIVERY_STATUSES:
         return DELIVERY_STATUSES[detail]
     return kind
@@ -183,7 +186,7 @@ class UnisenderGoParser(EspParser):
                 try:
                     valid = EVENT.load(data)
                 except ValidationError as exc:
-                    why = f"invalid: {orjson.dumps(exc.messages).decode()}"
+                    why = invalid_reason(exc.messages)
                     result.quarantined.append(Quarantined(why, raw))
                     continue
                 kind = _kind(valid)
