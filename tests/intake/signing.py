@@ -103,12 +103,28 @@ def mailgun_legacy_request(
 ) -> InboundRequest:
     """A legacy Mailgun post: the event's form fields, then timestamp, token and signature."""
     signature = sign_mailgun(signing_key, timestamp, token)
-    pairs = [(k, v) for k, v in fields] + [(k, signature[k]) for k in SIGNATURE_ORDER]
+    pairs = [_form_field(field) for field in fields if isinstance(field, list | tuple)]
+    pairs += [(k, signature[k]) for k in SIGNATURE_ORDER]
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     return request(urlencode(pairs).encode(), headers)
 
 
 SIGNATURE_ORDER = ("timestamp", "token", "signature")
+
+
+def _form_field(field: list[Any] | tuple[Any, ...]) -> tuple[str, str]:
+    """A stored ``[name, value]`` as a form field; a fuzzed one (other types, other lengths) as
+    text, so that a mutated legacy post is still posted as a form."""
+    name, value = (list(field) + ["", ""])[:2]
+    as_text = [x if isinstance(x, str) else _text(x) for x in (name, value)]
+    return as_text[0], as_text[1]
+
+
+def _text(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # nested past orjson's 254 levels
+        return json.dumps(value)
 
 
 def resign_mailgun(
