@@ -57,7 +57,9 @@ STREAM_KINDS: dict[str, Kind] = {MANUAL: Kind.UNSUBSCRIBE, UNSUPPRESS: Kind.RESU
 APPLY_LUA = """
 local ev = cjson.decode(ARGV[1])
 local now = tonumber(ARGV[2])
-if redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[3]) == false then
+-- the dedupe marker is written last: a script that fails part-way (a key of the wrong type)
+-- leaves none, so the quarantined event applies when it is replayed
+if redis.call('EXISTS', KEYS[3]) == 1 then
   return {'duplicate', 0, 0}
 end
 local function dec(s) if s then return cjson.decode(s) end return {} end
@@ -173,6 +175,7 @@ if e > 0 and ARGV[10] ~= '' then
     redis.call('ZADD', KEYS[7 + j], 'NX', now, ev.key)
   end
 end
+redis.call('SET', KEYS[3], '1', 'EX', ARGV[3])
 return {effect, changed and 1 or 0, version}
 """
 

@@ -26,6 +26,7 @@ from syncworker.events import (
 from syncworker.intake.fields import load_address
 from syncworker.intake.registry import ESP_PARSERS
 from syncworker.ledger import CONTACT, DEDUPE
+from syncworker.quarantine import replay
 from syncworker.queueing import INGEST, QUARANTINE
 from syncworker.web import create_app
 from tests.conftest import SettingsFactory
@@ -128,31 +129,44 @@ def test_the_worker_applies_each_event_on_its_own(
     redis_conn: redis.Redis,
 ) -> None:
     """An event the codec refuses and one Redis refuses are quarantined with their reasons; their
-    siblings are applied, and the job itself succeeds."""
-    use_runtime(make_settings())
-    good = [HygieneEvent(f"good-{i}", "t", "t", f"good{i}@example.com", Kind.UNSUBSCRIBE, 10.0 + i)
+    siblings are applied, and the job itself succeeds. Once the cause is gone, a quarantine
+    replay applies the one Redis refused (its failed script left no dedupe marker)."""
+    rt = use_runtime(
+        make_settings(sources={"pm": ("postmark", {"USERNAME": "u", "PASSWORD": "p"})})
+    )
+
+    def event(key: str, email: str, kind: Kind, at: float) -> HygieneEvent:
+        return HygieneEvent(key, "pm", "postmark", email, kind, at)
+
+    good = [event(f"good-{i}", f"good{i}@example.com", Kind.UNSUBSCRIBE, 10.0 + i)
             for i in range(3)]  # fmt: skip
     redis_conn.set(CONTACT + "wrongtype@example.com", "not a hash")  # Redis will refuse this one
-    refused_by_redis = HygieneEvent(
-        "bad-redis", "t", "t", "wrongtype@example.com", Kind.HARD_BOUNCE, 1.0
-    )
+    refused_by_redis = event("bad-redis", "wrongtype@example.com", Kind.HARD_BOUNCE, 1.0)
     forms = [codec.dump(e) for e in (good[0], refused_by_redis, good[1], good[2])]
     forms.insert(2, {**codec.dump(good[0]), "key": "bad-codec", "email": "no address"})
     forms.insert(3, {"key": "x"})
-    payload_ = {"source": "t", "esp": "t", "events": forms, "quarantined": []}
+    payload_ = {"source": "pm", "esp": "postmark", "events": forms, "quarantined": []}
     Queue(INGEST, connection=redis_conn, serializer=JSONSerializer).enqueue(
         "syncworker.jobs.ingest", payload_
     )
     run_worker((INGEST,))
-    for event in good:
-        assert redis_conn.exists(DEDUPE + event.key)
-        assert redis_conn.hget(CONTACT + event.email, "suppressed") == b"1"
+    for e in good:
+        assert redis_conn.exists(DEDUPE + e.key)
+        assert redis_conn.hget(CONTACT + e.email, "suppressed") == b"1"
     assert not redis_conn.exists(DEDUPE + "bad-codec")
+    assert not redis_conn.exists(DEDUPE + "bad-redis")
     assert len(FailedJobRegistry(INGEST, connection=redis_conn)) == 0
     records = [orjson.loads(r) for r in redis_conn.lrange(QUARANTINE, 0, -1)]
     reasons = sorted(r["reason"].split(":")[0] for r in records)
     assert reasons == ["invalid event", "invalid event", "not applied"]
     assert {r["event"].get("key") for r in records} == {"bad-codec", "x", "bad-redis"}
+
+    redis_conn.delete(CONTACT + "wrongtype@example.com")  # the operator mends the cause
+    report = replay(rt)
+    assert (report.replayed, report.recovered, report.still_invalid) == (1, 1, 2)
+    run_worker((INGEST,))
+    assert rt.ledger.state("wrongtype@example.com").suppressed
+    assert redis_conn.llen(QUARANTINE) == 2  # the two that are not events stay, with reasons
 
 
 # -- every ESP: generated ids and addresses, through the app, the queue and a real worker --------
