@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import sys
+import urllib.parse
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import redis
 import sentry_sdk
 from flask import Flask
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
 
-from syncworker.observability import setup_sentry
-from syncworker.privacy import mask, mask_text, scrub
+from syncworker.observability import LOG_FORMAT, MaskingFormatter, before_send, setup_sentry
+from syncworker.privacy import mask, mask_text, scrub, scrub_body
 from syncworker.queueing import INGEST
 from syncworker.web import create_app
 from tests.conftest import SettingsFactory
@@ -91,3 +97,203 @@ def test_sentry_event_from_a_failing_job_has_no_address(
     blob = b"".join(sentry.envelopes)
     assert b"ValidationError" in blob
     assert not ADDRESS.findall(blob)
+
+
+# -- every form the intake accepts, in every encoding it can reach a log in ---------------------
+
+# domains the intake accepts: IDN (unicode and punycode), TLDs with digits, dotless, IP literals
+DOMAINS = [
+    "example.com",
+    "bücher.de",
+    "xn--bcher-kva.de",
+    "例子.广告",
+    "example.c0m",
+    "host.xn--p1ai",
+    "localhost",
+    "[192.0.2.1]",
+    "[IPv6:2001:db8::1]",
+    "192.0.2.10",
+]
+IP_PARTS = ("192.0.2.1", "2001:db8::1", "192.0.2.10")
+ATEXT = "!#$%&'*+/=?^_`{|}~-"
+atoms = st.text(
+    st.characters(categories=("L", "N"), exclude_characters="\x00") | st.sampled_from(ATEXT),
+    min_size=1,
+    max_size=12,
+)
+dot_atom = st.lists(atoms, min_size=1, max_size=3).map(".".join)
+# a quoted local part holds any printable character, specials and spaces too; " and \ escaped
+quoted_content = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0x7E) | st.characters(categories=("L",)),
+    min_size=1,
+    max_size=16,
+)
+
+
+def quote_local(content: str) -> str:
+    return '"' + content.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def encodings(text: str) -> dict[str, str]:
+    """``text`` as it can appear in a log line, a response body or an exception message."""
+    return {
+        "raw": text,
+        "json": json.dumps(text)[1:-1],
+        "json-unicode": json.dumps(text, ensure_ascii=False)[1:-1],
+        "json-in-json": json.dumps(json.dumps(text))[1:-1],
+        "url": urllib.parse.quote(text, safe=""),
+        "url-plus": urllib.parse.quote_plus(text),
+        "url-twice": urllib.parse.quote(urllib.parse.quote(text, safe=""), safe=""),
+        "python-ascii": ascii(text)[1:-1],
+        "python-bytes": repr(text.encode())[2:-1],
+    }
+
+
+def secrets_of(local_text: str) -> list[str]:
+    """What must not survive: the local part beyond its first character, and each half of that."""
+    rest = local_text[1:]
+    parts = [rest] if len(rest) >= 2 else []
+    if len(rest) >= 6:
+        parts += [rest[: len(rest) // 2], rest[len(rest) // 2 :]]
+    return parts
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    local=st.one_of(
+        dot_atom.map(lambda a: (a, a)),
+        quoted_content.map(lambda c: (quote_local(c), c)),
+    ),
+    domain=st.sampled_from(DOMAINS),
+    name=st.none() | st.text(st.characters(categories=("L",)), min_size=3, max_size=10),
+)
+def test_mask_text_leaves_no_local_part_in_any_form_or_encoding(
+    local: tuple[str, str], domain: str, name: str | None
+) -> None:
+    written, content = local
+    address = f"{written}@{domain}"
+    text = address if name is None else f'"{name}" <{address}>'
+    hidden = secrets_of(content) + secrets_of(name or "")
+    hidden += [ip for ip in IP_PARTS if ip in domain]
+    for encoding, encoded in encodings(text).items():
+        line = f"550 5.1.1 rejected {encoded} (user unknown)"
+        masked = mask_text(line)
+        for secret in hidden:
+            for shown in set(encodings(secret).values()):
+                assume(shown not in f"550 5.1.1 rejected @{domain} (user unknown)")
+                assert shown not in masked, (encoding, line, masked)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    value=st.recursive(
+        st.sampled_from(["550 <ext_jdoe77@bücher.de>", '"quoted doe"@example.com', "n/a", 3]),
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.tuples(inner, inner)
+            | st.dictionaries(
+                st.sampled_from(["to", "ext_jdoe77@example.com", "ext_jdoe77%40example.com"]),
+                inner,
+                max_size=3,
+            )
+        ),
+        max_leaves=8,
+    )
+)
+def test_scrub_masks_nested_values_and_keys(value: Any) -> None:
+    blob = json.dumps(scrub(value), ensure_ascii=False)
+    for secret in ("xt_jdoe77", "uoted doe"):
+        assert secret not in blob
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("jösé.núñez@bücher.de", "j***@bücher.de"),
+        ("用户@例子.广告", "用***@例子.广告"),
+        ("user@xn--bcher-kva.de", "u***@xn--bcher-kva.de"),
+        ("user@host.xn--p1ai", "u***@host.xn--p1ai"),
+        ("user@example.c0m", "u***@example.c0m"),
+        ("user@localhost", "u***@localhost"),
+        ("user@[192.0.2.1]", "u***@[***]"),
+        ("user@[IPv6:2001:db8::1]", "u***@[***]"),
+        ("user@192.0.2.10", "u***@***"),
+        ('"john doe"@example.com', '"j***"@example.com'),
+        ('"a@b"@example.com', '"a***"@example.com'),
+        ('\\"john doe\\"@example.com', '\\"j***\\"@example.com'),
+        ("j\\u00f6rg@example.com", "j***@example.com"),
+        ("\\u00e9lise@example.com", "\\u00e9***@example.com"),
+        ("jane.doe%40example.com", "j***%40example.com"),
+        ("%C3%A9lise%40b%C3%BCcher.de", "%C3%A9***%40b%C3%BCcher.de"),
+        ("user%40%5B192.0.2.1%5D", "u***%40%5B***%5D"),
+        ('"Jane Doe" <jane@example.com>', '"***" <j***@example.com>'),
+        ("jane(comment)@example.com", "j***@example.com"),
+        ("a@b.com/c@d.com", "a***@b.com/***@d.com"),
+        ("mailto:jane@example.com, bob@example.org.", "mailto:j***@example.com, b***@example.org."),
+        ("j***@example.com", "j***@example.com"),
+        ("see @here or user@ or 10 @ 3", "see @here or user@ or 10 @ 3"),
+    ],
+)
+def test_mask_text_examples(text: str, masked: str) -> None:
+    assert mask_text(f"x {text} y") == f"x {masked} y"
+
+
+def test_mask_of_single_addresses() -> None:
+    assert mask('"john doe"@example.com') == '"j***"@example.com'
+    assert mask("user@[192.0.2.1]") == "u***@[***]"
+    assert mask("éric@bücher.de") == "é***@bücher.de"
+    assert mask("@example.com") == "***"
+
+
+def test_scrub_body_masks_before_it_cuts() -> None:
+    """An address at the cut is masked whole, never cut into a part the masking would miss."""
+    body = "x" * 490 + " jane.doe@example.com and more"
+    assert "ane.d" not in scrub_body(body)
+    assert scrub_body(body).endswith(" j***@exam")
+    # a long body is masked over a bounded prefix; its partial last word is dropped
+    listing = " ".join(f"user{i:04d}.doe@example.com" for i in range(2000))
+    out = scrub_body(listing, 1000)
+    assert len(out) <= 1000 and "ser0" not in out
+
+
+CANARY = "jösé.canary@bücher.de"
+
+
+@dataclass
+class Holder:
+    """An object Sentry would ship as its repr (a log record's argument, an ``extra`` value)."""
+
+    email: str
+
+
+def test_before_send_masks_every_part_of_an_event() -> None:
+    encoded = urllib.parse.quote(CANARY, safe="")
+    event: dict[str, Any] = {
+        "message": f"failed for {CANARY}",
+        "logentry": {"message": "sync addr=%s", "params": (CANARY, Holder(CANARY))},
+        "transaction": f"/v1/contacts/{encoded}",
+        "exception": {"values": [{"type": "KeyError", "value": repr(CANARY)}]},
+        "breadcrumbs": {"values": [{"message": f"HGETALL sw:c:{CANARY}", "data": {CANARY: 1}}]},
+        "extra": {"rq-job": {"args": [{"events": [{"email": CANARY}]}]}, "obj": Holder(CANARY)},
+        "contexts": {"trace": {"description": json.dumps({"to": CANARY})}},
+        "tags": {"recipient": CANARY},
+        "request": {"url": f"http://127.0.0.1/v1/contacts/{encoded}", "data": CANARY},
+        "spans": [{"description": f"GET http://crm/contacts?email={encoded}"}],
+    }
+    blob = json.dumps(before_send(event, {}), ensure_ascii=False)
+    assert "j***@bücher.de" in blob and "j***%40b%C3%BCcher.de" in blob
+    for shown in encodings("ösé.canary").values():
+        assert shown not in blob
+
+
+def test_log_lines_are_masked_tracebacks_included() -> None:
+    """A library's log line (RQ logs a failed job's exception and traceback) is masked too."""
+    record = logging.LogRecord(
+        "rq.worker", logging.ERROR, __file__, 1, "job %s failed", ("1",), None
+    )
+    try:
+        raise KeyError(CANARY)
+    except KeyError:
+        record.exc_info = sys.exc_info()
+    line = MaskingFormatter(LOG_FORMAT).format(record)
+    assert "KeyError: '***@bücher.de'" in line and "canary" not in line
