@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pytest
 import redis
 import sentry_sdk
@@ -22,6 +23,11 @@ from rq.serializers import JSONSerializer
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
 
+from syncworker.delivery import DEAD, PAUSE, Delivery
+from syncworker.emulators.base import Request, Response
+from syncworker.emulators.hubspot import HubSpotEmulator
+from syncworker.events import HygieneEvent, Kind
+from syncworker.ledger import PENDING
 from syncworker.observability import LOG_FORMAT, MaskingFormatter, before_send, setup_sentry
 from syncworker.privacy import mask, mask_text, scrub, scrub_body
 from syncworker.queueing import INGEST
@@ -297,3 +303,109 @@ def test_log_lines_are_masked_tracebacks_included() -> None:
         record.exc_info = sys.exc_info()
     line = MaskingFormatter(LOG_FORMAT).format(record)
     assert "KeyError: '***@bücher.de'" in line and "canary" not in line
+
+
+# -- destination answers that echo addresses --------------------------------------------------
+
+# every local part starts with "c" then "nry": a masked one keeps only the "c", so "nry" must not
+# be found anywhere, in any encoding
+ECHOED = [
+    "cnry.plain@example.com",
+    "cnry.jösé@bücher.de",
+    "cnry.idn@xn--bcher-kva.de",
+    "cnry.digits@example.c0m",
+    "cnry.dotless@localhost",
+    "cnry.v4@[192.0.2.77]",
+    "cnry.v6@[IPv6:2001:db8::77]",
+    '"cnry quoted"@example.com',
+    '"Cnry Name" <cnry.named@example.com>',
+    "用cnry@例子.广告",
+]
+HOST_PARTS = ("192.0.2.77", "2001:db8::77", "2001%3Adb8")
+
+
+def echo_text(sent: bytes, cut_at: int) -> str:
+    """What a careless API answers: an address placed where a body or detail is cut (``cut_at``
+    characters in), the canaries raw and URL-encoded, and the request it got."""
+    forms = ECHOED + [urllib.parse.quote(a, safe="") for a in ECHOED]
+    pad = "x" * (cut_at - 10)
+    return f"{pad} cnry.at.the.cut@example.com; {', '.join(forms)}; got {sent.decode()}"
+
+
+def leaks(text: str) -> list[str]:
+    return [s for s in ("nry", *HOST_PARTS) if s in text]
+
+
+class EchoingHubSpot(HubSpotEmulator):
+    """HubSpot echoing addresses in its errors: an injected 5xx as text, an injected 4xx as JSON,
+    and (``refuse_inputs``) a 207 refusing each input of a batch opt-out with such a message."""
+
+    refuse_inputs = False
+
+    def error(self, status: int, request: Request) -> Response:
+        if status >= 500:  # HttpClient keeps the first 500 characters of a body
+            text = echo_text(request.body, 500)
+            return Response(status, text.encode(), {"Content-Type": "text/plain"})
+        envelope = {"status": "error", "category": "VALIDATION_ERROR", "message": ""}
+        opening = len(json.dumps(envelope)) - 2
+        return Response(status, {**envelope, "message": echo_text(request.body, 500 - opening)})
+
+    def handle(self, request: Request) -> Response:
+        if not (self.refuse_inputs and request.path.endswith("/batch/unsubscribe-all")):
+            return super().handle(request)
+        ids = [str(i) for i in request.json["inputs"]]
+        # mappings/hubspot.py keeps 300 characters of "<category>: <message>"
+        message = echo_text(request.body, 300 - len("VALIDATION_ERROR: "))
+        error = {"status": "error", "category": "VALIDATION_ERROR", "message": message}
+        body = {"status": "COMPLETE", "results": [], "errors": [{**error, "context": {"ids": ids}}]}
+        return Response(207, body)
+
+
+def test_echoed_addresses_are_masked_in_logs_sync_status_dead_letters_and_sentry(
+    make_settings: SettingsFactory,
+    use_runtime: Any,
+    redis_conn: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    sentry: CapturingTransport,
+) -> None:
+    contacts = ["cnry.one@example.com", "cnry.jösé@bücher.de", "cnry.v4@[192.0.2.77]"]
+    with EchoingHubSpot(token="hs") as hubspot:
+        hubspot.seed(*contacts)
+        rt = use_runtime(
+            make_settings(
+                destinations={
+                    "hubspot": {"TOKEN": "hs", "BASE_URL": hubspot.url, "RATE": "1000/1"}
+                },
+                max_attempts=5,
+                auth_pause_s=0.001,
+            )
+        )
+        rt.ledger.apply(
+            HygieneEvent(f"k-{e}", "test", "test", e, Kind.UNSUBSCRIBE, 1000.0) for e in contacts
+        )
+        caplog.set_level(logging.DEBUG)
+        statuses: list[dict[str, Any]] = []
+        for status in (503, 207, 400, 401):
+            redis_conn.zadd(PENDING + "hubspot", dict.fromkeys(contacts, 0))
+            redis_conn.delete(PAUSE + "hubspot")
+            hubspot.refuse_inputs = status == 207
+            if status != 207:
+                hubspot.fail_next(1, status)
+            Delivery(rt, "hubspot").run()
+            statuses += [rt.ledger.view(e).sync["hubspot"] for e in contacts]  # type: ignore[union-attr]
+        assert hubspot.injected == 3
+    assert [s["status"] for s in statuses[:9]] == ["retrying"] * 3 + ["dead"] * 6
+    assert all(" c***@exa" in s["detail"] for s in statuses[3:9])  # the address at the cut
+    dead = [orjson.loads(raw)["error"] for raw in redis_conn.lrange(DEAD + "hubspot", 0, -1)]
+    assert len(dead) == 2 * len(contacts) and all("VALIDATION_ERROR" in d for d in dead)
+    assert "HTTP 503" in caplog.text and "HTTP 400" in caplog.text and "status=401" in caplog.text
+    sentry_sdk.flush()
+    assert sentry.envelopes, "the bad credentials alert reached Sentry"
+    blob = b"".join(sentry.envelopes).decode()
+    for where, text in {
+        "log": caplog.text,
+        "sync status": json.dumps(statuses, ensure_ascii=False),
+        "dead letters": json.dumps(dead, ensure_ascii=False),
+        "sentry": blob,
+    }.items():
+        assert not leaks(text), (where, leaks(text), text[:2000])
