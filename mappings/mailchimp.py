@@ -34,7 +34,6 @@ from syncworker.destinations import (
     Rate,
     RetryableError,
     Throttled,
-    scrub_body,
 )
 
 TAGGED = (Kind.HARD_BOUNCE, Kind.SOFT_BOUNCE, Kind.BLOCKED, Kind.SPAM_COMPLAINT)
@@ -171,7 +170,7 @@ class Mailchimp(Destination):
             return self._set_status(path, "unsubscribed", now, state)
         if state.suppressed and title == "Member In Compliance State":
             return Outcome.already(f"{title}: already kept from mail")
-        return Outcome.failed(scrub_body(f"HTTP {status} {title}: {detail}", 300))
+        return Outcome.failed(f"HTTP {status} {title}: {detail}")  # delivery masks it when stored
 
     def _tag(self, path: str, state: ContactState, have: set[str]) -> bool:
         held = state.reasons if state.suppressed else {}
@@ -217,7 +216,7 @@ class Mailchimp(Destination):
             elif "permanently deleted" in str(error.get("error")):
                 outcomes.append(Outcome.not_found("permanently deleted in Mailchimp"))
             else:
-                outcomes.append(Outcome.failed(scrub_body(str(error.get("error")), 300)))
+                outcomes.append(Outcome.failed(str(error.get("error"))))
         return outcomes
 
     def _call(self, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
