@@ -20,10 +20,18 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 class MaskingFormatter(logging.Formatter):
     """Masks every address in the finished line, tracebacks included: our own lines mask what
-    they log, but a library's (RQ logs a failed job's exception message and traceback) do not."""
+    they log, but a library's (RQ logs a failed job's exception message and traceback) do not.
+    ``inner``: mask what another formatter (e.g. gunicorn's) makes of the record."""
+
+    def __init__(
+        self, fmt: str | None = None, datefmt: str | None = None, *, inner: Any = None
+    ) -> None:
+        super().__init__(fmt, datefmt)
+        self.inner: logging.Formatter | None = inner
 
     def format(self, record: logging.LogRecord) -> str:
-        return mask_text(super().format(record))
+        text = self.inner.format(record) if self.inner is not None else super().format(record)
+        return mask_text(text)
 
 
 def setup_logging(level: str = "INFO") -> None:

@@ -66,7 +66,13 @@ _ADDRESS = re.compile(
 )
 _ANY_AT = re.compile(_AT)
 # the first character of a local part, as written: an escape, a URL-encoded UTF-8 sequence, or one
-_FIRST = re.compile(rf"{_ESC}|%[C-Fc-f]{_HEX}(?:%[89ABab]{_HEX})*|%{_HEX}{{2}}|\\.|.", re.DOTALL)
+_FIRST_UNIT = rf"{_ESC}|%[C-Fc-f]{_HEX}(?:%[89ABab]{_HEX})*|%{_HEX}{{2}}|\\.|."
+_FIRST = re.compile(_FIRST_UNIT, re.DOTALL)
+# A local part masked already, alone, as the value of a ``key=value`` log field (``addr=j***``)
+# or behind a special: kept as it is, so that masking a line twice changes nothing.
+_MASKED = re.compile(
+    rf"(?:.*[=(),:;<>\[\]\"\\])?(?:{_FIRST_UNIT})?\*\*\*[(),:;<>\[\]\"\\]*", re.DOTALL
+)
 _NUMERIC = re.compile(r"[0-9.]+")
 _PARTIAL_WORD = re.compile(r"\S*\Z")
 
@@ -93,12 +99,11 @@ def _replace(found: re.Match[str]) -> str:
         parts.append(f"{found['nq']}***{found['nq']}{found['lt']}")
     if found["q"] is not None:
         parts.append(f"{found['q']}{_first(found['qbody'])}***{found['q']}")
-    elif found["atom"] is not None:
-        parts.append(f"{_first(found['atom'])}***")
-    elif found["uatom"] is not None:
-        parts.append(f"{_first(found['uatom'])}***")
+    elif (local := found["atom"] or found["uatom"]) is not None:
+        parts.append(local if _MASKED.fullmatch(local) else f"{_first(local)}***")
     else:
-        parts.append(f"{found['odd'][0]}***")
+        odd = found["odd"]
+        parts.append(odd if _MASKED.fullmatch(odd) else f"{odd[0]}***")
     parts.append(found["at1"] or found["at2"] or found["at3"] or found["at4"])
     parts.append(_masked_domain(found["domain"]))
     return "".join(parts)
