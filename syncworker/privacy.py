@@ -48,7 +48,9 @@ _LT = r"[ \t]*(?:<|\\+u003[cC]|%3[cC])"
 # Domain characters: unicode letters and digits, ``-``, ``.``; non-ASCII ones may be escaped or
 # URL-encoded (once or twice). ASCII is never encoded in a domain, so ``%2C`` (a comma) or ``%40``
 # ends it.
-_D_ENCODED = rf"(?:%(?:25)?[89A-Fa-f]{_HEX}|\\+u(?!00[0-7]){_HEX}{{4}}|\\+x[89A-Fa-f]{_HEX})"
+_D_ENCODED = (
+    rf"(?:%(?:25)?[89A-Fa-f]{_HEX}|\\+u(?!00[0-7]){_HEX}{{4}}|\\+U{_HEX}{{8}}|\\+x[89A-Fa-f]{_HEX})"
+)
 _D_FIRST = rf"(?:[^\W_]|{_D_ENCODED})"
 _D_UNIT = rf"(?:[\w.\-]|{_D_ENCODED})"
 # an address literal, raw or URL-encoded; the closing bracket may have been cut off

@@ -121,6 +121,11 @@ DOMAINS = [
     "192.0.2.10",
 ]
 IP_PARTS = ("192.0.2.1", "2001:db8::1", "192.0.2.10")
+labels = st.text(
+    st.characters(categories=("Ll", "Lo", "Nd")) | st.just("-"), min_size=1, max_size=10
+).filter(lambda s: s[0] != "-" and s[-1] != "-")
+# generated IDN domains, their TLD with digits or not; dotless ones too
+domains = st.lists(labels, min_size=1, max_size=3).map(".".join)
 ATEXT = "!#$%&'*+/=?^_`{|}~-"
 atoms = st.text(
     st.characters(categories=("L", "N"), exclude_characters="\x00") | st.sampled_from(ATEXT),
@@ -170,7 +175,7 @@ def secrets_of(local_text: str) -> list[str]:
         dot_atom.map(lambda a: (a, a)),
         quoted_content.map(lambda c: (quote_local(c), c)),
     ),
-    domain=st.sampled_from(DOMAINS),
+    domain=st.sampled_from(DOMAINS) | domains,
     name=st.none() | st.text(st.characters(categories=("L",)), min_size=3, max_size=10),
 )
 def test_mask_text_leaves_no_local_part_in_any_form_or_encoding(
@@ -181,12 +186,15 @@ def test_mask_text_leaves_no_local_part_in_any_form_or_encoding(
     text = address if name is None else f'"{name}" <{address}>'
     hidden = secrets_of(content) + secrets_of(name or "")
     hidden += [ip for ip in IP_PARTS if ip in domain]
+    # what the mask keeps, in every encoding: a secret found in it proves nothing
+    shown_kept = f' "<@{domain}> {content[:1]}*** {(name or " ")[:1]}***'
+    kept = "550 5.1.1 rejected (user unknown) " + " ".join(encodings(shown_kept).values())
     for encoding, encoded in encodings(text).items():
         line = f"550 5.1.1 rejected {encoded} (user unknown)"
         masked = mask_text(line)
         for secret in hidden:
             for shown in set(encodings(secret).values()):
-                assume(shown not in f"550 5.1.1 rejected @{domain} (user unknown)")
+                assume(shown not in kept)
                 assert shown not in masked, (encoding, line, masked)
         assert mask_text(masked) == masked, "masking twice changes nothing"
 
