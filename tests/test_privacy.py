@@ -132,7 +132,9 @@ atoms = st.text(
     min_size=1,
     max_size=12,
 )
-dot_atom = st.lists(atoms, min_size=1, max_size=3).map(".".join)
+# a local part that looks masked already (``x=j***``) is left as it is, so that masking twice
+# changes nothing (privacy._MASKED): the one form not generated
+dot_atom = st.lists(atoms, min_size=1, max_size=3).map(".".join).filter(lambda a: "**" not in a)
 # a quoted local part holds any printable character, specials and spaces too; " and \ escaped
 quoted_content = st.text(
     st.characters(min_codepoint=0x20, max_codepoint=0x7E) | st.characters(categories=("L",)),
