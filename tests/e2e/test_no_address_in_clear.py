@@ -3,8 +3,9 @@ three ESPs through gunicorn, ingested and delivered by a real `syncworker worker
 that fails (5xx, 4xx, 401) by echoing addresses in its error bodies, must not show in any log line
 of the web or the worker, in any envelope Sentry receives, or in any RQ job description.
 
-Every canary's local part is ``k`` + ``qzv9`` + …: masking keeps the first character only, so
-``qzv9`` must not be found anywhere, in any encoding (it is ASCII: JSON and URL encodings keep it).
+Every canary's local part holds ``qzv9`` right after ``k`` (``kqzv9.…``, ``"kqzv9 …"``,
+``用kqzv9``): a mask keeps one character at most, so ``qzv9`` must not be found anywhere, in any
+encoding (it is ASCII: JSON and URL encodings keep it as it is).
 """
 
 from __future__ import annotations
