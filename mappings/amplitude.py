@@ -40,6 +40,7 @@ from syncworker.destinations import (
     json_object,
     retry_after_seconds,
     scrub_address,
+    scrub_body,
     user_id,
     valid_user_id_rule,
 )
@@ -138,7 +139,7 @@ class Amplitude(Destination):
                     raise BadCredentials(self.name, "invalid API key", status=400)  # key not logged
                 named = _indices(answer, len(chunk), *REJECTED, "events_with_invalid_id_lengths")
                 if not named:  # a fault of the request as a whole
-                    failed = Outcome.failed(f"request rejected: {response.text[:300]}")
+                    failed = Outcome.failed(f"request rejected: {scrub_body(response.text, 300)}")
                     return _settle(chunk, outcomes, failed)
                 for position in named:
                     outcomes[chunk[position][0]] = Outcome.failed(f"rejected by Amplitude: {error}")
@@ -146,7 +147,7 @@ class Amplitude(Destination):
                 named = _indices(answer, len(chunk), "throttled_events")
                 if not named:  # not a per-user limit: pause the destination
                     after = retry_after_seconds(response, default=USER_PAUSE)
-                    raise Throttled(self.name, after, status=429, body=response.text[:500])
+                    raise Throttled(self.name, after, status=429, body=response.text)
                 over = answer.get("exceeded_daily_quota_users")
                 over = over if isinstance(over, dict | list) else {}
                 for position in named:

@@ -34,6 +34,7 @@ from syncworker.destinations import (
     Rate,
     RetryableError,
     iso_time,
+    scrub_body,
 )
 
 STATUS, BLOCKLIST, TRACK = "/email/status", "/email/blocklist", "/users/track"
@@ -145,7 +146,7 @@ class Braze(Destination):
             words = set(re.split(r"[\s,;:'\"()\[\]{}]+", str(error).lower()))
             named += [e for e in emails if e in words]
             for email in named:
-                outcomes[email] = Outcome.failed(f"{path}: {error}"[:300])
+                outcomes[email] = Outcome.failed(scrub_body(f"{path}: {error}", 300))
         return outcomes
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:

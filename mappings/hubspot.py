@@ -29,6 +29,7 @@ from syncworker.destinations import (
     RetryableError,
     comma_list,
     iso_time,
+    scrub_body,
 )
 
 PREFS = "/communication-preferences/v4/statuses"
@@ -213,7 +214,7 @@ def _errors(body: dict[str, Any]) -> dict[str, Outcome]:
 
 def _error(error: dict[str, Any]) -> Outcome:
     """OBJECT_NOT_FOUND: no such contact (a 404 of another kind, e.g. a bad path, is a failure)."""
-    detail = f"{error.get('category')}: {error.get('message', '')}"[:300]
+    detail = scrub_body(f"{error.get('category')}: {error.get('message', '')}", 300)
     if error.get("category") == "OBJECT_NOT_FOUND":
         return Outcome.not_found(detail)
     return Outcome.failed(detail)

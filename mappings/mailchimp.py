@@ -170,7 +170,7 @@ class Mailchimp(Destination):
             return self._set_status(path, "unsubscribed", now, state)
         if state.suppressed and title == "Member In Compliance State":
             return Outcome.already(f"{title}: already kept from mail")
-        return Outcome.failed(f"HTTP {status} {title}: {detail}"[:300])
+        return Outcome.failed(f"HTTP {status} {title}: {detail}")  # delivery masks it when stored
 
     def _tag(self, path: str, state: ContactState, have: set[str]) -> bool:
         held = state.reasons if state.suppressed else {}
@@ -193,7 +193,7 @@ class Mailchimp(Destination):
         status, body = self._call("GET", f"/lists/{list_id}", params={"fields": "id"})
         if status == 404:
             problem = f"audience {list_id} not found: check SYNCWORKER_MAILCHIMP_LIST_ID"
-            raise BadCredentials(self.name, problem, status=404, body=str(body)[:500])
+            raise BadCredentials(self.name, problem, status=404, body=str(body))
         self.lists_seen.add(list_id)
 
     def _create(self, list_id: str, changes: list[ContactChange]) -> list[Outcome]:
@@ -216,7 +216,7 @@ class Mailchimp(Destination):
             elif "permanently deleted" in str(error.get("error")):
                 outcomes.append(Outcome.not_found("permanently deleted in Mailchimp"))
             else:
-                outcomes.append(Outcome.failed(str(error.get("error"))[:300]))
+                outcomes.append(Outcome.failed(str(error.get("error"))))
         return outcomes
 
     def _call(self, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:

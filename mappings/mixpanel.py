@@ -41,6 +41,7 @@ from syncworker.destinations import (
     hygiene_traits,
     json_object,
     scrub_address,
+    scrub_body,
     user_id,
     valid_user_id_rule,
 )
@@ -143,11 +144,15 @@ class Mixpanel(Destination):
                     self._import(part, outcomes)
                 return
             if response.status_code == 413:
-                outcome = Outcome.failed(f"event over Mixpanel's size cap: {response.text[:300]}")
+                outcome = Outcome.failed(
+                    f"event over Mixpanel's size cap: {scrub_body(response.text, 300)}"
+                )
             elif response.status_code == 400:
                 rejected = _rejected(response.text, len(chunk))
                 if not rejected:  # no per-event detail: the request as a whole was refused
-                    outcome = Outcome.failed(f"request rejected (HTTP 400): {response.text[:300]}")
+                    outcome = Outcome.failed(
+                        f"request rejected (HTTP 400): {scrub_body(response.text, 300)}"
+                    )
                 for position, message in rejected.items():
                     outcomes[chunk[position][0]] = Outcome.failed(message)
         for index, _ in chunk:

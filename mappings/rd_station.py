@@ -40,6 +40,7 @@ from syncworker.destinations import (
     Rate,
     RetryableError,
     retry_after_seconds,
+    scrub_body,
     seconds,
 )
 
@@ -127,7 +128,9 @@ class RDStation(Destination):
                 return _missing(answer)
             if answer.status_code == 429:  # this contact's own daily limit: 24 updates in 24 h
                 after = retry_after_seconds(answer, default=self.limit_retry)
-                return Outcome.deferred(after, f"contact update limit: {answer.text[:200]}")
+                return Outcome.deferred(
+                    after, f"contact update limit: {scrub_body(answer.text, 200)}"
+                )
         return Outcome.applied(", ".join(sorted({*patch, *(["tags"] if tags else [])})))
 
     def _wanted(
@@ -203,7 +206,7 @@ def _missing(response: requests.Response) -> Outcome:
     """404 RESOURCE_NOT_FOUND: no such contact (another 404, e.g. a wrong path, is a failure)."""
     if "RESOURCE_NOT_FOUND" in response.text:
         return Outcome.not_found("RESOURCE_NOT_FOUND")
-    return Outcome.failed(f"404: {response.text[:200]}")
+    return Outcome.failed(f"404: {scrub_body(response.text, 200)}")
 
 
 def _body(response: requests.Response) -> dict[str, Any]:

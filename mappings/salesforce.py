@@ -36,6 +36,7 @@ from syncworker.destinations import (
     Throttled,
     comma_list,
     iso_time,
+    scrub_body,
     seconds,
 )
 
@@ -181,7 +182,7 @@ class Salesforce(Destination):
             raise BadCredentials(self.name, "no access_token in the token answer")
 
     def _check(self, response: Any) -> None:
-        status, text = response.status_code, response.text[:500]
+        status, text = response.status_code, response.text
         if status < 400:
             return
         codes = {e.get("errorCode") for e in _json(response) or [] if isinstance(e, dict)}
@@ -197,7 +198,9 @@ def _saved(result: dict[str, Any]) -> Outcome:
     if result.get("success"):
         return Outcome.applied(f"{result.get('id')}: updated")
     errors = [e for e in result.get("errors") or [] if isinstance(e, dict)]
-    detail = "; ".join(f"{e.get('statusCode')}: {e.get('message')}" for e in errors)[:300]
+    detail = scrub_body(
+        "; ".join(f"{e.get('statusCode')}: {e.get('message')}" for e in errors), 300
+    )
     codes = {e.get("statusCode") for e in errors}
     if "UNABLE_TO_LOCK_ROW" in codes:  # another save held the row: try again later
         return Outcome.retry(detail)

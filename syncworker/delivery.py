@@ -16,7 +16,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -294,6 +294,9 @@ class Delivery:
         log.error("deliver dest=%s event unreadable: %s (dead-lettered)", self.name, why)
 
     def record(self, changes: list[ContactChange], outcomes: list[Outcome], report: Report) -> None:
+        # a mapping's detail may quote the destination's answer, which often echoes addresses:
+        # masked before it is stored in sync status and dead letters, or logged
+        outcomes = [replace(o, detail=mask_text(o.detail)) if o.detail else o for o in outcomes]
         now = time.time()
         attempts_key = ATTEMPTS + self.name
         retrying = [

@@ -41,7 +41,7 @@ from syncworker.events import (
     Kind,
     ReasonEntry,
 )
-from syncworker.privacy import mask_text
+from syncworker.privacy import mask_text, scrub_body
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ __all__ = [
     "iso_time",
     "json_object",
     "scrub_address",
+    "scrub_body",
     "seconds",
     "split_events",
     "user_id",
@@ -235,7 +236,7 @@ class HttpClient:
         status = response.status_code
         if status < 400 or status in set(allow):
             return response
-        body = response.text[:500]
+        body = scrub_body(response.text)  # masked before it is cut (DestinationError keeps 500)
         if status == 429:
             raise Throttled(
                 self.destination, retry_after_seconds(response), status=status, body=body

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from syncworker.privacy import mask_text, scrub_body
+
 
 class SyncWorkerError(Exception):
     """Base of every error syncworker raises on purpose."""
@@ -86,7 +88,10 @@ class DestinationError(SyncWorkerError):
     ) -> None:
         self.destination = destination
         self.status = status
-        self.body = body[:500]
+        # masked here, once for every mapping: a destination's answer often echoes the address
+        # (its own or another contact's), and both end up in logs, sync status and Sentry
+        self.body = scrub_body(body, 500)
+        message = mask_text(message)
         super().__init__(f"{destination}: {message}" + (f" (HTTP {status})" if status else ""))
 
 

@@ -13,11 +13,28 @@ import redis
 import sentry_sdk
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from sentry_sdk._types import AnnotatedValue
 
 from syncworker.intake.base import OTHER_CODE
-from syncworker.privacy import scrub
+from syncworker.privacy import mask_text, scrub
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+class MaskingFormatter(logging.Formatter):
+    """Masks every address in the finished line, tracebacks included: our own lines mask what
+    they log, but a library's (RQ logs a failed job's exception message and traceback) do not.
+    ``inner``: mask what another formatter (e.g. gunicorn's) makes of the record."""
+
+    def __init__(
+        self, fmt: str | None = None, datefmt: str | None = None, *, inner: Any = None
+    ) -> None:
+        super().__init__(fmt, datefmt)
+        self.inner: logging.Formatter | None = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = self.inner.format(record) if self.inner is not None else super().format(record)
+        return mask_text(text)
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -25,13 +42,17 @@ def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.setFormatter(MaskingFormatter(LOG_FORMAT))
         root.addHandler(handler)
     root.setLevel(level)
 
 
 def before_send(event: Any, hint: Any) -> Any:
-    """Drop request bodies, cookies and local variables; mask every address left anywhere."""
+    """Drop request bodies, cookies and local variables; mask every address left anywhere.
+
+    ``scrub`` walks the whole event, keys included: exception values, the message and log entry
+    (its params too), breadcrumbs, ``extra`` (RQ's job arguments), ``contexts``, tags, the
+    transaction name, request URLs and span descriptions (Redis keys hold addresses)."""
     request = event.get("request")
     if isinstance(request, dict):
         for key in ("data", "cookies", "query_string"):
@@ -44,7 +65,15 @@ def before_send(event: Any, hint: Any) -> Any:
     for exc in (event.get("exception") or {}).get("values") or []:
         for frame in (exc.get("stacktrace") or {}).get("frames") or []:
             frame.pop("vars", None)
-    return scrub(event)
+    return scrub(event, _scrub_other)
+
+
+def _scrub_other(value: Any) -> Any:
+    """Sentry's own placeholders (``AnnotatedValue``: "removed", "[Filtered]") stay what they are;
+    any other object is sent as its masked ``repr``."""
+    if isinstance(value, AnnotatedValue):
+        return AnnotatedValue(scrub(value.value, _scrub_other), value.metadata)
+    return mask_text(repr(value))
 
 
 def setup_sentry(dsn: str, *, transport: Any = None, release: str | None = None) -> bool:
