@@ -180,6 +180,9 @@ def _run_rq_worker(settings: Settings, queue_name: str, burst: bool) -> None:
         "default_result_ttl": 0,
         # abandoned jobs (a worker killed mid-job) are found by this sweep; RQ's default is 10 min
         "maintenance_interval": 60,
+        # an idle worker runs that sweep (and takes over the scheduler lock of a dead worker)
+        # only between blocking pops, which last worker_ttl - 15 s: 405 s by default, 20 s here
+        "worker_ttl": 35,
     }
     if settings.worker_class == "simple":
         w: QuickStopWorker | QuickStopSimpleWorker = QuickStopSimpleWorker([queue_name], **options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -57,9 +58,15 @@ class Process:
         return self.log_path.read_text(errors="replace")
 
     def kill_tree(self) -> None:
-        """SIGKILL the process and every process it started: nothing gets to clean up."""
+        """SIGKILL the process and every process it started, as a dead machine would: nothing
+        gets to clean up. RQ's work-horses lead process groups of their own, so the tree is
+        found by parent ids, not by the process group."""
         if self.proc.poll() is None:
+            tree = descendants(self.proc.pid)
             os.killpg(self.proc.pid, signal.SIGKILL)
+            for pid in tree:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         self.proc.wait()
         self._log.close()
 
@@ -72,6 +79,27 @@ class Process:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self._log.close()
+
+
+def descendants(root: int) -> list[int]:
+    """Every living process below ``root`` (children, grandchildren, ...), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(entry))
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def start_gunicorn(env: dict[str, str], log: Path, workers: int = 2) -> tuple[Process, str]:
