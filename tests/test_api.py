@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import redis
 from flask.testing import FlaskClient
 
+from syncworker.destinations import EVENT_NAMES
+from syncworker.emulators.segment import SegmentEmulator
 from syncworker.events import HygieneEvent, Kind
+from syncworker.runtime import Runtime
 from syncworker.web import create_app
 from tests.conftest import SettingsFactory
 
@@ -83,3 +88,30 @@ def test_stats(client: FlaskClient) -> None:
     body = client.get("/v1/stats", headers=TOKEN).json
     assert body is not None
     assert body["queues"] == {"ingest": 0, "deliver": 0}
+
+
+def test_manual_changes_reach_the_event_streams(
+    make_settings: SettingsFactory,
+    use_runtime: Callable[..., Runtime],
+    run_worker: Callable[..., int],
+) -> None:
+    """The README promises event streams a manual suppress as an unsubscribe and an unsuppress
+    as a resubscribe: through the API, a worker, and a Segment emulator."""
+    with SegmentEmulator(write_key="seg") as segment:
+        settings = make_settings(
+            api_token="api-token",
+            destinations={"segment": {"WRITE_KEY": "seg", "BASE_URL": segment.url}},
+        )
+        use_runtime(settings)
+        client = create_app(settings).test_client()
+        url = "/v1/contacts/Bob@Example.com"
+        assert client.post(url + "/suppress", json={"reason": "legal"}, headers=TOKEN).json
+        assert client.post(url + "/unsuppress", json={"reason": "oops"}, headers=TOKEN).json
+        run_worker()
+        tracks = sorted(segment.tracks, key=lambda t: t["timestamp"])
+    assert [t["event"] for t in tracks] == [
+        EVENT_NAMES[Kind.UNSUBSCRIBE],
+        EVENT_NAMES[Kind.RESUBSCRIBE],
+    ]
+    assert [t["properties"]["reason"] for t in tracks] == ["legal", "oops"]
+    assert {t["properties"]["source"] for t in tracks} == {"api"}
