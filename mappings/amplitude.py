@@ -41,6 +41,7 @@ from syncworker.destinations import (
     retry_after_seconds,
     scrub_address,
     scrub_body,
+    throttled_rest,
     user_id,
     valid_user_id_rule,
 )
@@ -101,8 +102,11 @@ class Amplitude(Destination):
             else:
                 event = self._event(change, change.event)
                 rows.append((index, event["user_id"], compact_json(event)))
-        if rows:
-            self._send(rows, outcomes)
+        try:
+            if rows:
+                self._send(rows, outcomes)
+        except Throttled as exc:  # the requests answered before it keep their outcomes
+            return throttled_rest(outcomes, exc)
         return [o or Outcome.retry("not sent") for o in outcomes]
 
     def _send(self, chunk: list[Row], outcomes: Slots) -> None:

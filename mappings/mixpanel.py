@@ -37,11 +37,13 @@ from syncworker.destinations import (
     PermanentError,
     Rate,
     RetryableError,
+    Throttled,
     compact_json,
     hygiene_traits,
     json_object,
     scrub_address,
     scrub_body,
+    throttled_rest,
     user_id,
     valid_user_id_rule,
 )
@@ -109,11 +111,16 @@ class Mixpanel(Destination):
         rows = [
             (i, compact_json(self._event(c, c.event))) for i, c in enumerate(changes) if c.event
         ]
-        if rows:
-            self._import(rows, outcomes)
-        imported = [i for i, o in enumerate(outcomes) if o and o.status is OutcomeStatus.APPLIED]
-        if self.profiles and imported:
-            self._engage(changes, imported, outcomes)
+        try:
+            if rows:
+                self._import(rows, outcomes)
+            imported = [
+                i for i, o in enumerate(outcomes) if o and o.status is OutcomeStatus.APPLIED
+            ]
+            if self.profiles and imported:
+                self._engage(changes, imported, outcomes)
+        except Throttled as exc:  # the requests answered before it keep their outcomes
+            return throttled_rest(outcomes, exc)
         return [o or Outcome.retry("not sent") for o in outcomes]
 
     def _import(self, chunk: list[tuple[int, bytes]], outcomes: Slots) -> None:
@@ -177,6 +184,8 @@ class Mixpanel(Destination):
                 data=compact_json(list(updates.values())),
                 headers={"Content-Type": "application/json"},
             )
+        except Throttled as exc:  # the events are in (and deduped by $insert_id if sent again)
+            outcome = Outcome.throttled(exc.retry_after, "event imported; profile update throttled")
         except RetryableError as exc:
             outcome = Outcome.retry(f"event imported; profile update: {exc}")
         except PermanentError as exc:

@@ -18,6 +18,7 @@ from syncworker.destinations import (
     ContactChange,
     Destination,
     DestinationConfig,
+    EventPart,
     HttpClient,
     HygieneEvent,
     Kind,
@@ -25,10 +26,10 @@ from syncworker.destinations import (
     NotConfigured,
     Outcome,
     Rate,
-    attempt,
     compact_json,
     hygiene_traits,
     iso_time,
+    send_parts,
     split_events,
     user_id,
     valid_user_id_rule,
@@ -72,13 +73,10 @@ class Segment(Destination):
             return [compact_json(m) for m in self._messages(change, event)]
 
         parts, outcomes = split_events(changes, encode, self.max_bytes, ENVELOPE)
-        for part in parts:
-            outcome = attempt(self._post, part.items)
-            for index in part.indexes:
-                outcomes[index] = outcome
-        return [o or Outcome.failed("not sent") for o in outcomes]
+        return send_parts(parts, outcomes, self._post)
 
-    def _post(self, lines: list[bytes]) -> str:
+    def _post(self, part: EventPart) -> str:
+        lines = part.items
         context = compact_json({"library": {"name": "syncworker"}})
         body = b'{"batch":[' + b",".join(lines) + b'],"context":' + context + b"}"
         headers = {"Content-Type": "application/json"}

@@ -25,14 +25,15 @@ from syncworker.destinations import (
     ContactState,
     Destination,
     DestinationConfig,
+    EventPart,
     HttpClient,
     HygieneEvent,
     Mode,
     NotConfigured,
     Outcome,
     Rate,
-    attempt,
     iso_time,
+    send_parts,
     split_events,
 )
 
@@ -79,13 +80,10 @@ class Webhook(Destination):
         parts, outcomes = split_events(
             changes, lambda c, e: [_dump(_event(c, e))], self.max_bytes, ENVELOPE
         )
-        for part in parts:
-            outcome = attempt(self._post, part.items, part.changes)
-            for index in part.indexes:
-                outcomes[index] = outcome
-        return [o or Outcome.failed("not sent") for o in outcomes]
+        return send_parts(parts, outcomes, self._post)
 
-    def _post(self, items: list[bytes], changes: list[ContactChange]) -> str:
+    def _post(self, part: EventPart) -> str:
+        items, changes = part.items, part.changes
         newest = max(c.event.occurred_at for c in changes if c.event is not None)
         head = _dump({"type": TYPE, "timestamp": iso_time(newest)})[:-1]
         body = head + b',"data":{"events":[' + b",".join(items) + b"]}}"

@@ -227,6 +227,12 @@ class Delivery:
             self.record_dry_run(changes, report)
         else:
             self.record(changes, outcomes, report)
+        waits = [o.retry_after or 0.0 for o in outcomes if o.pause]
+        if waits:  # throttled part way through: what was answered is recorded, the rest waits
+            self.pause(max(waits), "throttled (part of a batch)")
+            self.count("throttled")
+            report.stopped = "throttled"
+            return False
         return True
 
     def record_dry_run(self, changes: list[ContactChange], report: Report) -> None:
@@ -323,7 +329,8 @@ class Delivery:
                 elif outcome.status is OutcomeStatus.RETRY and not outcome.counts:
                     delay = outcome.retry_after or self.backoff(1)
                     pipe.zadd(PENDING + self.name, {change.key: now + delay})
-                    status.update(status="deferred", detail=outcome.detail, next_at=now + delay)
+                    label = "throttled" if outcome.pause else "deferred"
+                    status.update(status=label, detail=outcome.detail, next_at=now + delay)
                 elif outcome.status is OutcomeStatus.RETRY:
                     prior = previous.get(change.key, {"n": 0, "first": now})
                     n, first = int(prior["n"]) + 1, float(prior["first"])

@@ -78,7 +78,9 @@ __all__ = [
     "scrub_address",
     "scrub_body",
     "seconds",
+    "send_parts",
     "split_events",
+    "throttled_rest",
     "user_id",
     "valid_user_id_rule",
 ]
@@ -124,6 +126,9 @@ class Outcome:
     #: False for a wait the vendor imposes on one contact (a per-contact or per-user limit):
     #: like throttling, it is not a failure and spends no attempt
     counts: bool = True
+    #: the destination throttled the request meant for this contact: it waits ``retry_after``
+    #: without spending an attempt, and the whole destination pauses that long
+    pause: bool = False
 
     @classmethod
     def applied(cls, detail: str = "") -> Outcome:
@@ -146,6 +151,13 @@ class Outcome:
         """Not now, for this contact only (e.g. RD Station's 24 updates a day): retry after
         ``after`` seconds without spending an attempt."""
         return cls(OutcomeStatus.RETRY, detail, after, counts=False)
+
+    @classmethod
+    def throttled(cls, after: float, detail: str = "throttled") -> Outcome:
+        """Not sent (or not answered) because the destination throttled the batch part by part:
+        retry after ``after`` seconds, no attempt spent; the destination pauses until then. The
+        contacts of the batch answered before the throttle keep their own outcomes."""
+        return cls(OutcomeStatus.RETRY, detail, after, counts=False, pause=True)
 
     @classmethod
     def failed(cls, detail: str = "") -> Outcome:
@@ -341,14 +353,18 @@ class Destination:
     def sync(self, changes: list[ContactChange]) -> list[Outcome]:
         """Bring each contact to ``change.state``; one Outcome per change, in order.
 
-        Raise :class:`Throttled` or :class:`BadCredentials` for the whole batch. The default loops
-        over :meth:`sync_one`: a PermanentError is that contact's failure; a RetryableError stops
-        the loop and sends that contact and the rest back for a retry.
+        Raise :class:`BadCredentials` for the whole batch, and :class:`Throttled` when nothing was
+        sent; once part of the batch was answered, a throttle is :meth:`Outcome.throttled` for the
+        contacts left (see :func:`throttled_rest`). The default loops over :meth:`sync_one`: a
+        PermanentError is that contact's failure; a RetryableError stops the loop and sends that
+        contact and the rest back for a retry; a Throttled stops it and the rest wait, unspent.
         """
         outcomes: list[Outcome] = []
         for change in changes:
             try:
                 outcomes.append(self.sync_one(change))
+            except Throttled as exc:
+                return throttled_rest([*outcomes, *[None] * (len(changes) - len(outcomes))], exc)
             except RetryableError as exc:
                 # the destination is failing: the rest of the batch waits for the retry too,
                 # rather than spending one doomed request each
@@ -448,8 +464,9 @@ def split_events(
 def attempt(send: Callable[..., str], *args: Any) -> Outcome:
     """Run one request of a split batch: its detail on success, else its retry or failure.
 
-    Throttled and BadCredentials propagate (they concern the whole destination); a retryable or
-    permanent error becomes the outcome of that request's contacts only.
+    Throttled and BadCredentials propagate (they concern the whole destination: see
+    :func:`send_parts`); a retryable or permanent error becomes the outcome of that request's
+    contacts only.
     """
     try:
         return Outcome.applied(send(*args))
@@ -457,6 +474,38 @@ def attempt(send: Callable[..., str], *args: Any) -> Outcome:
         return Outcome.retry(str(exc))
     except PermanentError as exc:
         return Outcome.failed(f"{exc} {exc.body}".strip())
+
+
+def throttled_rest(outcomes: Sequence[Outcome | None], exc: Throttled) -> list[Outcome]:
+    """The outcomes a batch obtained before ``exc``, and a throttled one for each contact left.
+
+    For a mapping that sends a batch in several requests: what was answered is kept (so it is
+    not sent again), the rest waits ``exc.retry_after`` without spending an attempt, and the
+    destination pauses. With nothing answered yet this is the same as raising ``exc``.
+    """
+    detail = f"throttled ({exc.status})" if exc.status else "throttled"
+    return [o or Outcome.throttled(exc.retry_after, detail) for o in outcomes]
+
+
+def send_parts(
+    parts: Sequence[EventPart],
+    outcomes: list[Outcome | None],
+    send: Callable[[EventPart], str],
+) -> list[Outcome]:
+    """Send the parts of a split batch in turn (see :func:`split_events`, :func:`attempt`).
+
+    Each part's contacts get that request's outcome. A Throttled answer stops the sending: the
+    parts already answered keep their outcomes, that part and the later ones wait unspent
+    (:func:`throttled_rest`), and are sent again as the same events with the same ids.
+    """
+    for part in parts:
+        try:
+            outcome = attempt(send, part)
+        except Throttled as exc:
+            return throttled_rest(outcomes, exc)
+        for index in part.indexes:
+            outcomes[index] = outcome
+    return [o or Outcome.failed("not sent") for o in outcomes]
 
 
 # -- event streams: one vocabulary, so that every analytics tool tells the same story ---------
