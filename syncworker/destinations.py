@@ -481,8 +481,10 @@ def throttled_rest(outcomes: Sequence[Outcome | None], exc: Throttled) -> list[O
 
     For a mapping that sends a batch in several requests: what was answered is kept (so it is
     not sent again), the rest waits ``exc.retry_after`` without spending an attempt, and the
-    destination pauses. With nothing answered yet this is the same as raising ``exc``.
+    destination pauses. With nothing answered yet, ``exc`` is raised: the whole batch waits.
     """
+    if all(o is None for o in outcomes):
+        raise exc
     detail = f"throttled ({exc.status})" if exc.status else "throttled"
     return [o or Outcome.throttled(exc.retry_after, detail) for o in outcomes]
 
