@@ -438,17 +438,26 @@ def split_events(
     ``encode`` turns one change's event into its encoded items (one or more per event); items
     are joined with one byte between them and ``overhead`` bytes of envelope around them. A
     change without an event gets a failed outcome; the others' outcomes are left for the caller.
+
+    Events go in the order they occurred (then by key), whatever the batch's order: the events
+    of a part sent again after a throttle or a failure, taken in another order or with newer
+    events, are split into the same parts as before, so a per-request id derived from them
+    (the webhook's ``webhook-id``) is the same too.
     """
     outcomes: list[Outcome | None] = [None] * len(changes)
     parts: list[EventPart] = []
     indexes: list[int] = []
     items: list[bytes] = []
     size = overhead
+    timed: list[tuple[float, str, int, HygieneEvent]] = []
     for index, change in enumerate(changes):
         if change.event is None:
             outcomes[index] = Outcome.failed("no hygiene event to send")
-            continue
-        encoded = list(encode(change, change.event))
+        else:
+            timed.append((change.event.occurred_at, change.key, index, change.event))
+    for _, _, index, event in sorted(timed, key=lambda t: t[:3]):
+        change = changes[index]
+        encoded = list(encode(change, event))
         grown = sum(len(e) + 1 for e in encoded)
         if indexes and size + grown > max_bytes:
             parts.append(EventPart(indexes, items, [changes[i] for i in indexes]))

@@ -229,3 +229,27 @@ def test_amplitude_sends_each_event_once_when_a_later_upload_is_throttled(
         assert len(amplitude.received) == len(amplitude.insert_ids) == len(keys)  # by insert_id
         received = Counter(e["event_properties"]["event_key"] for e in amplitude.received)
         assert received == Counter(keys)  # by content
+
+
+def test_webhook_resends_a_throttled_body_under_its_webhook_id_whatever_the_pending_order(
+    runtime_for: Callable[[str, dict[str, str]], Runtime],
+    redis_conn: redis.Redis,
+    receiver: WebhookReceiver,
+) -> None:
+    """The contacts left wait side by side and come back in another order than they were taken:
+    the bodies are split the same way again, so the receiver sees the throttled body's id."""
+    rt = runtime_for(
+        "webhook", {"URL": receiver.endpoint, "SECRET": SECRET, "MAX_BATCH_BYTES": "4000"}
+    )
+    keys = hard_bounces(rt)
+    # taken in an order that is neither the keys' nor the events' (pending since a while)
+    taken_order = [keys[i] for i in (5, 1, 7, 3, 0, 6, 2, 4)]
+    redis_conn.zadd(PENDING + "webhook", {k: T0 + n for n, k in enumerate(taken_order)})
+    receiver.fail_next(1, 429, after=1, headers={"Retry-After": "30"})
+    throttle_then_resume(
+        rt, redis_conn, "webhook", keys, lambda: {e["key"] for e in webhook_events(receiver)}
+    )
+    throttled = [r.headers["webhook-id"] for r in receiver.requests if r.status == 429]
+    assert len(throttled) == 1 and throttled[0] in receiver.webhook_ids
+    assert Counter(e["key"] for e in webhook_events(receiver)) == Counter(keys)
+    assert receiver.duplicates == 0
