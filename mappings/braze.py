@@ -16,9 +16,8 @@ until ``Retry-After``, else ``X-RateLimit-Reset`` (the shared client reads both)
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 from syncworker.destinations import (
     ContactChange,
@@ -30,11 +29,12 @@ from syncworker.destinations import (
     Mode,
     Outcome,
     OutcomeStatus,
-    PermanentError,
     Rate,
-    RetryableError,
+    Throttled,
+    guard,
     iso_time,
     scrub_body,
+    throttled_rest,
 )
 
 STATUS, BLOCKLIST, TRACK = "/email/status", "/email/blocklist", "/users/track"
@@ -42,7 +42,6 @@ UNBOUNCE, UNSPAM = "/email/bounce/remove", "/email/spam/remove"
 EXPORT = "/users/export/ids"
 # a contact's outcome over its calls: the first status present in this order
 RANK = [OutcomeStatus(s) for s in ("retry", "failed", "not_found", "applied", "already")]
-T = TypeVar("T")
 Call = tuple[str, str]  # (path, subscription_state or "")
 
 
@@ -69,29 +68,38 @@ class Braze(Destination):
         """
         parts: list[list[Outcome]] = [[] for _ in changes]
         calls: dict[Call, list[ContactChange]] = {}
-        halt: Outcome | None = None
-        for index, change in enumerate(changes):
-            users: list[dict[str, Any]] | Outcome | None = halt
-            if halt is None and self.lookup:
-                users = _guard(partial(self._users, change.email))
-            if isinstance(users, Outcome):
-                parts[index].append(users)
-                halt = users if users.status is OutcomeStatus.RETRY else None
-            elif users == []:
-                parts[index].append(Outcome.not_found("no Braze user has this address"))
-            else:
-                needed = self._calls(change.state, users)
-                for call in needed:
-                    calls.setdefault(call, []).append(change)
-                if not needed:
-                    parts[index].append(Outcome.already(_subscriptions(users)))
+        needs: list[list[Call]] = [[] for _ in changes]
         done: dict[tuple[Call, str], Outcome] = {}
-        for call, batch in calls.items():
-            done.update({(call, e): o for e, o in self._write(call, batch).items()})
+        halt: Outcome | None = None
+        try:
+            for index, change in enumerate(changes):
+                users: list[dict[str, Any]] | Outcome | None = halt
+                if halt is None and self.lookup:
+                    users = guard(partial(self._users, change.email))
+                if isinstance(users, Outcome):
+                    parts[index].append(users)
+                    halt = users if users.status is OutcomeStatus.RETRY else None
+                elif users == []:
+                    parts[index].append(Outcome.not_found("no Braze user has this address"))
+                else:
+                    needs[index] = self._calls(change.state, users)
+                    for call in needs[index]:
+                        calls.setdefault(call, []).append(change)
+                    if not needs[index]:
+                        parts[index].append(Outcome.already(_subscriptions(users)))
+            for call, batch in calls.items():
+                done.update({(call, e): o for e, o in self._write(call, batch).items()})
+        except Throttled as exc:  # an address whose lookup and writes were answered keeps them
+            slots: list[Outcome | None] = []
+            for index, change in enumerate(changes):
+                mine = [done.get((call, change.email.lower())) for call in needs[index]]
+                finished = (parts[index] or mine) and None not in mine
+                slots.append(_rank([*parts[index], *filter(None, mine)]) if finished else None)
+            return throttled_rest(slots, exc)
         for index, change in enumerate(changes):
             email = change.email.lower()
             parts[index] += [o for (call, e), o in done.items() if e == email]
-        return [min(p, key=lambda o: RANK.index(o.status)) for p in parts]
+        return [_rank(p) for p in parts]
 
     def _calls(self, state: ContactState, users: list[dict[str, Any]] | None) -> list[Call]:
         """The writes that bring an address to ``state`` (``users``: None when not looked up)."""
@@ -132,7 +140,7 @@ class Braze(Destination):
             body: dict[str, Any] = {"attributes": attributes}
         else:
             body = {"email": emails, **({"subscription_state": state} if state else {})}
-        answer = _guard(partial(self._post, path, body))
+        answer = guard(partial(self._post, path, body))
         if isinstance(answer, Outcome):
             return dict.fromkeys(emails, answer)
         what = f"{path} {state}".strip()
@@ -158,14 +166,9 @@ class Braze(Destination):
         return answer if isinstance(answer, dict) else {}
 
 
-def _guard(call: Callable[[], T]) -> T | Outcome:
-    """A 5xx or a rejected request is the outcome of the contacts it was for."""
-    try:
-        return call()
-    except RetryableError as exc:
-        return Outcome.retry(str(exc))
-    except PermanentError as exc:
-        return Outcome.failed(f"{exc} {exc.body}".strip())
+def _rank(outcomes: list[Outcome]) -> Outcome:
+    """A contact's outcome over its calls."""
+    return min(outcomes, key=lambda o: RANK.index(o.status))
 
 
 def _subscriptions(users: list[dict[str, Any]] | None) -> str:

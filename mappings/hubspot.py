@@ -27,9 +27,11 @@ from syncworker.destinations import (
     PermanentError,
     Rate,
     RetryableError,
+    Throttled,
     comma_list,
     iso_time,
     scrub_body,
+    throttled_rest,
 )
 
 PREFS = "/communication-preferences/v4/statuses"
@@ -41,6 +43,7 @@ BOUNCES = (Kind.HARD_BOUNCE, Kind.SOFT_BOUNCE, Kind.BLOCKED)
 CLEARED = Outcome.already("properties cleared")
 # worst first: a contact's outcome is the worst of its calls' outcomes
 RANK = [OutcomeStatus(s) for s in ("retry", "failed", "not_found", "applied", "already")]
+Parts = dict[str, list[Outcome]]  # each address's outcomes, one per call answered
 
 
 class HubSpot(Destination):
@@ -80,7 +83,7 @@ class HubSpot(Destination):
 
     def sync(self, changes: list[ContactChange]) -> list[Outcome]:
         """Bring each contact to ``change.state``. Repeating a call changes nothing more."""
-        parts: dict[str, list[Outcome]] = {c.email.lower(): [] for c in changes}
+        parts: Parts = {c.email.lower(): [] for c in changes}
         states = {c.email.lower(): c.state for c in changes}
         held = {e: set(s.reasons) if s.suppressed else set() for e, s in states.items()}
         opt_out = [e for e in states if self.opt_out_reasons & held[e]]
@@ -88,17 +91,22 @@ class HubSpot(Destination):
         # flags are written for contacts that have one, and cleared where one was set before
         before = {c.email.lower(): c.synced_reasons for c in changes}
         flag = [e for e in states if e in active or FLAGGED & (held[e] | before[e])]
-        if opt_out and self.batched:
-            _merge(parts, self._unsubscribe_batch(opt_out))
-        elif opt_out:
-            _merge(parts, self._each(opt_out, self._unsubscribe_one))
-        if flag:
-            _merge(parts, self._set_properties({e: states[e] for e in flag}))
-        if active and self.resubscribe_ids:
-            _merge(parts, self._resubscribe(active))
-        elif active:
-            kept = "the HubSpot opt-out stays (set RESUBSCRIBE_SUBSCRIPTION_IDS to resubscribe)"
-            _merge(parts, {e: Outcome.already(kept) for e in active})
+        calls = {e: (e in opt_out) + (e in flag) + (e in active) for e in states}  # to answer
+        try:
+            if opt_out and self.batched:
+                _merge(parts, self._unsubscribe_batch(opt_out))
+            elif opt_out:
+                self._each(opt_out, self._unsubscribe_one, parts)
+            if flag:
+                _merge(parts, self._set_properties({e: states[e] for e in flag}))
+            if active and self.resubscribe_ids:
+                self._resubscribe(active, parts)
+            elif active:
+                kept = "the HubSpot opt-out stays (set RESUBSCRIBE_SUBSCRIPTION_IDS to resubscribe)"
+                _merge(parts, {e: Outcome.already(kept) for e in active})
+        except Throttled as exc:  # contacts whose every call was answered keep their outcome
+            done = {e: _worst(p) for e, p in parts.items() if len(p) == calls[e]}
+            return throttled_rest([done.get(c.email.lower()) for c in changes], exc)
         return [_worst(parts[c.email.lower()]) for c in changes]
 
     def _unsubscribe_batch(self, emails: list[str]) -> dict[str, Outcome]:
@@ -140,10 +148,10 @@ class HubSpot(Destination):
             self.bounced_at_property: iso_time(max(bounced)) if bounced else "",
         }
 
-    def _resubscribe(self, emails: list[str]) -> dict[str, Outcome]:
+    def _resubscribe(self, emails: list[str], parts: Parts) -> None:
         basis = {"statusState": "SUBSCRIBED", "channel": "EMAIL", **self.legal_basis}
         if not self.batched:
-            return self._each(emails, lambda e: self._resubscribe_one(e, basis))
+            return self._each(emails, lambda e: self._resubscribe_one(e, basis), parts)
         inputs = [
             {**basis, "subscriberIdString": e, "subscriptionId": sub}
             for e in emails
@@ -157,7 +165,8 @@ class HubSpot(Destination):
                 email = str(result.get("subscriberIdString", "")).lower()
                 statuses.setdefault(email, []).append(result)
             errors.update(_errors(body))
-        return {e: errors.get(e) or _status_outcome(statuses[e], "resubscribed") for e in emails}
+        done = {e: errors.get(e) or _status_outcome(statuses[e], "resubscribed") for e in emails}
+        _merge(parts, done)
 
     def _resubscribe_one(self, email: str, basis: dict[str, Any]) -> Outcome:
         results: list[dict[str, Any]] = []
@@ -181,17 +190,16 @@ class HubSpot(Destination):
             body = {}
         return response.status_code, body if isinstance(body, dict) else {}
 
-    def _each(self, emails: list[str], call: Callable[[str], Outcome]) -> dict[str, Outcome]:
-        """Per-contact calls: a 5xx or a rejected request is that contact's outcome."""
-        outcomes: dict[str, Outcome] = {}
+    def _each(self, emails: list[str], call: Callable[[str], Outcome], parts: Parts) -> None:
+        """Per-contact calls, each outcome kept as it comes: a 5xx or a refusal is that one's."""
         for email in emails:
             try:
-                outcomes[email] = call(email)
+                outcome = call(email)
             except RetryableError as exc:
-                outcomes[email] = Outcome.retry(str(exc))
+                outcome = Outcome.retry(str(exc))
             except PermanentError as exc:
-                outcomes[email] = Outcome.failed(f"{exc} {exc.body}".strip())
-        return outcomes
+                outcome = Outcome.failed(f"{exc} {exc.body}".strip())
+            parts.setdefault(email, []).append(outcome)
 
 
 def _status_outcome(statuses: list[dict[str, Any]], what: str) -> Outcome:

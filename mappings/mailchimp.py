@@ -14,9 +14,8 @@ CREATE_MISSING=true, and a 429 or a bare 403 (overload; the limit is 10 connecti
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 from syncworker.destinations import (
     BadCredentials,
@@ -32,8 +31,9 @@ from syncworker.destinations import (
     OutcomeStatus,
     PermanentError,
     Rate,
-    RetryableError,
     Throttled,
+    guard,
+    throttled_rest,
 )
 
 TAGGED = (Kind.HARD_BOUNCE, Kind.SOFT_BOUNCE, Kind.BLOCKED, Kind.SPAM_COMPLAINT)
@@ -44,7 +44,6 @@ CHOICES = {
 OVERLOAD_WAIT = 10.0  # s: Mailchimp sends no hint; its limit is connections, which free up fast
 # a contact's outcome over several audiences: the first status present in this order
 RANK = [OutcomeStatus(s) for s in ("retry", "failed", "applied", "already", "not_found")]
-T = TypeVar("T")
 
 
 class Mailchimp(Destination):
@@ -90,30 +89,32 @@ class Mailchimp(Destination):
             raise NotConfigured(problems)
 
     def sync(self, changes: list[ContactChange]) -> list[Outcome]:
-        """Bring each contact to ``change.state`` in every audience. Repeating changes nothing.
-
-        A 5xx, timeout or outage stops the batch: the contacts not yet done are retried later.
-        """
+        """Bring each contact to ``change.state`` in every audience; repeating changes nothing.
+        A 5xx, timeout, outage or 429 stops the batch: the contacts not yet done wait for later."""
         parts: list[list[Outcome]] = [[] for _ in changes]
         halt: Outcome | None = None
-        for list_id in self.lists:
-            missing: list[int] = []
-            for index, change in enumerate(changes):
-                outcome = halt or _guard(partial(self._member, list_id, change))
-                if outcome is None:
-                    missing.append(index)
-                    continue
-                parts[index].append(outcome)
-                halt = outcome if outcome.status is OutcomeStatus.RETRY else None
-            creatable = [i for i in missing if self.create and changes[i].state.suppressed]
-            for index in set(missing) - set(creatable):
-                parts[index].append(Outcome.not_found(f"not in audience {list_id}"))
-            if creatable:
-                added = [changes[i] for i in creatable]
-                created = [halt] * len(added) if halt else self._create(list_id, added)
-                for index, outcome in zip(creatable, created, strict=True):
+        try:
+            for list_id in self.lists:
+                missing: list[int] = []
+                for index, change in enumerate(changes):
+                    outcome = halt or guard(partial(self._member, list_id, change))
+                    if outcome is None:
+                        missing.append(index)
+                        continue
                     parts[index].append(outcome)
-        return [min(p, key=lambda o: RANK.index(o.status)) for p in parts]
+                    halt = outcome if outcome.status is OutcomeStatus.RETRY else None
+                creatable = [i for i in missing if self.create and changes[i].state.suppressed]
+                for index in set(missing) - set(creatable):
+                    parts[index].append(Outcome.not_found(f"not in audience {list_id}"))
+                if creatable:
+                    added = [changes[i] for i in creatable]
+                    created = [halt] * len(added) if halt else self._create(list_id, added)
+                    for index, outcome in zip(creatable, created, strict=True):
+                        parts[index].append(outcome)
+        except Throttled as exc:  # a contact answered in every audience keeps its outcome
+            done = [_rank(p) if len(p) == len(self.lists) else None for p in parts]
+            return throttled_rest(done, exc)
+        return [_rank(p) for p in parts]
 
     # -- one member ---------------------------------------------------------------------------
 
@@ -200,7 +201,7 @@ class Mailchimp(Destination):
         """CREATE_MISSING: add suppressed addresses (unsubscribed) in one batch call, tag them."""
         members = [{"email_address": c.email, "status": "unsubscribed"} for c in changes]
         body = {"members": members, "update_existing": False}
-        answer = _guard(lambda: self._call("POST", f"/lists/{list_id}", json=body)[1])
+        answer = guard(lambda: self._call("POST", f"/lists/{list_id}", json=body)[1])
         if isinstance(answer, Outcome):
             return [answer] * len(changes)
         errors = {str(e.get("email_address", "")).lower(): e for e in _dicts(answer.get("errors"))}
@@ -209,7 +210,7 @@ class Mailchimp(Destination):
             error = errors.get(change.email.lower(), {})
             path = f"/lists/{list_id}/members/{_hash(change.email)}"
             if not error:
-                tagged = _guard(partial(self._tag, path, change.state, set()))
+                tagged = guard(partial(self._tag, path, change.state, set()))
                 outcomes.append(tagged if isinstance(tagged, Outcome) else Outcome.applied("added"))
             elif error.get("error_code") == "ERROR_CONTACT_EXISTS":
                 outcomes.append(Outcome.retry("added to the audience meanwhile"))
@@ -232,14 +233,9 @@ class Mailchimp(Destination):
         return response.status_code, body if isinstance(body, dict) else {}
 
 
-def _guard(call: Callable[[], T]) -> T | Outcome:
-    """One member's call: a 5xx or a rejected request is that member's outcome."""
-    try:
-        return call()
-    except RetryableError as exc:
-        return Outcome.retry(str(exc))
-    except PermanentError as exc:
-        return Outcome.failed(f"{exc} {exc.body}".strip())
+def _rank(outcomes: list[Outcome]) -> Outcome:
+    """A contact's outcome over its audiences."""
+    return min(outcomes, key=lambda o: RANK.index(o.status))
 
 
 def _dicts(value: Any) -> list[dict[str, Any]]:

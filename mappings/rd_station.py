@@ -39,9 +39,11 @@ from syncworker.destinations import (
     PermanentError,
     Rate,
     RetryableError,
+    Throttled,
     retry_after_seconds,
     scrub_body,
     seconds,
+    throttled_rest,
 )
 
 CONTACTS = "/platform/contacts"
@@ -101,6 +103,8 @@ class RDStation(Destination):
         for change in changes:
             try:
                 outcomes.append(self.sync_one(change))
+            except Throttled as exc:  # the contacts done before it keep their outcomes
+                return throttled_rest([*outcomes, *[None] * (len(changes) - len(outcomes))], exc)
             except RetryableError as exc:
                 return outcomes + [Outcome.retry(str(exc))] * (len(changes) - len(outcomes))
             except PermanentError as exc:

@@ -38,6 +38,7 @@ from syncworker.destinations import (
     iso_time,
     scrub_body,
     seconds,
+    throttled_rest,
 )
 
 LIMIT = 200  # records per sObject Collections request
@@ -110,13 +111,17 @@ class Salesforce(Destination):
                 else:
                     parts[email].append(Outcome.already(f"{record['Id']}: nothing to change"))
         writes.sort(key=lambda w: w[1]["attributes"]["type"])  # one type chunk per object
-        for start in range(0, len(writes), LIMIT):
-            chunk = writes[start : start + LIMIT]
-            body = {"allOrNone": False, "records": [record for _, record in chunk]}
-            answer = self._api("PATCH", "/composite/sobjects", json=body)
-            results = [*(answer if isinstance(answer, list) else []), *[{}] * len(chunk)]
-            for (email, _), result in zip(chunk, results, strict=False):  # in request order
-                parts[email].append(_saved(result if isinstance(result, dict) else {}))
+        try:
+            for start in range(0, len(writes), LIMIT):
+                chunk = writes[start : start + LIMIT]
+                body = {"allOrNone": False, "records": [record for _, record in chunk]}
+                answer = self._api("PATCH", "/composite/sobjects", json=body)
+                results = [*(answer if isinstance(answer, list) else []), *[{}] * len(chunk)]
+                for (email, _), result in zip(chunk, results, strict=False):  # in request order
+                    parts[email].append(_saved(result if isinstance(result, dict) else {}))
+        except Throttled as exc:  # the addresses of this request and the next ones wait
+            left = {email for email, _ in writes[start:]}
+            return throttled_rest([None if e in left else _worst(parts[e]) for e in states], exc)
         return [_worst(parts[c.email.lower()]) for c in changes]
 
     def _lookup(self, emails: list[str]) -> dict[str, list[dict[str, Any]]]:
@@ -198,9 +203,8 @@ def _saved(result: dict[str, Any]) -> Outcome:
     if result.get("success"):
         return Outcome.applied(f"{result.get('id')}: updated")
     errors = [e for e in result.get("errors") or [] if isinstance(e, dict)]
-    detail = scrub_body(
-        "; ".join(f"{e.get('statusCode')}: {e.get('message')}" for e in errors), 300
-    )
+    text = "; ".join(f"{e.get('statusCode')}: {e.get('message')}" for e in errors)
+    detail = scrub_body(text, 300)
     codes = {e.get("statusCode") for e in errors}
     if "UNABLE_TO_LOCK_ROW" in codes:  # another save held the row: try again later
         return Outcome.retry(detail)
@@ -211,9 +215,8 @@ def _saved(result: dict[str, Any]) -> Outcome:
 
 def _worst(outcomes: list[Outcome]) -> Outcome:
     worst = min(outcomes, key=lambda o: RANK.index(o.status))
-    if worst.status is OutcomeStatus.ALREADY:
-        return Outcome.already("; ".join(o.detail for o in outcomes))
-    return worst
+    already = worst.status is OutcomeStatus.ALREADY
+    return Outcome.already("; ".join(o.detail for o in outcomes)) if already else worst
 
 
 def _same(current: Any, wanted: Any) -> bool:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import requests
 
@@ -44,6 +44,7 @@ from syncworker.events import (
 from syncworker.privacy import mask_text, scrub_body
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 __all__ = [
     "MANUAL",
@@ -66,6 +67,7 @@ __all__ = [
     "RetryableError",
     "Throttled",
     "destination_class",
+    "guard",
     "retry_after_seconds",
     "EVENT_NAMES",
     "EventPart",
@@ -468,6 +470,17 @@ def split_events(
     if indexes:
         parts.append(EventPart(indexes, items, [changes[i] for i in indexes]))
     return parts, outcomes
+
+
+def guard(call: Callable[[], T]) -> T | Outcome:
+    """Run one call made for some contacts: its result, or a 5xx or a rejected request as the
+    outcome of those contacts. Throttled and BadCredentials propagate (the whole destination)."""
+    try:
+        return call()
+    except RetryableError as exc:
+        return Outcome.retry(str(exc))
+    except PermanentError as exc:
+        return Outcome.failed(f"{exc} {exc.body}".strip())
 
 
 def attempt(send: Callable[..., str], *args: Any) -> Outcome:
