@@ -12,18 +12,24 @@ from typing import Any
 import pytest
 import redis
 
+from mappings.salesforce import OPT_OUT
 from syncworker import delivery
 from syncworker.config import Settings
 from syncworker.delivery import ATTEMPTS, PAUSE, Delivery
 from syncworker.emulators.amplitude import AmplitudeEmulator
+from syncworker.emulators.base import Emulator
+from syncworker.emulators.braze import BrazeEmulator
+from syncworker.emulators.hubspot import HubSpotEmulator
+from syncworker.emulators.mailchimp import MailchimpEmulator, subscriber_hash
 from syncworker.emulators.mixpanel import MixpanelEmulator
+from syncworker.emulators.rd_station import RDStationEmulator
+from syncworker.emulators.salesforce import SalesforceEmulator
 from syncworker.emulators.segment import SegmentEmulator
 from syncworker.emulators.webhook_receiver import WebhookReceiver, new_secret
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
 from syncworker.runtime import Runtime
 from tests.conftest import SettingsFactory
-from tests.processes import wait_until
 
 SECRET = new_secret()
 EMAILS = [f"p{i}@example.com" for i in range(8)]
@@ -61,15 +67,24 @@ def pending(conn: redis.Redis, dest: str) -> dict[str, float]:
     return {k.decode(): v for k, v in conn.zrange(PENDING + dest, 0, -1, withscores=True)}
 
 
+def apply(rt: Runtime, kinds: list[Kind]) -> None:
+    """One event per address, of the given kinds."""
+    rt.ledger.apply(
+        HygieneEvent(f"ev-{e}", "test", "test", e, kind, T0 + i, reason="550 no such user")
+        for i, (e, kind) in enumerate(zip(EMAILS, kinds, strict=True))
+    )
+
+
 def throttle_then_resume(
     rt: Runtime,
     conn: redis.Redis,
     dest: str,
     keys: list[str],
     delivered_keys: Callable[[], set[str]],
+    before_resume: Callable[[], None] = lambda: None,
 ) -> set[str]:
-    """Run the loop into the 429, check what it left, lift the pause and run it to the end;
-    return the keys delivered before the 429."""
+    """Run the loop into the throttle, check what it left, lift the pause and run it to the end;
+    return the keys (event keys, or addresses for a CRM) delivered before the throttle."""
     before = time.time()
     report = Delivery(rt, dest).run()
     assert report.stopped == "throttled"
@@ -86,6 +101,7 @@ def throttle_then_resume(
         wanted = "applied" if change_key in first else "throttled"
         assert view.sync[dest]["status"] == wanted, email
     # Retry-After has passed
+    before_resume()
     conn.delete(PAUSE + dest)
     conn.zadd(PENDING + dest, dict.fromkeys(due, time.time()))
     assert Delivery(rt, dest).run().stopped == "drained"
@@ -136,20 +152,26 @@ def test_webhook_through_the_worker_delivers_each_event_once_after_a_429(
     receiver: WebhookReceiver,
     run_worker: Callable[..., int],
 ) -> None:
-    """The real deliver job: the pause it takes is waited out, then the rest goes once."""
+    """The real deliver job: it pauses, nothing is scheduled until Retry-After has passed, then
+    the rest goes once."""
     rt = runtime_for(
         "webhook", {"URL": receiver.endpoint, "SECRET": SECRET, "MAX_BATCH_BYTES": "4000"}
     )
     keys = hard_bounces(rt)
-    receiver.fail_next(1, 429, after=1, headers={"Retry-After": "1"})
+    receiver.fail_next(1, 429, after=1, headers={"Retry-After": "30"})
     delivery.flush(rt, ["webhook"])
     run_worker()
     first = {e["key"] for e in webhook_events(receiver)}
     assert first and first < set(keys)
-    assert set(pending(redis_conn, "webhook")) == set(keys) - first
+    due = pending(redis_conn, "webhook")
+    assert set(due) == set(keys) - first
     assert redis_conn.hlen(ATTEMPTS + "webhook") == 0
-    assert 0 < delivery.paused_for(redis_conn, "webhook") <= 1
-    wait_until(lambda: delivery.tick(rt) == ["webhook"], 10, "the pause to end and a flush")
+    assert 29 < delivery.paused_for(redis_conn, "webhook") <= 30
+    assert delivery.tick(rt) == []
+    # Retry-After has passed
+    redis_conn.delete(PAUSE + "webhook")
+    redis_conn.zadd(PENDING + "webhook", dict.fromkeys(due, time.time()))
+    assert delivery.tick(rt) == ["webhook"]
     run_worker()
     assert Counter(e["key"] for e in webhook_events(receiver)) == Counter(keys)
     assert receiver.duplicates == 0
@@ -253,3 +275,209 @@ def test_webhook_resends_a_throttled_body_under_its_webhook_id_whatever_the_pend
     assert len(throttled) == 1 and throttled[0] in receiver.webhook_ids
     assert Counter(e["key"] for e in webhook_events(receiver)) == Counter(keys)
     assert receiver.duplicates == 0
+
+
+# -- CRMs: one write per contact reaches the destination once ------------------------------------
+
+
+def written(emulator: Emulator, path: str, method: str = "POST") -> set[str]:
+    """Addresses named by the answered (2xx) requests to ``path``."""
+    return {
+        e
+        for r in emulator.calls(path, method)
+        if 200 <= r.status < 300
+        for e in EMAILS
+        if e in (r.path + r.body.decode())
+    }
+
+
+def once_each(emulator: Emulator, path: str, method: str = "POST") -> Counter[str]:
+    return Counter(
+        e
+        for r in emulator.calls(path, method)
+        if 200 <= r.status < 300
+        for e in EMAILS
+        if e in (r.path + r.body.decode())
+    )
+
+
+def test_hubspot_per_contact_opt_outs_are_sent_once_when_one_is_throttled(
+    runtime_for: Callable[[str, dict[str, str]], Runtime], redis_conn: redis.Redis
+) -> None:
+    with HubSpotEmulator() as hubspot:
+        hubspot.seed(*EMAILS)
+        rt = runtime_for(
+            "hubspot",
+            {"TOKEN": hubspot.token, "BASE_URL": hubspot.url, "SUBSCRIPTION_BATCH": "false"},
+        )
+        apply(rt, [Kind.UNSUBSCRIBE] * len(EMAILS))
+        hubspot.fail_next(1, 429, after=3, headers={"Retry-After": "30"})
+        path = "/communication-preferences/v4/statuses/"
+        first = throttle_then_resume(
+            rt, redis_conn, "hubspot", EMAILS, lambda: written(hubspot, path)
+        )
+        assert first == set(EMAILS[:3])
+        assert once_each(hubspot, path) == Counter(EMAILS)
+        assert hubspot.opted_out == set(EMAILS)
+
+
+def test_hubspot_contacts_done_before_a_throttled_property_update_keep_their_outcome(
+    runtime_for: Callable[[str, dict[str, str]], Runtime], redis_conn: redis.Redis
+) -> None:
+    """Unsubscribes need the opt-out only; hard bounces the opt-out and the flag properties."""
+    with HubSpotEmulator() as hubspot:
+        hubspot.seed(*EMAILS)
+        rt = runtime_for("hubspot", {"TOKEN": hubspot.token, "BASE_URL": hubspot.url})
+        apply(rt, [Kind.UNSUBSCRIBE] * 4 + [Kind.HARD_BOUNCE] * 4)
+        hubspot.fail_next(1, 429, after=1, headers={"Retry-After": "30"})
+        update = "/crm/v3/objects/contacts/batch/update"
+
+        def done() -> set[str]:  # opted out, and flagged where they need it
+            flagged = written(hubspot, update)
+            return set(EMAILS[:4]) & hubspot.opted_out | flagged
+
+        first = throttle_then_resume(rt, redis_conn, "hubspot", EMAILS, done)
+        assert first == set(EMAILS[:4])
+        assert once_each(hubspot, update) == Counter(EMAILS[4:])
+        opt_outs = once_each(hubspot, "/communication-preferences/v4/statuses/batch/")
+        assert all(opt_outs[e] == 1 for e in EMAILS[:4])  # the unsubscribes: not sent again
+        assert hubspot.opted_out == set(EMAILS)
+
+
+def test_salesforce_addresses_saved_before_the_request_limit_are_not_written_again(
+    runtime_for: Callable[[str, dict[str, str]], Runtime], redis_conn: redis.Redis
+) -> None:
+    """120 addresses with a Contact and a Lead each: 240 records, two collections PATCHes; the
+    API allocation runs out (403 REQUEST_LIMIT_EXCEEDED) at the second."""
+    emails = [f"s{i:03d}@example.com" for i in range(120)]
+    with SalesforceEmulator() as salesforce:
+        for email in emails:
+            salesforce.seed(email, "Contact")
+            salesforce.seed(email, "Lead")
+        rt = runtime_for(
+            "salesforce",
+            {
+                "CLIENT_ID": salesforce.client_id,
+                "CLIENT_SECRET": salesforce.client_secret,
+                "REFRESH_TOKEN": salesforce.refresh_token,
+                "BASE_URL": salesforce.url,
+                "LIMIT_PAUSE": "30",
+            },
+        )
+        rt.ledger.apply(
+            HygieneEvent(f"ev-{e}", "test", "test", e, Kind.UNSUBSCRIBE, T0) for e in emails
+        )
+        salesforce.api_limit = salesforce.api_used + 3  # two queries and one PATCH
+
+        def saved() -> set[str]:
+            return {e for e in emails if all(r[OPT_OUT] for r in salesforce.records(e))}
+
+        def patched() -> Counter[str]:
+            ids = Counter(
+                rec["id"]
+                for r in salesforce.calls("/services/data/", "PATCH")
+                if r.status == 200
+                for rec in r.json["records"]
+            )
+            return Counter({e: sum(ids[r["Id"]] for r in salesforce.records(e)) for e in emails})
+
+        before = time.time()
+        report = Delivery(rt, "salesforce").run()
+        assert report.stopped == "throttled"
+        assert 29 < delivery.paused_for(redis_conn, "salesforce") <= 30
+        first = saved()
+        assert 0 < len(first) < len(emails)
+        due = pending(redis_conn, "salesforce")
+        assert set(due) == set(emails) - first
+        assert all(before + 29 < at <= time.time() + 30 for at in due.values())
+        assert redis_conn.hlen(ATTEMPTS + "salesforce") == 0
+        for email in emails:
+            view = rt.ledger.view(email)
+            assert view is not None
+            wanted = "applied" if email in first else "throttled"
+            assert view.sync["salesforce"]["status"] == wanted
+        salesforce.api_limit = 10_000
+        redis_conn.delete(PAUSE + "salesforce")
+        redis_conn.zadd(PENDING + "salesforce", dict.fromkeys(due, time.time()))
+        assert Delivery(rt, "salesforce").run().stopped == "drained"
+        assert saved() == set(emails)
+        assert set(patched().values()) == {2}  # each record written once: Contact and Lead
+
+
+def test_braze_writes_answered_before_a_429_are_not_sent_again(
+    runtime_for: Callable[[str, dict[str, str]], Runtime], redis_conn: redis.Redis
+) -> None:
+    """Hard bounces go to the blocklist, unsubscribes to the email status: two requests."""
+    with BrazeEmulator() as braze:
+        braze.seed(*EMAILS)
+        rt = runtime_for(
+            "braze", {"API_KEY": braze.api_key, "BASE_URL": braze.url, "LOOKUP": "false"}
+        )
+        apply(rt, [Kind.HARD_BOUNCE] * 4 + [Kind.UNSUBSCRIBE] * 4)
+        braze.fail_next(1, 429, after=1, headers={"Retry-After": "30"})
+
+        def done() -> set[str]:
+            return written(braze, "/email/blocklist") | written(braze, "/email/status")
+
+        first = throttle_then_resume(rt, redis_conn, "braze", EMAILS, done)
+        assert first == set(EMAILS[:4])
+        assert once_each(braze, "/email/blocklist") == Counter(EMAILS[:4])
+        assert once_each(braze, "/email/status") == Counter(EMAILS[4:])
+
+
+def test_mailchimp_members_updated_before_a_429_are_not_read_or_written_again(
+    runtime_for: Callable[[str, dict[str, str]], Runtime], redis_conn: redis.Redis
+) -> None:
+    with MailchimpEmulator() as mailchimp:
+        mailchimp.seed("list1", *EMAILS)
+        rt = runtime_for(
+            "mailchimp",
+            {"API_KEY": mailchimp.api_key, "LIST_ID": "list1", "BASE_URL": mailchimp.url + "/3.0"},
+        )
+        apply(rt, [Kind.UNSUBSCRIBE] * len(EMAILS))
+        mailchimp.fail_next(
+            1, 429, after=6, headers={"Retry-After": "30"}
+        )  # a GET and a PATCH each
+
+        def done() -> set[str]:
+            statuses = mailchimp.statuses("list1")
+            return {e for e in EMAILS if statuses[e] == "unsubscribed"}
+
+        first = throttle_then_resume(rt, redis_conn, "mailchimp", EMAILS, done)
+        assert first == set(EMAILS[:3])
+        hashes = {subscriber_hash(e): e for e in EMAILS}
+        sent = Counter(
+            hashes[r.path.rsplit("/", 1)[1]]
+            for r in mailchimp.calls("/3.0/lists/list1/members/", "PATCH")
+        )
+        assert sent == Counter(EMAILS)
+
+
+def test_rd_station_contacts_updated_before_a_429_are_not_updated_again(
+    runtime_for: Callable[[str, dict[str, str]], Runtime], redis_conn: redis.Redis
+) -> None:
+    with RDStationEmulator() as rd:
+        uuids = {rd.seed(e, legal_bases=[]): e for e in EMAILS}
+        rt = runtime_for(
+            "rd_station",
+            {
+                "CLIENT_ID": rd.client_id,
+                "CLIENT_SECRET": rd.client_secret,
+                "REFRESH_TOKEN": rd.refresh_token,
+                "BASE_URL": rd.url,
+            },
+        )
+        apply(rt, [Kind.UNSUBSCRIBE] * len(EMAILS))
+        rd.fail_next(1, 429, after=7, headers={"Retry-After": "30"})  # token, then GET + PATCH
+
+        def updated() -> Counter[str]:
+            return Counter(
+                uuids[r.path.rsplit("/", 1)[1]]
+                for r in rd.calls("/platform/contacts/", "PATCH")
+                if r.status == 200
+            )
+
+        first = throttle_then_resume(rt, redis_conn, "rd_station", EMAILS, lambda: set(updated()))
+        assert first == set(EMAILS[:3])
+        assert [r.method for r in rd.requests if r.status == 429] == ["GET"]
+        assert updated() == Counter(EMAILS)
