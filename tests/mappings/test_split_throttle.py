@@ -11,11 +11,20 @@ from typing import Any
 
 import pytest
 import redis
+import requests
 
 from mappings.salesforce import OPT_OUT
 from syncworker import delivery
 from syncworker.config import Settings
 from syncworker.delivery import ATTEMPTS, PAUSE, Delivery
+from syncworker.destinations import (
+    ContactChange,
+    Destination,
+    DestinationConfig,
+    HttpClient,
+    Outcome,
+    OutcomeStatus,
+)
 from syncworker.emulators.amplitude import AmplitudeEmulator
 from syncworker.emulators.base import Emulator
 from syncworker.emulators.braze import BrazeEmulator
@@ -30,6 +39,7 @@ from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
 from syncworker.runtime import Runtime
 from tests.conftest import SettingsFactory
+from tests.mappings.contract import state_change
 
 SECRET = new_secret()
 EMAILS = [f"p{i}@example.com" for i in range(8)]
@@ -481,3 +491,32 @@ def test_rd_station_contacts_updated_before_a_429_are_not_updated_again(
         assert first == set(EMAILS[:3])
         assert [r.method for r in rd.requests if r.status == 429] == ["GET"]
         assert updated() == Counter(EMAILS)
+
+
+# -- the SDK's per-contact loop ------------------------------------------------------------------
+
+
+class OneByOne(Destination):
+    """A destination without a batch API: HubSpot's per-contact opt-out, through sync_one."""
+
+    name = "one_by_one"
+
+    def sync_one(self, change: ContactChange) -> Outcome:
+        path = f"/communication-preferences/v4/statuses/{change.email}/unsubscribe-all"
+        self.http.post(path, params={"channel": "EMAIL"}, headers={"Authorization": "Bearer hs"})
+        return Outcome.applied("opted out")
+
+
+def test_the_inherited_per_contact_loop_keeps_the_contacts_synced_before_a_429(
+    session: requests.Session,
+) -> None:
+    with HubSpotEmulator(token="hs") as hubspot:
+        hubspot.seed(*EMAILS)
+        http = HttpClient("one_by_one", hubspot.url, session=session, timeout=5.0)
+        destination = OneByOne(DestinationConfig("one_by_one", {}), http)
+        hubspot.fail_next(1, 429, after=3, headers={"Retry-After": "30"})
+        outcomes = destination.sync([state_change(e, "unsubscribe") for e in EMAILS])
+        assert [o.status for o in outcomes[:3]] == [OutcomeStatus.APPLIED] * 3
+        assert all(o.pause and not o.counts and o.retry_after == 30 for o in outcomes[3:])
+        assert len(hubspot.requests) == 4  # nothing sent after the 429
+        assert hubspot.opted_out == set(EMAILS[:3])
