@@ -179,55 +179,99 @@ class Delivery:
     # -- one batch ---------------------------------------------------------------------------
 
     def process(self, instance: Destination, ids: list[str], report: Report) -> bool:
-        """Sync one batch and record its outcomes; False when the destination must pause."""
+        """Sync one batch and record its outcomes; False when the destination must pause.
+
+        A request refused as a whole (one bad contact fails a batch) is split in halves and each
+        half sent again, down to single contacts, so that only the contacts at fault are
+        dead-lettered: for k such contacts in a batch of n, at most about 2·k·log2(n) more
+        requests, each waiting at the rate limiter like any other.
+        """
         changes, gone = self.build(ids)
         if gone:
             self.conn.zrem(INFLIGHT + self.name, *gone)
             report.outcomes["expired"] += len(gone)
         if not changes:
             return True
+        outcomes: list[Outcome | None] = [None] * len(changes)
+        groups = [list(range(len(changes)))]
+        try:
+            while groups:
+                group = groups.pop()
+                answers = self.call(instance, [changes[i] for i in group])
+                suspects = []
+                for i, outcome in zip(group, answers, strict=True):
+                    outcomes[i] = outcome
+                    if outcome.whole_request and len(group) > 1:
+                        suspects.append(i)
+                if suspects:
+                    for i in suspects:
+                        outcomes[i] = None
+                    half = (len(suspects) + 1) // 2
+                    groups += [suspects[half:], suspects[:half]]  # the first half goes first
+                    self.count("splits")
+        except (Throttled, BadCredentials) as exc:
+            self.settle(changes, outcomes, report)
+            waiting = [c.key for c, o in zip(changes, outcomes, strict=True) if o is None]
+            self.stop(exc, waiting, report)
+            return False
+        self.settle(changes, outcomes, report)
+        return True
+
+    def call(self, instance: Destination, changes: list[ContactChange]) -> list[Outcome]:
+        """One ``sync`` of (part of) a batch: an outcome per change; Throttled and BadCredentials
+        propagate (they stop the destination)."""
         try:
             outcomes = instance.sync(changes)
             if len(outcomes) != len(changes):
                 raise TypeError(
                     f"{self.name}.sync returned {len(outcomes)} outcomes for {len(changes)}"
                 )
-        except Throttled as exc:
-            local = exc.status is None
-            self.pause(exc.retry_after, "rate limit" if local else f"throttled ({exc.status})")
-            self.requeue([c.key for c in changes], exc.retry_after)
-            self.count("rate_waits" if local else "throttled")
-            report.outcomes["throttled"] += len(changes)
-            report.stopped = "rate_limit" if local else "throttled"
-            return False
-        except BadCredentials as exc:
-            self.pause(self.s.auth_pause_s, f"bad credentials ({exc.status})")
-            self.requeue([c.key for c in changes], self.s.auth_pause_s)
-            self.count("auth_failures")
-            body = mask_text(exc.body)[:300]  # e.g. HubSpot's MISSING_SCOPES names the fix
-            log.error(
-                "destination paused dest=%s reason=bad_credentials status=%s body=%s",
-                self.name,
-                exc.status,
-                body,
-            )
-            sentry_sdk.capture_message(
-                f"syncworker: {self.name} rejected its credentials (HTTP {exc.status}); "
-                f"paused. Response: {body}",
-                level="error",
-            )
-            report.outcomes["paused"] += len(changes)
-            report.stopped = "bad_credentials"
-            return False
         except RetryableError as exc:
             outcomes = [Outcome.retry(mask_text(str(exc)))] * len(changes)
         except PermanentError as exc:
-            outcomes = [Outcome.failed(mask_text(f"{exc} {exc.body}".strip()))] * len(changes)
+            detail = mask_text(f"{exc} {exc.body}".strip())
+            outcomes = [Outcome.request_refused(detail)] * len(changes)
+        return outcomes
+
+    def settle(
+        self, changes: list[ContactChange], outcomes: list[Outcome | None], report: Report
+    ) -> None:
+        """Record the changes that have an outcome (the others are still being worked on)."""
+        done = [(c, o) for c, o in zip(changes, outcomes, strict=True) if o is not None]
+        if not done:
+            return
         if self.dest.dry_run:
-            self.record_dry_run(changes, report)
+            self.record_dry_run([c for c, _ in done], report)
         else:
-            self.record(changes, outcomes, report)
-        return True
+            self.record([c for c, _ in done], [o for _, o in done], report)
+
+    def stop(self, exc: Throttled | BadCredentials, keys: list[str], report: Report) -> None:
+        """Pause the destination and put ``keys`` back without spending an attempt."""
+        if isinstance(exc, Throttled):
+            local = exc.status is None
+            self.pause(exc.retry_after, "rate limit" if local else f"throttled ({exc.status})")
+            self.requeue(keys, exc.retry_after)
+            self.count("rate_waits" if local else "throttled")
+            report.outcomes["throttled"] += len(keys)
+            report.stopped = "rate_limit" if local else "throttled"
+            return
+        self.pause(self.s.auth_pause_s, f"bad credentials ({exc.status})")
+        self.requeue(keys, self.s.auth_pause_s)
+        self.count("auth_failures")
+        body = mask_text(exc.body)[:300]  # e.g. HubSpot's MISSING_SCOPES names the fix
+        log.error(
+            "destination paused dest=%s reason=bad_credentials status=%s body=%s",
+            self.name,
+            exc.status,
+            body,
+        )
+        sentry_sdk.capture_message(
+            f"syncworker: {self.name} rejected its credentials (HTTP {exc.status}); "
+            f"paused. Response: {body}",
+            level="error",
+        )
+        report.outcomes["paused"] += len(keys)
+        report.stopped = "bad_credentials"
 
     def record_dry_run(self, changes: list[ContactChange], report: Report) -> None:
         """A dry run consumes the batch and says so in each contact's sync status."""
@@ -377,6 +421,8 @@ class Delivery:
 
     def requeue(self, ids: list[str], delay: float) -> None:
         """Put a batch back without spending an attempt (throttling and pauses are not failure)."""
+        if not ids:
+            return
         due = time.time() + delay
         with self.conn.pipeline(transaction=True) as pipe:
             pipe.zrem(INFLIGHT + self.name, *ids)

@@ -124,6 +124,9 @@ class Outcome:
     #: False for a wait the vendor imposes on one contact (a per-contact or per-user limit):
     #: like throttling, it is not a failure and spends no attempt
     counts: bool = True
+    #: FAILED because the destination refused the whole request this contact was in (one bad
+    #: input fails a batch): the delivery loop splits the batch to find the contacts at fault
+    whole_request: bool = False
 
     @classmethod
     def applied(cls, detail: str = "") -> Outcome:
@@ -150,6 +153,11 @@ class Outcome:
     @classmethod
     def failed(cls, detail: str = "") -> Outcome:
         return cls(OutcomeStatus.FAILED, detail)
+
+    @classmethod
+    def request_refused(cls, detail: str = "") -> Outcome:
+        """The request carrying this contact was refused as a whole (a 400 for the batch)."""
+        return cls(OutcomeStatus.FAILED, detail, whole_request=True)
 
     @property
     def ok(self) -> bool:
@@ -449,14 +457,15 @@ def attempt(send: Callable[..., str], *args: Any) -> Outcome:
     """Run one request of a split batch: its detail on success, else its retry or failure.
 
     Throttled and BadCredentials propagate (they concern the whole destination); a retryable or
-    permanent error becomes the outcome of that request's contacts only.
+    permanent error becomes the outcome of that request's contacts only. A refused request may
+    hold one bad contact among good ones: the delivery loop splits it to find that one.
     """
     try:
         return Outcome.applied(send(*args))
     except RetryableError as exc:
         return Outcome.retry(str(exc))
     except PermanentError as exc:
-        return Outcome.failed(f"{exc} {exc.body}".strip())
+        return Outcome.request_refused(f"{exc} {exc.body}".strip())
 
 
 # -- event streams: one vocabulary, so that every analytics tool tells the same story ---------
