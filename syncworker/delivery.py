@@ -24,6 +24,7 @@ import redis
 import sentry_sdk
 
 from syncworker import codec
+from syncworker.breaker import CLOSED, OPEN, PROBE, Breaker, pause_payload
 from syncworker.destinations import ContactChange, Destination, Mode, Outcome, OutcomeStatus
 from syncworker.errors import BadCredentials, PermanentError, RetryableError, Throttled
 from syncworker.events import HygieneEvent, normalize_email
@@ -135,6 +136,14 @@ class Delivery:
         self._take = self.conn.register_script(TAKE_LUA)
         self._release = self.conn.register_script(RELEASE_LUA)
         self._raw_events: dict[str, dict[str, Any]] = {}  # ledger form, kept for dead letters
+        self.breaker = Breaker(
+            self.conn,
+            destination,
+            PAUSE + destination,
+            failures_to_open=self.s.breaker_failures,
+            probe_s=self.s.breaker_probe_s,
+            probe_hold_s=self.s.lease_s,
+        )
 
     def run(self, token: str | None = None) -> Report:
         report = Report()
@@ -145,12 +154,26 @@ class Delivery:
                 if paused_for(self.conn, self.name):
                     report.stopped = "paused"
                     break
-                ids = self.take()
+                gate, until = self.breaker.admit()
+                if gate not in (CLOSED, PROBE):
+                    # open, or another job's probe is out: wait (tick leaves a paused one alone)
+                    ms = max(1, int((until - time.time()) * 1000))
+                    self.conn.set(PAUSE + self.name, pause_payload(until), px=ms, nx=True)
+                    report.stopped = "breaker_open"
+                    break
+                ids = self.take(self.s.breaker_probe_batch if gate == PROBE else None)
+                if gate == PROBE:
+                    self.count("probes")
                 if not ids:
+                    if gate == PROBE:
+                        self.breaker.release()
                     report.stopped = "drained"
                     break
                 report.batches += 1
-                if not self.process(instance, ids, report):
+                going = self.process(instance, ids, report)
+                if gate == PROBE:
+                    self.breaker.release()  # no verdict (throttled, deferred): probe again
+                if not going:
                     break
             else:
                 report.stopped = "budget"
@@ -169,10 +192,11 @@ class Delivery:
         )
         return report
 
-    def take(self) -> list[str]:
+    def take(self, limit: int | None = None) -> list[str]:
+        size = self.dest.batch_size if limit is None else max(1, min(limit, self.dest.batch_size))
         ids = self._take(
             keys=[PENDING + self.name, INFLIGHT + self.name],
-            args=[time.time(), self.dest.batch_size, self.s.lease_s],
+            args=[time.time(), size, self.s.lease_s],
         )
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
@@ -185,6 +209,10 @@ class Delivery:
         half sent again, down to single contacts, so that only the contacts at fault are
         dead-lettered: for k such contacts in a batch of n, at most about 2·k·log2(n) more
         requests, each waiting at the rate limiter like any other.
+
+        Each call tells the breaker whether the destination answered. Once it is open, contacts
+        whose call got no answer go back to pending without spending an attempt, and the batch
+        stops there (what is left of it goes back too).
         """
         changes, gone = self.build(ids)
         if gone:
@@ -194,10 +222,19 @@ class Delivery:
             return True
         outcomes: list[Outcome | None] = [None] * len(changes)
         groups = [list(range(len(changes)))]
+        held: list[int] = []  # no answer while the breaker is open: back without an attempt
         try:
             while groups:
                 group = groups.pop()
                 answers = self.call(instance, [changes[i] for i in group])
+                if self.judge(answers) == OPEN:
+                    for i, outcome in zip(group, answers, strict=True):
+                        if _unanswered(outcome):
+                            held.append(i)
+                        else:
+                            outcomes[i] = outcome
+                    held += [i for rest in groups for i in rest]
+                    break
                 suspects = []
                 for i, outcome in zip(group, answers, strict=True):
                     outcomes[i] = outcome
@@ -215,7 +252,27 @@ class Delivery:
             self.stop(exc, waiting, report)
             return False
         self.settle(changes, outcomes, report)
+        if held:
+            self.requeue([changes[i].key for i in held], 0)
+            self.conn.hincrby(DSTATS + self.name, "breaker_held", len(held))
+            report.outcomes["held"] += len(held)
+            report.stopped = "breaker_open"
+            return False
         return True
+
+    def judge(self, outcomes: list[Outcome]) -> str:
+        """Tell the breaker how a call went; return its state after a call with no answer.
+
+        Answered: anything applied, already, not found, or refused. No answer: nothing of that,
+        and at least one contact to retry (a 5xx, a timeout). A per-contact wait (``deferred``)
+        is neither; a 429 and bad credentials never reach here."""
+        if any(o.ok or o.status is OutcomeStatus.FAILED for o in outcomes):
+            self.breaker.succeeded()
+            return CLOSED
+        unanswered = [o for o in outcomes if _unanswered(o)]
+        if not unanswered:
+            return CLOSED
+        return self.breaker.failed(unanswered[0].detail)
 
     def call(self, instance: Destination, changes: list[ContactChange]) -> list[Outcome]:
         """One ``sync`` of (part of) a batch: an outcome per change; Throttled and BadCredentials
@@ -440,6 +497,10 @@ class Delivery:
 
     def count(self, field_name: str) -> None:
         self.conn.hincrby(DSTATS + self.name, field_name, 1)
+
+
+def _unanswered(outcome: Outcome) -> bool:
+    return outcome.status is OutcomeStatus.RETRY and outcome.counts
 
 
 def replay_dead(runtime: Runtime, destination: str) -> int:
