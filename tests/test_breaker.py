@@ -4,6 +4,7 @@ never open it."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import orjson
@@ -18,7 +19,10 @@ from syncworker.emulators.hubspot import HubSpotEmulator
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
 from syncworker.runtime import Runtime
+from syncworker.status import overview
+from syncworker.web import create_app
 from tests.conftest import SettingsFactory
+from tests.test_status import metric_samples
 
 EMAILS = [f"b{i:02d}@example.com" for i in range(20)]
 
@@ -175,3 +179,42 @@ def test_a_per_contact_wait_is_not_an_outage(rt: Runtime, redis_conn: redis.Redi
     assert d.judge([Outcome.deferred(3600, "limit")]) == "closed"
     assert state(redis_conn)["failures"] == 1  # a wait does not reset the count either
     assert d.judge([Outcome.retry("503")]) == "open"
+
+
+def test_status_and_metrics_show_each_destinations_health(
+    rt: Runtime,
+    redis_conn: redis.Redis,
+    hubspot: HubSpotEmulator,
+    make_settings: SettingsFactory,
+) -> None:
+    """Breaker state, pause reason and end, the oldest due contact's wait, last success and
+    last error, per destination, in `status` / `/v1/stats` and in `/metrics`."""
+    unsubscribe(rt, EMAILS[:5])
+    Delivery(rt, "hubspot").run()
+    unsubscribe(rt, EMAILS[5:10])
+    hubspot.fail_next(1, 429, headers={"Retry-After": "30"})
+    Delivery(rt, "hubspot").run()
+    redis_conn.zadd(PENDING + "hubspot", {EMAILS[5]: time.time() - 60})  # due a minute ago
+
+    shown = overview(rt)["destinations"]["hubspot"]
+    assert shown["breaker"] == {
+        "state": "closed",
+        "since": None,
+        "failures": 0,
+        "next_probe_at": None,
+    }
+    assert shown["paused"]["reason"] == "throttled (429)"
+    assert shown["paused"]["until"] > time.time() + 29
+    assert 59 < shown["oldest_pending_s"] < 120
+    assert shown["last_success_at"] is not None and shown["last_error_at"] is None
+
+    client = create_app(rt.settings).test_client()
+    samples = metric_samples(client.get("/metrics").get_data(as_text=True))
+    dest = ("destination", "hubspot")
+    assert samples[("syncworker_breaker_state", (dest, ("state", "closed")))] == 1
+    assert samples[("syncworker_breaker_state", (dest, ("state", "open")))] == 0
+    until = samples[("syncworker_paused_until_seconds", (dest, ("reason", "throttled")))]
+    assert until > time.time() + 29
+    assert samples[("syncworker_oldest_pending_age_seconds", (dest,))] > 59
+    assert samples[("syncworker_last_success_seconds", (dest,))] > 0
+    assert samples[("syncworker_last_error_seconds", (dest,))] == 0
