@@ -272,7 +272,7 @@ class Delivery:
         unanswered = [o for o in outcomes if _unanswered(o)]
         if not unanswered:
             return CLOSED
-        return self.breaker.failed(unanswered[0].detail)
+        return self.breaker.failed(mask_text(unanswered[0].detail))  # may echo an address
 
     def call(self, instance: Destination, changes: list[ContactChange]) -> list[Outcome]:
         """One ``sync`` of (part of) a batch: an outcome per change; Throttled and BadCredentials

@@ -218,3 +218,9 @@ def test_status_and_metrics_show_each_destinations_health(
     assert samples[("syncworker_oldest_pending_age_seconds", (dest,))] > 59
     assert samples[("syncworker_last_success_seconds", (dest,))] > 0
     assert samples[("syncworker_last_error_seconds", (dest,))] == 0
+
+
+def test_the_last_error_is_kept_with_addresses_masked(rt: Runtime, redis_conn: redis.Redis) -> None:
+    Delivery(rt, "hubspot").judge([Outcome.retry("503: no answer for jane.doe@example.com")])
+    last = str(state(redis_conn)["last_error"])
+    assert "503" in last and "jane.doe@example.com" not in last
