@@ -162,13 +162,13 @@ class Delivery:
                     report.stopped = "breaker_open"
                     break
                 ids = self.take(self.s.breaker_probe_batch if gate == PROBE else None)
-                if gate == PROBE:
-                    self.count("probes")
                 if not ids:
                     if gate == PROBE:
                         self.breaker.release()
                     report.stopped = "drained"
                     break
+                if gate == PROBE:
+                    self.count("probes")
                 report.batches += 1
                 going = self.process(instance, ids, report)
                 if gate == PROBE:
@@ -253,12 +253,26 @@ class Delivery:
             return False
         self.settle(changes, outcomes, report)
         if held:
-            self.requeue([changes[i].key for i in held], 0)
-            self.conn.hincrby(DSTATS + self.name, "breaker_held", len(held))
-            report.outcomes["held"] += len(held)
-            report.stopped = "breaker_open"
+            self.hold([changes[i] for i in held], report)
             return False
         return True
+
+    def hold(self, changes: list[ContactChange], report: Report) -> None:
+        """Put back, without an attempt, contacts the destination did not answer while its
+        breaker is open; they are due at once and wait for the probe to succeed."""
+        self.requeue([c.key for c in changes], 0)
+        now = time.time()
+        with self.conn.pipeline(transaction=False) as pipe:
+            for change in changes:
+                status: dict[str, Any] = {"at": now, "version": change.state.version}
+                if change.event is not None:
+                    status["event"] = change.key
+                status.update(status="held", detail="destination not answering: breaker open")
+                pipe.hset(SYNC + change.email, self.name, orjson.dumps(status))
+            pipe.hincrby(DSTATS + self.name, "breaker_held", len(changes))
+            pipe.execute()
+        report.outcomes["held"] += len(changes)
+        report.stopped = "breaker_open"
 
     def judge(self, outcomes: list[Outcome]) -> str:
         """Tell the breaker how a call went; return its state after a call with no answer.

@@ -87,6 +87,8 @@ def test_calls_with_no_answer_open_the_breaker_and_pause_the_destination(
     # the first failure was an ordinary retry; the one that opened it spent nothing
     assert redis_conn.hlen(ATTEMPTS + "hubspot") == 5
     assert redis_conn.zcard(PENDING + "hubspot") == 20
+    view = rt.ledger.view(EMAILS[5])  # of the batch that opened it
+    assert view is not None and view.sync["hubspot"]["status"] == "held"
     assert Delivery(rt, "hubspot").run().stopped == "paused"
     assert "hubspot" not in delivery.tick(rt)
     assert len(hubspot.requests) == 2
