@@ -226,3 +226,22 @@ def test_the_last_error_is_kept_with_addresses_masked(rt: Runtime, redis_conn: r
     Delivery(rt, "hubspot").judge([Outcome.retry("503: no answer for jane.doe@example.com")])
     last = str(state(redis_conn)["last_error"])
     assert "503" in last and "jane.doe@example.com" not in last
+
+
+def test_a_throttled_probe_gives_no_verdict_and_the_next_job_probes_again(
+    rt: Runtime, redis_conn: redis.Redis, hubspot: HubSpotEmulator
+) -> None:
+    unsubscribe(rt)
+    hubspot.down(503)
+    Delivery(rt, "hubspot").run()
+    hubspot.up()
+    hubspot.fail_next(1, 429, headers={"Retry-After": "5"})
+    probe_now(redis_conn)
+    assert Delivery(rt, "hubspot").run().stopped == "throttled"
+    seen = state(redis_conn)
+    assert seen["state"] == "open" and seen["failures"] == 2  # the 429 counted neither way
+    assert 4 < delivery.paused_for(redis_conn, "hubspot") <= 5  # the 429's pause, as usual
+    probe_now(redis_conn)
+    assert Delivery(rt, "hubspot").run().stopped == "drained"
+    assert state(redis_conn)["state"] == "closed"
+    assert redis_conn.llen(DEAD + "hubspot") == 0
