@@ -61,6 +61,19 @@ OPTIONS: dict[str, Option] = {
     "max_age_s": Option("MAX_AGE", float, 86400.0, "s", "retrying stops this long after 1st try"),
     "backoff_base_s": Option("BACKOFF_BASE", float, 5.0, "s", "first retry delay, doubling"),
     "backoff_cap_s": Option("BACKOFF_CAP", float, 1800.0, "s", "longest retry delay"),
+    "breaker_failures": Option(
+        "BREAKER_FAILURES",
+        int,
+        5,
+        "calls",
+        "calls in a row with no answer (5xx, timeout) that open a destination's breaker",
+    ),
+    "breaker_probe_s": Option(
+        "BREAKER_PROBE", float, 30.0, "s", "while the breaker is open, one probe every this long"
+    ),
+    "breaker_probe_batch": Option(
+        "BREAKER_PROBE_BATCH", int, 1, "contacts", "contacts sent in a probe"
+    ),
     "auth_pause_s": Option("AUTH_PAUSE", float, 300.0, "s", "pause of a destination after 401/403"),
     "lease_s": Option("LEASE", float, 120.0, "s", "a batch in flight is retaken after this"),
     "job_budget_s": Option(
@@ -153,6 +166,9 @@ class Settings:
     max_age_s: float = 86400.0
     backoff_base_s: float = 5.0
     backoff_cap_s: float = 1800.0
+    breaker_failures: int = 5
+    breaker_probe_s: float = 30.0
+    breaker_probe_batch: int = 1
     auth_pause_s: float = 300.0
     lease_s: float = 120.0
     job_budget_s: float = 10.0

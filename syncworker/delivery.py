@@ -24,6 +24,7 @@ import redis
 import sentry_sdk
 
 from syncworker import codec
+from syncworker.breaker import CLOSED, OPEN, PROBE, Breaker, pause_payload
 from syncworker.destinations import ContactChange, Destination, Mode, Outcome, OutcomeStatus
 from syncworker.errors import BadCredentials, PermanentError, RetryableError, Throttled
 from syncworker.events import HygieneEvent, normalize_email
@@ -135,6 +136,14 @@ class Delivery:
         self._take = self.conn.register_script(TAKE_LUA)
         self._release = self.conn.register_script(RELEASE_LUA)
         self._raw_events: dict[str, dict[str, Any]] = {}  # ledger form, kept for dead letters
+        self.breaker = Breaker(
+            self.conn,
+            destination,
+            PAUSE + destination,
+            failures_to_open=self.s.breaker_failures,
+            probe_s=self.s.breaker_probe_s,
+            probe_hold_s=self.s.lease_s,
+        )
 
     def run(self, token: str | None = None) -> Report:
         report = Report()
@@ -145,12 +154,26 @@ class Delivery:
                 if paused_for(self.conn, self.name):
                     report.stopped = "paused"
                     break
-                ids = self.take()
+                gate, until = self.breaker.admit()
+                if gate not in (CLOSED, PROBE):
+                    # open, or another job's probe is out: wait (tick leaves a paused one alone)
+                    ms = max(1, int((until - time.time()) * 1000))
+                    self.conn.set(PAUSE + self.name, pause_payload(until), px=ms, nx=True)
+                    report.stopped = "breaker_open"
+                    break
+                ids = self.take(self.s.breaker_probe_batch if gate == PROBE else None)
                 if not ids:
+                    if gate == PROBE:
+                        self.breaker.release()
                     report.stopped = "drained"
                     break
+                if gate == PROBE:
+                    self.count("probes")
                 report.batches += 1
-                if not self.process(instance, ids, report):
+                going = self.process(instance, ids, report)
+                if gate == PROBE:
+                    self.breaker.release()  # no verdict (throttled, deferred): probe again
+                if not going:
                     break
             else:
                 report.stopped = "budget"
@@ -169,71 +192,165 @@ class Delivery:
         )
         return report
 
-    def take(self) -> list[str]:
+    def take(self, limit: int | None = None) -> list[str]:
+        size = self.dest.batch_size if limit is None else max(1, min(limit, self.dest.batch_size))
         ids = self._take(
             keys=[PENDING + self.name, INFLIGHT + self.name],
-            args=[time.time(), self.dest.batch_size, self.s.lease_s],
+            args=[time.time(), size, self.s.lease_s],
         )
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
     # -- one batch ---------------------------------------------------------------------------
 
     def process(self, instance: Destination, ids: list[str], report: Report) -> bool:
-        """Sync one batch and record its outcomes; False when the destination must pause."""
+        """Sync one batch and record its outcomes; False when the destination must pause.
+
+        A request refused as a whole (one bad contact fails a batch) is split in halves and each
+        half sent again, down to single contacts, so that only the contacts at fault are
+        dead-lettered: for k such contacts in a batch of n, at most about 2·k·log2(n) more
+        requests, each waiting at the rate limiter like any other.
+
+        Each call tells the breaker whether the destination answered. Once it is open, contacts
+        whose call got no answer go back to pending without spending an attempt, and the batch
+        stops there (what is left of it goes back too).
+        """
         changes, gone = self.build(ids)
         if gone:
             self.conn.zrem(INFLIGHT + self.name, *gone)
             report.outcomes["expired"] += len(gone)
         if not changes:
             return True
+        outcomes: list[Outcome | None] = [None] * len(changes)
+        groups = [list(range(len(changes)))]
+        held: list[int] = []  # no answer while the breaker is open: back without an attempt
+        try:
+            while groups:
+                group = groups.pop()
+                answers = self.call(instance, [changes[i] for i in group])
+                if self.judge(answers) == OPEN:
+                    for i, outcome in zip(group, answers, strict=True):
+                        if _unanswered(outcome):
+                            held.append(i)
+                        else:
+                            outcomes[i] = outcome
+                    held += [i for rest in groups for i in rest]
+                    break
+                waits = [o.retry_after or 0.0 for o in answers if o.pause]
+                if waits:
+                    # throttled part way through (see destinations.throttled_rest): what was
+                    # answered is kept, the throttled contacts wait unspent (``record``), and
+                    # the rest of the batch goes back as on any throttle
+                    for i, outcome in zip(group, answers, strict=True):
+                        outcomes[i] = outcome
+                    raise Throttled(self.name, max(waits), status=429)
+                suspects = []
+                for i, outcome in zip(group, answers, strict=True):
+                    outcomes[i] = outcome
+                    if outcome.whole_request and len(group) > 1:
+                        suspects.append(i)
+                if suspects:
+                    for i in suspects:
+                        outcomes[i] = None
+                    half = (len(suspects) + 1) // 2
+                    groups += [suspects[half:], suspects[:half]]  # the first half goes first
+                    self.count("splits")
+        except (Throttled, BadCredentials) as exc:
+            self.settle(changes, outcomes, report)
+            waiting = [c.key for c, o in zip(changes, outcomes, strict=True) if o is None]
+            self.stop(exc, waiting, report)
+            return False
+        self.settle(changes, outcomes, report)
+        if held:
+            self.hold([changes[i] for i in held], report)
+            return False
+        return True
+
+    def hold(self, changes: list[ContactChange], report: Report) -> None:
+        """Put back, without an attempt, contacts the destination did not answer while its
+        breaker is open; they are due at once and wait for the probe to succeed."""
+        self.requeue([c.key for c in changes], 0)
+        now = time.time()
+        with self.conn.pipeline(transaction=False) as pipe:
+            for change in changes:
+                status: dict[str, Any] = {"at": now, "version": change.state.version}
+                if change.event is not None:
+                    status["event"] = change.key
+                status.update(status="held", detail="destination not answering: breaker open")
+                pipe.hset(SYNC + change.email, self.name, orjson.dumps(status))
+            pipe.hincrby(DSTATS + self.name, "breaker_held", len(changes))
+            pipe.execute()
+        report.outcomes["held"] += len(changes)
+        report.stopped = "breaker_open"
+
+    def judge(self, outcomes: list[Outcome]) -> str:
+        """Tell the breaker how a call went; return its state after a call with no answer.
+
+        Answered: anything applied, already, not found, or refused. No answer: nothing of that,
+        and at least one contact to retry (a 5xx, a timeout). A per-contact wait (``deferred``)
+        is neither; a 429 and bad credentials never reach here."""
+        if any(o.ok or o.status is OutcomeStatus.FAILED for o in outcomes):
+            self.breaker.succeeded()
+            return CLOSED
+        unanswered = [o for o in outcomes if _unanswered(o)]
+        if not unanswered:
+            return CLOSED
+        return self.breaker.failed(mask_text(unanswered[0].detail))  # may echo an address
+
+    def call(self, instance: Destination, changes: list[ContactChange]) -> list[Outcome]:
+        """One ``sync`` of (part of) a batch: an outcome per change; Throttled and BadCredentials
+        propagate (they stop the destination)."""
         try:
             outcomes = instance.sync(changes)
             if len(outcomes) != len(changes):
                 raise TypeError(
                     f"{self.name}.sync returned {len(outcomes)} outcomes for {len(changes)}"
                 )
-        except Throttled as exc:
-            local = exc.status is None
-            self.pause(exc.retry_after, "rate limit" if local else f"throttled ({exc.status})")
-            self.requeue([c.key for c in changes], exc.retry_after)
-            self.count("rate_waits" if local else "throttled")
-            report.outcomes["throttled"] += len(changes)
-            report.stopped = "rate_limit" if local else "throttled"
-            return False
-        except BadCredentials as exc:
-            self.pause(self.s.auth_pause_s, f"bad credentials ({exc.status})")
-            self.requeue([c.key for c in changes], self.s.auth_pause_s)
-            self.count("auth_failures")
-            body = mask_text(exc.body)[:300]  # e.g. HubSpot's MISSING_SCOPES names the fix
-            log.error(
-                "destination paused dest=%s reason=bad_credentials status=%s body=%s",
-                self.name,
-                exc.status,
-                body,
-            )
-            sentry_sdk.capture_message(
-                f"syncworker: {self.name} rejected its credentials (HTTP {exc.status}); "
-                f"paused. Response: {body}",
-                level="error",
-            )
-            report.outcomes["paused"] += len(changes)
-            report.stopped = "bad_credentials"
-            return False
         except RetryableError as exc:
             outcomes = [Outcome.retry(mask_text(str(exc)))] * len(changes)
         except PermanentError as exc:
-            outcomes = [Outcome.failed(mask_text(f"{exc} {exc.body}".strip()))] * len(changes)
+            detail = mask_text(f"{exc} {exc.body}".strip())
+            outcomes = [Outcome.request_refused(detail)] * len(changes)
+        return outcomes
+
+    def settle(
+        self, changes: list[ContactChange], outcomes: list[Outcome | None], report: Report
+    ) -> None:
+        """Record the changes that have an outcome (the others are still being worked on)."""
+        done = [(c, o) for c, o in zip(changes, outcomes, strict=True) if o is not None]
+        if not done:
+            return
         if self.dest.dry_run:
-            self.record_dry_run(changes, report)
+            self.record_dry_run([c for c, _ in done], report)
         else:
-            self.record(changes, outcomes, report)
-        waits = [o.retry_after or 0.0 for o in outcomes if o.pause]
-        if waits:  # throttled part way through: what was answered is recorded, the rest waits
-            self.pause(max(waits), "throttled (part of a batch)")
-            self.count("throttled")
-            report.stopped = "throttled"
-            return False
-        return True
+            self.record([c for c, _ in done], [o for _, o in done], report)
+
+    def stop(self, exc: Throttled | BadCredentials, keys: list[str], report: Report) -> None:
+        """Pause the destination and put ``keys`` back without spending an attempt."""
+        if isinstance(exc, Throttled):
+            local = exc.status is None
+            self.pause(exc.retry_after, "rate limit" if local else f"throttled ({exc.status})")
+            self.requeue(keys, exc.retry_after)
+            self.count("rate_waits" if local else "throttled")
+            report.outcomes["throttled"] += len(keys)
+            report.stopped = "rate_limit" if local else "throttled"
+            return
+        self.pause(self.s.auth_pause_s, f"bad credentials ({exc.status})")
+        self.requeue(keys, self.s.auth_pause_s)
+        self.count("auth_failures")
+        body = mask_text(exc.body)[:300]  # e.g. HubSpot's MISSING_SCOPES names the fix
+        log.error(
+            "destination paused dest=%s reason=bad_credentials status=%s body=%s",
+            self.name,
+            exc.status,
+            body,
+        )
+        sentry_sdk.capture_message(
+            f"syncworker: {self.name} rejected its credentials (HTTP {exc.status}); "
+            f"paused. Response: {body}",
+            level="error",
+        )
+        report.outcomes["paused"] += len(keys)
+        report.stopped = "bad_credentials"
 
     def record_dry_run(self, changes: list[ContactChange], report: Report) -> None:
         """A dry run consumes the batch and says so in each contact's sync status."""
@@ -384,6 +501,8 @@ class Delivery:
 
     def requeue(self, ids: list[str], delay: float) -> None:
         """Put a batch back without spending an attempt (throttling and pauses are not failure)."""
+        if not ids:
+            return
         due = time.time() + delay
         with self.conn.pipeline(transaction=True) as pipe:
             pipe.zrem(INFLIGHT + self.name, *ids)
@@ -401,6 +520,10 @@ class Delivery:
 
     def count(self, field_name: str) -> None:
         self.conn.hincrby(DSTATS + self.name, field_name, 1)
+
+
+def _unanswered(outcome: Outcome) -> bool:
+    return outcome.status is OutcomeStatus.RETRY and outcome.counts
 
 
 def replay_dead(runtime: Runtime, destination: str) -> int:

@@ -131,6 +131,9 @@ class Outcome:
     #: the destination throttled the request meant for this contact: it waits ``retry_after``
     #: without spending an attempt, and the whole destination pauses that long
     pause: bool = False
+    #: FAILED because the destination refused the whole request this contact was in (one bad
+    #: input fails a batch): the delivery loop splits the batch to find the contacts at fault
+    whole_request: bool = False
 
     @classmethod
     def applied(cls, detail: str = "") -> Outcome:
@@ -164,6 +167,11 @@ class Outcome:
     @classmethod
     def failed(cls, detail: str = "") -> Outcome:
         return cls(OutcomeStatus.FAILED, detail)
+
+    @classmethod
+    def request_refused(cls, detail: str = "") -> Outcome:
+        """The request carrying this contact was refused as a whole (a 400 for the batch)."""
+        return cls(OutcomeStatus.FAILED, detail, whole_request=True)
 
     @property
     def ok(self) -> bool:
@@ -488,14 +496,15 @@ def attempt(send: Callable[..., str], *args: Any) -> Outcome:
 
     Throttled and BadCredentials propagate (they concern the whole destination: see
     :func:`send_parts`); a retryable or permanent error becomes the outcome of that request's
-    contacts only.
+    contacts only. A refused request may hold one bad contact among good ones: the delivery loop
+    splits it to find that one.
     """
     try:
         return Outcome.applied(send(*args))
     except RetryableError as exc:
         return Outcome.retry(str(exc))
     except PermanentError as exc:
-        return Outcome.failed(f"{exc} {exc.body}".strip())
+        return Outcome.request_refused(f"{exc} {exc.body}".strip())
 
 
 def throttled_rest(outcomes: Sequence[Outcome | None], exc: Throttled) -> list[Outcome]:

@@ -209,3 +209,63 @@ class RedisStatsCollector(Collector):
         yield pending
         yield inflight
         yield dead
+        yield from self.health()
+
+    def health(self) -> Iterator[Metric]:
+        """Per destination: breaker state and since when, failures in a row, pause (reason and
+        until when), the longest wait of a due contact, last answered and last failed call."""
+        from syncworker.breaker import CLOSED, HALF_OPEN, OPEN
+        from syncworker.status import health
+
+        names = self.destinations
+        by_name = health(self.conn, names)
+        state = GaugeMetricFamily(
+            "syncworker_breaker_state",
+            "1 for the breaker's current state (closed, open, half_open)",
+            labels=["destination", "state"],
+        )
+        since = GaugeMetricFamily(
+            "syncworker_breaker_since_seconds",
+            "Unix time the breaker's state began (0: never changed)",
+            labels=["destination"],
+        )
+        failures = GaugeMetricFamily(
+            "syncworker_breaker_failures",
+            "Calls in a row with no answer (5xx, timeout)",
+            labels=["destination"],
+        )
+        paused = GaugeMetricFamily(
+            "syncworker_paused_until_seconds",
+            "Unix time a paused destination resumes, by reason (absent: not paused)",
+            labels=["destination", "reason"],
+        )
+        oldest = GaugeMetricFamily(
+            "syncworker_oldest_pending_age_seconds",
+            "How long the longest-waiting due contact has waited (0: none due)",
+            labels=["destination"],
+        )
+        success = GaugeMetricFamily(
+            "syncworker_last_success_seconds",
+            "Unix time of the last call the destination answered (0: none yet)",
+            labels=["destination"],
+        )
+        error = GaugeMetricFamily(
+            "syncworker_last_error_seconds",
+            "Unix time of the last call with no answer (0: none yet)",
+            labels=["destination"],
+        )
+        for name in names:
+            seen = by_name[name]
+            for value in (CLOSED, OPEN, HALF_OPEN):
+                current = seen["breaker"]["state"] == value
+                state.add_metric([name, value], 1.0 if current else 0.0)
+            since.add_metric([name], seen["breaker"]["since"] or 0.0)
+            failures.add_metric([name], seen["breaker"]["failures"])
+            pause = seen["paused"]
+            if isinstance(pause, dict):
+                reason = str(pause.get("reason", "")).split(" (")[0]  # bounded label values
+                paused.add_metric([name, reason], float(pause.get("until") or 0.0))
+            oldest.add_metric([name], seen["oldest_pending_s"] or 0.0)
+            success.add_metric([name], seen["last_success_at"] or 0.0)
+            error.add_metric([name], seen["last_error_at"] or 0.0)
+        yield from (state, since, failures, paused, oldest, success, error)

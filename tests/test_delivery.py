@@ -166,7 +166,7 @@ def test_permanent_error_dead_letters_and_replay_delivers(
     rt: Runtime, redis_conn: redis.Redis, hubspot: HubSpotEmulator, redis_url: str
 ) -> None:
     unsubscribe_all(rt, EMAILS[:4])
-    hubspot.fail_next(1, 400)
+    hubspot.refuse = set(EMAILS[:4])  # each is refused, in any batch
     assert Delivery(rt, "hubspot").run().outcomes["dead"] == 4
     assert redis_conn.llen(DEAD + "hubspot") == 4 and hubspot.opted_out == set()
     env = {
@@ -179,6 +179,7 @@ def test_permanent_error_dead_letters_and_replay_delivers(
     assert result.exit_code == 0, result.output
     assert "4 dead letter(s) back to pending" in result.output
     assert redis_conn.llen(DEAD + "hubspot") == 0
+    hubspot.refuse = set()
     Delivery(rt, "hubspot").run()
     assert hubspot.opted_out == set(EMAILS[:4])
 
@@ -194,7 +195,7 @@ def test_event_dead_letters_replay_with_their_event(
     rt: Runtime, redis_conn: redis.Redis, segment: SegmentEmulator
 ) -> None:
     unsubscribe_all(rt, EMAILS[:2])
-    segment.fail_next(1, 400)
+    segment.fail_next(3, 400)  # the batch, then each half on its own
     Delivery(rt, "segment").run()
     redis_conn.delete(*redis_conn.keys("sw:ev:*"))  # the events' TTL passed meanwhile
     assert delivery.replay_dead(rt, "segment") == 2

@@ -2,9 +2,9 @@
 
 An emulator is a real ``ThreadingHTTPServer`` on 127.0.0.1 (free port, HTTP/1.1 keep-alive) run in
 a background thread. Each request passes, in order: outage (``down()``: the connection is dropped
-unanswered) -> injected delay (``slow_next``) -> injected failure (``fail_next``) -> the auth
-check (``authorized``) -> the sliding-window rate limit (``rate_limit``: 429 + Retry-After) ->
-the subclass's ``handle``. Every request is journaled with what was answered.
+unanswered) -> injected delay (``slow_next``) -> injected failure (``fail_next``; ``down(503)``:
+every request) -> the auth check (``authorized``) -> the sliding-window rate limit (``rate_limit``:
+429 + Retry-After) -> the subclass's ``handle``. Every request is journaled with what was answered.
 """
 
 from __future__ import annotations
@@ -103,6 +103,7 @@ class Emulator:
         self._plan: deque[tuple[int, dict[str, str]] | None] = deque()
         self._delays: deque[float] = deque()
         self._down = False
+        self._outage = 0  # a status answered to every request (``down(status)``)
         self._connections: set[socket.socket] = set()
         self._stopping = threading.Event()
         self._server: _Server | None = None
@@ -189,14 +190,17 @@ class Emulator:
         with self._lock:
             self._delays.extend([seconds] * n)
 
-    def down(self) -> None:
-        """Outage: every request's connection is dropped without an answer until ``up()``."""
+    def down(self, status: int = 0) -> None:
+        """Outage until ``up()``: every request's connection is dropped without an answer, or
+        with ``status`` (e.g. 503) every request is answered that."""
         with self._lock:
-            self._down = True
+            self._down = status == 0
+            self._outage = status
 
     def up(self) -> None:
         with self._lock:
             self._down = False
+            self._outage = 0
 
     # -- what tests inspect ---------------------------------------------------------------------
 
@@ -290,6 +294,8 @@ class Emulator:
     def _respond(self, request: Request) -> Response:
         with self._lock:
             planned = self._plan.popleft() if self._plan else None
+            if planned is None and self._outage:
+                planned = (self._outage, {})
             if planned is not None:
                 self.injected += 1
                 status, headers = planned

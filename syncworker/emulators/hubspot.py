@@ -49,6 +49,8 @@ class HubSpotEmulator(Emulator):
     ``enterprise=False`` answers the batch comms-prefs endpoints 403 MISSING_SCOPES, as HubSpot
     does for accounts without Marketing Hub Enterprise. ``defined_properties`` (when given) makes
     a CRM update naming any other property fail with 400, as for a property never created.
+    ``refuse`` holds addresses HubSpot finds invalid: a batch naming any of them is refused whole
+    with 400 VALIDATION_ERROR, as HubSpot's batch endpoints do when one input is invalid.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class HubSpotEmulator(Emulator):
         self.require_legal_basis = True
         self.status_details = True  # False: answer as if ``verbose=true`` had not been sent
         self._contacts: dict[str, Contact] = {}
+        self.refuse: set[str] = set()
 
     # -- seeding and inspection -----------------------------------------------------------------
 
@@ -247,6 +250,12 @@ class HubSpotEmulator(Emulator):
         if len(inputs) > self.batch_limit:
             message = f"Batch input limit exceeded: {len(inputs)} > {self.batch_limit}"
             return _error(400, "VALIDATION_ERROR", message)
+        for item in inputs:
+            named = (
+                item.get("subscriberIdString") or item.get("id") if isinstance(item, dict) else item
+            )
+            if str(named).lower() in self.refuse:
+                return _error(400, "VALIDATION_ERROR", f"Invalid input: {named} is not valid")
         return None
 
     def _find(self, item: Mapping[str, Any], id_property: str | None) -> Contact | None:

@@ -45,7 +45,8 @@ class Delivery:
 class WebhookReceiver(Emulator):
     """``WebhookReceiver(secret_or_secrets)``; POST to ``endpoint``; inspect ``deliveries``,
     ``events`` (each delivery's ``data["events"]`` flattened), ``webhook_ids``, ``duplicates``,
-    ``rejected`` (401s for bad signatures).
+    ``rejected`` (401s for bad signatures). A delivery holding an event for an address in
+    ``refuse`` is answered 400 whole, as a receiver that validates each event does.
     """
 
     path = "/hooks/syncworker"
@@ -57,6 +58,7 @@ class WebhookReceiver(Emulator):
         self._deliveries: dict[str, Delivery] = {}
         self.duplicates = 0
         self.rejected = 0
+        self.refuse: set[str] = set()
 
     @property
     def endpoint(self) -> str:
@@ -104,6 +106,9 @@ class WebhookReceiver(Emulator):
             return super().handle(request)
         if request.json_error or not isinstance(request.json, dict):
             return Response(400, {"error": "body must be a JSON object"})
+        events = (request.json.get("data") or {}).get("events") or []
+        if any(str(e.get("email", "")).lower() in self.refuse for e in events):
+            return Response(400, {"error": "an event names an invalid address"})
         webhook_id = request.headers["webhook-id"]
         if webhook_id in self._deliveries:
             self.duplicates += 1
