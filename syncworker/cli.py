@@ -134,9 +134,14 @@ def worker(queue_name: str | None, burst: bool) -> None:
     if queue_name is not None:
         _run_rq_worker(settings, INGEST if queue_name == "ingest" else DELIVER, burst)
         return
+    from syncworker.workers import Scheduling, heartbeat_stale_s, rescue_abandoned
+
     rt = load_runtime()
     me = [sys.executable, "-m", "syncworker", "worker"]
     children = {q: subprocess.Popen([*me, "--queue", q]) for q in ("ingest", "deliver")}
+    restarts = {q: Restarts() for q in children}
+    scheduling = Scheduling(rt.conn, QUEUES)
+    stale_s = heartbeat_stale_s(settings)
     stop = threading.Event()
 
     def on_term(*_: object) -> None:
@@ -152,24 +157,67 @@ def worker(queue_name: str | None, burst: bool) -> None:
     try:
         while not stop.is_set():
             try:
+                # dead workers' jobs and scheduler locks first: then their retries are due
+                rescue_abandoned(rt.conn, QUEUES, stale_s)
+                scheduling.step()
                 delivery.tick(rt)
             except redis.RedisError as exc:
                 log.warning("tick failed error=%s", type(exc).__name__)
             for name, child in list(children.items()):
                 if child.poll() is not None and not stop.is_set():
-                    log.error("worker exited queue=%s code=%s; restarting", name, child.returncode)
+                    delay = restarts[name].next_delay()
+                    if delay is None:
+                        continue
+                    log.error(
+                        "worker exited queue=%s code=%s; restarting (restart %d, after %.0fs)",
+                        name,
+                        child.returncode,
+                        restarts[name].count,
+                        delay,
+                    )
                     children[name] = subprocess.Popen([*me, "--queue", name])
             stop.wait(1.0)
     except KeyboardInterrupt:
         pass
     finally:
         _stop_all(list(children.values()), grace=settings.stop_grace_s, signalled=stop.is_set())
+        try:
+            scheduling.close()
+        except redis.RedisError:
+            pass  # its lock expires; a live supervisor frees it sooner
+
+
+class Restarts:
+    """When to restart a worker process that exited: at once the first time, then after a
+    doubling delay (capped), so a worker that cannot start (Redis gone) is not restarted in a
+    loop; the delay resets once a worker has run for a while."""
+
+    FIRST_S, CAP_S, STEADY_S = 1.0, 30.0, 60.0
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.started = time.monotonic()
+        self.exited: float | None = None
+
+    def next_delay(self) -> float | None:
+        """The delay this restart waits for, once it is due; None while it is not."""
+        now = time.monotonic()
+        if self.exited is None:
+            self.exited = now
+            if now - self.started >= self.STEADY_S:
+                self.count = 0
+        delay = 0.0 if self.count == 0 else min(self.CAP_S, self.FIRST_S * 2 ** (self.count - 1))
+        if now - self.exited < delay:
+            return None
+        self.count += 1
+        self.started, self.exited = now, None
+        return delay
 
 
 def _run_rq_worker(settings: Settings, queue_name: str, burst: bool) -> None:
     from rq.serializers import JSONSerializer
 
-    from syncworker.workers import QuickStopSimpleWorker, QuickStopWorker
+    from syncworker.workers import HEARTBEAT_S, QuickStopSimpleWorker, QuickStopWorker
 
     setup_sentry(settings.sentry_dsn)
     conn = connect_worker(settings.redis_url)
@@ -180,6 +228,8 @@ def _run_rq_worker(settings: Settings, queue_name: str, burst: bool) -> None:
         "default_result_ttl": 0,
         # abandoned jobs (a worker killed mid-job) are found by this sweep; RQ's default is 10 min
         "maintenance_interval": 60,
+        # a busy worker's heartbeat: how soon the supervisor sees a worker on another host died
+        "job_monitoring_interval": HEARTBEAT_S,
         # an idle worker runs that sweep (and takes over the scheduler lock of a dead worker)
         # only between blocking pops, which last worker_ttl - 15 s: 405 s by default, 20 s here
         "worker_ttl": 35,
