@@ -26,6 +26,9 @@ from syncworker.queueing import DELIVER, INGEST, QUEUES, connect_worker
 
 log = logging.getLogger("syncworker.cli")
 
+REDIS_RETRY_FIRST_S = 0.5  # first wait of an RQ worker process for an unreachable Redis
+REDIS_RETRY_CAP_S = 15.0  # its longest wait between tries
+
 
 def load_settings(require_redis: bool = True) -> Settings:
     try:
@@ -215,13 +218,50 @@ class Restarts:
 
 
 def _run_rq_worker(settings: Settings, queue_name: str, burst: bool) -> None:
+    setup_sentry(settings.sentry_dsn)
+    conn = connect_worker(settings.redis_url)
+    runtime.configure(runtime.Runtime.build(settings, conn))
+    restarts = Restarts()
+    while True:
+        delay = restarts.next_delay()
+        while delay is None:
+            time.sleep(0.2)
+            delay = restarts.next_delay()
+        _wait_for_redis(conn, queue_name)
+        # RQ retries a lost connection only while it waits for a job; anywhere else the worker
+        # ends (and its teardown may raise). A new one starts here once Redis answers, rather
+        # than the supervisor restarting the process over and over while Redis is away
+        try:
+            if _work(settings, conn, queue_name, burst) or burst:
+                return
+            log.warning("worker ended without a stop request queue=%s; starting anew", queue_name)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("lost Redis queue=%s error=%s; reconnecting", queue_name, exc)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # RQ's handlers belong to the old worker
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _wait_for_redis(conn: redis.Redis, queue_name: str) -> None:
+    """Return once Redis answers, trying again after a doubling delay (capped)."""
+    delay = REDIS_RETRY_FIRST_S
+    while True:
+        try:
+            conn.ping()
+            return
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning(
+                "Redis unreachable queue=%s error=%s; next try in %.1fs", queue_name, exc, delay
+            )
+        time.sleep(delay)
+        delay = min(REDIS_RETRY_CAP_S, delay * 2)
+
+
+def _work(settings: Settings, conn: redis.Redis, queue_name: str, burst: bool) -> bool:
+    """Run one RQ worker until it ends; True if it was asked to stop."""
     from rq.serializers import JSONSerializer
 
     from syncworker.workers import HEARTBEAT_S, QuickStopSimpleWorker, QuickStopWorker
 
-    setup_sentry(settings.sentry_dsn)
-    conn = connect_worker(settings.redis_url)
-    runtime.configure(runtime.Runtime.build(settings, conn))
     options: dict[str, Any] = {
         "connection": conn,
         "serializer": JSONSerializer,
@@ -244,6 +284,7 @@ def _run_rq_worker(settings: Settings, queue_name: str, burst: bool) -> None:
         with_scheduler=True,
         logging_level=logging.getLevelName(log.getEffectiveLevel()),
     )
+    return w.stopping
 
 
 def _wait_any(children: list[subprocess.Popen[bytes]]) -> bool:

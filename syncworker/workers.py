@@ -65,6 +65,12 @@ class _QuickStop:
 
         def _pubsub_exception_handler(self, exc: Exception, pubsub: Any, thread: Any) -> None: ...
 
+    stopping = False  # a stop was asked for (a signal, RQ's shutdown command)
+
+    def handle_warm_shutdown_request(self) -> None:
+        self.stopping = True
+        super().handle_warm_shutdown_request()  # type: ignore[misc]
+
     def handle_job_failure(
         self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = ""
     ) -> None:
@@ -99,7 +105,7 @@ class QuickStopWorker(_QuickStop, Worker):
         self.stop_grace = stop_grace
 
     def handle_warm_shutdown_request(self) -> None:
-        super().handle_warm_shutdown_request()  # type: ignore[no-untyped-call]
+        super().handle_warm_shutdown_request()
         horse = self.horse_pid
         if horse:
             timer = threading.Timer(self.stop_grace, self._past_grace, args=(horse,))
