@@ -69,6 +69,17 @@ return ids
 BATCH_API_CALLS = 3  # requests one batch of a batch API may make (a lookup, a write, a retry)
 DELIVER_MARGIN_S = 30  # s: recording a batch's outcomes and re-queueing after the budget
 
+# Frees the flush lock KEYS[1] if the dead job ARGV[1] still holds it, and makes the batches it
+# held in flight (KEYS[2]) due now: while it held the lock no other deliver job took any, so
+# they are its own, and nobody is sending them.
+RECLAIM_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+redis.call('DEL', KEYS[1])
+local ids = redis.call('ZRANGE', KEYS[2], 0, -1)
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[2], 'XX', 0, id) end
+return #ids
+"""
+
 RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -121,7 +132,8 @@ def ensure_flush(runtime: Runtime, destination: str) -> bool:
 
 def release_dead_flush(runtime: Runtime, destination: str) -> bool:
     """Free the flush lock of ``destination`` if the job it names is no longer queued or running
-    on a live worker (a killed work-horse or worker, a lock from an older release)."""
+    on a live worker (a killed work-horse or worker, a lock from an older release), and make the
+    batch it had in flight due now rather than when its lease ends."""
     conn, key = runtime.conn, FLUSH + destination
     holder = conn.get(key)
     if holder is None:
@@ -129,9 +141,15 @@ def release_dead_flush(runtime: Runtime, destination: str) -> bool:
     job_id = holder.decode() if isinstance(holder, bytes) else str(holder)
     if job_alive(conn, job_id, heartbeat_stale_s(runtime.settings)):
         return False
-    if not conn.eval(RELEASE_LUA, 1, key, job_id):
+    reclaimed = int(conn.eval(RECLAIM_LUA, 2, key, INFLIGHT + destination, job_id))
+    if reclaimed < 0:
         return False
-    log.warning("flush lock of a dead deliver job released dest=%s job=%s", destination, job_id)
+    log.warning(
+        "flush lock of a dead deliver job released dest=%s job=%s in_flight_reclaimed=%d",
+        destination,
+        job_id,
+        reclaimed,
+    )
     return True
 
 
@@ -160,11 +178,16 @@ def tick(runtime: Runtime) -> list[str]:
     """Queue a deliver job for each destination with due work, freeing a flush lock whose job
     died first; return the destinations scheduled."""
     scheduled = []
+    conn = runtime.conn
     for name in runtime.destinations:
-        if paused_for(runtime.conn, name) == 0 and has_due(runtime.conn, name):
-            if ensure_flush(runtime, name) or (
-                release_dead_flush(runtime, name) and ensure_flush(runtime, name)
-            ):
+        if paused_for(conn, name):
+            continue
+        due = has_due(conn, name)
+        if due and ensure_flush(runtime, name):
+            scheduled.append(name)
+        elif (due or conn.zcard(INFLIGHT + name)) and release_dead_flush(runtime, name):
+            # a batch leased by the dead job is due now, even with nothing else to do
+            if ensure_flush(runtime, name):
                 scheduled.append(name)
     return scheduled
 
