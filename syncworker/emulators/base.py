@@ -189,6 +189,12 @@ class Emulator:
         with self._lock:
             self._delays.extend([seconds] * n)
 
+    @property
+    def slow_pending(self) -> int:
+        """How many of the requests ``slow_next`` asked to hold have not arrived yet."""
+        with self._lock:
+            return len(self._delays)
+
     def down(self) -> None:
         """Outage: every request's connection is dropped without an answer until ``up()``."""
         with self._lock:

@@ -93,7 +93,7 @@ def test_killed_deliver_horse_frees_the_flush_lock_within_seconds(
     try:
         wait_until(lambda: redis_conn.llen(f"rq:queue:{INGEST}") == 0, 30, "the worker")
         Enqueuer(redis_conn).ingest({"source": "t", "events": events(300)}, "ingest test", {})
-        wait_until(lambda: redis_conn.zcard(INFLIGHT + "hubspot") > 0, 30, "a batch in flight")
+        wait_until(lambda: hubspot.slow_pending == 0, 30, "a batch held in flight")
         os.kill(deliver_horse(redis_conn), signal.SIGKILL)
         killed = time.monotonic()
         wait_until(all_delivered(redis_conn, hubspot), 15, "every contact", 0.1)
@@ -111,7 +111,7 @@ def test_worker_killed_with_its_horses_is_taken_over_within_seconds(
     Enqueuer(redis_conn).ingest({"source": "t", "events": events(300)}, "ingest test", {})
     hubspot.slow_next(1, 20.0)
     worker = start_worker(env, tmp_path / "worker1.log")
-    wait_until(lambda: redis_conn.zcard(INFLIGHT + "hubspot") > 0, 30, "a batch in flight")
+    wait_until(lambda: hubspot.slow_pending == 0, 30, "a batch held in flight")
     worker.kill_tree()  # the supervisor, its RQ workers, their work-horses
     restarted = start_worker(env, tmp_path / "worker2.log")
     started = time.monotonic()
@@ -197,11 +197,7 @@ def test_twenty_killed_deliver_horses_delay_no_contact_by_more_than_30_s(
             with guard:
                 sent.update(dict.fromkeys(batch, time.monotonic()))
             Enqueuer(redis_conn).ingest({"source": "t", "events": forms}, "ingest test", {})
-            wait_until(
-                lambda: redis_conn.zcount(INFLIGHT + "hubspot", time.time(), "+inf") > 0,
-                30,
-                f"a batch in flight (round {r})",
-            )
+            wait_until(lambda: hubspot.slow_pending == 0, 30, f"a batch held (round {r})")
             with contextlib.suppress(ProcessLookupError):
                 os.kill(deliver_horse(redis_conn), signal.SIGKILL)
             wait_until(functools.partial(set(batch).issubset, seen), 60, f"round {r}", 0.1)
