@@ -26,6 +26,9 @@ from syncworker.queueing import DELIVER, INGEST, QUEUES, connect_worker
 
 log = logging.getLogger("syncworker.cli")
 
+REDIS_RETRY_FIRST_S = 0.5  # first wait of an RQ worker process for an unreachable Redis
+REDIS_RETRY_CAP_S = 15.0  # its longest wait between tries
+
 
 def load_settings(require_redis: bool = True) -> Settings:
     try:
@@ -134,9 +137,14 @@ def worker(queue_name: str | None, burst: bool) -> None:
     if queue_name is not None:
         _run_rq_worker(settings, INGEST if queue_name == "ingest" else DELIVER, burst)
         return
+    from syncworker.workers import Scheduling, heartbeat_stale_s, rescue_abandoned
+
     rt = load_runtime()
     me = [sys.executable, "-m", "syncworker", "worker"]
     children = {q: subprocess.Popen([*me, "--queue", q]) for q in ("ingest", "deliver")}
+    restarts = {q: Restarts() for q in children}
+    scheduling = Scheduling(rt.conn, QUEUES)
+    stale_s = heartbeat_stale_s(settings)
     stop = threading.Event()
 
     def on_term(*_: object) -> None:
@@ -152,34 +160,116 @@ def worker(queue_name: str | None, burst: bool) -> None:
     try:
         while not stop.is_set():
             try:
+                # dead workers' jobs and scheduler locks first: then their retries are due
+                rescue_abandoned(rt.conn, QUEUES, stale_s)
+                scheduling.step()
                 delivery.tick(rt)
             except redis.RedisError as exc:
                 log.warning("tick failed error=%s", type(exc).__name__)
             for name, child in list(children.items()):
                 if child.poll() is not None and not stop.is_set():
-                    log.error("worker exited queue=%s code=%s; restarting", name, child.returncode)
+                    delay = restarts[name].next_delay()
+                    if delay is None:
+                        continue
+                    log.error(
+                        "worker exited queue=%s code=%s; restarting (restart %d, after %.0fs)",
+                        name,
+                        child.returncode,
+                        restarts[name].count,
+                        delay,
+                    )
                     children[name] = subprocess.Popen([*me, "--queue", name])
             stop.wait(1.0)
     except KeyboardInterrupt:
         pass
     finally:
         _stop_all(list(children.values()), grace=settings.stop_grace_s, signalled=stop.is_set())
+        try:
+            scheduling.close()
+        except redis.RedisError:
+            pass  # its lock expires; a live supervisor frees it sooner
+
+
+class Restarts:
+    """When to restart a worker process that exited: at once the first time, then after a
+    doubling delay (capped), so a worker that cannot start (Redis gone) is not restarted in a
+    loop; the delay resets once a worker has run for a while."""
+
+    FIRST_S, CAP_S, STEADY_S = 1.0, 30.0, 60.0
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.started = time.monotonic()
+        self.exited: float | None = None
+
+    def next_delay(self) -> float | None:
+        """The delay this restart waits for, once it is due; None while it is not."""
+        now = time.monotonic()
+        if self.exited is None:
+            self.exited = now
+            if now - self.started >= self.STEADY_S:
+                self.count = 0
+        delay = 0.0 if self.count == 0 else min(self.CAP_S, self.FIRST_S * 2 ** (self.count - 1))
+        if now - self.exited < delay:
+            return None
+        self.count += 1
+        self.started, self.exited = now, None
+        return delay
 
 
 def _run_rq_worker(settings: Settings, queue_name: str, burst: bool) -> None:
-    from rq.serializers import JSONSerializer
-
-    from syncworker.workers import QuickStopSimpleWorker, QuickStopWorker
-
     setup_sentry(settings.sentry_dsn)
     conn = connect_worker(settings.redis_url)
     runtime.configure(runtime.Runtime.build(settings, conn))
+    restarts = Restarts()
+    while True:
+        delay = restarts.next_delay()
+        while delay is None:
+            time.sleep(0.2)
+            delay = restarts.next_delay()
+        _wait_for_redis(conn, queue_name)
+        # RQ retries a lost connection only while it waits for a job; anywhere else the worker
+        # ends (and its teardown may raise). A new one starts here once Redis answers, rather
+        # than the supervisor restarting the process over and over while Redis is away
+        try:
+            if _work(settings, conn, queue_name, burst) or burst:
+                return
+            log.warning("worker ended without a stop request queue=%s; starting anew", queue_name)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("lost Redis queue=%s error=%s; reconnecting", queue_name, exc)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # RQ's handlers belong to the old worker
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _wait_for_redis(conn: redis.Redis, queue_name: str) -> None:
+    """Return once Redis answers, trying again after a doubling delay (capped)."""
+    delay = REDIS_RETRY_FIRST_S
+    while True:
+        try:
+            conn.ping()
+            return
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning(
+                "Redis unreachable queue=%s error=%s; next try in %.1fs", queue_name, exc, delay
+            )
+        time.sleep(delay)
+        delay = min(REDIS_RETRY_CAP_S, delay * 2)
+
+
+def _work(settings: Settings, conn: redis.Redis, queue_name: str, burst: bool) -> bool:
+    """Run one RQ worker until it ends; True if it was asked to stop."""
+    from rq.serializers import JSONSerializer
+
+    from syncworker.workers import HEARTBEAT_S, QuickStopSimpleWorker, QuickStopWorker
+
     options: dict[str, Any] = {
         "connection": conn,
         "serializer": JSONSerializer,
         "default_result_ttl": 0,
         # abandoned jobs (a worker killed mid-job) are found by this sweep; RQ's default is 10 min
         "maintenance_interval": 60,
+        # a busy worker's heartbeat: how soon the supervisor sees a worker on another host died
+        "job_monitoring_interval": HEARTBEAT_S,
         # an idle worker runs that sweep (and takes over the scheduler lock of a dead worker)
         # only between blocking pops, which last worker_ttl - 15 s: 405 s by default, 20 s here
         "worker_ttl": 35,
@@ -194,6 +284,7 @@ def _run_rq_worker(settings: Settings, queue_name: str, burst: bool) -> None:
         with_scheduler=True,
         logging_level=logging.getLevelName(log.getEffectiveLevel()),
     )
+    return w.stopping
 
 
 def _wait_any(children: list[subprocess.Popen[bytes]]) -> bool:

@@ -10,6 +10,7 @@ every destination whose work has come due: after a backoff, a pause, or a crashe
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
 import time
@@ -25,6 +26,7 @@ import sentry_sdk
 
 from syncworker import codec
 from syncworker.breaker import CLOSED, OPEN, PROBE, Breaker, pause_payload
+from syncworker.config import Settings
 from syncworker.destinations import ContactChange, Destination, Mode, Outcome, OutcomeStatus
 from syncworker.errors import BadCredentials, PermanentError, RetryableError, Throttled
 from syncworker.events import HygieneEvent, normalize_email
@@ -38,6 +40,7 @@ from syncworker.queueing import (
     queue,
 )
 from syncworker.runtime import DestinationRuntime, Runtime
+from syncworker.workers import heartbeat_stale_s, job_alive
 
 log = logging.getLogger(__name__)
 
@@ -64,24 +67,89 @@ end
 return ids
 """
 
+BATCH_API_CALLS = 3  # requests one batch of a batch API may make (a lookup, a write, a retry)
+DELIVER_MARGIN_S = 30  # s: recording a batch's outcomes and re-queueing after the budget
+
+# Frees the flush lock KEYS[1] if the dead job ARGV[1] still holds it, and makes the batches it
+# held in flight (KEYS[2]) due now: while it held the lock no other deliver job took any, so
+# they are its own, and nobody is sending them.
+RECLAIM_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+redis.call('DEL', KEYS[1])
+local ids = redis.call('ZRANGE', KEYS[2], 0, -1)
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[2], 'XX', 0, id) end
+return #ids
+"""
+
 RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
 
-def ensure_flush(conn: redis.Redis, destination: str, lock_s: float = 120.0) -> bool:
-    """Queue a deliver job for ``destination`` unless one is already queued or running."""
-    token = uuid.uuid4().hex
-    if not conn.set(FLUSH + destination, token, nx=True, px=int(lock_s * 1000)):
+def deliver_timeout(settings: Settings, dest: DestinationRuntime | None = None) -> int:
+    """Seconds RQ lets a deliver job run: its budget, then the batch it started just before the
+    budget ran out, whose every call may wait at two rate limiters (an endpoint's and the
+    destination's) and then for the HTTP timeout; and a margin for recording the outcomes."""
+    calls = BATCH_API_CALLS
+    if dest is not None and dest.cls.sync is Destination.sync:  # the per-contact fallback
+        calls = max(calls, dest.batch_size)
+    per_call = 2 * settings.rate_wait_cap_s + settings.http_timeout_s
+    return math.ceil(settings.job_budget_s + calls * per_call + DELIVER_MARGIN_S)
+
+
+def ensure_flush(runtime: Runtime, destination: str) -> bool:
+    """Queue a deliver job for ``destination`` unless one is already queued or running.
+
+    The flush lock names its job and is set in the same transaction as the job is queued, so no
+    crash leaves a lock without a job; ``tick`` frees a lock whose job has died. Its TTL is only
+    a backstop.
+    """
+    conn, key = runtime.conn, FLUSH + destination
+    timeout = deliver_timeout(runtime.settings, runtime.destinations.get(destination))
+    job_id = uuid.uuid4().hex
+    with conn.pipeline(transaction=True) as pipe:
+        try:
+            pipe.watch(key)  # type: ignore[no-untyped-call]  # redis-py's, untyped
+            if pipe.exists(key):
+                return False
+            pipe.multi()
+            pipe.set(key, job_id, px=(2 * timeout + 60) * 1000)
+            queue(conn, DELIVER).enqueue_call(
+                "syncworker.jobs.deliver",
+                args=(destination, job_id),
+                job_id=job_id,
+                description=f"deliver {destination}",
+                result_ttl=0,
+                failure_ttl=7 * 86400,
+                timeout=timeout,
+                pipeline=pipe,
+            )
+            pipe.execute()
+        except redis.WatchError:
+            return False  # another process took the lock meanwhile
+    return True
+
+
+def release_dead_flush(runtime: Runtime, destination: str) -> bool:
+    """Free the flush lock of ``destination`` if the job it names is no longer queued or running
+    on a live worker (a killed work-horse or worker, a lock from an older release), and make the
+    batch it had in flight due now rather than when its lease ends."""
+    conn, key = runtime.conn, FLUSH + destination
+    holder = conn.get(key)
+    if holder is None:
         return False
-    queue(conn, DELIVER).enqueue_call(
-        "syncworker.jobs.deliver",
-        args=(destination, token),
-        description=f"deliver {destination}",
-        result_ttl=0,
-        failure_ttl=7 * 86400,
-        timeout=int(lock_s * 2),
+    job_id = holder.decode() if isinstance(holder, bytes) else str(holder)
+    if job_alive(conn, job_id, heartbeat_stale_s(runtime.settings)):
+        return False
+    reclaimed = int(conn.eval(RECLAIM_LUA, 2, key, INFLIGHT + destination, job_id))
+    if reclaimed < 0:
+        return False
+    log.warning(
+        "flush lock of a dead deliver job released dest=%s job=%s in_flight_reclaimed=%d",
+        destination,
+        job_id,
+        reclaimed,
     )
     return True
 
@@ -89,7 +157,7 @@ def ensure_flush(conn: redis.Redis, destination: str, lock_s: float = 120.0) -> 
 def flush(runtime: Runtime, destinations: Iterable[str]) -> None:
     """Queue a deliver job for each destination that has new work (unless one is queued)."""
     for name in sorted(destinations):
-        ensure_flush(runtime.conn, name, runtime.settings.lease_s)
+        ensure_flush(runtime, name)
 
 
 def paused_for(conn: redis.Redis, destination: str) -> float:
@@ -108,11 +176,19 @@ def has_due(conn: redis.Redis, destination: str, now: float | None = None) -> bo
 
 
 def tick(runtime: Runtime) -> list[str]:
-    """Queue a deliver job for each destination with due work; return the ones scheduled."""
+    """Queue a deliver job for each destination with due work, freeing a flush lock whose job
+    died first; return the destinations scheduled."""
     scheduled = []
+    conn = runtime.conn
     for name in runtime.destinations:
-        if paused_for(runtime.conn, name) == 0 and has_due(runtime.conn, name):
-            if ensure_flush(runtime.conn, name, runtime.settings.lease_s):
+        if paused_for(conn, name):
+            continue
+        due = has_due(conn, name)
+        if due and ensure_flush(runtime, name):
+            scheduled.append(name)
+        elif (due or conn.zcard(INFLIGHT + name)) and release_dead_flush(runtime, name):
+            # a batch leased by the dead job is due now, even with nothing else to do
+            if ensure_flush(runtime, name):
                 scheduled.append(name)
     return scheduled
 
@@ -181,7 +257,7 @@ class Delivery:
             if token is not None:
                 self._release(keys=[FLUSH + self.name], args=[token])
             if paused_for(self.conn, self.name) == 0 and has_due(self.conn, self.name):
-                ensure_flush(self.conn, self.name, self.s.lease_s)
+                ensure_flush(self.rt, self.name)
         log.info(
             "deliver dest=%s batches=%d outcomes=%s stopped=%s rate_wait_s=%.2f",
             self.name,
@@ -548,7 +624,7 @@ def replay_dead(runtime: Runtime, destination: str) -> int:
             pipe.zadd(PENDING + name, {entry["id"]: now})
             pipe.hdel(ATTEMPTS + name, entry["id"])
         pipe.execute()
-    ensure_flush(conn, name, runtime.settings.lease_s)
+    ensure_flush(runtime, name)
     return len(entries)
 
 

@@ -34,8 +34,10 @@ from syncworker.events import (
     ReasonEntry,
     normalize_email,
 )
+from syncworker.queueing import STATS
 
 UNSUPPRESS = "manual_unsuppress"
+COUNTERS = "ledger:"  # + effect: a counter in the STATS hash
 
 CONTACT = "sw:c:"
 HISTORY = "sw:h:"
@@ -57,9 +59,15 @@ STREAM_KINDS: dict[str, Kind] = {MANUAL: Kind.UNSUBSCRIBE, UNSUPPRESS: Kind.RESU
 APPLY_LUA = """
 local ev = cjson.decode(ARGV[1])
 local now = tonumber(ARGV[2])
+-- ARGV[11]: the prefix of the effect counters in the hash KEYS[8] ('' = not counted), counted
+-- here so that a crash cannot leave an applied event uncounted
+local function count(effect)
+  if ARGV[11] ~= '' then redis.call('HINCRBY', KEYS[8], ARGV[11] .. effect, 1) end
+end
 -- the dedupe marker is written last: a script that fails part-way (a key of the wrong type)
 -- leaves none, so the quarantined event applies when it is replayed
 if redis.call('EXISTS', KEYS[3]) == 1 then
+  count('duplicate')
   return {'duplicate', 0, 0}
 end
 local function dec(s) if s then return cjson.decode(s) end return {} end
@@ -165,17 +173,18 @@ local s, e = tonumber(ARGV[8]), tonumber(ARGV[9])
 if changed then
   local status = cjson.encode({status = 'pending', since = now, version = version})
   for i = 1, s do
-    redis.call('ZADD', KEYS[7 + i], 'NX', now, ev.email)
-    redis.call('HSET', KEYS[4], ARGV[10 + i], status)
+    redis.call('ZADD', KEYS[8 + i], 'NX', now, ev.email)
+    redis.call('HSET', KEYS[4], ARGV[11 + i], status)
   end
 end
 if e > 0 and ARGV[10] ~= '' then
   redis.call('SET', KEYS[5], ARGV[10], 'EX', ARGV[3])
   for j = s + 1, s + e do
-    redis.call('ZADD', KEYS[7 + j], 'NX', now, ev.key)
+    redis.call('ZADD', KEYS[8 + j], 'NX', now, ev.key)
   end
 end
 redis.call('SET', KEYS[3], '1', 'EX', ARGV[3])
+count(effect)
 return {effect, changed and 1 or 0, version}
 """
 
@@ -246,10 +255,11 @@ class Ledger:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def apply(self, events: Sequence[HygieneEvent]) -> ApplyResult:
+    def apply(self, events: Sequence[HygieneEvent], count: bool = False) -> ApplyResult:
         """Apply events in order, each atomically; one round trip for the whole batch. An event
-        Redis refuses (``ApplyResult.failed``) does not stop the others."""
-        return self._apply_events([(e, e.kind.value) for e in events])
+        Redis refuses (``ApplyResult.failed``) does not stop the others. With ``count``, each
+        applied event's effect is counted (``ledger:<effect>`` in STATS) in the same write."""
+        return self._apply_events([(e, e.kind.value) for e in events], COUNTERS if count else "")
 
     def suppress(self, email: str, reason: str, *, source: str = MANUAL) -> ApplyResult:
         """Record a manual suppression; :class:`~syncworker.codec.InvalidEvent` for a string that
@@ -274,8 +284,11 @@ class Ledger:
             raise codec.InvalidEvent(why)
         return self._apply_events([(event, kind)])
 
-    def _apply_events(self, items: list[tuple[HygieneEvent, str]]) -> ApplyResult:
-        """Apply each event as ledger kind ``kind`` (a Kind, or a manual change)."""
+    def _apply_events(
+        self, items: list[tuple[HygieneEvent, str]], counters: str = ""
+    ) -> ApplyResult:
+        """Apply each event as ledger kind ``kind`` (a Kind, or a manual change); ``counters``
+        is the prefix its effect is counted under in STATS ('' = not counted)."""
         result = ApplyResult()
         if not items:
             return result
@@ -296,6 +309,7 @@ class Ledger:
                     EVENT + key,
                     CONTACTS,
                     FORGOTTEN + address_hash(email),
+                    STATS,
                     *(PENDING + d for d in state_dests + event_dests),
                 ]
                 item = {
@@ -320,6 +334,7 @@ class Ledger:
                     len(event_dests),
                     # the event as event streams get it: the codec's form, every field kept
                     orjson.dumps(codec.dump(event)) if event_dests else "",
+                    counters,
                     *state_dests,
                     *event_dests,
                 ]

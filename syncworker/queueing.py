@@ -233,14 +233,24 @@ class Enqueuer:
         with self._lock:
             batch = self._waiting[: self.max_batch]
             del self._waiting[: self.max_batch]
+        stranded: list[_Slot] = []
         try:
             self._write(batch)
         except BaseException as exc:
             for other in batch:
                 other.error = exc
+            if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+                # Redis is out of reach: the requests that queued up meanwhile have waited for
+                # this write already, and another would wait a whole timeout more: they fail now
+                with self._lock:
+                    stranded, self._waiting = self._waiting, []
+                for other in stranded:
+                    other.error = exc
         with self._lock:
             successor = self._waiting[0] if self._waiting else None
             self._writing = successor is not None
+        for other in stranded:
+            other.wake()
         for other in batch:
             if other is not slot:
                 other.wake()

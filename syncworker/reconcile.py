@@ -105,7 +105,7 @@ def run(
         if cursor == 0:
             break
     conn.delete(cursor_key)
-    ensure_flush(conn, destination, rt.settings.lease_s)
+    ensure_flush(rt, destination)
     return progress
 
 

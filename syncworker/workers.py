@@ -16,17 +16,33 @@ by key, so a partly applied job is safe to repeat).
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import redis
 from rq import Queue, SimpleWorker, Worker
-from rq.job import Job
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
+from rq.scheduler import RQScheduler
+from rq.scripts import release_lock
+from rq.serializers import JSONSerializer
+from rq.utils import utcparse
 
 from syncworker.queueing import STATS
+
+if TYPE_CHECKING:
+    from syncworker.config import Settings
 
 log = logging.getLogger(__name__)
 
 PUBSUB_POLL_S = 1.0  # longest wait of RQ's command listener per read: bounds a stop
+HEARTBEAT_S = 5  # a forking worker's heartbeat while its horse runs a job (RQ's default: 30 s)
+WORKER_DEAD_AFTER_S = 20.0  # a busy worker silent this long is dead (4 heartbeats, clock skew)
+SCHEDULER_DEAD_AFTER_S = 10.0  # RQ's scheduler beats every second
 FAILED = "jobs_failed:"  # + queue short name: a counter in the STATS hash
 
 
@@ -48,6 +64,12 @@ class _QuickStop:
         def handle_payload(self, message: Any) -> None: ...
 
         def _pubsub_exception_handler(self, exc: Exception, pubsub: Any, thread: Any) -> None: ...
+
+    stopping = False  # a stop was asked for (a signal, RQ's shutdown command)
+
+    def handle_warm_shutdown_request(self) -> None:
+        self.stopping = True
+        super().handle_warm_shutdown_request()  # type: ignore[misc]
 
     def handle_job_failure(
         self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = ""
@@ -83,7 +105,7 @@ class QuickStopWorker(_QuickStop, Worker):
         self.stop_grace = stop_grace
 
     def handle_warm_shutdown_request(self) -> None:
-        super().handle_warm_shutdown_request()  # type: ignore[no-untyped-call]
+        super().handle_warm_shutdown_request()
         horse = self.horse_pid
         if horse:
             timer = threading.Timer(self.stop_grace, self._past_grace, args=(horse,))
@@ -99,3 +121,130 @@ class QuickStopWorker(_QuickStop, Worker):
                 self.get_current_job_id(),
             )
             self.kill_horse()
+
+
+# -- noticing dead workers ---------------------------------------------------------------------
+#
+# RQ finds a job abandoned only when its heartbeat's TTL (job_monitoring_interval + 60 s) has
+# lapsed, and only in a maintenance sweep; a dead worker's scheduler lock holds for 61 s. The
+# supervisor (``syncworker worker``) checks once a second instead: a worker or scheduler is dead
+# when its key has expired, when it ran on this host and its process is gone, or (a forking
+# worker, another host) when its heartbeat is older than WORKER_DEAD_AFTER_S.
+
+
+def heartbeat_stale_s(settings: Settings) -> float | None:
+    """How old a busy worker's heartbeat may be; None when it beats only between jobs (RQ's
+    ``SimpleWorker`` runs a job in its own process, with no monitor to send heartbeats)."""
+    return None if settings.worker_class == "simple" else WORKER_DEAD_AFTER_S
+
+
+def process_gone(hostname: str, pid: int) -> bool:
+    """Whether ``pid`` on ``hostname`` is known to have ended (only this host can be asked)."""
+    if hostname != socket.gethostname() or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"  # killed, not yet reaped
+    except (OSError, IndexError):
+        return False
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _beat_is_old(raw: Any, limit: float | None) -> bool:
+    if limit is None or not raw:
+        return False
+    try:
+        return time.time() - utcparse(_text(raw)).timestamp() > limit
+    except ValueError:
+        return False
+
+
+def worker_alive(conn: redis.Redis, name: str, stale_s: float | None) -> bool:
+    """Whether the RQ worker ``name`` may still be running a job."""
+    hostname, pid, beat = conn.hmget(f"rq:worker:{name}", ["hostname", "pid", "last_heartbeat"])
+    if hostname is None:
+        return False  # its key expired: no heartbeat for longer than its TTL
+    if process_gone(_text(hostname), int(_text(pid or b"0"))):
+        return False
+    return not _beat_is_old(beat, stale_s)
+
+
+def job_alive(conn: redis.Redis, job_id: str, stale_s: float | None) -> bool:
+    """Whether a job is queued, or started on a worker that is alive."""
+    status, worker = conn.hmget(f"rq:job:{job_id}", ["status", "worker_name"])
+    if status is None:
+        return False  # finished (results are not kept) or never written
+    if _text(status) == JobStatus.QUEUED.value:
+        return True
+    if _text(status) != JobStatus.STARTED.value:
+        return False
+    return bool(worker) and worker_alive(conn, _text(worker), stale_s)
+
+
+def rescue_abandoned(conn: redis.Redis, queues: Iterable[str], stale_s: float | None) -> list[str]:
+    """Hand the started jobs of dead workers to RQ's own abandoned-job handling (retry or the
+    failed registry) now, rather than once their heartbeat TTL lapses; return their ids."""
+    rescued: list[str] = []
+    for name in queues:
+        registry = StartedJobRegistry(queue=Queue(name, connection=conn, serializer=JSONSerializer))
+        dead = []
+        for entry in conn.zrange(registry.key, 0, -1):
+            member = _text(entry)
+            job_id = member.split(":", 1)[0]
+            worker = conn.hget(f"rq:job:{job_id}", "worker_name")
+            if worker is not None and not worker_alive(conn, _text(worker), stale_s):
+                dead.append(member)
+                rescued.append(job_id)
+        if dead:
+            # marked as expired long ago, so that RQ's sweep takes these entries and no other
+            conn.zadd(registry.key, dict.fromkeys(dead, 1), xx=True)
+            registry.cleanup(timestamp=1)
+            log.warning("abandoned jobs of dead workers rescued queue=%s jobs=%s", name, dead)
+    return rescued
+
+
+class Scheduling:
+    """RQ's scheduler step (due retries back to their queue), run by the supervisor each second
+    whenever no live scheduler holds a queue's lock; a lock held by a dead one is freed first."""
+
+    def __init__(self, conn: redis.Redis, queues: Iterable[str]) -> None:
+        self.conn = conn
+        self.queues = list(queues)
+        self.scheduler = RQScheduler(self.queues, connection=conn, serializer=JSONSerializer)
+
+    def step(self) -> None:
+        for name in self.queues:
+            self._free_if_dead(RQScheduler.get_locking_key(name))
+        if self.scheduler.acquire_locks():  # type: ignore[no-untyped-call]  # RQ's, untyped
+            self.scheduler.register_birth()  # its hash and heartbeat, so others see it alive
+            self.scheduler.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
+
+    def _free_if_dead(self, key: str) -> None:
+        holder = self.conn.get(key)
+        if holder is None or _text(holder) == self.scheduler.name:
+            return
+        hostname, pid, beat = self.conn.hmget(
+            f"rq:scheduler:{_text(holder)}", ["hostname", "pid", "last_heartbeat"]
+        )
+        if hostname is None and self.conn.pttl(key) > (self.scheduler.interval + 55) * 1000:
+            return  # acquired in the last seconds: its hash is written once its process starts
+        dead = (
+            hostname is None
+            or process_gone(_text(hostname), int(_text(pid or b"0")))
+            or _beat_is_old(beat, SCHEDULER_DEAD_AFTER_S)
+        )
+        if dead and release_lock(self.conn, key, _text(holder)):
+            log.warning("scheduler lock of a dead scheduler freed key=%s", key)
+
+    def close(self) -> None:
+        self.scheduler.release_locks()  # type: ignore[no-untyped-call]
+        self.scheduler.register_death()

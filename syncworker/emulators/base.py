@@ -190,6 +190,12 @@ class Emulator:
         with self._lock:
             self._delays.extend([seconds] * n)
 
+    @property
+    def slow_pending(self) -> int:
+        """How many of the requests ``slow_next`` asked to hold have not arrived yet."""
+        with self._lock:
+            return len(self._delays)
+
     def down(self, status: int = 0) -> None:
         """Outage until ``up()``: every request's connection is dropped without an answer, or
         with ``status`` (e.g. 503) every request is answered that."""

@@ -102,8 +102,8 @@ def test_worker_killed_mid_ingest_job_is_retried_and_applied_once(
     worker = start_worker(env, tmp_path / "worker1.log")
     wait_until(lambda: job_id in started.get_job_ids(cleanup=False), 30, "the job to start")
     worker.kill_tree()  # the supervisor, its RQ workers, their work-horses
-    # nobody finished it; RQ's maintenance finds it once its heartbeat has expired (about 90 s
-    # after the kill): run that sweep now, as of 10 minutes later
+    # nobody finished it; RQ's own sweep finds it once its heartbeat has expired (the next
+    # worker's supervisor sooner: test_recovery.py): run RQ's sweep now, as of 10 minutes later
     assert job_id in started.get_job_ids(cleanup=False)
     started.cleanup(timestamp=time.time() + 600)
     scheduled = ScheduledJobRegistry(queue=queue)

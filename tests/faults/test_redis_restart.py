@@ -91,3 +91,49 @@ def test_worker_survives_a_redis_restart(persistent_redis: Restartable, tmp_path
             worker.stop()
         assert conn.scard("sw:contacts") == len(EMAILS)
         conn.close()
+
+
+def test_worker_waits_out_a_redis_outage_without_restart_loops(
+    persistent_redis: Restartable, tmp_path: Path
+) -> None:
+    """While Redis is away the RQ worker processes wait and reconnect with backoff: they are
+    not restarted every second or two, and work flows again once Redis is back."""
+    with HubSpotEmulator(token="hs") as hubspot:
+        hubspot.seed(*EMAILS)
+        env = clean_env(
+            {
+                "REDIS_URL": persistent_redis.url,
+                "SYNCWORKER_DESTINATIONS": "hubspot",
+                "SYNCWORKER_HUBSPOT_TOKEN": "hs",
+                "SYNCWORKER_HUBSPOT_BASE_URL": hubspot.url,
+                "SYNCWORKER_HUBSPOT_RATE": "1000/1",
+                "SYNCWORKER_LEASE": "3",
+            }
+        )
+        conn = redis.Redis.from_url(persistent_redis.url)
+        Enqueuer(conn).ingest(job(0, 100), "ingest first half", {})
+        hubspot.slow_next(1, 3.0)  # Redis goes away while a deliver job is busy
+        worker = start_worker(env, tmp_path / "worker.log")
+        try:
+            wait_until(lambda: conn.zcard(INFLIGHT + "hubspot") > 0, 60, "a batch in flight")
+            port, data_dir = persistent_redis.server.port, persistent_redis.server.data_dir
+            persistent_redis.server.stop()
+            # the supervisor's scheduler step fails once a second while Redis is away
+            wait_until(
+                lambda: worker.output().count("tick failed") >= 15, 60, "15 s of outage", 0.2
+            )
+            persistent_redis.server = RedisServer(
+                port=port, data_dir=data_dir, persist=True
+            ).start()
+            conn = redis.Redis.from_url(persistent_redis.url)
+            Enqueuer(conn).ingest(job(100, 100), "ingest second half", {})
+            wait_until(
+                lambda: hubspot.opted_out == set(EMAILS), 60, "the second half delivered", 0.2
+            )
+            assert worker.alive()
+        finally:
+            worker.stop()
+            conn.close()
+        output = worker.log_path.read_text(errors="replace")
+        restarts = output.count("; restarting")
+        assert restarts <= 1, f"{restarts} restarts of RQ worker processes:\n{output[-3000:]}"

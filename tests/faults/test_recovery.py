@@ -1,0 +1,263 @@
+"""Recovery from crashes is quick: a flush lock or a started job whose process died is noticed in
+seconds, not after its TTL (real worker processes, killed as a dead machine would be)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+from rq import Queue
+from rq.job import Job
+from rq.registry import StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from syncworker import codec, delivery
+from syncworker.config import Settings
+from syncworker.delivery import FLUSH, INFLIGHT
+from syncworker.emulators.hubspot import HubSpotEmulator
+from syncworker.events import HygieneEvent, Kind
+from syncworker.ledger import PENDING, SYNC
+from syncworker.queueing import DELIVER, INGEST, Enqueuer
+from syncworker.runtime import Runtime
+from tests.conftest import SettingsFactory
+from tests.faults.test_crashes import EMAILS, events, worker_env
+from tests.processes import descendants, start_worker, wait_until
+
+LONG_LEASE = "60"  # s: the lease of a batch in flight; a dead job's must not be waited for
+
+
+@pytest.fixture()
+def hubspot() -> Iterator[HubSpotEmulator]:
+    with HubSpotEmulator(token="hs") as emulator:
+        emulator.seed(*EMAILS)
+        yield emulator
+
+
+def horses(worker_pid: int) -> list[int]:
+    """The work-horses below a process: RQ forks each to lead a process group of its own."""
+    return [pid for pid in descendants(worker_pid) if _pgid(pid) == pid]
+
+
+def _pgid(pid: int) -> int:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return -1
+
+
+def deliver_horse(conn: redis.Redis) -> int:
+    """The pid of the horse running a deliver job."""
+    registry = StartedJobRegistry(DELIVER, connection=conn, serializer=JSONSerializer)
+    found: list[int] = []
+
+    def a_horse() -> bool:
+        for job_id in registry.get_job_ids(cleanup=False):
+            worker = conn.hget(f"rq:job:{job_id}", "worker_name")
+            if worker is not None:
+                pid = int(conn.hget(f"rq:worker:{worker.decode()}", "pid") or 0)
+                found[:] = horses(pid)
+                if found:
+                    return True
+        return False
+
+    wait_until(a_horse, 10, "a deliver job's work-horse")
+    return found[0]
+
+
+def all_delivered(conn: redis.Redis, hubspot: HubSpotEmulator) -> Callable[[], bool]:
+    def check() -> bool:
+        return (
+            hubspot.opted_out == set(EMAILS)
+            and conn.zcard(PENDING + "hubspot") + conn.zcard(INFLIGHT + "hubspot") == 0
+        )
+
+    return check
+
+
+def test_killed_deliver_horse_frees_the_flush_lock_within_seconds(
+    redis_url: str, redis_conn: redis.Redis, hubspot: HubSpotEmulator, tmp_path: Path
+) -> None:
+    """Its batch in flight and the rest of the work go on at once, not after the lease."""
+    env = {**worker_env(redis_url, hubspot), "SYNCWORKER_LEASE": LONG_LEASE}
+    hubspot.slow_next(1, 20.0)  # the first batch hangs in flight
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        wait_until(lambda: redis_conn.llen(f"rq:queue:{INGEST}") == 0, 30, "the worker")
+        Enqueuer(redis_conn).ingest({"source": "t", "events": events(300)}, "ingest test", {})
+        wait_until(lambda: hubspot.slow_pending == 0, 30, "a batch held in flight")
+        os.kill(deliver_horse(redis_conn), signal.SIGKILL)
+        killed = time.monotonic()
+        wait_until(all_delivered(redis_conn, hubspot), 15, "every contact", 0.1)
+        print(f"delivery resumed {time.monotonic() - killed:.1f}s after the horse was killed")
+    finally:
+        worker.stop()
+
+
+def test_worker_killed_with_its_horses_is_taken_over_within_seconds(
+    redis_url: str, redis_conn: redis.Redis, hubspot: HubSpotEmulator, tmp_path: Path
+) -> None:
+    """The next worker finds the dead one's deliver job, lock and lease at once, not after
+    their TTLs."""
+    env = {**worker_env(redis_url, hubspot), "SYNCWORKER_LEASE": LONG_LEASE}
+    Enqueuer(redis_conn).ingest({"source": "t", "events": events(300)}, "ingest test", {})
+    hubspot.slow_next(1, 20.0)
+    worker = start_worker(env, tmp_path / "worker1.log")
+    wait_until(lambda: hubspot.slow_pending == 0, 30, "a batch held in flight")
+    worker.kill_tree()  # the supervisor, its RQ workers, their work-horses
+    restarted = start_worker(env, tmp_path / "worker2.log")
+    started = time.monotonic()
+    try:
+        wait_until(all_delivered(redis_conn, hubspot), 20, "every contact", 0.1)
+        print(f"delivery resumed {time.monotonic() - started:.1f}s after the restart")
+    finally:
+        restarted.stop()
+
+
+def test_abandoned_ingest_job_of_a_dead_worker_is_retried_within_seconds(
+    redis_url: str, redis_conn: redis.Redis, hubspot: HubSpotEmulator, tmp_path: Path
+) -> None:
+    """RQ alone would wait for the job's heartbeat TTL and the dead scheduler's lock (over a
+    minute); the next worker requeues it as soon as the retry's delay (5 s) has passed."""
+    env = worker_env(redis_url, hubspot)
+    job_id = Enqueuer(redis_conn).ingest(
+        {"source": "t", "events": events(30_000)}, "ingest test", {}
+    )
+    queue = Queue(INGEST, connection=redis_conn, serializer=JSONSerializer)
+    registry = StartedJobRegistry(queue=queue)
+    worker = start_worker(env, tmp_path / "worker1.log")
+    wait_until(lambda: job_id in registry.get_job_ids(cleanup=False), 30, "the job to start")
+    dead_worker = redis_conn.hget(f"rq:job:{job_id}", "worker_name")
+    worker.kill_tree()
+    restarted = start_worker(env, tmp_path / "worker2.log")
+    started = time.monotonic()
+    try:
+
+        def taken_again() -> bool:
+            holder = redis_conn.hget(f"rq:job:{job_id}", "worker_name")
+            return not redis_conn.exists(f"rq:job:{job_id}") or holder not in (dead_worker, b"")
+
+        wait_until(taken_again, 20, "the retry to start on the new worker", interval=0.1)
+        print(f"abandoned job running again {time.monotonic() - started:.1f}s after the restart")
+        wait_until(lambda: not redis_conn.exists(f"rq:job:{job_id}"), 120, "the retry", 0.2)
+    finally:
+        restarted.stop()
+    assert queue.failed_job_registry.count == 0
+    keys = {k.decode() for k in redis_conn.scan_iter("sw:k:crash-*", count=10_000)}
+    assert len(keys) == 30_000
+
+
+def test_twenty_killed_deliver_horses_delay_no_contact_by_more_than_30_s(
+    redis_url: str, redis_conn: redis.Redis, hubspot: HubSpotEmulator, tmp_path: Path
+) -> None:
+    """Deliver horses are killed mid-batch twenty times over, with the default lease (120 s):
+    each time, the killed batch reaches HubSpot within 30 s of its event (without kills: ~1 s)."""
+    emails = [f"kill{i:03d}@example.com" for i in range(20 * 15)]
+    hubspot.seed(*emails)
+    env = {**worker_env(redis_url, hubspot), "SYNCWORKER_LEASE": "120"}
+    sent: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    stop = threading.Event()
+    guard = threading.Lock()
+
+    def watch() -> None:
+        """A contact is delivered once a deliver job that lived has recorded HubSpot's answer
+        (a killed job's request may still reach the emulator: that is not a delivery)."""
+        while not stop.is_set():
+            now = time.monotonic()
+            with guard:
+                waiting = [e for e in sent if e not in seen]
+            with redis_conn.pipeline(transaction=False) as pipe:
+                for email in waiting:
+                    pipe.hget(SYNC + email, "hubspot")
+                for email, raw in zip(waiting, pipe.execute(), strict=True):
+                    if raw and orjson.loads(raw)["status"] in ("applied", "already"):
+                        seen[email] = now
+            stop.wait(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        for r in range(20):
+            batch = emails[r * 15 : (r + 1) * 15]
+            hubspot.slow_next(1, 2.0)  # the next batch hangs: its horse is killed in flight
+            forms = [
+                codec.dump(HygieneEvent(f"kill-{e}", "t", "t", e, Kind.UNSUBSCRIBE, 1000.0))
+                for e in batch
+            ]
+            with guard:
+                sent.update(dict.fromkeys(batch, time.monotonic()))
+            Enqueuer(redis_conn).ingest({"source": "t", "events": forms}, "ingest test", {})
+            wait_until(lambda: hubspot.slow_pending == 0, 30, f"a batch held (round {r})")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(deliver_horse(redis_conn), signal.SIGKILL)
+            wait_until(functools.partial(set(batch).issubset, seen), 60, f"round {r}", 0.1)
+    finally:
+        stop.set()
+        watcher.join()
+        worker.stop()
+    worst = max(seen[e] - sent[e] for e in emails)
+    rounds = [max(seen[e] - sent[e] for e in emails[r * 15 : (r + 1) * 15]) for r in range(20)]
+    print("latency by round:", " ".join(f"{x:.1f}" for x in rounds))
+    print(f"max event-to-delivered latency under 20 horse kills: {worst:.1f}s")
+    assert worst <= 30, f"a contact waited {worst:.1f}s"
+
+
+@pytest.fixture()
+def rt(
+    make_settings: SettingsFactory,
+    use_runtime: Callable[[Settings], Runtime],
+    hubspot: HubSpotEmulator,
+) -> Runtime:
+    settings = make_settings(
+        destinations={"hubspot": {"TOKEN": "hs", "BASE_URL": hubspot.url, "RATE": "1000/1"}},
+        lease_s=2.0,
+    )
+    return use_runtime(settings)
+
+
+def test_tick_frees_a_flush_lock_whose_job_does_not_exist(
+    rt: Runtime, redis_conn: redis.Redis
+) -> None:
+    """As a process killed between taking the lock and queueing its job would leave it."""
+    rt.ledger.apply([HygieneEvent("k1", "t", "t", EMAILS[0], Kind.UNSUBSCRIBE, 1000.0)])
+    redis_conn.delete(f"rq:queue:{DELIVER}", FLUSH + "hubspot")
+    redis_conn.set(FLUSH + "hubspot", "no-such-job", px=600_000)
+    assert redis_conn.zcard(PENDING + "hubspot") == 1
+    assert delivery.tick(rt) == ["hubspot"]
+    holder = redis_conn.get(FLUSH + "hubspot")
+    assert holder is not None and holder.decode() in Queue(DELIVER, connection=redis_conn).job_ids
+
+
+def test_flush_lock_and_job_are_written_together_and_name_each_other(
+    rt: Runtime, redis_conn: redis.Redis
+) -> None:
+    assert delivery.ensure_flush(rt, "hubspot")
+    assert not delivery.ensure_flush(rt, "hubspot")
+    holder = redis_conn.get(FLUSH + "hubspot")
+    assert holder is not None
+    job = Job.fetch(holder.decode(), redis_conn, serializer=JSONSerializer)
+    assert job.args == ["hubspot", holder.decode()]
+
+
+def test_deliver_job_timeout_covers_its_budget_rate_waits_and_http_timeout(
+    rt: Runtime, redis_conn: redis.Redis
+) -> None:
+    """A short lease does not shorten it: RQ would kill the job mid-batch."""
+    s = rt.settings
+    assert delivery.ensure_flush(rt, "hubspot")
+    holder = redis_conn.get(FLUSH + "hubspot")
+    assert holder is not None
+    job = Job.fetch(holder.decode(), redis_conn, serializer=JSONSerializer)
+    assert job.timeout is not None
+    assert job.timeout >= s.job_budget_s + 2 * s.rate_wait_cap_s + s.http_timeout_s
+    assert redis_conn.pttl(FLUSH + "hubspot") > job.timeout * 1000
