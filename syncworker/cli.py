@@ -141,8 +141,15 @@ def worker(queue_name: str | None, burst: bool) -> None:
 
     rt = load_runtime()
     me = [sys.executable, "-m", "syncworker", "worker"]
-    children = {q: subprocess.Popen([*me, "--queue", q]) for q in ("ingest", "deliver")}
-    restarts = {q: Restarts() for q in children}
+    # one RQ worker process per queue each; several on the deliver queue, so that a destination
+    # whose job sleeps at its rate limit or waits on a hanging request holds only its own
+    # process: the flush lock keeps one job per destination, so with a process per destination
+    # every destination's job finds one free
+    queue_of = {"ingest": "ingest"}
+    for i in range(1, deliver_processes(settings, len(rt.destinations)) + 1):
+        queue_of[f"deliver-{i}"] = "deliver"
+    children = {name: subprocess.Popen([*me, "--queue", q]) for name, q in queue_of.items()}
+    restarts = {name: Restarts() for name in children}
     scheduling = Scheduling(rt.conn, QUEUES)
     stale_s = heartbeat_stale_s(settings)
     stop = threading.Event()
@@ -155,7 +162,8 @@ def worker(queue_name: str | None, burst: bool) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     click.echo(
-        f"worker: queues {', '.join(QUEUES)}; destinations {', '.join(rt.destinations) or '-'}"
+        f"worker: queues {', '.join(QUEUES)} (deliver processes: {len(queue_of) - 1}); "
+        f"destinations {', '.join(rt.destinations) or '-'}"
     )
     try:
         while not stop.is_set():
@@ -172,13 +180,15 @@ def worker(queue_name: str | None, burst: bool) -> None:
                     if delay is None:
                         continue
                     log.error(
-                        "worker exited queue=%s code=%s; restarting (restart %d, after %.0fs)",
+                        "worker exited queue=%s process=%s code=%s; "
+                        "restarting (restart %d, after %.0fs)",
+                        queue_of[name],
                         name,
                         child.returncode,
                         restarts[name].count,
                         delay,
                     )
-                    children[name] = subprocess.Popen([*me, "--queue", name])
+                    children[name] = subprocess.Popen([*me, "--queue", queue_of[name]])
             stop.wait(1.0)
     except KeyboardInterrupt:
         pass
@@ -188,6 +198,12 @@ def worker(queue_name: str | None, burst: bool) -> None:
             scheduling.close()
         except redis.RedisError:
             pass  # its lock expires; a live supervisor frees it sooner
+
+
+def deliver_processes(settings: Settings, destinations: int) -> int:
+    """How many RQ worker processes take deliver jobs: ``SYNCWORKER_DELIVER_WORKERS``, or one
+    per configured destination when it is 0 (at least one)."""
+    return max(1, settings.deliver_workers or destinations)
 
 
 class Restarts:

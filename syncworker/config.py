@@ -103,6 +103,13 @@ OPTIONS: dict[str, Option] = {
     "worker_class": Option(
         "WORKER_CLASS", str, "fork", "", "`fork` (crash-safe) or `simple` (no fork per job)"
     ),
+    "deliver_workers": Option(
+        "DELIVER_WORKERS",
+        int,
+        0,
+        "processes",
+        "deliver worker processes in `syncworker worker`; 0: one per destination",
+    ),
     "stop_grace_s": Option(
         "STOP_GRACE", float, 10.0, "s", "a job running this long after SIGTERM is requeued"
     ),
@@ -180,6 +187,7 @@ class Settings:
     bind: str = ""
     redis_server_bin: str = ""
     worker_class: str = "fork"
+    deliver_workers: int = 0
     stop_grace_s: float = 10.0
 
     def replace(self, **changes: Any) -> Settings:

@@ -3,18 +3,19 @@ SIGTERM in the middle of a big ingest job, which then completes or is requeued, 
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
 
 import redis
-from rq import Queue
+from rq import Queue, Worker
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from syncworker import codec
 from syncworker.events import HygieneEvent, Kind
-from syncworker.queueing import INGEST, Enqueuer
+from syncworker.queueing import DELIVER, INGEST, Enqueuer
 from syncworker.workers import QuickStopSimpleWorker
 from tests.processes import Process, clean_env, start_worker, wait_until
 
@@ -113,3 +114,30 @@ def test_job_running_past_the_stop_grace_is_requeued_and_lands_after_a_restart(
         restarted.stop()
     assert applied(redis_conn) == 60_000
     assert queue.failed_job_registry.count == 0
+
+
+def test_the_worker_runs_several_deliver_processes_and_restarts_one_that_dies(
+    redis_url: str, redis_conn: redis.Redis, tmp_path: Path
+) -> None:
+    """Each deliver process is an RQ worker of its own on the deliver queue; one that is killed
+    is replaced while the others go on."""
+    deliver = Queue(DELIVER, connection=redis_conn, serializer=JSONSerializer)
+
+    def pids() -> set[int]:
+        return {w.pid for w in Worker.all(queue=deliver) if w.pid}
+
+    env = clean_env({"REDIS_URL": redis_url, "SYNCWORKER_DELIVER_WORKERS": "3"})
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        wait_until(lambda: len(pids()) == 3, 30, "three deliver workers")
+        first = pids()
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        wait_until(
+            lambda: len(pids() - {victim}) == 3 and first - {victim} <= pids(),
+            30,
+            "the killed deliver worker to be replaced",
+        )
+        assert worker.alive(), worker.output()
+    finally:
+        worker.stop()
