@@ -1,6 +1,6 @@
 """Isolation: latency of healthy destinations while another is rate-limited or hangs.
 
-    python -m bench.isolation [--seconds 20] [--per-second 10] [--backlog 2000]
+    python -m bench.isolation [--seconds 20] [--per-second 10] [--backlog 25000]
 
 A real ``syncworker worker`` delivers to three loopback emulators: HubSpot at its default rate
 (100 requests / 10 s, enforced by the emulator too) with a backlog of ``--backlog`` contacts, so
@@ -164,7 +164,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="how long events are written")
     parser.add_argument("--per-second", type=float, default=10.0, help="events written per second")
-    parser.add_argument("--backlog", type=int, default=2000, help="HubSpot contacts pending first")
+    parser.add_argument("--backlog", type=int, default=25000, help="HubSpot contacts pending first")
     parser.add_argument("--workers", default="1,2,3", help="deliver process counts to run")
     parser.add_argument("--timeout", type=float, default=120.0, help="drain wait after writing")
     args = parser.parse_args()

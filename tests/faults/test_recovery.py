@@ -83,11 +83,21 @@ def all_delivered(conn: redis.Redis, hubspot: HubSpotEmulator) -> Callable[[], b
     return check
 
 
+@pytest.mark.parametrize("deliver_workers", ["1", "3"])
 def test_killed_deliver_horse_frees_the_flush_lock_within_seconds(
-    redis_url: str, redis_conn: redis.Redis, hubspot: HubSpotEmulator, tmp_path: Path
+    redis_url: str,
+    redis_conn: redis.Redis,
+    hubspot: HubSpotEmulator,
+    tmp_path: Path,
+    deliver_workers: str,
 ) -> None:
-    """Its batch in flight and the rest of the work go on at once, not after the lease."""
-    env = {**worker_env(redis_url, hubspot), "SYNCWORKER_LEASE": LONG_LEASE}
+    """Its batch in flight and the rest of the work go on at once, not after the lease, with
+    one deliver process or several."""
+    env = {
+        **worker_env(redis_url, hubspot),
+        "SYNCWORKER_LEASE": LONG_LEASE,
+        "SYNCWORKER_DELIVER_WORKERS": deliver_workers,
+    }
     hubspot.slow_next(1, 20.0)  # the first batch hangs in flight
     worker = start_worker(env, tmp_path / "worker.log")
     try:
