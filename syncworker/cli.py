@@ -132,7 +132,8 @@ def web() -> NoReturn:
 @click.option("--queue", "queue_name", type=click.Choice(["ingest", "deliver"]), default=None)
 @click.option("--burst", is_flag=True, help="exit when the queue is empty")
 def worker(queue_name: str | None, burst: bool) -> None:
-    """The worker: one RQ worker process per queue, plus the delivery scheduler."""
+    """The worker: RQ worker processes of one queue each (one for ingest, one or more for
+    deliver), plus the delivery scheduler."""
     settings = load_settings()
     if queue_name is not None:
         _run_rq_worker(settings, INGEST if queue_name == "ingest" else DELIVER, burst)
@@ -141,7 +142,7 @@ def worker(queue_name: str | None, burst: bool) -> None:
 
     rt = load_runtime()
     me = [sys.executable, "-m", "syncworker", "worker"]
-    # one RQ worker process per queue each; several on the deliver queue, so that a destination
+    # RQ worker processes of one queue each; several on the deliver queue, so that a destination
     # whose job sleeps at its rate limit or waits on a hanging request holds only its own
     # process: the flush lock keeps one job per destination, so with a process per destination
     # every destination's job finds one free
