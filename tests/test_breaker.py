@@ -16,12 +16,12 @@ from syncworker.config import Settings
 from syncworker.delivery import ATTEMPTS, DEAD, DSTATS, PAUSE, Delivery
 from syncworker.destinations import Outcome
 from syncworker.emulators.hubspot import HubSpotEmulator
-from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
 from syncworker.runtime import Runtime
 from syncworker.status import overview
 from syncworker.web import create_app
 from tests.conftest import SettingsFactory
+from tests.test_delivery import unsubscribe_all as unsubscribe
 from tests.test_status import metric_samples
 
 EMAILS = [f"b{i:02d}@example.com" for i in range(20)]
@@ -53,12 +53,6 @@ def rt(
     return use_runtime(settings)
 
 
-def unsubscribe(rt: Runtime, emails: list[str] = EMAILS) -> None:
-    rt.ledger.apply(
-        HygieneEvent(f"k-{e}", "test", "test", e, Kind.UNSUBSCRIBE, 1000.0) for e in emails
-    )
-
-
 def state(conn: redis.Redis) -> dict[str, object]:
     return breaker.read(conn, "hubspot")
 
@@ -73,7 +67,7 @@ def probe_now(conn: redis.Redis) -> None:
 def test_calls_with_no_answer_open_the_breaker_and_pause_the_destination(
     rt: Runtime, redis_conn: redis.Redis, hubspot: HubSpotEmulator
 ) -> None:
-    unsubscribe(rt)
+    unsubscribe(rt, EMAILS)
     hubspot.down(503)
     report = Delivery(rt, "hubspot").run()
     assert report.stopped == "breaker_open"
@@ -97,7 +91,7 @@ def test_calls_with_no_answer_open_the_breaker_and_pause_the_destination(
 def test_an_open_breaker_sends_one_small_probe_and_spends_no_attempt(
     rt: Runtime, redis_conn: redis.Redis, hubspot: HubSpotEmulator
 ) -> None:
-    unsubscribe(rt)
+    unsubscribe(rt, EMAILS)
     hubspot.down(503)
     Delivery(rt, "hubspot").run()
     before = dict(redis_conn.hgetall(ATTEMPTS + "hubspot"))
@@ -118,7 +112,7 @@ def test_an_open_breaker_sends_one_small_probe_and_spends_no_attempt(
 def test_a_probe_that_is_answered_closes_the_breaker_and_the_backlog_drains(
     rt: Runtime, redis_conn: redis.Redis, hubspot: HubSpotEmulator
 ) -> None:
-    unsubscribe(rt)
+    unsubscribe(rt, EMAILS)
     hubspot.down(503)
     Delivery(rt, "hubspot").run()
     hubspot.up()
@@ -138,7 +132,7 @@ def test_only_one_job_probes_at_a_time(
     rt: Runtime, redis_conn: redis.Redis, hubspot: HubSpotEmulator
 ) -> None:
     """While one job's probe is out, another job for the destination waits instead of sending."""
-    unsubscribe(rt)
+    unsubscribe(rt, EMAILS)
     hubspot.down(503)
     Delivery(rt, "hubspot").run()
     probe_now(redis_conn)
@@ -154,7 +148,7 @@ def test_only_one_job_probes_at_a_time(
 def test_throttling_and_refusals_do_not_open_the_breaker(
     rt: Runtime, redis_conn: redis.Redis, hubspot: HubSpotEmulator
 ) -> None:
-    unsubscribe(rt)
+    unsubscribe(rt, EMAILS)
     hubspot.refuse = set(EMAILS)  # every contact refused: answers, not an outage
     Delivery(rt, "hubspot").run()
     assert redis_conn.llen(DEAD + "hubspot") == 20
@@ -231,7 +225,7 @@ def test_the_last_error_is_kept_with_addresses_masked(rt: Runtime, redis_conn: r
 def test_a_throttled_probe_gives_no_verdict_and_the_next_job_probes_again(
     rt: Runtime, redis_conn: redis.Redis, hubspot: HubSpotEmulator
 ) -> None:
-    unsubscribe(rt)
+    unsubscribe(rt, EMAILS)
     hubspot.down(503)
     Delivery(rt, "hubspot").run()
     hubspot.up()

@@ -15,10 +15,10 @@ from syncworker.config import Settings
 from syncworker.delivery import ATTEMPTS, DEAD, DSTATS, PAUSE, Delivery
 from syncworker.emulators.hubspot import HubSpotEmulator
 from syncworker.emulators.webhook_receiver import WebhookReceiver, new_secret
-from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
 from syncworker.runtime import Runtime
 from tests.conftest import SettingsFactory
+from tests.test_delivery import unsubscribe_all as unsubscribe
 
 EMAILS = [f"c{i:03d}@example.com" for i in range(100)]
 SECRET = new_secret()
@@ -52,12 +52,6 @@ def rt(
         max_attempts=3,
     )
     return use_runtime(settings)
-
-
-def unsubscribe(rt: Runtime, emails: list[str]) -> None:
-    rt.ledger.apply(
-        HygieneEvent(f"k-{e}", "test", "test", e, Kind.UNSUBSCRIBE, 1000.0) for e in emails
-    )
 
 
 def dead(conn: redis.Redis, dest: str) -> set[str]:

@@ -64,12 +64,7 @@ LEGACY_KINDS: dict[str, Kind] = {
 # `dropped`: Mailgun stopped trying. `old`: it tried for more than 8 hours (temporary failures);
 # `hardfail`: the address previously bounced, unsubscribed or complained. The suppress-* reasons
 # are from the 2014 edition of the page.
-LEGACY_REASONS: dict[str, Kind] = {
-    "old": Kind.SOFT_BOUNCE,
-    "suppress-bounce": Kind.HARD_BOUNCE,
-    "suppress-unsubscribe": Kind.UNSUBSCRIBE,
-    "suppress-complaint": Kind.SPAM_COMPLAINT,
-}
+LEGACY_REASONS: dict[str, Kind] = {"old": Kind.SOFT_BOUNCE, **REASONS}
 # Mailgun's own codes on a hardfail drop; undocumented, observed by django-anymail
 # (anymail/webhooks/mailgun.py, legacy_reject_reasons): 605 previous bounce, 607 previous complaint
 LEGACY_CODES: dict[str, Kind] = {"605": Kind.HARD_BOUNCE, "607": Kind.SPAM_COMPLAINT}
