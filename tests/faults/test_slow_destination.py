@@ -108,7 +108,7 @@ def test_a_rate_limited_and_a_hanging_destination_hold_up_no_other(
         wait_until(
             lambda: len(hubspot.requests) > sent, 20, "HubSpot to go on while the webhook hangs"
         )
-        assert receiver.deliveries == []  # its request is still held
+        assert receiver.deliveries == [], worker.output()  # its request is still held
         left = redis_conn.zcard(PENDING + "hubspot") + redis_conn.zcard(INFLIGHT + "hubspot")
         assert left > 0  # HubSpot is still working through its backlog at its limit
         assert len(segment.message_ids) == len(segment.received)  # each event once
