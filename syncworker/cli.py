@@ -17,7 +17,7 @@ import click
 import orjson
 import redis
 
-from syncworker import delivery, runtime
+from syncworker import delivery, inbox, runtime
 from syncworker.config import Settings
 from syncworker.errors import ConfigError
 from syncworker.events import Kind, address_problem, normalize_email
@@ -147,6 +147,8 @@ def worker(queue_name: str | None, burst: bool) -> None:
     # process: the flush lock keeps one job per destination, so with a process per destination
     # every destination's job finds one free
     queue_of = {"ingest": "ingest"}
+    for i in range(2, max(1, settings.ingest_workers) + 1):
+        queue_of[f"ingest-{i}"] = "ingest"
     for i in range(1, deliver_processes(settings, len(rt.destinations)) + 1):
         queue_of[f"deliver-{i}"] = "deliver"
     children = {name: subprocess.Popen([*me, "--queue", q]) for name, q in queue_of.items()}
@@ -162,8 +164,10 @@ def worker(queue_name: str | None, burst: bool) -> None:
         _signal_all(list(children.values()))
 
     signal.signal(signal.SIGTERM, on_term)
+    ingest = sum(1 for q in queue_of.values() if q == "ingest")
     click.echo(
-        f"worker: queues {', '.join(QUEUES)} (deliver processes: {len(queue_of) - 1}); "
+        f"worker: queues {', '.join(QUEUES)} (ingest processes: {ingest}, "
+        f"deliver processes: {len(queue_of) - ingest}); "
         f"destinations {', '.join(rt.destinations) or '-'}"
     )
     try:
@@ -172,6 +176,7 @@ def worker(queue_name: str | None, burst: bool) -> None:
                 # dead workers' jobs and scheduler locks first: then their retries are due
                 rescue_abandoned(rt.conn, QUEUES, stale_s)
                 scheduling.step()
+                inbox.tick(rt.conn, stale_s)  # entries waiting with no ingest job to read them
                 delivery.tick(rt)
             except redis.RedisError as exc:
                 log.warning("tick failed error=%s", type(exc).__name__)

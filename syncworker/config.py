@@ -110,6 +110,13 @@ OPTIONS: dict[str, Option] = {
         "processes",
         "deliver worker processes in `syncworker worker`; 0: one per destination",
     ),
+    "ingest_workers": Option(
+        "INGEST_WORKERS",
+        int,
+        1,
+        "processes",
+        "ingest worker processes in `syncworker worker` (they share the inbox)",
+    ),
     "stop_grace_s": Option(
         "STOP_GRACE", float, 10.0, "s", "a job running this long after SIGTERM is requeued"
     ),
@@ -188,6 +195,7 @@ class Settings:
     redis_server_bin: str = ""
     worker_class: str = "fork"
     deliver_workers: int = 0
+    ingest_workers: int = 1
     stop_grace_s: float = 10.0
 
     def replace(self, **changes: Any) -> Settings:

@@ -1,4 +1,5 @@
-"""The only RQ entry points: ``ingest`` (one per accepted webhook request) and ``deliver``.
+"""The only RQ entry points: ``drain_inbox`` (accepted requests' events, in batches),
+``ingest`` (one request: jobs queued by older releases) and ``deliver``.
 
 Jobs let unexpected errors propagate, so RQ's failed-job registry and Sentry see them.
 """
@@ -6,57 +7,171 @@ Jobs let unexpected errors propagate, so RQ's failed-job registry and Sentry see
 from __future__ import annotations
 
 import logging
+import time
+from collections import Counter
 from typing import Any
 
-from syncworker import codec, delivery, runtime
+from syncworker import codec, delivery, inbox, runtime
 from syncworker.events import HygieneEvent
-from syncworker.queueing import STATS, QuarantineLimits, store_quarantine
+from syncworker.queueing import INBOX, STATS, QuarantineLimits, ensure_drain, store_quarantine
+from syncworker.workers import heartbeat_stale_s
 
 log = logging.getLogger(__name__)
 
 
 def ingest(payload: dict[str, Any]) -> dict[str, int]:
-    """Apply a request's events to the ledger, quarantine its invalid ones, schedule deliveries.
+    """Apply one request's events (an ingest job queued by an older release, one per request)."""
+    return dict(apply_payloads(runtime.current(), [payload]))
+
+
+def drain_inbox() -> dict[str, int]:
+    """Apply the events of accepted requests waiting in the inbox, many requests per batch, for
+    up to the job budget (see syncworker/inbox.py); then, if entries still wait, queue the next
+    ingest job."""
+    rt = runtime.current()
+    conn = rt.conn
+    reader = inbox.Reader(conn, inbox.current_name())
+    reader.started()
+    stale_s = heartbeat_stale_s(rt.settings)
+    claimed = reader.claim_from_dead(lambda name: inbox.drain_alive(conn, name, stale_s))
+    totals: Counter[str] = Counter()
+    if claimed.entries:
+        log.warning(
+            "ingest took over entries of ingest jobs that died entries=%d jobs=%d",
+            len(claimed.entries),
+            len(claimed.consumers),
+        )
+        _apply_claimed(rt, reader, claimed, totals)
+    started = time.monotonic()
+    while time.monotonic() - started < rt.settings.job_budget_s:
+        entries = reader.read(inbox.READ_COUNT, inbox.LINGER_MS)
+        if not entries:
+            break
+        _apply_entries(rt, reader, entries, totals)
+    reader.leave()
+    if conn.xlen(INBOX):
+        ensure_drain(conn)
+    return dict(totals)
+
+
+def _apply_claimed(
+    rt: runtime.Runtime, reader: inbox.Reader, claimed: inbox.Claimed, totals: Counter[str]
+) -> None:
+    """Entries of dead jobs: applied together, but those claimed before (suspected of killing
+    the process applying them) one at a time, and those claimed too often quarantined."""
+    plain = [entry_id for entry_id, times in claimed.entries if times < inbox.SUSPECT_AFTER]
+    suspects = [
+        entry_id
+        for entry_id, times in claimed.entries
+        if inbox.SUSPECT_AFTER <= times < inbox.MAX_DELIVERIES
+    ]
+    spent = {t for t in claimed.entries if t[1] >= inbox.MAX_DELIVERIES}
+    for entry_id, times in sorted(spent):
+        for fields in [f for _, f in reader.own([entry_id])]:
+            _give_up(rt, fields, f"not applied: the ingest process died {times - 1} times on it")
+        reader.done([entry_id])
+    for start in range(0, len(plain), inbox.READ_COUNT):
+        _apply_entries(rt, reader, reader.own(plain[start : start + inbox.READ_COUNT]), totals)
+    for entry_id in suspects:
+        _apply_entries(rt, reader, reader.own([entry_id]), totals)
+
+
+def _apply_entries(
+    rt: runtime.Runtime, reader: inbox.Reader, entries: list[inbox.Entry], totals: Counter[str]
+) -> None:
+    payloads: list[dict[str, Any]] = []
+    for _entry_id, fields in entries:
+        try:
+            payload = inbox.decode(fields.get(b"p", b""))
+        except ValueError as exc:
+            _give_up(rt, fields, f"unreadable inbox entry: {exc}")
+            continue
+        if isinstance(payload, dict):
+            payloads.append(payload)
+        else:
+            _give_up(rt, fields, "unreadable inbox entry: payload is not an object")
+    totals.update(apply_payloads(rt, payloads))
+    reader.done([entry_id for entry_id, _ in entries])
+
+
+def _give_up(rt: runtime.Runtime, fields: dict[bytes, bytes], reason: str) -> None:
+    """Quarantine an entry's events (or, unreadable, its bytes) with ``reason``."""
+    raw = fields.get(b"p", b"")
+    try:
+        payload = inbox.decode(raw)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        source, esp = str(payload.get("source", "?")), payload.get("esp")
+        items = [
+            {"esp": esp, "reason": reason, "event": form} for form in payload.get("events") or []
+        ]
+        items += [
+            {"esp": esp, **q} for q in payload.get("quarantined") or [] if isinstance(q, dict)
+        ]
+    else:
+        source, items = "?", [{"reason": reason, "body": raw}]
+    if items:
+        store_quarantine(rt.conn, source, items, QuarantineLimits.of(rt.settings))
+    rt.conn.hincrby(STATS, "ingest:refused", len(items))
+    log.error("inbox entry quarantined source=%s items=%d reason=%s", source, len(items), reason)
+
+
+def apply_payloads(rt: runtime.Runtime, payloads: list[dict[str, Any]]) -> Counter[str]:
+    """Apply the events of accepted requests to the ledger in one batch, quarantine their
+    invalid ones, schedule deliveries; the ledger's effects, counted.
 
     Each event stands alone: one the codec refuses or Redis cannot apply is quarantined with the
     reason (replayable with ``syncworker quarantine replay``), and its siblings are applied.
     """
-    rt = runtime.current()
-    source, esp = payload.get("source", "?"), payload.get("esp")
     events: list[HygieneEvent] = []
     forms: list[Any] = []
-    refused: list[dict[str, Any]] = []
-    for form in payload.get("events") or []:
-        try:
-            events.append(codec.load(form))
-            forms.append(form)
-        except codec.InvalidEvent as exc:
-            refused.append({"reason": f"invalid event: {exc}", "event": form})
+    origins: list[int] = []
+    # per source: the ESP is kept with each item (a replay parses it only with that ESP's module)
+    items: dict[str, list[dict[str, Any]]] = {}
+    refused = 0
+    for n, payload in enumerate(payloads):
+        source, esp = str(payload.get("source", "?")), payload.get("esp")
+        kept = items.setdefault(source, [])
+        kept += [{"esp": esp, **q} for q in payload.get("quarantined") or [] if isinstance(q, dict)]
+        for form in payload.get("events") or []:
+            try:
+                events.append(codec.load(form))
+                forms.append(form)
+                origins.append(n)
+            except codec.InvalidEvent as exc:
+                kept.append({"esp": esp, "reason": f"invalid event: {exc}", "event": form})
+                refused += 1
     result = rt.ledger.apply(events, count=True)  # effects counted in the same write
     for index, why in result.failed:
-        refused.append({"reason": f"not applied: {why}", "event": forms[index]})
-    # the ESP is kept with each item: a replay parses it only with that ESP's module
-    items = [{"esp": esp, **item} for item in [*(payload.get("quarantined") or []), *refused]]
-    if items:
-        store_quarantine(rt.conn, source, items, QuarantineLimits.of(rt.settings))
+        payload = payloads[origins[index]]
+        items[str(payload.get("source", "?"))].append(
+            {"esp": payload.get("esp"), "reason": f"not applied: {why}", "event": forms[index]}
+        )
+        refused += 1
+    limits = QuarantineLimits.of(rt.settings)
+    for source, kept in items.items():
+        if kept:
+            store_quarantine(rt.conn, source, kept, limits)
     with rt.conn.pipeline(transaction=False) as pipe:
         if result.failed:  # a script Redis refused counted nothing
             pipe.hincrby(STATS, "ledger:failed", len(result.failed))
         if refused:
-            pipe.hincrby(STATS, "ingest:refused", len(refused))
+            pipe.hincrby(STATS, "ingest:refused", refused)
         pipe.execute()
     delivery.flush(rt, result.marked)
+    quarantined = sum(len(kept) for kept in items.values())
     log.info(
-        "ingested source=%s events=%d effects=%s quarantined=%d refused=%d",
-        source,
+        "ingested requests=%d events=%d effects=%s quarantined=%d refused=%d",
+        len(payloads),
         len(events),
         dict(result.effects),
-        len(items) - len(refused),
-        len(refused),
+        quarantined - refused,
+        refused,
     )
     if refused:
-        log.warning("ingest refused events source=%s n=%d (quarantined)", source, len(refused))
-    return dict(result.effects)
+        log.warning("ingest refused events n=%d (quarantined)", refused)
+    return Counter(result.effects)
 
 
 def deliver(destination: str, token: str | None = None) -> dict[str, int]:

@@ -1,4 +1,5 @@
-"""Redis connections, the two RQ queues, and the one-round-trip enqueue of an ingest job.
+"""Redis connections, the two RQ queues, and the one-round-trip write of an accepted request to
+the ingest inbox.
 
 Jobs carry JSON only (RQ's JSON serializer) and descriptions without addresses, because RQ logs
 job descriptions at INFO.
@@ -43,41 +44,88 @@ STATS = "sw:stats"
 QUARANTINE = "sw:quarantine"  # verified requests whose events failed validation
 QUARANTINE_BYTES = "sw:quarantine:bytes"  # the byte total of its records (store_quarantine)
 
-# Writes a batch of RQ jobs atomically in one command: the intake counters bumped, then each job's
-# hash (as ``Job.to_dict()`` gives it), its id pushed on the queue, the queue registered. Every
-# ingest job has the same fields but for its id, times, description and data: the fixed ones are
-# written into the script itself (FIXED_FIELDS, from RQ's own ``Job.to_dict()``), so a call sends
-# four arguments per job rather than forty.
+INBOX = "sw:inbox"  # stream of accepted requests' payloads (see syncworker/inbox.py)
+INBOX_GROUP = "ingest"  # the consumer group ingest jobs read it through
+INBOX_QUEUED = "sw:inbox:queued"  # the id of the ingest job queued and not yet started
+INBOX_QUEUED_TTL_S = 3600  # a backstop only: the supervisor frees the flag of a job that is gone
+
+# Writes a batch of accepted requests atomically in one command: the intake counters bumped, each
+# request's payload appended to the inbox stream, and, unless an ingest job is queued and not yet
+# started, one ingest job queued (its hash as ``Job.to_dict()`` gives it, its id pushed on the
+# queue). Every ingest job is alike but for its id and times: the fixed fields are written into
+# the script itself (FIXED_FIELDS, from RQ's own ``Job.to_dict()``).
+#   ARGV[1] queue key  [2] RQ's set of queues  [3] stats hash  [4] job key prefix  [5] inbox
+#   [6] its group  [7] the queued flag  [8] its TTL  [9] a new job id  [10] now, as RQ writes it
+#   [11] how many counters, then name, amount pairs, then ref, note, payload triples
 ENQUEUE_LUA = """
 local queue, queues, stats, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local fixed = {FIXED_FIELDS}
-local i = 6
-for _ = 1, tonumber(ARGV[5]) do
+local inbox, group, flag = ARGV[5], ARGV[6], ARGV[7]
+local i = 12
+for _ = 1, tonumber(ARGV[11]) do
   redis.call('HINCRBY', stats, ARGV[i], ARGV[i + 1])
   i = i + 2
 end
+if i > #ARGV then return 0 end
+if redis.call('EXISTS', inbox) == 0 then
+  redis.call('XGROUP', 'CREATE', inbox, group, '0', 'MKSTREAM')
+end
 local pushed = 0
 while i <= #ARGV do
-  local id, stamp = ARGV[i], ARGV[i + 1]
-  redis.call('HSET', prefix .. id, 'created_at', stamp, 'enqueued_at', stamp,
-    'description', ARGV[i + 2], 'data', ARGV[i + 3], unpack(fixed))
-  redis.call('RPUSH', queue, id)
+  redis.call('XADD', inbox, '*', 'r', ARGV[i], 'd', ARGV[i + 1], 'p', ARGV[i + 2])
   pushed = pushed + 1
-  i = i + 4
+  i = i + 3
 end
-if pushed > 0 then redis.call('SADD', queues, queue) end
+if redis.call('EXISTS', flag) == 0 then
+  local fixed = {FIXED_FIELDS}
+  local id, stamp = ARGV[9], ARGV[10]
+  redis.call('SET', flag, id, 'EX', ARGV[8])
+  redis.call('HSET', prefix .. id, 'created_at', stamp, 'enqueued_at', stamp, unpack(fixed))
+  redis.call('RPUSH', queue, id)
+  redis.call('SADD', queues, queue)
+end
 return pushed
 """
-INGEST_FUNC = "syncworker.jobs.ingest"
-INGEST_TIMEOUT = 600  # seconds an ingest job may run (a 10 MB body is ~30k events: ~2 s)
+INGEST_FUNC = "syncworker.jobs.ingest"  # one request's payload (jobs queued by older releases)
+DRAIN_FUNC = "syncworker.jobs.drain_inbox"  # what ingest jobs run now: the inbox, in batches
+DRAIN_DESCRIPTION = "ingest inbox"
+INGEST_TIMEOUT = 600  # seconds an ingest job may run (it stops reading after its budget)
 JOB_OPTIONS: dict[str, Any] = {
     "timeout": INGEST_TIMEOUT,
     "result_ttl": 0,  # nobody reads the result; a kept one costs ~6.5 KB
     "failure_ttl": 30 * 86400,  # a failed ingest stays inspectable and requeueable
     "retry": JobRetry(max=3, interval=[5, 30, 120]),  # also how an abandoned job comes back
 }
-VARYING = frozenset({"created_at", "enqueued_at", "description", "data"})
-COMPRESS_FROM = 4096  # bytes of job data: below this, compressing costs more than it saves
+VARYING = frozenset({"created_at", "enqueued_at"})
+COMPRESS_FROM = 4096  # bytes of payload: below this, compressing costs more than it saves
+
+
+def encode_payload(payload: dict[str, Any]) -> bytes:
+    """A request's payload as an inbox entry holds it: JSON, zlib'd (level 1) when large."""
+    encoded = to_json(payload)
+    return encoded if len(encoded) < COMPRESS_FROM else zlib.compress(encoded, 1)
+
+
+def ensure_drain(conn: redis.Redis) -> bool:
+    """Queue an ingest job unless one is queued and not yet started; True if this queued one."""
+    job_id = uuid.uuid4().hex
+    with conn.pipeline(transaction=True) as pipe:
+        try:
+            pipe.watch(INBOX_QUEUED)  # type: ignore[no-untyped-call]  # redis-py's, untyped
+            if pipe.exists(INBOX_QUEUED):
+                return False
+            pipe.multi()
+            pipe.set(INBOX_QUEUED, job_id, ex=INBOX_QUEUED_TTL_S)
+            queue(conn, INGEST).enqueue_call(
+                DRAIN_FUNC,
+                job_id=job_id,
+                description=DRAIN_DESCRIPTION,
+                pipeline=pipe,
+                **JOB_OPTIONS,
+            )
+            pipe.execute()
+        except redis.WatchError:
+            return False
+    return True
 
 
 def connect(url: str, timeout: float = 1.0) -> redis.Redis:
@@ -123,15 +171,17 @@ class _Slot:
 
 
 class Enqueuer:
-    """Writes each accepted request's ingest job, and its counters, to Redis before the 200.
+    """Writes each accepted request's payload to the ingest inbox, and its counters, before the
+    200.
 
-    ``Queue.enqueue`` sends about eight commands per job and runs RQ's dependency machinery; at
-    one job per webhook request that, and the round trip, are most of intake's cost. An ingest
-    job has no dependencies and no TTL, so this writes the hash RQ's ``Job.to_dict()`` gives and
-    pushes the id in one atomic script call. Concurrent requests of one process (threaded
-    gunicorn workers) share that round trip: the first to arrive writes every waiting request's
-    job in one call (group commit); each request returns once the call holding its job has
-    succeeded, and raises its error otherwise. The worker sees ordinary RQ jobs.
+    A request's payload becomes one entry of the inbox stream (syncworker/inbox.py), and an ingest
+    job is queued with it unless one is already waiting to start: so a burst of single-event
+    requests costs one job, which applies their events in batches. ``Queue.enqueue`` would send
+    about eight commands; this writes RQ's job hash (as ``Job.to_dict()`` gives it) and pushes
+    the id in the same atomic script call as the entry. Concurrent requests of one process
+    (threaded gunicorn workers) share that round trip: the first to arrive writes every waiting
+    request's entry in one call (group commit); each request returns once the call holding its
+    entry has succeeded, and raises its error otherwise.
 
     Only one thread writes at a time, so the writes go over one connection of their own, packed
     once and sent without redis-py's per-command pool and retry layers.
@@ -145,10 +195,10 @@ class Enqueuer:
         self._waiting: list[_Slot] = []
         self._writing = False
         self.transactions = 0  # round trips made, for tests and benchmarks
-        # Every ingest job is alike but for its id, times, description and arguments: take the
-        # other fields from RQ's own Job.to_dict() once, so the hash is RQ's, not a copy of it
+        # Every ingest job is alike but for its id and times: take the other fields from RQ's
+        # own Job.to_dict() once, so the hash is RQ's, not a copy of it
         probe = self.queue.create_job(
-            INGEST_FUNC, args=(None,), description="", status=JobStatus.QUEUED, **JOB_OPTIONS
+            DRAIN_FUNC, description=DRAIN_DESCRIPTION, status=JobStatus.QUEUED, **JOB_OPTIONS
         )
         probe.enqueued_at = now()
         fixed = [x for item in probe.to_dict().items() if item[0] not in VARYING for x in item]
@@ -157,19 +207,15 @@ class Enqueuer:
         self._head = [
             "EVALSHA", self._sha, "0",
             self.queue.key, self.queue.redis_queues_keys, STATS, Job.key_for(""),
+            INBOX, INBOX_GROUP, INBOX_QUEUED, INBOX_QUEUED_TTL_S,
         ]  # fmt: skip
         self._connection: redis.connection.AbstractConnection | None = None
         self._pid = os.getpid()
         self._second = (-1, "")  # a second, and its text: one attribute, so threads see a pair
 
-    def job(self, payload: dict[str, Any], description: str) -> tuple[str, list[Any]]:
-        """A new ingest job: its id and the fields that vary (time, description, data)."""
-        encoded = to_json([INGEST_FUNC, None, [payload], {}])
-        # RQ reads data that is not zlib as it is: a small payload is stored plain (compressing
-        # it would save little and cost more than the rest of the job); a large one at level 1,
-        # since it is compressed once and read once
-        data = encoded if len(encoded) < COMPRESS_FROM else zlib.compress(encoded, 1)
-        return str(uuid.uuid4()), [self._stamp(), description, data]
+    def entry(self, payload: dict[str, Any], description: str) -> tuple[str, list[Any]]:
+        """A new inbox entry: its reference, and its note and encoded payload."""
+        return uuid.uuid4().hex, [description, encode_payload(payload)]
 
     def _stamp(self) -> str:
         """Now, as RQ's ``utcformat`` writes it (``%Y-%m-%dT%H:%M:%S.%fZ``)."""
@@ -210,9 +256,9 @@ class Enqueuer:
         description: str,
         counters: Mapping[str, int],
     ) -> str | None:
-        job = self.job(payload, description) if payload is not None else None
-        self._commit(_Slot(job, counters))
-        return job[0] if job is not None else None
+        entry = self.entry(payload, description) if payload is not None else None
+        self._commit(_Slot(entry, counters))
+        return entry[0] if entry is not None else None
 
     def _commit(self, slot: _Slot) -> None:
         with self._lock:
@@ -270,7 +316,8 @@ class Enqueuer:
                 args.append(slot.job[0])
                 args += slot.job[1]
         counters = [x for item in totals.items() for x in item]
-        command = [*self._head, len(totals), *counters, *args]
+        job = [uuid.uuid4().hex, self._stamp()]  # queued only if no ingest job is waiting
+        command = [*self._head, *job, len(totals), *counters, *args]
         self._call(command)
         self.transactions += 1
 

@@ -1,0 +1,213 @@
+"""The ingest inbox: accepted requests wait in one Redis stream, and ingest jobs apply them in
+batches, however many requests carried them.
+
+The web appends each accepted request's payload (its events and invalid items) to the stream
+``sw:inbox`` in the same atomic call that bumps its counters, and queues an ingest job only when
+none is waiting to start (``sw:inbox:queued`` names it). An ingest job reads the stream through
+the consumer group ``ingest`` under its own job id: many requests' events go to the ledger in one
+pipelined batch, then their entries are acknowledged and deleted. So a burst of single-event
+requests costs one forked job, not one per request, and two ingest processes share the stream.
+
+Crashes: an entry read but not acknowledged stays in the group's pending list under the job that
+read it. When that job is no longer queued, scheduled or running on a live worker (a killed
+work-horse, a dead host), the next ingest job claims its entries and applies them again; the
+ledger dedupes by event key, so nothing is applied twice. An entry that has been claimed
+``SUSPECT_AFTER`` times is applied alone, so that an entry which kills the process applying it
+takes none of its neighbours down; one claimed ``MAX_DELIVERIES`` times is quarantined instead.
+The supervisor's tick (``tick``) queues an ingest job whenever entries wait and none is queued,
+so a crash with no traffic after it still recovers within seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis
+from rq import get_current_job
+from rq.job import JobStatus
+
+from syncworker.queueing import INBOX, INBOX_GROUP, INBOX_QUEUED, ensure_drain
+from syncworker.workers import job_alive
+
+GROUP = INBOX_GROUP
+QUEUED = INBOX_QUEUED
+
+log = logging.getLogger(__name__)
+
+READ_COUNT = 200  # entries read at once (an entry is one request: one event or a whole batch)
+LINGER_MS = 200  # an idle job waits this long for new entries before it ends
+SUSPECT_AFTER = 2  # claimed this often: applied alone
+MAX_DELIVERIES = 4  # claimed this often: quarantined, not tried again
+ALIVE_STATUSES = frozenset({JobStatus.SCHEDULED.value, JobStatus.DEFERRED.value})
+
+# Free the queued flag if it still names ARGV[1].
+CLEAR_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+Entry = tuple[str, dict[bytes, bytes]]
+
+
+def decode(data: bytes) -> Any:
+    """An entry's payload back; ValueError when it is neither JSON nor zlib'd JSON."""
+    if data[:1] == b"x":
+        try:
+            data = zlib.decompress(data)
+        except zlib.error as exc:
+            raise ValueError(f"payload is not zlib: {exc}") from None
+    return orjson.loads(data)
+
+
+def ensure_group(conn: redis.Redis) -> None:
+    """Create the consumer group (and the stream) if missing."""
+    try:
+        conn.xgroup_create(INBOX, GROUP, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def drain_alive(conn: redis.Redis, job_id: str, stale_s: float | None) -> bool:
+    """Whether the ingest job ``job_id`` may still read: queued, waiting for its retry, or
+    running on a live worker."""
+    status = conn.hget(f"rq:job:{job_id}", "status")
+    if status is not None:
+        text = status.decode() if isinstance(status, bytes) else str(status)
+        if text in ALIVE_STATUSES:
+            return True
+    return job_alive(conn, job_id, stale_s)
+
+
+def tick(conn: redis.Redis, stale_s: float | None) -> bool:
+    """Queue an ingest job if entries wait and none is queued; first free the queued flag of a
+    job that is gone (deleted, failed). True if a job was queued."""
+    holder = conn.get(QUEUED)
+    if holder is not None:
+        job_id = holder.decode() if isinstance(holder, bytes) else str(holder)
+        if drain_alive(conn, job_id, stale_s):
+            return False
+        conn.eval(CLEAR_LUA, 1, QUEUED, job_id)
+        log.warning("queued ingest job is gone; its flag freed job=%s", job_id)
+    if not conn.xlen(INBOX):
+        return False
+    return ensure_drain(conn)
+
+
+def backlog(conn: redis.Redis) -> dict[str, int]:
+    """Entries waiting in the inbox, and how many of them an ingest job has read and not yet
+    acknowledged."""
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.xlen(INBOX)
+        pipe.xpending(INBOX, GROUP)
+        length, pending = pipe.execute(raise_on_error=False)
+    waiting = int(length) if isinstance(length, int) else 0
+    reading = int(pending["pending"]) if isinstance(pending, dict) else 0
+    return {"entries": waiting, "reading": reading}
+
+
+@dataclass
+class Claimed:
+    """Entries taken over from ingest jobs that died with them unacknowledged."""
+
+    entries: list[tuple[str, int]] = field(default_factory=list)  # id, times delivered
+    consumers: list[str] = field(default_factory=list)
+
+
+class Reader:
+    """One ingest job's access to the inbox, as consumer ``name``."""
+
+    def __init__(self, conn: redis.Redis, name: str) -> None:
+        self.conn = conn
+        self.name = name
+
+    def started(self) -> None:
+        """This job runs: the next accepted request queues another (which a second ingest
+        process can run alongside this one)."""
+        self.conn.eval(CLEAR_LUA, 1, QUEUED, self.name)
+        ensure_group(self.conn)
+
+    def claim_from_dead(self, alive: Callable[[str], bool]) -> Claimed:
+        """Take over the unacknowledged entries of consumers whose job is gone, and drop
+        consumers that are gone and hold nothing."""
+        claimed = Claimed()
+        for info in self.conn.xinfo_consumers(INBOX, GROUP):
+            consumer = _text(info["name"])
+            if consumer == self.name or alive(consumer):
+                continue
+            if int(info["pending"]) == 0:
+                self.conn.xgroup_delconsumer(INBOX, GROUP, consumer)
+                continue
+            while True:
+                rows = self.conn.xpending_range(
+                    INBOX, GROUP, min="-", max="+", count=1000, consumername=consumer
+                )
+                if not rows:
+                    break
+                ids: list[Any] = [_text(row["message_id"]) for row in rows]
+                counts = {_text(row["message_id"]): int(row["times_delivered"]) for row in rows}
+                # XCLAIM counts a delivery; entries deleted meanwhile come back as nothing
+                taken = self.conn.xclaim(INBOX, GROUP, self.name, 0, list(ids), justid=True)
+                for entry_id in map(_text, taken):
+                    claimed.entries.append((entry_id, counts.get(entry_id, 0) + 1))
+                gone = set(ids) - {_text(t) for t in taken}
+                if gone:  # deleted entries still pending: acknowledge them away
+                    self.conn.xack(INBOX, GROUP, *gone)
+                if len(rows) < 1000:
+                    break
+            claimed.consumers.append(consumer)
+            self.conn.xgroup_delconsumer(INBOX, GROUP, consumer)  # it holds nothing now
+        return claimed
+
+    def own(self, ids: Iterable[str]) -> list[Entry]:
+        """Entries this consumer holds, by id (claimed ones), with their fields."""
+        out: list[Entry] = []
+        for entry_id in ids:
+            rows: Any = self.conn.xrange(INBOX, min=entry_id, max=entry_id, count=1)
+            if rows:
+                out.append((_text(rows[0][0]), rows[0][1]))
+            else:
+                self.conn.xack(INBOX, GROUP, entry_id)  # deleted meanwhile
+        return out
+
+    def read(self, count: int, block_ms: int | None) -> list[Entry]:
+        """New entries for this consumer, waiting up to ``block_ms`` for one if there are none."""
+        reply: Any = self.conn.xreadgroup(
+            GROUP, self.name, {INBOX: ">"}, count=count, block=block_ms if block_ms else None
+        )
+        if not reply:
+            return []
+        _stream, rows = reply[0]
+        return [(_text(entry_id), fields) for entry_id, fields in rows if fields is not None]
+
+    def done(self, ids: list[str]) -> None:
+        """Acknowledge and delete entries whose events are applied or quarantined."""
+        if not ids:
+            return
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.xack(INBOX, GROUP, *ids)
+            pipe.xdel(INBOX, *ids)
+            pipe.execute()
+
+    def leave(self) -> None:
+        """Remove this consumer from the group if it holds nothing."""
+        for info in self.conn.xinfo_consumers(INBOX, GROUP):
+            if _text(info["name"]) == self.name:
+                if int(info["pending"]) == 0:
+                    self.conn.xgroup_delconsumer(INBOX, GROUP, self.name)
+                return
+
+
+def current_name() -> str:
+    job = get_current_job()
+    return job.id if job is not None else f"inbox-local-{time.time_ns():x}"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
