@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 READ_COUNT = 200  # entries read at once (an entry is one request: one event or a whole batch)
 LINGER_MS = 200  # an idle job waits this long for new entries before it ends
+PAGE = 500  # pending entries claimed per call
 SUSPECT_AFTER = 2  # claimed this often: applied alone
 MAX_DELIVERIES = 4  # claimed this often: quarantined, not tried again
 ALIVE_STATUSES = frozenset({JobStatus.SCHEDULED.value, JobStatus.DEFERRED.value})
@@ -116,7 +117,8 @@ def backlog(conn: redis.Redis) -> dict[str, int]:
 class Claimed:
     """Entries taken over from ingest jobs that died with them unacknowledged."""
 
-    entries: list[tuple[str, int]] = field(default_factory=list)  # id, times delivered
+    entries: list[tuple[str, int, dict[bytes, bytes]]] = field(default_factory=list)
+    # (id, times delivered, fields) of each entry
     consumers: list[str] = field(default_factory=list)
 
 
@@ -134,47 +136,47 @@ class Reader:
         ensure_group(self.conn)
 
     def claim_from_dead(self, alive: Callable[[str], bool]) -> Claimed:
-        """Take over the unacknowledged entries of consumers whose job is gone, and drop
-        consumers that are gone and hold nothing."""
+        """Take over the unacknowledged entries of consumers whose job is gone (and this job's
+        own, when its retry runs it again), and drop consumers that are gone and hold nothing.
+        Claiming counts a delivery of each entry, which is how an entry that keeps killing the
+        process applying it is found."""
         claimed = Claimed()
         for info in self.conn.xinfo_consumers(INBOX, GROUP):
             consumer = _text(info["name"])
-            if consumer == self.name or alive(consumer):
+            mine = consumer == self.name  # this job, run again by its retry: its own entries
+            if not mine and alive(consumer):
                 continue
-            if int(info["pending"]) == 0:
+            if int(info["pending"]) == 0 and not mine:
                 self.conn.xgroup_delconsumer(INBOX, GROUP, consumer)
                 continue
+            start = "-"
             while True:
                 rows = self.conn.xpending_range(
-                    INBOX, GROUP, min="-", max="+", count=1000, consumername=consumer
+                    INBOX, GROUP, min=start, max="+", count=PAGE, consumername=consumer
                 )
                 if not rows:
                     break
                 ids: list[Any] = [_text(row["message_id"]) for row in rows]
                 counts = {_text(row["message_id"]): int(row["times_delivered"]) for row in rows}
-                # XCLAIM counts a delivery; entries deleted meanwhile come back as nothing
-                taken = self.conn.xclaim(INBOX, GROUP, self.name, 0, list(ids), justid=True)
-                for entry_id in map(_text, taken):
-                    claimed.entries.append((entry_id, counts.get(entry_id, 0) + 1))
-                gone = set(ids) - {_text(t) for t in taken}
+                # XCLAIM (without JUSTID) counts a delivery of each entry it returns
+                taken: Any = self.conn.xclaim(INBOX, GROUP, self.name, 0, ids)
+                found = set()
+                for entry_id, fields in taken:
+                    if fields is None:
+                        continue
+                    found.add(_text(entry_id))
+                    times = counts.get(_text(entry_id), 0) + 1
+                    claimed.entries.append((_text(entry_id), times, fields))
+                gone = set(ids) - found
                 if gone:  # deleted entries still pending: acknowledge them away
                     self.conn.xack(INBOX, GROUP, *gone)
-                if len(rows) < 1000:
+                if len(rows) < PAGE:
                     break
-            claimed.consumers.append(consumer)
-            self.conn.xgroup_delconsumer(INBOX, GROUP, consumer)  # it holds nothing now
+                start = "(" + ids[-1]
+            if not mine:
+                claimed.consumers.append(consumer)
+                self.conn.xgroup_delconsumer(INBOX, GROUP, consumer)  # it holds nothing now
         return claimed
-
-    def own(self, ids: Iterable[str]) -> list[Entry]:
-        """Entries this consumer holds, by id (claimed ones), with their fields."""
-        out: list[Entry] = []
-        for entry_id in ids:
-            rows: Any = self.conn.xrange(INBOX, min=entry_id, max=entry_id, count=1)
-            if rows:
-                out.append((_text(rows[0][0]), rows[0][1]))
-            else:
-                self.conn.xack(INBOX, GROUP, entry_id)  # deleted meanwhile
-        return out
 
     def read(self, count: int, block_ms: int | None) -> list[Entry]:
         """New entries for this consumer, waiting up to ``block_ms`` for one if there are none."""

@@ -59,21 +59,18 @@ def _apply_claimed(
 ) -> None:
     """Entries of dead jobs: applied together, but those claimed before (suspected of killing
     the process applying them) one at a time, and those claimed too often quarantined."""
-    plain = [entry_id for entry_id, times in claimed.entries if times < inbox.SUSPECT_AFTER]
-    suspects = [
-        entry_id
-        for entry_id, times in claimed.entries
-        if inbox.SUSPECT_AFTER <= times < inbox.MAX_DELIVERIES
-    ]
-    spent = {t for t in claimed.entries if t[1] >= inbox.MAX_DELIVERIES}
-    for entry_id, times in sorted(spent):
-        for fields in [f for _, f in reader.own([entry_id])]:
+    plain: list[inbox.Entry] = []
+    suspects: list[inbox.Entry] = []
+    for entry_id, times, fields in claimed.entries:
+        if times >= inbox.MAX_DELIVERIES:
             _give_up(rt, fields, f"not applied: the ingest process died {times - 1} times on it")
-        reader.done([entry_id])
+            reader.done([entry_id])
+        else:
+            (suspects if times >= inbox.SUSPECT_AFTER else plain).append((entry_id, fields))
     for start in range(0, len(plain), inbox.READ_COUNT):
-        _apply_entries(rt, reader, reader.own(plain[start : start + inbox.READ_COUNT]), totals)
-    for entry_id in suspects:
-        _apply_entries(rt, reader, reader.own([entry_id]), totals)
+        _apply_entries(rt, reader, plain[start : start + inbox.READ_COUNT], totals)
+    for entry in suspects:
+        _apply_entries(rt, reader, [entry], totals)
 
 
 def _apply_entries(

@@ -11,8 +11,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import redis
 import requests
 
+from syncworker.queueing import INBOX_QUEUED
 from syncworker.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,3 +127,11 @@ def start_gunicorn(env: dict[str, str], log: Path, workers: int = 2) -> tuple[Pr
 def start_worker(env: dict[str, str], log: Path) -> Process:
     """A real `syncworker worker` (its RQ worker processes and the delivery scheduler)."""
     return Process([sys.executable, "-m", "syncworker", "worker"], env, log)
+
+
+def queued_ingest_job(conn: redis.Redis) -> str:
+    """The id of the ingest job queued to read the inbox (one is queued with the first request
+    that finds none waiting)."""
+    job_id = conn.get(INBOX_QUEUED)
+    assert job_id is not None, "no ingest job is queued"
+    return job_id.decode() if isinstance(job_id, bytes) else str(job_id)

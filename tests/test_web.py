@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+import zlib
 from typing import Any
 
 import orjson
@@ -14,7 +15,8 @@ from flask.testing import FlaskClient
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from syncworker.queueing import INGEST, QUARANTINE, STATS
+from syncworker import inbox
+from syncworker.queueing import INBOX, INGEST, QUARANTINE, STATS
 from syncworker.redis_server import RedisServer, free_port
 from syncworker.web import create_app
 from tests.conftest import SettingsFactory
@@ -47,9 +49,9 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
-def ingest_jobs(conn: redis.Redis) -> list[Any]:
-    queue = Queue(INGEST, connection=conn, serializer=JSONSerializer)
-    return queue.get_jobs()
+def ingest_payloads(conn: redis.Redis) -> list[Any]:
+    """What accepted requests left in the inbox for ingest, oldest first."""
+    return [inbox.decode(fields[b"p"]) for _, fields in conn.xrange(INBOX)]
 
 
 def test_valid_request_queues_exactly_one_json_job(
@@ -58,19 +60,18 @@ def test_valid_request_queues_exactly_one_json_job(
     response = client.post("/webhooks/postmark", json=BOUNCE, headers=AUTH)
     assert response.status_code == 200
     assert response.json == {"accepted": 1, "ignored": 0, "quarantined": 0}
-    jobs = ingest_jobs(redis_conn)
-    assert len(jobs) == 1
-    job = jobs[0]
-    assert job.func_name == "syncworker.jobs.ingest"
-    assert "@" not in (job.description or "")
-    (payload,) = job.args
+    (payload,) = ingest_payloads(redis_conn)
+    ((_, fields),) = redis_conn.xrange(INBOX)
+    assert "@" not in fields[b"d"].decode()
     assert payload["source"] == "postmark"
     assert [e["kind"] for e in payload["events"]] == ["hard_bounce"]
     assert payload["events"][0]["email"] == "jane.doe@example.com"
-    # the stored job data is JSON, not pickle (small jobs are stored plain: RQ reads both)
+    # one ordinary RQ job, JSON not pickle, reads the inbox
+    (job,) = Queue(INGEST, connection=redis_conn, serializer=JSONSerializer).get_jobs()
+    assert job.func_name == "syncworker.jobs.drain_inbox" and job.args == []
     raw = redis_conn.hget(f"rq:job:{job.id}", "data")
     assert raw is not None
-    assert orjson.loads(raw)[0] == "syncworker.jobs.ingest"
+    assert orjson.loads(zlib.decompress(raw))[0] == "syncworker.jobs.drain_inbox"  # as RQ writes
 
 
 def test_non_hygiene_events_are_counted_not_queued(
@@ -85,7 +86,7 @@ def test_non_hygiene_events_are_counted_not_queued(
     response = client.post("/webhooks/postmark", json=delivery, headers=AUTH)
     assert response.status_code == 200
     assert response.json is not None and response.json["ignored"] == 1
-    assert ingest_jobs(redis_conn) == []
+    assert ingest_payloads(redis_conn) == []
     assert redis_conn.hget(STATS, "in:postmark:Delivery") == b"1"
 
 
@@ -113,7 +114,7 @@ def test_bad_requests_get_a_json_reason_and_queue_nothing(
     assert response.status_code == status
     assert response.json is not None and response.json["error"] == error
     assert response.json["detail"]
-    assert ingest_jobs(redis_conn) == []
+    assert ingest_payloads(redis_conn) == []
 
 
 def test_oversized_body_is_refused_before_authentication(client: FlaskClient) -> None:
@@ -145,9 +146,9 @@ def test_invalid_event_of_a_verified_request_travels_to_quarantine(
     response = client.post("/webhooks/postmark", json=bad, headers=AUTH)
     assert response.status_code == 200
     assert response.json is not None and response.json["quarantined"] == 1
-    (job,) = ingest_jobs(redis_conn)
-    assert job.args[0]["events"] == []
-    assert job.args[0]["quarantined"][0]["raw"]["Email"] == "not-an-address"
+    (payload,) = ingest_payloads(redis_conn)
+    assert payload["events"] == []
+    assert payload["quarantined"][0]["raw"]["Email"] == "not-an-address"
 
 
 def test_unknown_route_and_method_answer_json(client: FlaskClient) -> None:
@@ -234,5 +235,5 @@ def test_redis_refusing_the_job_write_is_503_not_500(
         redis_conn.config_set("maxmemory-policy", policy)
     assert response.status_code == 503 and "Retry-After" in response.headers
     assert response.json is not None and response.json["error"] == "unavailable"
-    assert ingest_jobs(redis_conn) == []
+    assert ingest_payloads(redis_conn) == []
     assert client.post("/webhooks/postmark", json=BOUNCE, headers=AUTH).status_code == 200

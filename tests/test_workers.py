@@ -15,7 +15,7 @@ from rq.serializers import JSONSerializer
 
 from syncworker import codec
 from syncworker.events import HygieneEvent, Kind
-from syncworker.queueing import DELIVER, INGEST, Enqueuer
+from syncworker.queueing import DELIVER, INBOX_QUEUED, INGEST, Enqueuer
 from syncworker.workers import QuickStopSimpleWorker
 from tests.processes import Process, clean_env, start_worker, wait_until
 
@@ -44,9 +44,10 @@ def big_job(conn: redis.Redis, n: int) -> str:
         )
         for i in range(n)
     ]
-    job_id = Enqueuer(conn).ingest({"source": "t", "events": events}, "ingest test", {})
+    assert Enqueuer(conn).ingest({"source": "t", "events": events}, "ingest test", {})
+    job_id = conn.get(INBOX_QUEUED)  # the ingest job queued to read the inbox
     assert job_id is not None
-    return job_id
+    return job_id.decode()
 
 
 def applied(conn: redis.Redis) -> int:

@@ -19,7 +19,7 @@ from syncworker.emulators.hubspot import HubSpotEmulator
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
 from syncworker.queueing import INGEST, Enqueuer
-from tests.processes import clean_env, start_worker, wait_until
+from tests.processes import clean_env, queued_ingest_job, start_worker, wait_until
 
 EMAILS = [f"crash{i:04d}@example.com" for i in range(300)]
 
@@ -94,9 +94,8 @@ def test_worker_killed_mid_ingest_job_is_retried_and_applied_once(
     redis_url: str, redis_conn: redis.Redis, hubspot: HubSpotEmulator, tmp_path: Path
 ) -> None:
     env = worker_env(redis_url, hubspot)
-    job_id = Enqueuer(redis_conn).ingest(
-        {"source": "t", "events": events(60_000)}, "ingest test", {}
-    )
+    Enqueuer(redis_conn).ingest({"source": "t", "events": events(60_000)}, "ingest test", {})
+    job_id = queued_ingest_job(redis_conn)
     queue = Queue(INGEST, connection=redis_conn, serializer=JSONSerializer)
     started = StartedJobRegistry(queue=queue)
     worker = start_worker(env, tmp_path / "worker1.log")

@@ -30,7 +30,7 @@ from syncworker.queueing import DELIVER, INGEST, Enqueuer
 from syncworker.runtime import Runtime
 from tests.conftest import SettingsFactory
 from tests.faults.test_crashes import EMAILS, events, worker_env
-from tests.processes import descendants, start_worker, wait_until
+from tests.processes import descendants, queued_ingest_job, start_worker, wait_until
 
 LONG_LEASE = "60"  # s: the lease of a batch in flight; a dead job's must not be waited for
 
@@ -138,9 +138,8 @@ def test_abandoned_ingest_job_of_a_dead_worker_is_retried_within_seconds(
     """RQ alone would wait for the job's heartbeat TTL and the dead scheduler's lock (over a
     minute); the next worker requeues it as soon as the retry's delay (5 s) has passed."""
     env = worker_env(redis_url, hubspot)
-    job_id = Enqueuer(redis_conn).ingest(
-        {"source": "t", "events": events(30_000)}, "ingest test", {}
-    )
+    Enqueuer(redis_conn).ingest({"source": "t", "events": events(30_000)}, "ingest test", {})
+    job_id = queued_ingest_job(redis_conn)
     queue = Queue(INGEST, connection=redis_conn, serializer=JSONSerializer)
     registry = StartedJobRegistry(queue=queue)
     worker = start_worker(env, tmp_path / "worker1.log")
