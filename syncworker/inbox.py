@@ -13,7 +13,8 @@ read it. When that job is no longer queued, scheduled or running on a live worke
 work-horse, a dead host), the next ingest job claims its entries and applies them again; the
 ledger dedupes by event key, so nothing is applied twice. An entry that has been claimed
 ``SUSPECT_AFTER`` times is applied alone, so that an entry which kills the process applying it
-takes none of its neighbours down; one claimed ``MAX_DELIVERIES`` times is quarantined instead.
+takes none of its neighbours down; one whose process died ``MAX_ALONE`` times while applying it
+alone is quarantined instead (replayable once the cause is mended).
 The supervisor's tick (``tick``) queues an ingest job whenever entries wait and none is queued,
 so a crash with no traffic after it still recovers within seconds.
 """
@@ -30,7 +31,6 @@ from typing import Any
 import orjson
 import redis
 from rq import get_current_job
-from rq.job import JobStatus
 
 from syncworker.queueing import INBOX, INBOX_GROUP, INBOX_QUEUED, ensure_drain
 from syncworker.workers import job_alive
@@ -43,9 +43,9 @@ log = logging.getLogger(__name__)
 READ_COUNT = 200  # entries read at once (an entry is one request: one event or a whole batch)
 LINGER_MS = 200  # an idle job waits this long for new entries before it ends
 PAGE = 500  # pending entries claimed per call
-SUSPECT_AFTER = 2  # claimed this often: applied alone
-MAX_DELIVERIES = 4  # claimed this often: quarantined, not tried again
-ALIVE_STATUSES = frozenset({JobStatus.SCHEDULED.value, JobStatus.DEFERRED.value})
+SUSPECT_AFTER = 2  # claimed this often (read in batches that died): applied alone
+MAX_ALONE = 2  # the process died this often applying an entry alone: quarantined instead
+TRIES = "sw:inbox:alone"  # entry id -> times applying it alone was begun
 
 # Free the queued flag if it still names ARGV[1].
 CLEAR_LUA = """
@@ -76,13 +76,9 @@ def ensure_group(conn: redis.Redis) -> None:
 
 
 def drain_alive(conn: redis.Redis, job_id: str, stale_s: float | None) -> bool:
-    """Whether the ingest job ``job_id`` may still read: queued, waiting for its retry, or
-    running on a live worker."""
-    status = conn.hget(f"rq:job:{job_id}", "status")
-    if status is not None:
-        text = status.decode() if isinstance(status, bytes) else str(status)
-        if text in ALIVE_STATUSES:
-            return True
+    """Whether the ingest job ``job_id`` may still read: queued, or running on a live worker.
+    One waiting for its retry is not: its entries are taken over at once rather than after the
+    retry's delay (the retry then finds nothing of its own)."""
     return job_alive(conn, job_id, stale_s)
 
 
@@ -195,7 +191,12 @@ class Reader:
         with self.conn.pipeline(transaction=True) as pipe:
             pipe.xack(INBOX, GROUP, *ids)
             pipe.xdel(INBOX, *ids)
+            pipe.hdel(TRIES, *ids)
             pipe.execute()
+
+    def try_alone(self, entry_id: str) -> int:
+        """Count a start of applying ``entry_id`` alone; how many starts there have been."""
+        return int(self.conn.hincrby(TRIES, entry_id, 1))
 
     def leave(self) -> None:
         """Remove this consumer from the group if it holds nothing."""

@@ -58,19 +58,22 @@ def _apply_claimed(
     rt: runtime.Runtime, reader: inbox.Reader, claimed: inbox.Claimed, totals: Counter[str]
 ) -> None:
     """Entries of dead jobs: applied together, but those claimed before (suspected of killing
-    the process applying them) one at a time, and those claimed too often quarantined."""
+    the process applying them) one at a time, and one that the process died on alone too often
+    quarantined."""
     plain: list[inbox.Entry] = []
     suspects: list[inbox.Entry] = []
     for entry_id, times, fields in claimed.entries:
-        if times >= inbox.MAX_DELIVERIES:
-            _give_up(rt, fields, f"not applied: the ingest process died {times - 1} times on it")
-            reader.done([entry_id])
-        else:
-            (suspects if times >= inbox.SUSPECT_AFTER else plain).append((entry_id, fields))
+        (suspects if times >= inbox.SUSPECT_AFTER else plain).append((entry_id, fields))
     for start in range(0, len(plain), inbox.READ_COUNT):
         _apply_entries(rt, reader, plain[start : start + inbox.READ_COUNT], totals)
-    for entry in suspects:
-        _apply_entries(rt, reader, [entry], totals)
+    for entry_id, fields in suspects:
+        tries = reader.try_alone(entry_id)
+        if tries > inbox.MAX_ALONE:
+            why = f"not applied: the ingest process died {tries - 1} times applying it alone"
+            _give_up(rt, fields, why)
+            reader.done([entry_id])
+        else:
+            _apply_entries(rt, reader, [(entry_id, fields)], totals)
 
 
 def _apply_entries(

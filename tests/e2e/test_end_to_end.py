@@ -251,8 +251,9 @@ def test_signed_webhooks_reach_every_destination_exactly(
         assert answer.status_code == 200 and answer.json()["ignored"] == 1
         post.close()
 
-        # the web answered before any worker ran: everything waits in the ingest queue
-        assert redis_conn.llen("rq:queue:syncworker-ingest") == 2 + 1 + 4 + 3 + 1
+        # the web answered before any worker ran: every request waits in the inbox, for one job
+        assert redis_conn.xlen("sw:inbox") == 2 + 1 + 4 + 3 + 1
+        assert redis_conn.llen("rq:queue:syncworker-ingest") == 1
         worker = start_worker(env, tmp_path / "worker.log")
 
         expected_events = sum(model.unique_events().values())
