@@ -77,7 +77,11 @@ OPTIONS: dict[str, Option] = {
     "auth_pause_s": Option("AUTH_PAUSE", float, 300.0, "s", "pause of a destination after 401/403"),
     "lease_s": Option("LEASE", float, 120.0, "s", "a batch in flight is retaken after this"),
     "job_budget_s": Option(
-        "JOB_BUDGET", float, 10.0, "s", "a deliver job yields to other destinations after this"
+        "JOB_BUDGET",
+        float,
+        10.0,
+        "s",
+        "a deliver job yields to other destinations after this; an ingest job stops reading",
     ),
     "rate_wait_cap_s": Option(
         "RATE_WAIT_CAP", float, 2.0, "s", "longer waits for the rate limiter become a pause"

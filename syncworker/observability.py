@@ -130,14 +130,14 @@ class RedisStatsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         from syncworker.delivery import DEAD, DSTATS, INFLIGHT
         from syncworker.ledger import PENDING
-        from syncworker.queueing import INGEST, STATS
+        from syncworker.queueing import INBOX, STATS
         from syncworker.status import failed_job_keys
         from syncworker.workers import FAILED
 
         failed_keys = failed_job_keys()
         with self.conn.pipeline(transaction=False) as pipe:
             pipe.hgetall(STATS)
-            pipe.llen(f"rq:queue:{INGEST}")
+            pipe.xlen(INBOX)
             for key in failed_keys.values():
                 pipe.zcount(key, time.time(), "+inf")
             for name in self.destinations:
@@ -191,7 +191,11 @@ class RedisStatsCollector(Collector):
         for name, count in failed_now.items():
             failed.add_metric([name], count)
         yield failed
-        yield GaugeMetricFamily("syncworker_ingest_backlog", "Ingest jobs queued", ingest_backlog)
+        yield GaugeMetricFamily(
+            "syncworker_ingest_backlog",
+            "Accepted requests waiting in the ingest inbox (read or not)",
+            ingest_backlog,
+        )
         outcomes = CounterMetricFamily(
             "syncworker_destination", "Delivery counters", labels=["destination", "what"]
         )

@@ -12,7 +12,7 @@ from rq.registry import FailedJobRegistry
 from syncworker import breaker
 from syncworker.delivery import DEAD, DSTATS, INFLIGHT, PAUSE
 from syncworker.ledger import PENDING
-from syncworker.queueing import DELIVER, INGEST, QUARANTINE, QUARANTINE_BYTES, STATS
+from syncworker.queueing import DELIVER, INBOX, INGEST, QUARANTINE, QUARANTINE_BYTES, STATS
 from syncworker.runtime import Runtime
 from syncworker.workers import short_name
 
@@ -60,6 +60,7 @@ def overview(rt: Runtime) -> dict[str, Any]:
         pipe.llen(f"rq:queue:{DELIVER}")
         pipe.llen(QUARANTINE)
         pipe.get(QUARANTINE_BYTES)
+        pipe.xlen(INBOX)
         for key in failed.values():
             # scored by expiry (failure_ttl): what RQ's cleanup would still keep
             pipe.zcount(key, time.time(), "+inf")
@@ -70,9 +71,9 @@ def overview(rt: Runtime) -> dict[str, Any]:
             pipe.get(PAUSE + name)
             pipe.hgetall(DSTATS + name)
         replies = pipe.execute()
-    stats, ingest, deliver, quarantine, quarantine_bytes = replies[:5]
-    failed_jobs = dict(zip(failed, replies[5 : 5 + len(failed)], strict=True))
-    first = 5 + len(failed)
+    stats, ingest, deliver, quarantine, quarantine_bytes, inbox = replies[:6]
+    failed_jobs = dict(zip(failed, replies[6 : 6 + len(failed)], strict=True))
+    first = 6 + len(failed)
     destinations: dict[str, Any] = {}
     healths = health(conn, names)
     for i, name in enumerate(names):
@@ -87,6 +88,8 @@ def overview(rt: Runtime) -> dict[str, Any]:
         }
     return {
         "queues": {"ingest": ingest, "deliver": deliver},
+        # accepted requests whose events are not yet applied (an ingest job may be reading them)
+        "inbox": inbox,
         # jobs in RQ's failed-job registries (`rq requeue` retries them); the counters hold
         # jobs_failed:<queue>, every failed run, retried or not
         "failed_jobs": failed_jobs,

@@ -26,7 +26,7 @@ from syncworker.queueing import INBOX, INGEST, QUARANTINE, STATS, Enqueuer
 from syncworker.runtime import Runtime
 from tests.processes import clean_env, descendants, start_worker, wait_until
 
-N = 3_000
+N = 20_000
 EMAILS = [f"inbox{i:05d}@example.com" for i in range(N)]
 
 
@@ -71,8 +71,8 @@ def post_singles(conn: redis.Redis, emails: list[str], prefix: str = "one") -> N
         enqueuer.ingest(payload, "ingest test", {})
 
 
-def ingest_horse(conn: redis.Redis) -> int | None:
-    """The pid of the work-horse running an ingest job, if one is running."""
+def ingest_horse(conn: redis.Redis) -> tuple[str, int] | None:
+    """The id of a running ingest job and the pid of the work-horse running it."""
     registry = StartedJobRegistry(INGEST, connection=conn, serializer=JSONSerializer)
     for job_id in registry.get_job_ids(cleanup=False):
         worker = conn.hget(f"rq:job:{job_id}", "worker_name")
@@ -82,33 +82,53 @@ def ingest_horse(conn: redis.Redis) -> int | None:
         for child in descendants(pid):
             try:
                 if os.getpgid(child) == child:  # RQ's horse leads a process group of its own
-                    return child
+                    return job_id, child
             except ProcessLookupError:
                 continue
     return None
 
 
+def holding(conn: redis.Redis, job_id: str) -> set[str]:
+    """Ids of the entries the ingest job ``job_id`` has read and not acknowledged."""
+    rows = conn.xpending_range(INBOX, GROUP, min="-", max="+", count=10_000, consumername=job_id)
+    return {row["message_id"].decode() for row in rows}
+
+
 def reading(conn: redis.Redis) -> int:
-    """Entries an ingest job has read and not yet acknowledged."""
+    """Entries ingest jobs have read and not yet acknowledged."""
     return int(conn.xpending(INBOX, GROUP)["pending"])
 
 
-def kill_when(conn: redis.Redis, ready: Callable[[], bool], timeout: float) -> bool:
-    """SIGKILL the ingest work-horse as soon as ``ready()``; True if one was killed with
-    entries read and not acknowledged (its batch cut short)."""
+def kill_when(conn: redis.Redis, ready: Callable[[str], bool], timeout: float) -> bool:
+    """SIGKILL the work-horse of a running ingest job once ``ready(job id)``; True if it was
+    killed holding entries it had read and not acknowledged (its batch cut short)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if ready():
-            pid = ingest_horse(conn)
-            if pid is not None:
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    continue
-                wait_until(lambda: ingest_horse(conn) != pid, 10, "the horse to be reaped")
-                return reading(conn) > 0
+        running = ingest_horse(conn)
+        if running is not None and ready(running[0]):
+            job_id, pid = running
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            wait_until(lambda p=pid: _gone(p), 10, "the horse to die")
+            return bool(holding(conn, job_id))
         time.sleep(0.002)
     return False
+
+
+def _gone(pid: int) -> bool:
+    """Whether the process has ended (a zombie not yet reaped has)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def ledger_calls(conn: redis.Redis) -> int:
+    """Events the ledger's script has run on, duplicates included."""
+    return sum(int(v) for k, v in conn.hgetall(STATS).items() if k.startswith(b"ledger:"))
 
 
 def applied(conn: redis.Redis) -> int:
@@ -128,14 +148,16 @@ def test_sigkill_mid_batch_loses_nothing_and_applies_nothing_twice(
     use_runtime: Callable[[Settings], Runtime],
     make_settings: Callable[..., Settings],
 ) -> None:
-    post_singles(redis_conn, EMAILS)
+    post_singles(redis_conn, EMAILS)  # what single-event ESPs post: one event a request
     worker = start_worker(worker_env(redis_url, hubspot, segment), tmp_path / "worker.log")
     try:
         cut_short = 0
-        for threshold in (N // 5, N // 2, 4 * N // 5):
+        for threshold in (N // 10, N // 3, 2 * N // 3):
             if kill_when(
                 redis_conn,
-                lambda t=threshold: applied(redis_conn) >= t and reading(redis_conn) > 0,
+                lambda job, t=threshold: (
+                    applied(redis_conn) >= t and bool(holding(redis_conn, job))
+                ),
                 60,
             ):
                 cut_short += 1
@@ -148,7 +170,7 @@ def test_sigkill_mid_batch_loses_nothing_and_applies_nothing_twice(
             interval=0.1,
         )
         print(f"{cut_short} batches cut short; done {time.monotonic() - killed:.1f}s after")
-        wait_until(lambda: len(segment.message_ids) >= N, 60, "Segment's events", interval=0.1)
+        wait_until(lambda: len(segment.tracks) >= N, 60, "Segment's events", interval=0.1)
     finally:
         worker.stop()
     assert reading(redis_conn) == 0
@@ -156,7 +178,8 @@ def test_sigkill_mid_batch_loses_nothing_and_applies_nothing_twice(
     ledger = use_runtime(make_settings()).ledger
     views = [ledger.view(email) for email in EMAILS]
     assert all(v is not None and len(v.history) == 1 for v in views)
-    assert len(segment.message_ids) == len(segment.received) == N
+    assert len(segment.message_ids) == len(segment.received)  # nothing sent twice
+    assert len(segment.tracks) == N
     assert applied(redis_conn) == N
     assert redis_conn.llen(QUARANTINE) == 0
 
@@ -176,9 +199,14 @@ def test_an_entry_that_kills_its_process_is_quarantined_and_spares_its_neighbour
     neighbours = EMAILS[200:210]
     post_singles(redis_conn, neighbours, prefix="small")
 
-    def big_in_flight() -> bool:
-        rows = redis_conn.xpending_range(INBOX, GROUP, min=big_id, max=big_id, count=1)
-        return bool(rows)
+    seen: dict[str, int] = {}
+
+    def applying_big(job_id: str) -> bool:
+        """The job holds the big entry and the ledger is busy applying (not merely claimed)."""
+        if big_id not in holding(redis_conn, job_id):
+            return False
+        now = ledger_calls(redis_conn)
+        return now - seen.setdefault(job_id, now) >= 100
 
     env = worker_env(redis_url, hubspot, segment, quarantine_limit="20000")
     worker = start_worker(env, tmp_path / "worker.log")
@@ -187,7 +215,7 @@ def test_an_entry_that_kills_its_process_is_quarantined_and_spares_its_neighbour
         while not redis_conn.llen(QUARANTINE):
             assert kills < 8, "the entry was never given up"
             assert worker.alive(), worker.output()
-            if kill_when(redis_conn, big_in_flight, 60):
+            if kill_when(redis_conn, applying_big, 60):
                 kills += 1
         wait_until(
             lambda: redis_conn.xlen(INBOX) == 0 and hubspot.opted_out >= set(neighbours),
