@@ -12,15 +12,14 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from rq import Queue
-from rq.serializers import JSONSerializer
 
+from syncworker import inbox
 from syncworker.config import Settings, SourceConfig
 from syncworker.errors import ConfigError, PayloadInvalid, SignatureInvalid
 from syncworker.events import Kind
 from syncworker.intake import sns
 from syncworker.intake.esps.amazon_ses import AmazonSesParser
-from syncworker.queueing import INGEST, QUARANTINE
+from syncworker.queueing import INBOX, QUARANTINE
 from syncworker.redis_server import free_port
 from syncworker.web import create_app
 from tests.conftest import SettingsFactory
@@ -624,8 +623,9 @@ def post(client: Any, body: bytes) -> Any:
     return client.post("/webhooks/amazon_ses", data=body, headers=headers)
 
 
-def ingest_jobs(conn: redis.Redis) -> list[Any]:
-    return Queue(INGEST, connection=conn, serializer=JSONSerializer).get_jobs()
+def ingest_payloads(conn: redis.Redis) -> list[Any]:
+    """What accepted requests left in the inbox for ingest, oldest first."""
+    return [inbox.decode(fields[b"p"]) for _, fields in conn.xrange(INBOX)]
 
 
 def confirmation(
@@ -639,8 +639,8 @@ def test_text_plain_notification_is_accepted_and_queued(
 ) -> None:
     answer = post(client, signer.request(stored("bounce_permanent")).body)
     assert answer.status_code == 200 and answer.json["accepted"] == 2
-    [job] = ingest_jobs(redis_conn)
-    assert [e["kind"] for e in job.args[0]["events"]] == ["hard_bounce", "hard_bounce"]
+    [payload] = ingest_payloads(redis_conn)
+    assert [e["kind"] for e in payload["events"]] == ["hard_bounce", "hard_bounce"]
 
 
 def test_subscription_is_confirmed_by_a_get_of_the_subscribe_url(
@@ -651,7 +651,7 @@ def test_subscription_is_confirmed_by_a_get_of_the_subscribe_url(
         answer = post(client, confirmation(signer, SubscribeURL=url))
     assert answer.status_code == 200 and answer.json == {"subscription": "confirmed"}
     assert url.removeprefix(sns_server().base) in sns_server().requests
-    assert ingest_jobs(redis_conn) == []
+    assert ingest_payloads(redis_conn) == []
     assert f"sns subscription confirmed topic={TOPIC}" in caplog.text
 
 
@@ -706,7 +706,7 @@ def test_a_type_header_at_odds_with_the_body_is_400_and_changes_nothing(
     answer = client.post("/webhooks/amazon_ses", data=body, headers=headers)
     assert answer.status_code == 400 and answer.json["error"] == "payload_invalid"
     assert "x-amz-sns-message-type" in answer.json["detail"]
-    assert ingest_jobs(redis_conn) == [] and redis_conn.llen(QUARANTINE) == 0
+    assert ingest_payloads(redis_conn) == [] and redis_conn.llen(QUARANTINE) == 0
 
 
 def test_unsubscribe_confirmation_is_logged_and_never_re_subscribes(
