@@ -53,6 +53,15 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# Remove consumer ARGV[2] of group ARGV[1] if it holds no entry, atomically: a consumer that reads
+# between a check and the removal would lose its entries' place in the pending list.
+FORGET_CONSUMER_LUA = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) == 0 then
+  return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+end
+return -1
+"""
+
 Entry = tuple[str, dict[bytes, bytes]]
 
 
@@ -143,7 +152,7 @@ class Reader:
             if not mine and alive(consumer):
                 continue
             if int(info["pending"]) == 0 and not mine:
-                self.conn.xgroup_delconsumer(INBOX, GROUP, consumer)
+                self.forget(consumer)
                 continue
             start = "-"
             while True:
@@ -171,7 +180,7 @@ class Reader:
                 start = "(" + ids[-1]
             if not mine:
                 claimed.consumers.append(consumer)
-                self.conn.xgroup_delconsumer(INBOX, GROUP, consumer)  # it holds nothing now
+                self.forget(consumer)
         return claimed
 
     def read(self, count: int, block_ms: int | None) -> list[Entry]:
@@ -200,11 +209,10 @@ class Reader:
 
     def leave(self) -> None:
         """Remove this consumer from the group if it holds nothing."""
-        for info in self.conn.xinfo_consumers(INBOX, GROUP):
-            if _text(info["name"]) == self.name:
-                if int(info["pending"]) == 0:
-                    self.conn.xgroup_delconsumer(INBOX, GROUP, self.name)
-                return
+        self.forget(self.name)
+
+    def forget(self, consumer: str) -> None:
+        self.conn.eval(FORGET_CONSUMER_LUA, 1, INBOX, GROUP, consumer)
 
 
 def current_name() -> str:
