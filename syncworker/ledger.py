@@ -142,26 +142,34 @@ local function unpack_record(raw)
   local h = {}
   for i, e in ipairs(a[5] or {}) do
     local kind = code(KIND_NAME, e[3])
-    local source, detail = e[6], e[7]
-    if #e == 5 then local x = r[kind] or {}; source, detail = x.source, x.detail end
-    h[i] = {at = e[1], recorded = e[2], kind = kind, key = e[4], effect = code(EFFECT_NAME, e[5]),
+    local source, detail, effect = e[6], e[7], e[5] or 's'
+    if #e < 6 then local x = r[kind] or {}; source, detail = x.source, x.detail end
+    h[i] = {at = e[1], recorded = e[2], kind = kind, key = e[4], effect = code(EFFECT_NAME, effect),
       source = source or '', detail = detail}
   end
-  return {version = a[1], suppressed = a[2] == 1, updated_at = a[3], reasons = r, history = h,
+  local updated = a[3]
+  if updated == 0 and h[1] then updated = h[1].recorded end
+  return {version = a[1], suppressed = a[2] == 1, updated_at = updated, reasons = r, history = h,
     sync = a[6] or {}, soft = a[7] or {}, cleared = a[8] or {}, seen = a[9] or {}}
 end
+-- a history entry like the reason held for its kind keeps no source and detail (and, for the
+-- event that gave the reason, no effect); updated_at equal to the newest entry's time is 0
 local function pack_record(s)
   local r = {}
   for name, x in pairs(s.reasons) do r[code(KIND_CODE, name)] = {x.at, x.source or '', x.detail} end
   local h = {}
   for i, e in ipairs(s.history) do
-    local entry = {e.at, e.recorded, code(KIND_CODE, e.kind), e.key or '',
-      code(EFFECT_CODE, e.effect)}
-    if not same(s.reasons[e.kind], e) then entry[6] = e.source or ''; entry[7] = e.detail end
+    local entry = {e.at, e.recorded, code(KIND_CODE, e.kind), e.key or ''}
+    if not same(s.reasons[e.kind], e) then
+      entry[5] = code(EFFECT_CODE, e.effect); entry[6] = e.source or ''; entry[7] = e.detail
+    elseif e.effect ~= 'suppressed' then
+      entry[5] = code(EFFECT_CODE, e.effect)
+    end
     h[i] = entry
   end
-  local a = {s.version, s.suppressed and 1 or 0, s.updated_at, r, h, s.sync, s.soft, s.cleared,
-    s.seen}
+  local updated = s.updated_at
+  if h[1] and updated ~= 0 and h[1][2] == updated then updated = 0 end
+  local a = {s.version, s.suppressed and 1 or 0, updated, r, h, s.sync, s.soft, s.cleared, s.seen}
   local n = 9
   while n > 3 and next(a[n]) == nil do a[n] = nil; n = n - 1 end
   return cjson.encode(a)
@@ -790,9 +798,17 @@ def _state(email: str, record: list[Any] | None) -> ContactState:
         email=email,
         suppressed=record[1] == 1,
         reasons=reasons,
-        updated_at=float(record[2] or 0),
+        updated_at=_updated_at(record),
         version=int(record[0] or 0),
     )
+
+
+def _updated_at(record: list[Any]) -> float:
+    """The record's time; 0 stands for its newest history entry's."""
+    history = _part(record, 4, [])
+    if record[2] == 0 and history:
+        return float(history[0][1])
+    return float(record[2] or 0)
 
 
 def _history(record: list[Any]) -> list[dict[str, Any]]:
@@ -800,14 +816,15 @@ def _history(record: list[Any]) -> list[dict[str, Any]]:
     out = []
     for entry in _part(record, 4, []):
         kind = KIND_NAMES.get(entry[2], entry[2])
+        effect = entry[4] if len(entry) > 4 else EFFECT_CODES["suppressed"]
         item: dict[str, Any] = {
             "at": entry[0],
             "recorded": entry[1],
             "kind": kind,
             "key": entry[3],
-            "effect": EFFECT_NAMES.get(entry[4], entry[4]),
+            "effect": EFFECT_NAMES.get(effect, effect),
         }
-        if len(entry) == 5:  # the event that gave the reason the record holds for its kind
+        if len(entry) < 6:  # like the reason the record holds for its kind
             reason = reasons.get(kind, {})
             item["source"] = reason.get("source", "")
             if reason.get("detail") is not None:
