@@ -1,4 +1,7 @@
-"""The suppression ledger: each address's hygiene state, reasons, history and per-destination sync.
+"""The ledger as it was before the compact record, kept as it was to write old-layout data for the
+migration tests and bench/memory.py. Its own description follows.
+
+The suppression ledger: each address's hygiene state, reasons, history and per-destination sync.
 
 Every event is applied by one Lua script, atomically: dedupe by event key, update the state (an
 older event never overrides a newer state), append to the capped history, and mark the address
