@@ -241,7 +241,18 @@ end
 )
 
 APPLY_LUA = (
-    RECORD_LUA
+    """
+-- KEYS[1] the record sw:c:<addr>; KEYS[2] the old layout's dedupe marker sw:k:<event key>
+-- KEYS[3] sw:ev:<event key>; KEYS[4] sw:forgotten:<sha256 of addr>; KEYS[5] the STATS hash
+-- KEYS[6..] sw:pending:<dest>, the state destinations', then the event streams'
+-- ARGV[1] the event (JSON); ARGV[2] now; ARGV[3] dedupe TTL (s); ARGV[4] history limit
+-- ARGV[5] soft-bounce threshold; ARGV[6] its window (s); ARGV[7] ',kinds,' that suppress at once
+-- ARGV[8] number of state destinations; ARGV[9] number of event streams
+-- ARGV[10] the event as event streams get it ('' for none); ARGV[11] counter prefix ('' = none)
+-- ARGV[12] keys remembered beyond the history (max); ARGV[13..] the destinations' names
+-- (also the count sw:contacts:n, and an old-layout address's keys when it is converted)
+"""
+    + RECORD_LUA
     + r"""
 local ev = cjson.decode(ARGV[1])
 local now = tonumber(ARGV[2])
@@ -406,7 +417,13 @@ return {effect, changed and 1 or 0, version}
 
 # Sets one destination's sync status in a record (none: nothing to do, the address was erased).
 SYNC_LUA = (
-    RECORD_LUA
+    """
+-- KEYS[1] the record sw:c:<addr>
+-- ARGV[1] destination; ARGV[2] status; ARGV[3] its time; ARGV[4] the version it is of
+-- ARGV[5] its other fields (JSON object, '' for none)
+-- ARGV[6] '1': set the confirmed reasons to ARGV[7] (kind codes); '0': keep them
+"""
+    + RECORD_LUA
     + r"""
 local rec = load_record(KEYS[1])
 if rec == nil then return 0 end
@@ -422,7 +439,10 @@ return 1
 
 # A record, converted first if it is still in the old layout.
 LOAD_LUA = (
-    RECORD_LUA
+    """
+-- KEYS[1] the record sw:c:<addr>
+"""
+    + RECORD_LUA
     + r"""
 if redis.call('TYPE', KEYS[1]).ok == 'hash' then upgrade(KEYS[1]) end
 return redis.call('GET', KEYS[1])
@@ -430,6 +450,9 @@ return redis.call('GET', KEYS[1])
 )
 
 FORGET_LUA = f"""
+-- KEYS[1] the record; KEYS[2], KEYS[3] the old layout's history and sync keys
+-- KEYS[4] sw:forgotten:<sha256 of addr>
+-- ARGV[1] the address; ARGV[2] the reasons it keeps (JSON; '' for none)
 if redis.call('DEL', KEYS[1]) == 1 then redis.call('DECR', '{CONTACT_COUNT}') end
 redis.call('DEL', KEYS[2], KEYS[3])
 redis.call('SREM', '{CONTACTS}', ARGV[1])
