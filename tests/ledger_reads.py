@@ -35,10 +35,13 @@ def sync(conn: redis.Redis, email: str, destination: str) -> dict[str, Any] | No
 def applied(conn: redis.Redis) -> int:
     """Events the ledger has applied (each is counted by the script that applies it; a duplicate
     is not applied)."""
-    counts = conn.hgetall(STATS)
+    counts = {_text(k): int(v) for k, v in conn.hgetall(STATS).items()}
     return sum(
-        int(v)
-        for k, v in counts.items()
-        if k.decode().startswith(COUNTERS)
-        and k.decode()[len(COUNTERS) :] not in ("duplicate", "failed")
+        n
+        for name, n in counts.items()
+        if name.startswith(COUNTERS) and name[len(COUNTERS) :] not in ("duplicate", "failed")
     )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

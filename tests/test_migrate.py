@@ -243,8 +243,8 @@ def test_migrate_converts_the_old_layout_and_every_query_answers_the_same(
     progress = reconcile.start(rt, "hubspot", restart=True)
     assert progress.total == len(KEPT) + 1  # F is back
     reconcile.run(rt, "hubspot", progress, chunk=2)
-    pending = {m.decode() for m in rt.conn.zrange(PENDING + "hubspot", 0, -1)}
-    assert pending == {A, B, E, F, G}
+    assert rt.conn.zcard(PENDING + "hubspot") == 5
+    assert all(rt.conn.zscore(PENDING + "hubspot", e) is not None for e in (A, B, E, F, G))
 
 
 def test_an_event_for_an_address_in_the_old_layout_converts_it_first(
