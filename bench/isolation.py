@@ -23,7 +23,6 @@ import sys
 import time
 from typing import Any
 
-import orjson
 import redis
 
 from bench.common import ROOT
@@ -32,7 +31,7 @@ from syncworker.emulators.hubspot import HubSpotEmulator
 from syncworker.emulators.segment import SegmentEmulator
 from syncworker.emulators.webhook_receiver import WebhookReceiver, new_secret
 from syncworker.events import HygieneEvent, Kind
-from syncworker.ledger import PENDING, SYNC
+from syncworker.ledger import PENDING, Ledger, Route
 from syncworker.redis_server import RedisServer
 from syncworker.runtime import Runtime
 
@@ -146,17 +145,13 @@ def collect(
     conn: redis.Redis, written: dict[str, float], names: tuple[str, ...]
 ) -> dict[str, list[float]]:
     emails = list(written)
-    with conn.pipeline(transaction=False) as pipe:
-        for email in emails:
-            pipe.hmget(SYNC + email, list(names))
-        rows = pipe.execute()
+    rows = Ledger(conn, Settings(), Route()).sync_status(emails)
     latencies: dict[str, list[float]] = {n: [] for n in names}
     for email, row in zip(emails, rows, strict=True):
-        for name, raw in zip(names, row, strict=True):
-            if raw:
-                status = orjson.loads(raw)
-                if status.get("status") in DELIVERED:
-                    latencies[name].append(float(status["at"]) - written[email])
+        for name in names:
+            status = row.get(name)
+            if status and status.get("status") in DELIVERED:
+                latencies[name].append(float(status["at"]) - written[email])
     return latencies
 
 

@@ -17,7 +17,7 @@ import click
 import orjson
 import redis
 
-from syncworker import delivery, inbox, runtime
+from syncworker import delivery, inbox, ledger, runtime
 from syncworker.config import Settings
 from syncworker.errors import ConfigError
 from syncworker.events import Kind, address_problem, normalize_email
@@ -488,6 +488,30 @@ def reconcile(destination: str, restart: bool, chunk: int) -> None:
         backfill.run(rt, destination, progress, chunk=chunk, on_chunk=bar.update)
     what = "contacts" if rt.destinations[destination].mode.value == "state" else "events"
     click.echo(f"{destination}: {progress.marked} {what} pending; the worker delivers them")
+
+
+@main.command()
+@click.option("--batch", default=500, show_default=True, help="addresses per step")
+def migrate(batch: int) -> None:
+    """Convert the ledger's old layout (five keys per address) to one compact record per address.
+
+    Each address is converted atomically; interrupting is safe and running again converts what is
+    left. Workers may run meanwhile (they convert what they touch); pending deliveries and dead
+    letters are not touched."""
+    rt = load_runtime()
+    started = time.monotonic()
+    total = int(rt.conn.scard(ledger.CONTACTS))
+    click.echo(f"{total} address(es) in the old layout")
+
+    def step(converted: int) -> None:
+        rate = converted / max(time.monotonic() - started, 1e-6)
+        click.echo(f"  {converted} of {total} converted ({rate:.0f}/s)")
+
+    report = rt.ledger.migrate(batch, on_batch=step)
+    click.echo(
+        f"{report.converted} converted, {report.left} stale address(es) dropped from the old set; "
+        f"{report.records} records in the ledger"
+    )
 
 
 @main.command()

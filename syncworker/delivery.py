@@ -30,7 +30,7 @@ from syncworker.config import Settings
 from syncworker.destinations import ContactChange, Destination, Mode, Outcome, OutcomeStatus
 from syncworker.errors import BadCredentials, PermanentError, RetryableError, Throttled
 from syncworker.events import HygieneEvent, normalize_email
-from syncworker.ledger import EVENT, PENDING, SYNC
+from syncworker.ledger import EVENT, PENDING
 from syncworker.privacy import mask, mask_text
 from syncworker.queueing import (
     DELIVER,
@@ -50,7 +50,7 @@ DEAD = "sw:dead:"
 PAUSE = "sw:pause:"
 FLUSH = "sw:flush:"
 DSTATS = "sw:dstats:"
-CONFIRMED = "sw:confirmed:"  # per state destination: address -> reasons it last confirmed
+CONFIRMED = "sw:confirmed:"  # the old ledger layout's confirmed reasons (now in the record)
 
 TAKE_LUA = """
 local now, n, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -352,7 +352,7 @@ class Delivery:
                 if change.event is not None:
                     status["event"] = change.key
                 status.update(status="held", detail="destination not answering: breaker open")
-                pipe.hset(SYNC + change.email, self.name, orjson.dumps(status))
+                self.rt.ledger.write_sync(pipe, change.email, self.name, status)
             pipe.hincrby(DSTATS + self.name, "breaker_held", len(changes))
             pipe.execute()
         report.outcomes["held"] += len(changes)
@@ -435,7 +435,7 @@ class Delivery:
             for change in changes:
                 pipe.zrem(INFLIGHT + self.name, change.key)
                 status = {"status": "dry_run", "at": now, "version": change.state.version}
-                pipe.hset(SYNC + change.email, self.name, orjson.dumps(status))
+                self.rt.ledger.write_sync(pipe, change.email, self.name, status)
             pipe.hincrby(DSTATS + self.name, "dry_run", len(changes))
             pipe.execute()
         report.outcomes["dry_run"] += len(changes)
@@ -445,14 +445,9 @@ class Delivery:
         ledger = self.rt.ledger
         if self.dest.mode is Mode.STATE:
             states = ledger.states(ids)
-            confirmed = self.conn.hmget(CONFIRMED + self.name, ids)
+            confirmed = ledger.confirmed(self.name, ids)
             changes = [
-                ContactChange(
-                    key=state.email,
-                    email=state.email,
-                    state=state,
-                    synced_reasons=frozenset(orjson.loads(last) if last else ()),
-                )
+                ContactChange(key=state.email, email=state.email, state=state, synced_reasons=last)
                 for state, last in zip(states, confirmed, strict=True)
             ]
             return changes, []
@@ -513,12 +508,12 @@ class Delivery:
                 status: dict[str, Any] = {"at": now, "version": change.state.version}
                 if change.event is not None:
                     status["event"] = change.key
+                confirmed = None
                 if outcome.ok:
                     pipe.hdel(attempts_key, change.key)
                     status["status"] = outcome.status.value
                     if self.dest.mode is Mode.STATE:
-                        reasons = orjson.dumps(sorted(change.state.reasons))
-                        pipe.hset(CONFIRMED + self.name, change.email, reasons)
+                        confirmed = change.state.reasons
                 elif outcome.status is OutcomeStatus.RETRY and not outcome.counts:
                     delay = outcome.retry_after or self.backoff(1)
                     pipe.zadd(PENDING + self.name, {change.key: now + delay})
@@ -541,7 +536,7 @@ class Delivery:
                     self.dead_letter(pipe, change, outcome.detail, 1, now)
                     status.update(status="dead", detail=outcome.detail)
                     report.outcomes["dead"] += 1
-                pipe.hset(SYNC + change.email, self.name, orjson.dumps(status))
+                self.rt.ledger.write_sync(pipe, change.email, self.name, status, confirmed)
                 report.outcomes[outcome.status.value] += 1
                 pipe.hincrby(DSTATS + self.name, outcome.status.value, 1)
             pipe.hincrby(DSTATS + self.name, "batches", 1)

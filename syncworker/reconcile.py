@@ -3,8 +3,9 @@
 CRMs (state destinations) get every suppressed address marked pending: the deliver jobs then send
 each one's current state, batched and rate-limited like any other change. Event streams get one
 synthetic event per standing reason, with a key derived from address, reason and time, so that
-running the backfill again is deduplicated by the destination. The walk over the ledger is an
-``SSCAN`` whose cursor is saved after every chunk: an interrupted run resumes where it stopped.
+running the backfill again is deduplicated by the destination. The walk over the ledger is a
+``SCAN`` of the address records whose cursor is saved after every chunk: an interrupted run
+resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import orjson
 from syncworker.delivery import ensure_flush
 from syncworker.destinations import Mode
 from syncworker.events import MANUAL, Kind
-from syncworker.ledger import CONTACTS, EVENT, PENDING, SYNC
+from syncworker.ledger import EVENT, PENDING
 from syncworker.runtime import Runtime
 
 CURSOR = "sw:reconcile:"
@@ -39,7 +40,7 @@ def start(rt: Runtime, destination: str, *, restart: bool = False) -> Progress:
         rt.conn.delete(CURSOR + destination)
     saved = {_text(k): int(v) for k, v in rt.conn.hgetall(CURSOR + destination).items()}
     return Progress(
-        total=int(rt.conn.scard(CONTACTS)),
+        total=rt.ledger.contact_count(),
         done=saved.get("done", 0),
         marked=saved.get("marked", 0),
         resumed=bool(saved),
@@ -61,8 +62,7 @@ def run(
     stream = dest.mode is Mode.EVENTS
     kinds = {k.value for k in dest.cls.kinds}
     while True:
-        cursor, members = conn.sscan(CONTACTS, cursor, count=chunk)
-        emails = [_text(m) for m in members]
+        cursor, emails = rt.ledger.scan(cursor, chunk)
         now = time.time()
         marked = 0
         with conn.pipeline(transaction=True) as pipe:
@@ -72,7 +72,7 @@ def run(
                 if not stream:
                     pipe.zadd(PENDING + destination, {state.email: now}, nx=True)
                     status = {"status": "pending", "since": now, "version": state.version}
-                    pipe.hset(SYNC + state.email, destination, orjson.dumps(status))
+                    rt.ledger.write_sync(pipe, state.email, destination, status)
                     marked += 1
                     continue
                 for name, reason in state.reasons.items():

@@ -16,7 +16,6 @@ from typing import IO
 
 from syncworker import codec
 from syncworker.events import HygieneEvent, Kind, normalize_email
-from syncworker.ledger import CONTACTS
 from syncworker.runtime import Runtime
 
 EMAIL_COLUMNS = ("email", "email_address", "address", "recipient")
@@ -92,8 +91,8 @@ def export_rows(rt: Runtime, *, everyone: bool = False) -> Iterator[list[str]]:
     yield ["email", "suppressed", "reasons", "updated_at"]
     cursor = 0
     while True:
-        cursor, members = rt.conn.sscan(CONTACTS, cursor, count=CHUNK)
-        emails = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+        cursor, found = rt.ledger.scan(cursor, CHUNK)
+        emails = sorted(found)
         for state in rt.ledger.states(emails):
             if state.suppressed or everyone:
                 yield [

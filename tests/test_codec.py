@@ -25,10 +25,11 @@ from syncworker.events import (
 )
 from syncworker.intake.fields import load_address
 from syncworker.intake.registry import ESP_PARSERS
-from syncworker.ledger import CONTACT, DEDUPE
+from syncworker.ledger import CONTACT
 from syncworker.quarantine import replay
 from syncworker.queueing import INGEST, QUARANTINE
 from syncworker.web import create_app
+from tests import ledger_reads
 from tests.conftest import SettingsFactory
 from tests.intake.signing import payload, signer_for
 
@@ -140,7 +141,7 @@ def test_the_worker_applies_each_event_on_its_own(
 
     good = [event(f"good-{i}", f"good{i}@example.com", Kind.UNSUBSCRIBE, 10.0 + i)
             for i in range(3)]  # fmt: skip
-    redis_conn.set(CONTACT + "wrongtype@example.com", "not a hash")  # Redis will refuse this one
+    redis_conn.set(CONTACT + "wrongtype@example.com", "not a record")  # the script will fail
     refused_by_redis = event("bad-redis", "wrongtype@example.com", Kind.HARD_BOUNCE, 1.0)
     forms = [codec.dump(e) for e in (good[0], refused_by_redis, good[1], good[2])]
     forms.insert(2, {**codec.dump(good[0]), "key": "bad-codec", "email": "no address"})
@@ -151,10 +152,9 @@ def test_the_worker_applies_each_event_on_its_own(
     )
     run_worker((INGEST,))
     for e in good:
-        assert redis_conn.exists(DEDUPE + e.key)
-        assert redis_conn.hget(CONTACT + e.email, "suppressed") == b"1"
-    assert not redis_conn.exists(DEDUPE + "bad-codec")
-    assert not redis_conn.exists(DEDUPE + "bad-redis")
+        assert [h["key"] for h in ledger_reads.history(redis_conn, e.email)] == [e.key]
+        assert rt.ledger.state(e.email).suppressed
+    assert ledger_reads.applied(redis_conn) == len(good)  # nothing of bad-codec or bad-redis
     assert len(FailedJobRegistry(INGEST, connection=redis_conn)) == 0
     records = [orjson.loads(r) for r in redis_conn.lrange(QUARANTINE, 0, -1)]
     reasons = sorted(r["reason"].split(":")[0] for r in records)
@@ -248,7 +248,8 @@ def test_what_any_source_accepts_is_applied_or_quarantined(
     admitted = [e for e in parsed.events if codec.problem(e) is None]
     assert len(admitted) == expected
     for event in admitted:
-        assert redis_conn.exists(DEDUPE + event.key) or event.key in refused, event.key
+        keys = {h["key"] for h in ledger_reads.history(redis_conn, event.email)}
+        assert event.key in keys or event.key in refused, event.key
         assert "<" not in event.email  # a display name is dropped, the bare address kept
     assert not refused, "the worker refused what the web accepted"
 
@@ -301,6 +302,8 @@ def test_ids_the_verifier_accepts_make_keys_the_worker_takes(
     run_worker((INGEST,))
     assert len(FailedJobRegistry(INGEST, connection=redis_conn)) == 0
     assert redis_conn.llen(QUARANTINE) == 0
-    keys = [k.decode() for k in redis_conn.scan_iter("sw:k:*")]
+    keys = []
+    for raw in redis_conn.scan_iter(CONTACT + "*"):
+        keys += [h["key"] for h in ledger_reads.history(redis_conn, raw.decode()[len(CONTACT) :])]
     assert len(keys) == answer.json["accepted"]
-    assert all(len(k) <= len("sw:k:") + MAX_KEY for k in keys)
+    assert all(len(k) <= MAX_KEY for k in keys)

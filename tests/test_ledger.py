@@ -241,3 +241,47 @@ def test_concurrent_writers_never_lose_an_event(redis_conn: redis.Redis, redis_u
     assert view is not None
     assert len(view.history) == 200
     assert len({h["key"] for h in view.history}) == 200
+
+
+def test_keys_that_left_the_history_are_still_duplicates_within_the_ttl(
+    redis_conn: redis.Redis,
+) -> None:
+    """Dedupe is per address: the history's keys, then hashes of the keys that left it, each for
+    ``dedupe_ttl_s`` after it was recorded; a replayed batch longer than the history applies
+    nothing twice."""
+    led = ledger(redis_conn, history_limit=3, soft_bounce_threshold=100)
+    batch = [ev(f"k{i}", Kind.SOFT_BOUNCE, 1.0 + i) for i in range(20)]
+    assert led.apply(batch).effects == {"counted": 20}
+    assert led.apply(batch).effects == {"duplicate": 20}
+    view = led.view("jane@example.com")
+    assert view is not None
+    assert [h["key"] for h in view.history] == ["k19", "k18", "k17"]
+    other = ev("k1", Kind.SOFT_BOUNCE, 1.0, email="john@example.com")  # keys are per address
+    assert led.apply([other]).effects == {"counted": 1}
+    # past the TTL (0 s here; a state destination only: an event stream's copy needs a TTL)
+    settings = Settings().replace(history_limit=3, soft_bounce_threshold=100, dedupe_ttl_s=0)
+    expired = Ledger(redis_conn, settings, Route.build({"crm": (False, ALL)}))
+    assert expired.apply(batch[:1]).effects == {"counted": 1}
+
+
+def test_an_address_is_one_key_however_many_destinations_and_events(
+    redis_conn: redis.Redis,
+) -> None:
+    """State, reasons, history, dedupe and every destination's sync status live in one record:
+    no key per event stays once the event-stream events are delivered."""
+    led = ledger(redis_conn)
+    led.apply([ev(f"k{i}", Kind.HARD_BOUNCE, float(i)) for i in range(5)])
+    with redis_conn.pipeline(transaction=True) as pipe:
+        for dest in ("crm", "stream"):
+            led.write_sync(pipe, "jane@example.com", dest, {"status": "applied", "at": 9.5})
+        pipe.execute()
+    redis_conn.delete(*redis_conn.keys(EVENT + "*"), *redis_conn.keys(PENDING + "*"))
+    keys = sorted(k.decode() for k in redis_conn.keys("*"))
+    assert keys == ["sw:c:jane@example.com", "sw:contacts:n"]  # the record, the ledger's count
+    view = led.view("jane@example.com")
+    assert view is not None and len(view.history) == 5
+    assert view.sync == {
+        "crm": {"status": "applied", "at": 9.5, "version": 0},
+        "stream": {"status": "applied", "at": 9.5, "version": 0},
+    }
+    assert led.confirmed("crm", ["jane@example.com"]) == [frozenset()]

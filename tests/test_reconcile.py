@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-import orjson
 import pytest
 import redis
 from click.testing import CliRunner
@@ -18,6 +17,7 @@ from syncworker.emulators.segment import SegmentEmulator
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
 from syncworker.runtime import Runtime
+from tests import ledger_reads
 from tests.conftest import SettingsFactory
 
 ADDRESSES = [f"r{i:04d}@example.com" for i in range(1200)]
@@ -165,6 +165,6 @@ def test_dry_run_sends_nothing_and_logs_masked_requests(
     assert "dry-run dest=hubspot request=POST" in caplog.text
     assert "/communication-preferences/v4/statuses/batch/unsubscribe-all" in caplog.text
     assert "j***@example.com" in caplog.text and "jane.doe@" not in caplog.text
-    status = orjson.loads(redis_conn.hget("sw:sync:jane.doe@example.com", "hubspot") or b"{}")
+    status = ledger_reads.sync(redis_conn, "jane.doe@example.com", "hubspot") or {}
     assert status["status"] == "dry_run"
     assert redis_conn.zcard(PENDING + "hubspot") == 0

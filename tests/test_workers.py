@@ -17,6 +17,7 @@ from syncworker import codec
 from syncworker.events import HygieneEvent, Kind
 from syncworker.queueing import DELIVER, INBOX_QUEUED, INGEST, Enqueuer
 from syncworker.workers import QuickStopSimpleWorker
+from tests import ledger_reads
 from tests.processes import Process, clean_env, start_worker, wait_until
 
 
@@ -51,8 +52,8 @@ def big_job(conn: redis.Redis, n: int) -> str:
 
 
 def applied(conn: redis.Redis) -> int:
-    """Events of ``big_job`` the ledger has applied (it keeps one dedupe key per event)."""
-    return sum(1 for _ in conn.scan_iter("sw:k:stop-*", count=10_000))
+    """Events of ``big_job`` the ledger has applied (each counted by the write that applies it)."""
+    return ledger_reads.applied(conn)
 
 
 def stop_mid_job(conn: redis.Redis, worker: Process, job_id: str) -> float:

@@ -24,6 +24,7 @@ from syncworker.emulators.hubspot import HubSpotEmulator
 from syncworker.emulators.segment import SegmentEmulator
 from syncworker.emulators.webhook_receiver import WebhookReceiver, new_secret
 from syncworker.ledger import PENDING
+from tests import ledger_reads
 from tests.intake.signing import (
     basic_auth_header,
     mailgun_body,
@@ -309,5 +310,4 @@ def _is_hygiene(event: dict[str, Any]) -> bool:
 
 
 def _reasons(conn: redis.Redis, email: str) -> set[str]:
-    raw = conn.hget(f"sw:c:{email}", "reasons")
-    return set(orjson.loads(raw)) if raw else set()
+    return ledger_reads.reasons(conn, email)

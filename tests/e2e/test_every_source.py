@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import orjson
 import redis
 import requests
 
 from syncworker.intake.registry import ESP_PARSERS
+from tests import ledger_reads
 from tests.intake.signing import payload, signer_for
 from tests.processes import Process, clean_env, start_gunicorn, start_worker, wait_until
 
@@ -18,10 +18,15 @@ PUBLIC_URL = "https://hooks.example.com"  # what URL-signing ESPs signed; the ap
 
 def ledger_kinds(conn: redis.Redis) -> dict[str, Counter[str]]:
     kinds: dict[str, Counter[str]] = defaultdict(Counter)
-    for key in conn.scan_iter("sw:h:*", count=1000):
-        for raw in conn.lrange(key, 0, -1):
-            entry = orjson.loads(raw)
-            kinds[entry["source"]][entry["kind"]] += 1
+    led = ledger_reads.reader(conn)
+    cursor = 0
+    while True:
+        cursor, emails = led.scan(cursor, 1000)
+        for email in emails:
+            for entry in ledger_reads.history(conn, email):
+                kinds[entry["source"]][entry["kind"]] += 1
+        if cursor == 0:
+            break
     return kinds
 
 

@@ -26,6 +26,7 @@ from syncworker.emulators.salesforce import SalesforceEmulator
 from syncworker.emulators.segment import SegmentEmulator
 from syncworker.emulators.webhook_receiver import WebhookReceiver, new_secret
 from syncworker.ledger import PENDING
+from tests import ledger_reads
 from tests.intake.signing import sendgrid_keypair, sign_sendgrid
 from tests.processes import Process, clean_env, start_gunicorn, start_worker, wait_until
 
@@ -45,11 +46,10 @@ class Ledger:
         suppressed: dict[str, set[str]] = {}
         events = 0
         for email in ADDRESSES:
-            raw = conn.hget(f"sw:c:{email}", "reasons")
-            reasons = set(orjson.loads(raw)) if raw else set()
+            reasons = ledger_reads.reasons(conn, email)
             if reasons:
                 suppressed[email] = reasons
-            events += int(conn.llen(f"sw:h:{email}"))
+            events += len(ledger_reads.history(conn, email))
         return cls(suppressed, events)
 
 

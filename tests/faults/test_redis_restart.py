@@ -16,6 +16,7 @@ from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
 from syncworker.queueing import INGEST, Enqueuer
 from syncworker.redis_server import RedisServer
+from tests.ledger_reads import reader
 from tests.processes import clean_env, start_worker, wait_until
 
 EMAILS = [f"restart{i:03d}@example.com" for i in range(200)]
@@ -89,7 +90,7 @@ def test_worker_survives_a_redis_restart(persistent_redis: Restartable, tmp_path
             wait_until(done, 90, "the worker to recover and deliver the second half", 0.2)
         finally:
             worker.stop()
-        assert conn.scard("sw:contacts") == len(EMAILS)
+        assert reader(conn).contact_count() == len(EMAILS)
         conn.close()
 
 
