@@ -21,7 +21,7 @@ from syncworker.intake.base import EspParser, ParseResult, Quarantined
 from syncworker.intake.esps.amazon_ses import AmazonSesParser
 from syncworker.intake.esps.postmark import PostmarkParser
 from syncworker.intake.esps.standard_webhooks import StandardWebhooksParser
-from syncworker.queueing import INGEST, QUARANTINE, Enqueuer, store_quarantine
+from syncworker.queueing import INBOX, QUARANTINE, Enqueuer, store_quarantine
 from syncworker.runtime import Runtime
 from syncworker.web import create_app
 from tests.conftest import SettingsFactory
@@ -101,7 +101,8 @@ def records(conn: redis.Redis) -> list[dict[str, Any]]:
 
 
 def queued(conn: redis.Redis) -> int:
-    return int(conn.llen(f"rq:queue:{INGEST}"))
+    """Replay batches waiting in the ingest inbox."""
+    return int(conn.xlen(INBOX))
 
 
 def post_postmark(client: FlaskClient, event: dict[str, Any]) -> dict[str, Any]:
