@@ -261,8 +261,12 @@ def test_hosts_share_the_work_hold_the_rate_and_take_over_a_dead_host(
     for name in HOSTS:
         assert jobs[(name, "deliver")] > 0, f"{name} ran no deliver job"
     assert sum(1 for name in HOSTS if jobs[(name, "ingest")] > 0) >= 2
-    # the dead host's work was recovered by a live one, which says so in its log
-    assert any("flush lock of a dead deliver job released" in log for log in logs.values())
+    # a live host rescued the dead one's deliver job, freed its flush lock and took its batch
+    job = holder.decode()
+    rescued = f"abandoned jobs of dead workers rescued queue=syncworker-deliver jobs=['{job}:"
+    released = f"flush lock of a dead deliver job released dest=hubspot job={job} "
+    assert any(rescued in log for log in logs.values()), logs
+    assert any(released + f"in_flight_reclaimed={BATCH}" in log for log in logs.values()), logs
 
     # HubSpot's limit held across the hosts: no 429, no 1 s window over the limit
     calls = hubspot.calls("/communication-preferences/v4/statuses/batch/unsubscribe-all")
