@@ -246,7 +246,7 @@ def test_hosts_share_the_work_hold_the_rate_and_take_over_a_dead_host(
         logs = {name: hosts[name].output() for name in survivors}
         # the ledger as the web API shows it, address by address
         api = {"Authorization": "Bearer api-token"}
-        views = {e: post.get(f"{url}/v1/contacts/{e}", headers=api).json() for e in EVERYONE}
+        answers = {e: post.get(f"{url}/v1/contacts/{e}", headers=api) for e in EVERYONE}
     finally:
         post.close()
         for host in hosts.values():
@@ -282,7 +282,9 @@ def test_hosts_share_the_work_hold_the_rate_and_take_over_a_dead_host(
     assert [e for e, n in sent.items() if n > 1] == []
 
     # every event applied once (each was sent twice), and HubSpot's answer recorded
-    for email, view in views.items():
+    for email, answer in answers.items():
+        assert answer.status_code == 200, (email, answer.status_code, answer.text)
+        view = answer.json()
         assert view["email"] == email
         assert [h["kind"] for h in view["history"]] == ["unsubscribe"], view
         assert view["destinations"]["hubspot"]["status"] in ("applied", "already"), view
