@@ -4,15 +4,17 @@
                            [--only single|batch]
 
 Prints JSON: events/s for signed 1,000-event SendGrid batches and requests/s for single Postmark
-events, each with the bare Flask figure (parse JSON, answer 200) and their ratio. Targets:
-batched >= 0.10 of the bare parse floor; single >= 0.5 of bare Flask.
+events, each with the bare Flask figure (parse the body with orjson, answer 200) and their ratio,
+each as the median and range over rounds. Targets: batched >= 0.10 of the bare parse floor;
+single >= 0.5 of bare Flask.
 
 The load generator, Redis and both apps share the machine, and throughput on a small VM drifts
-between runs: the apps alternate round by round and the ratio reported is the median of each
-round's pair. Beside it, the CPU time each request cost (gunicorn's processes, and Redis for
-syncworker) is printed: it drifts less than throughput and says where the time goes. Each round
-waits until both apps and Redis are idle: when wrk stops, requests it already sent are still being
-served (a second or more of 1,000-event batches), and that work would land in the next round.
+between runs: the apps alternate round by round (which one goes first alternates too) and the
+ratio reported is the median of each round's pair. Beside it, the CPU time each request cost
+(gunicorn's processes, and Redis for syncworker) is printed: it drifts less than throughput and
+says where the time goes. Each round waits until both apps and Redis are idle: when wrk stops,
+requests it already sent are still being served (a second or more of 1,000-event batches), and
+that work would land in the next round.
 
 wrk opens its connections in one burst, and a gunicorn worker accepts whatever is waiting when it
 wakes: with a few dozen connections one worker often ends up with nearly all of them, which halves
@@ -26,6 +28,7 @@ import argparse
 import json
 import os
 import random
+from typing import Any
 
 import orjson
 import redis
@@ -35,7 +38,7 @@ from syncworker.queueing import INGEST
 from syncworker.redis_server import RedisServer, free_port
 from tests.intake.signing import basic_auth_header, sendgrid_keypair, sign_sendgrid
 
-HYGIENE = [
+HYGIENE: list[dict[str, Any]] = [
     {"event": "bounce", "type": "bounce", "reason": "550 5.1.1 user unknown", "status": "5.1.1"},
     {"event": "bounce", "type": "blocked", "reason": "550 blocked", "status": "5.7.1"},
     {"event": "dropped", "reason": "Bounced Address"},
@@ -43,7 +46,9 @@ HYGIENE = [
     {"event": "unsubscribe"},
     {"event": "group_unsubscribe", "asm_group_id": 42},
 ]
-OTHER = [{"event": e} for e in ("delivered", "open", "click", "processed", "deferred")]
+OTHER: list[dict[str, Any]] = [
+    {"event": e} for e in ("delivered", "open", "click", "processed", "deferred")
+]
 
 
 def sendgrid_batch(n: int, hygiene_share: float, rng: random.Random) -> bytes:
@@ -78,7 +83,7 @@ POSTMARK_BOUNCE = {
 }
 
 
-def paired_ratios(ours: list[dict[str, float]], bare: list[dict[str, float]]) -> dict[str, float]:
+def paired_ratios(ours: list[dict[str, float]], bare: list[dict[str, float]]) -> dict[str, Any]:
     """Median, min and max of ours/bare over rounds: each round's pair ran back to back, so the
     machine's drift between rounds cancels out."""
     ratios = sorted(
@@ -89,6 +94,16 @@ def paired_ratios(ours: list[dict[str, float]], bare: list[dict[str, float]]) ->
         "ratio_min": round(ratios[0], 3),
         "ratio_max": round(ratios[-1], 3),
         "ratios": [round(r, 3) for r in ratios],
+    }
+
+
+def spread(values: list[float], scale: float = 1.0) -> dict[str, float]:
+    """Median, min and max of ``values`` (times ``scale``), rounded."""
+    ordered = sorted(v * scale for v in values)
+    return {
+        "median": round(ordered[len(ordered) // 2]),
+        "min": round(ordered[0]),
+        "max": round(ordered[-1]),
     }
 
 
@@ -177,9 +192,11 @@ def main() -> None:
                     wrk_post(url, body, headers, 5, args.connections)
             samples: dict[tuple[str, str], list[dict[str, float]]] = {}
             cases = [c for c in ("batch", "single") if args.only in (None, c)]
-            for _ in range(args.rounds):
-                # the apps alternate so that drift in machine load hits both alike
-                for name, port in (("syncworker", ours_port), ("bare_flask", bare_port)):
+            apps = [("syncworker", ours_port), ("bare_flask", bare_port)]
+            for round_no in range(args.rounds):
+                # the apps alternate so that drift in machine load hits both alike, and which one
+                # goes first alternates, so that neither always follows the other's leftovers
+                for name, port in apps if round_no % 2 == 0 else apps[::-1]:
                     for case in cases:
                         if case == "batch":
                             # signed each round: the timestamp stays inside the tolerance
@@ -212,9 +229,13 @@ def main() -> None:
     answered = 0
     if ("syncworker", "batch") in runs:
         ours_b, bare_b = runs["syncworker", "batch"], runs["bare_flask", "batch"]
+        per_s = {
+            n: [v["requests_per_s"] for v in samples[n, "batch"]]
+            for n in ("syncworker", "bare_flask")
+        }
         results["sendgrid_batch_1000"] = {
-            "events_per_s": round(ours_b["requests_per_s"] * 1000),
-            "bare_parse_events_per_s": round(bare_b["requests_per_s"] * 1000),
+            "events_per_s": spread(per_s["syncworker"], 1000),
+            "bare_parse_events_per_s": spread(per_s["bare_flask"], 1000),
             **paired_ratios(samples["syncworker", "batch"], samples["bare_flask", "batch"]),
             "target_ratio": 0.10,
             "non_2xx": ours_b["non_2xx"],
@@ -224,9 +245,13 @@ def main() -> None:
         answered += int(ours_b["requests"] - ours_b["non_2xx"])
     if ("syncworker", "single") in runs:
         ours_s, bare_s = runs["syncworker", "single"], runs["bare_flask", "single"]
+        per_s = {
+            n: [v["requests_per_s"] for v in samples[n, "single"]]
+            for n in ("syncworker", "bare_flask")
+        }
         results["postmark_single"] = {
-            "requests_per_s": round(ours_s["requests_per_s"]),
-            "bare_flask_requests_per_s": round(bare_s["requests_per_s"]),
+            "requests_per_s": spread(per_s["syncworker"]),
+            "bare_flask_requests_per_s": spread(per_s["bare_flask"]),
             **paired_ratios(samples["syncworker", "single"], samples["bare_flask", "single"]),
             "target_ratio": 0.5,
             "non_2xx": ours_s["non_2xx"],
