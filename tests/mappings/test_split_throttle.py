@@ -98,7 +98,7 @@ def throttle_then_resume(
     before = time.time()
     report = Delivery(rt, dest).run()
     assert report.stopped == "throttled"
-    assert 29 < delivery.paused_for(conn, dest) <= 30
+    assert 20 < delivery.paused_for(conn, dest) <= 30  # Retry-After, less the time since
     first = delivered_keys()
     assert first and first < set(keys)  # some parts went through, some did not
     due = pending(conn, dest)
@@ -176,7 +176,7 @@ def test_webhook_through_the_worker_delivers_each_event_once_after_a_429(
     due = pending(redis_conn, "webhook")
     assert set(due) == set(keys) - first
     assert redis_conn.hlen(ATTEMPTS + "webhook") == 0
-    assert 29 < delivery.paused_for(redis_conn, "webhook") <= 30
+    assert 20 < delivery.paused_for(redis_conn, "webhook") <= 30  # Retry-After, less the time since
     assert delivery.tick(rt) == []
     # Retry-After has passed
     redis_conn.delete(PAUSE + "webhook")
@@ -394,7 +394,9 @@ def test_salesforce_addresses_saved_before_the_request_limit_are_not_written_aga
         before = time.time()
         report = Delivery(rt, "salesforce").run()
         assert report.stopped == "throttled"
-        assert 29 < delivery.paused_for(redis_conn, "salesforce") <= 30
+        assert (
+            20 < delivery.paused_for(redis_conn, "salesforce") <= 30
+        )  # Retry-After, less the time since
         first = saved()
         assert 0 < len(first) < len(emails)
         due = pending(redis_conn, "salesforce")
