@@ -40,7 +40,7 @@ from syncworker.queueing import (
     queue,
 )
 from syncworker.runtime import DestinationRuntime, Runtime
-from syncworker.workers import heartbeat_stale_s, job_alive
+from syncworker.workers import heartbeat_stale_s, job_alive, job_gone
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +204,11 @@ def request_may_be_out(runtime: Runtime, destination: str, job_id: str) -> float
     return max(0.0, taken_at + bound - time.time())
 
 
+def busy(runtime: Runtime, job_id: str) -> bool:
+    """Whether deliver job ``job_id`` may still be waiting for a request's answer."""
+    return any(request_may_be_out(runtime, name, job_id) > 0 for name in runtime.destinations)
+
+
 def release_dead_flush(runtime: Runtime, destination: str) -> bool:
     """Free the slot of each taker of ``destination`` whose job is no longer queued or running
     on a live worker (a killed work-horse or worker, a slot from an older release), and make the
@@ -221,7 +226,7 @@ def release_dead_flush(runtime: Runtime, destination: str) -> bool:
         job_id = _text(raw)
         if job_alive(conn, job_id, heartbeat_stale_s(runtime.settings)):
             continue
-        if job_alive(conn, job_id, None):  # silent, not known to be gone
+        if not job_gone(conn, job_id):  # silent, not known to be gone
             left = request_may_be_out(runtime, destination, job_id)
             if left > 0:
                 log.warning(
