@@ -354,6 +354,8 @@ class Delivery:
                     break
                 if gate == PROBE:
                     self.count("probes")
+                elif len(ids) == self.dest.batch_size and self.dest.concurrency > 1:
+                    ensure_flush(self.rt, self.name)  # a backlog: another taker, if allowed
                 report.batches += 1
                 going = self.process(instance, ids, report)
                 if gate == PROBE:

@@ -408,10 +408,13 @@ class Destination:
         return max(1, min(int(text), cls.batch_size)) if text else cls.batch_size
 
     @classmethod
-    def effective_concurrency(cls, config: DestinationConfig) -> int:
+    def effective_concurrency(cls, config: DestinationConfig, spare: int) -> int:
+        """``CONCURRENCY`` as set, else ``concurrency`` within 1 + ``spare`` deliver processes
+        (those beyond one per destination): a further job never queues ahead of another
+        destination's for a process."""
         text = config.get("CONCURRENCY")
         if not text:
-            return cls.concurrency
+            return min(cls.concurrency, 1 + spare)
         value = int(text)
         if value < 1:
             raise ValueError(text)

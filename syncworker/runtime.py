@@ -89,7 +89,7 @@ class Runtime:
                 rate=klass.effective_rate(config),
                 batch_size=klass.effective_batch_size(config),
                 base_url=klass.effective_base_url(config),
-                concurrency=klass.effective_concurrency(config),
+                concurrency=klass.effective_concurrency(config, spare_processes(settings)),
                 batch_wait_s=klass.effective_batch_wait(config, settings.batch_wait_s),
             )
         route = Route.build(
@@ -99,6 +99,12 @@ class Runtime:
             }
         )
         return cls(settings, conn, dests, Ledger(conn, settings, route))
+
+
+def spare_processes(settings: Settings) -> int:
+    """Deliver processes beyond one per destination (``SYNCWORKER_DELIVER_WORKERS``): a
+    destination's further deliver jobs run in these, never in another destination's."""
+    return max(0, settings.deliver_workers - len(settings.destinations))
 
 
 def check(settings: Settings) -> None:
@@ -128,7 +134,7 @@ def check(settings: Settings) -> None:
         except ValueError:
             problems.append(f"{env}BATCH_SIZE={config.get('BATCH_SIZE')!r}: expected a number")
         try:
-            klass.effective_concurrency(config)
+            klass.effective_concurrency(config, 0)
         except ValueError:
             problems.append(f"{env}CONCURRENCY={config.get('CONCURRENCY')!r}: expected 1 or more")
         try:
