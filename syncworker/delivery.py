@@ -1,10 +1,11 @@
 """Delivery to one destination: pending sets, batches, outcomes, backoff, pauses, dead letters.
 
 Each destination has its own pending set (id -> due time), in-flight set (id -> lease expiry),
-attempt counts, pause, flush lock and dead-letter list, so one destination's trouble never delays
-another. A deliver job runs for at most ``job_budget`` seconds, then re-queues itself behind the
-other destinations' jobs. ``tick()`` (run by ``syncworker worker`` every second) schedules a job for
-every destination whose work has come due: after a backoff, a pause, or a crashed job's lease.
+attempt counts, pause, deliver jobs' slots and dead-letter list, so one destination's trouble
+never delays another. A deliver job runs for at most ``job_budget`` seconds, then re-queues
+itself behind the other destinations' jobs. ``tick()`` (run by ``syncworker worker`` every
+second) schedules a job for every destination whose work has come due: after a backoff, a pause,
+or a crashed job's lease.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Recovery from crashes is quick: a flush lock or a started job whose process died is noticed in
-seconds, not after its TTL (real worker processes, killed as a dead machine would be)."""
+"""Recovery from crashes is quick: a deliver job's slot or a started job whose process died is
+noticed in seconds, not after its TTL (real worker processes, killed as a dead machine would be)."""
 
 from __future__ import annotations
 
