@@ -211,6 +211,21 @@ def job_alive(conn: redis.Redis, job_id: str, stale_s: float | None) -> bool:
     return bool(worker) and worker_alive(conn, _text(worker), stale_s)
 
 
+def started_by(conn: redis.Redis, member: str) -> str:
+    """The worker running the started-registry entry ``member`` (``job_id:execution_id``).
+
+    From the execution, which the worker writes with the registry entry, before it forks the
+    work-horse. The job's own ``worker_name`` is written only once the horse starts: until then
+    it is empty (RQ's enqueue writes it so), which once made a job that was just starting look
+    abandoned by a dead worker, on a loaded machine where the fork takes a while. RQ then failed
+    the job while its horse went on to run it, and a deliver job's slot was freed under it, so
+    a second job sent to the same destination at the same time."""
+    worker = conn.hget(f"rq:execution:{member}", "worker_name")
+    if not worker:
+        worker = conn.hget(f"rq:job:{member.split(':', 1)[0]}", "worker_name")
+    return _text(worker) if worker else ""
+
+
 def rescue_abandoned(
     conn: redis.Redis,
     queues: Iterable[str],
@@ -229,8 +244,8 @@ def rescue_abandoned(
         for entry in conn.zrange(registry.key, 0, -1):
             member = _text(entry)
             job_id = member.split(":", 1)[0]
-            worker = conn.hget(f"rq:job:{job_id}", "worker_name")
-            if worker is None or worker_alive(conn, _text(worker), stale_s):
+            worker = started_by(conn, member)
+            if not worker or worker_alive(conn, worker, stale_s):
                 continue
             if busy is not None and not worker_gone(conn, _text(worker)) and busy(job_id):
                 continue  # silent, not known to be gone, and its request may still be out

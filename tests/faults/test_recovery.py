@@ -26,8 +26,9 @@ from syncworker.delivery import FLUSH, INFLIGHT
 from syncworker.emulators.hubspot import HubSpotEmulator
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING, SYNC
-from syncworker.queueing import DELIVER, INGEST, Enqueuer
+from syncworker.queueing import DELIVER, INGEST, QUEUES, Enqueuer
 from syncworker.runtime import Runtime
+from syncworker.workers import WORKER_DEAD_AFTER_S, QuickStopWorker, rescue_abandoned
 from tests.conftest import SettingsFactory
 from tests.faults.test_crashes import EMAILS, events, worker_env
 from tests.processes import descendants, start_worker, wait_until
@@ -269,3 +270,30 @@ def test_deliver_job_timeout_covers_its_budget_rate_waits_and_http_timeout(
     assert job.timeout is not None
     assert job.timeout >= s.job_budget_s + 2 * s.rate_wait_cap_s + s.http_timeout_s
     assert redis_conn.pttl(FLUSH + "hubspot") > job.timeout * 1000
+
+
+def test_a_job_whose_horse_is_starting_is_not_taken_for_a_dead_workers(
+    rt: Runtime, redis_conn: redis.Redis, hubspot: HubSpotEmulator
+) -> None:
+    """A forking worker registers the job it took as started, then forks its horse, which marks
+    the job started and names the worker; until then the job names none. On a loaded machine
+    that gap lasts, and the supervisor once took such a job for a dead worker's: RQ failed it,
+    its slot was freed and a second deliver job queued, while the horse went on to run the first,
+    so two jobs sent to the destination at once. Here the worker is stopped in that gap: the job
+    is left alone, its slot kept, and the horse then runs it."""
+    rt.ledger.apply([HygieneEvent("k1", "t", "t", EMAILS[0], Kind.UNSUBSCRIBE, 1000.0)])
+    assert delivery.ensure_flush(rt, "hubspot")
+    worker = QuickStopWorker([DELIVER], connection=redis_conn, serializer=JSONSerializer)
+    worker.register_birth()
+    taken = worker.dequeue_job_and_maintain_ttl(timeout=1)
+    assert taken is not None
+    job, queue = taken
+    worker.prepare_execution(job)  # what the worker does just before it forks the horse
+    assert rescue_abandoned(redis_conn, QUEUES, WORKER_DEAD_AFTER_S) == []
+    assert delivery.tick(rt) == []
+    assert redis_conn.hkeys(FLUSH + "hubspot") == [job.id.encode()]
+    assert Queue(DELIVER, connection=redis_conn).count == 0  # no second deliver job
+    worker.perform_job(job, queue)  # what the horse does
+    assert hubspot.opted_out == {EMAILS[0]}
+    assert redis_conn.hlen(FLUSH + "hubspot") == 0
+    worker.register_death()
