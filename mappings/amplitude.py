@@ -69,6 +69,7 @@ class Amplitude(Destination):
     base_url = REGIONS["us"]
     batch_size = 100  # the API takes 2,000 events a request
     rate = Rate(10, per_seconds=1)  # ≤ 1,000 events/s and ≤ 100 batches/s: the Starter plan's caps
+    concurrency = 2  # dedupes on insert_id; events carry their time
     mode = Mode.EVENTS
 
     def __init__(self, config: DestinationConfig, http: HttpClient) -> None:

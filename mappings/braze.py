@@ -52,6 +52,7 @@ class Braze(Destination):
     batch_size = 50
     # REST API: 250,000 requests an hour; the export lookups are held to 250 a minute
     rate = Rate(50, per_seconds=1)
+    concurrency = 4  # limited by rate (per endpoint), not by concurrency
     endpoint_rates = {EXPORT: Rate(250, per_seconds=60)}
     mode = Mode.STATE
 

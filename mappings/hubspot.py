@@ -61,6 +61,7 @@ class HubSpot(Destination):
     base_url = "https://api.hubapi.com"
     batch_size = LIMIT
     rate = Rate(100, per_seconds=10)
+    concurrency = 4  # limited by rate, not concurrency; a contact is never in two batches at once
     mode = Mode.STATE
 
     def __init__(self, config: DestinationConfig, http: HttpClient) -> None:

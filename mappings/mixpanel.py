@@ -72,6 +72,7 @@ class Mixpanel(Destination):
     base_url = REGIONS["us"]
     batch_size = 1000  # /import takes 2,000 events a request
     rate = Rate(20, per_seconds=1)  # 2 requests per batch; Mixpanel allows ~2 GB of JSON a minute
+    concurrency = 2  # dedupes on $insert_id; events carry their time
     mode = Mode.EVENTS
 
     def __init__(self, config: DestinationConfig, http: HttpClient) -> None:

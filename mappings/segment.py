@@ -46,6 +46,7 @@ class Segment(Destination):
     base_url = "https://api.segment.io"
     batch_size = 100  # 200 messages of ~1 KB; a batch with long ESP texts is split by size
     rate = Rate(50, per_seconds=1)
+    concurrency = 4  # Segment dedupes on messageId and orders by timestamp
     mode = Mode.EVENTS
 
     def __init__(self, config: DestinationConfig, http: HttpClient) -> None:

@@ -47,6 +47,7 @@ class Webhook(Destination):
     optional_settings = {"SECRET_PREVIOUS": "", "MAX_BATCH_BYTES": "1000000"}
     batch_size = 100
     rate = Rate(20, per_seconds=1)
+    concurrency = 1  # one request at a time: a receiver may apply events in arrival order
     mode = Mode.EVENTS
 
     def __init__(self, config: DestinationConfig, http: HttpClient) -> None:

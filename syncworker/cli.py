@@ -144,8 +144,8 @@ def worker(queue_name: str | None, burst: bool) -> None:
     me = [sys.executable, "-m", "syncworker", "worker"]
     # RQ worker processes of one queue each; several on the deliver queue, so that a destination
     # whose job sleeps at its rate limit or waits on a hanging request holds only its own
-    # process: the flush lock keeps one job per destination, so with a process per destination
-    # every destination's job finds one free
+    # process: a destination takes at most its concurrency of jobs, and its first whenever it
+    # has none, so with a process per destination every destination's first job finds one free
     queue_of = {"ingest": "ingest"}
     for i in range(2, max(1, settings.ingest_workers) + 1):
         queue_of[f"ingest-{i}"] = "ingest"
@@ -174,7 +174,7 @@ def worker(queue_name: str | None, burst: bool) -> None:
         while not stop.is_set():
             try:
                 # dead workers' jobs and scheduler locks first: then their retries are due
-                rescue_abandoned(rt.conn, QUEUES, stale_s)
+                rescue_abandoned(rt.conn, QUEUES, stale_s, busy=lambda job: delivery.busy(rt, job))
                 scheduling.step()
                 inbox.tick(rt.conn, stale_s)  # entries waiting with no ingest job to read them
                 delivery.tick(rt)

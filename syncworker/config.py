@@ -86,6 +86,14 @@ OPTIONS: dict[str, Option] = {
     "rate_wait_cap_s": Option(
         "RATE_WAIT_CAP", float, 2.0, "s", "longer waits for the rate limiter become a pause"
     ),
+    "batch_wait_s": Option(
+        "BATCH_WAIT",
+        float,
+        0.1,
+        "s",
+        "a deliver job waits up to this (or one request interval of the destination's rate, "
+        "at most 1 s) for a full batch",
+    ),
     "http_timeout_s": Option("HTTP_TIMEOUT", float, 15.0, "s", "timeout of one destination call"),
     "quarantine_limit": Option(
         "QUARANTINE_LIMIT", int, 10000, "entries", "quarantined events kept (oldest dropped)"
@@ -126,7 +134,7 @@ OPTIONS: dict[str, Option] = {
     ),
 }
 
-DESTINATION_COMMON = ("BASE_URL", "RATE", "BATCH_SIZE", "DRY_RUN")
+DESTINATION_COMMON = ("BASE_URL", "RATE", "BATCH_SIZE", "CONCURRENCY", "BATCH_WAIT", "DRY_RUN")
 # a source or destination setting whose name holds one of these is shown masked
 SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "USERNAME", "CREDENTIAL")
 
@@ -191,6 +199,7 @@ class Settings:
     lease_s: float = 120.0
     job_budget_s: float = 10.0
     rate_wait_cap_s: float = 2.0
+    batch_wait_s: float = 0.1
     http_timeout_s: float = 15.0
     quarantine_limit: int = 10000
     quarantine_record_bytes: int = 64 * 1024

@@ -1,10 +1,11 @@
 """Delivery to one destination: pending sets, batches, outcomes, backoff, pauses, dead letters.
 
 Each destination has its own pending set (id -> due time), in-flight set (id -> lease expiry),
-attempt counts, pause, flush lock and dead-letter list, so one destination's trouble never delays
-another. A deliver job runs for at most ``job_budget`` seconds, then re-queues itself behind the
-other destinations' jobs. ``tick()`` (run by ``syncworker worker`` every second) schedules a job for
-every destination whose work has come due: after a backoff, a pause, or a crashed job's lease.
+attempt counts, pause, deliver jobs' slots and dead-letter list, so one destination's trouble
+never delays another. A deliver job runs for at most ``job_budget`` seconds, then re-queues
+itself behind the other destinations' jobs. ``tick()`` (run by ``syncworker worker`` every
+second) schedules a job for every destination whose work has come due: after a backoff, a pause,
+or a crashed job's lease.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from syncworker.queueing import (
     queue,
 )
 from syncworker.runtime import DestinationRuntime, Runtime
-from syncworker.workers import heartbeat_stale_s, job_alive
+from syncworker.workers import heartbeat_stale_s, job_alive, job_gone
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ INFLIGHT = "sw:inflight:"
 ATTEMPTS = "sw:attempts:"
 DEAD = "sw:dead:"
 PAUSE = "sw:pause:"
-FLUSH = "sw:flush:"
+FLUSH = "sw:takers:"  # hash: deliver job id -> when it was queued; one field per taker
+TAKEN = "sw:taken:"  # + dest:job -> that taker's batch in flight (see taken_key)
 DSTATS = "sw:dstats:"
 CONFIRMED = "sw:confirmed:"  # the old ledger layout's confirmed reasons (now in the record)
 
@@ -59,62 +61,108 @@ for _, id in ipairs(expired) do
   redis.call('ZADD', KEYS[1], 'NX', now, id)
   redis.call('ZREM', KEYS[2], id)
 end
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, n)
+-- due ids, except those another taker has in flight (a contact changed again while its last
+-- state is being sent waits for that request: two takers never send one contact at once)
+local ids, offset = {}, 0
+while #ids < n and offset < 10 * n do
+  local chunk = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', offset, n)
+  if #chunk == 0 then break end
+  for _, id in ipairs(chunk) do
+    if #ids < n and not redis.call('ZSCORE', KEYS[2], id) then ids[#ids + 1] = id end
+  end
+  offset = offset + #chunk
+end
+-- this taker's batch (id -> its lease), so that a dead taker's batch is told from the others'
+local until_ = math.floor((now + lease) * 1000) / 1000
+redis.call('DEL', KEYS[3])
 for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[1], id)
-  redis.call('ZADD', KEYS[2], now + lease, id)
+  redis.call('ZADD', KEYS[2], until_, id)
+  redis.call('HSET', KEYS[3], id, until_)
 end
+if #ids > 0 then redis.call('PEXPIRE', KEYS[3], math.ceil(lease * 1000) + 60000) end
 return ids
 """
 
 BATCH_API_CALLS = 3  # requests one batch of a batch API may make (a lookup, a write, a retry)
 DELIVER_MARGIN_S = 30  # s: recording a batch's outcomes and re-queueing after the budget
 
-# Frees the flush lock KEYS[1] if the dead job ARGV[1] still holds it, and makes the batches it
-# held in flight (KEYS[2]) due now: while it held the lock no other deliver job took any, so
-# they are its own, and nobody is sending them.
+# Frees the slot of the dead taker ARGV[1] in KEYS[1] (the destination's takers), and makes the
+# ids of its batch (KEYS[3]) that are still in flight (KEYS[2]) under its lease due now: nobody is
+# sending them. An id whose lease has changed since was retaken by another taker and is left be.
 RECLAIM_LUA = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-redis.call('DEL', KEYS[1])
-local ids = redis.call('ZRANGE', KEYS[2], 0, -1)
-for _, id in ipairs(ids) do redis.call('ZADD', KEYS[2], 'XX', 0, id) end
-return #ids
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return -1 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local taken = redis.call('HGETALL', KEYS[3])
+local n = 0
+for i = 1, #taken, 2 do
+  local score = redis.call('ZSCORE', KEYS[2], taken[i])
+  if score and math.abs(tonumber(score) - tonumber(taken[i + 1])) < 0.01 then
+    redis.call('ZADD', KEYS[2], 'XX', 0, taken[i])
+    n = n + 1
+  end
+end
+redis.call('DEL', KEYS[3])
+return n
 """
 
 RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+redis.call('DEL', KEYS[2])
+return redis.call('HDEL', KEYS[1], ARGV[1])
 """
+
+FILL_POLL_S = 0.02  # how often a deliver job waiting for a full batch looks at the pending set
+
+
+def taken_key(destination: str, token: str) -> str:
+    """The batch a taker (deliver job ``token``) has in flight: id -> lease expiry."""
+    return f"{TAKEN}{destination}:{token}"
+
+
+def batch_bound_s(settings: Settings, dest: DestinationRuntime | None = None) -> float:
+    """Longest a deliver job may take over one batch: every call of it waiting at two rate
+    limiters (an endpoint's and the destination's) and then for the HTTP timeout."""
+    calls = BATCH_API_CALLS
+    if dest is not None and dest.cls.sync is Destination.sync:  # the per-contact fallback
+        calls = max(calls, dest.batch_size)
+    return calls * (2 * settings.rate_wait_cap_s + settings.http_timeout_s)
 
 
 def deliver_timeout(settings: Settings, dest: DestinationRuntime | None = None) -> int:
     """Seconds RQ lets a deliver job run: its budget, then the batch it started just before the
     budget ran out, whose every call may wait at two rate limiters (an endpoint's and the
     destination's) and then for the HTTP timeout; and a margin for recording the outcomes."""
-    calls = BATCH_API_CALLS
-    if dest is not None and dest.cls.sync is Destination.sync:  # the per-contact fallback
-        calls = max(calls, dest.batch_size)
-    per_call = 2 * settings.rate_wait_cap_s + settings.http_timeout_s
-    return math.ceil(settings.job_budget_s + calls * per_call + DELIVER_MARGIN_S)
+    return math.ceil(settings.job_budget_s + batch_bound_s(settings, dest) + DELIVER_MARGIN_S)
 
 
 def ensure_flush(runtime: Runtime, destination: str) -> bool:
-    """Queue a deliver job for ``destination`` unless one is already queued or running.
+    """Queue a deliver job for ``destination`` unless enough are already queued or running.
 
-    The flush lock names its job and is set in the same transaction as the job is queued, so no
-    crash leaves a lock without a job; ``tick`` frees a lock whose job has died. Its TTL is only
-    a backstop.
+    Each job holds a slot among the destination's takers (``FLUSH``): the first whenever none
+    is held, another (up to the destination's ``concurrency``) only while a full batch is due
+    for each job already holding one. The slot names its job and is set in the same transaction
+    as the job is queued, so no crash leaves a slot without a job; ``tick`` frees a slot whose
+    job has died. The key's TTL is only a backstop.
     """
     conn, key = runtime.conn, FLUSH + destination
-    timeout = deliver_timeout(runtime.settings, runtime.destinations.get(destination))
+    dest = runtime.destinations.get(destination)
+    limit = dest.concurrency if dest is not None else 1
+    timeout = deliver_timeout(runtime.settings, dest)
     job_id = uuid.uuid4().hex
     with conn.pipeline(transaction=True) as pipe:
         try:
             pipe.watch(key)  # type: ignore[no-untyped-call]  # redis-py's, untyped
-            if pipe.exists(key):
+            holders = int(pipe.hlen(key))
+            if holders >= limit:
                 return False
+            if holders:
+                size = dest.batch_size if dest is not None else 1
+                due = int(pipe.zcount(PENDING + destination, "-inf", time.time()))
+                if due < (holders + 1) * size:  # the takers there are will take these
+                    return False
             pipe.multi()
-            pipe.set(key, job_id, px=(2 * timeout + 60) * 1000)
+            pipe.hset(key, job_id, str(time.time()))
+            pipe.pexpire(key, (2 * timeout + 60) * 1000)
             queue(conn, DELIVER).enqueue_call(
                 "syncworker.jobs.deliver",
                 args=(destination, job_id),
@@ -127,31 +175,89 @@ def ensure_flush(runtime: Runtime, destination: str) -> bool:
             )
             pipe.execute()
         except redis.WatchError:
-            return False  # another process took the lock meanwhile
+            return False  # another process took a slot meanwhile
     return True
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def request_may_be_out(runtime: Runtime, destination: str, job_id: str) -> float:
+    """Seconds for which a request of taker ``job_id`` may still be unanswered: its batch's ids
+    still in flight under its lease, taken less than ``batch_bound_s`` ago (0 if none)."""
+    conn = runtime.conn
+    taken = conn.hgetall(taken_key(destination, job_id))
+    if not taken:
+        return 0.0
+    ids = [_text(i) for i in taken]
+    scores = conn.zmscore(INFLIGHT + destination, ids)
+    leases = [float(v) for v in taken.values()]
+    leases = [
+        lease
+        for lease, score in zip(leases, scores, strict=True)
+        if score is not None and abs(score - lease) < 0.01
+    ]
+    if not leases:
+        return 0.0
+    taken_at = min(leases) - runtime.settings.lease_s
+    bound = batch_bound_s(runtime.settings, runtime.destinations.get(destination))
+    return max(0.0, taken_at + bound - time.time())
+
+
+def busy(runtime: Runtime, job_id: str) -> bool:
+    """Whether deliver job ``job_id`` may still be waiting for a request's answer."""
+    return any(request_may_be_out(runtime, name, job_id) > 0 for name in runtime.destinations)
 
 
 def release_dead_flush(runtime: Runtime, destination: str) -> bool:
-    """Free the flush lock of ``destination`` if the job it names is no longer queued or running
-    on a live worker (a killed work-horse or worker, a lock from an older release), and make the
-    batch it had in flight due now rather than when its lease ends."""
+    """Free the slot of each taker of ``destination`` whose job is no longer queued or running
+    on a live worker (a killed work-horse or worker, a slot from an older release), and make the
+    batch it had in flight due now rather than when its lease ends.
+
+    A worker whose process is known to be gone, or whose job has ended, is dead at once. One
+    that only looks dead because its heartbeat is late (a starved or stopped process, a worker on
+    another host) may still be waiting for the answer to its request: its slot and batch are
+    kept until that request must have ended (``batch_bound_s`` after the batch was taken), so
+    that a destination never gets a second request alongside one still unanswered.
+    """
     conn, key = runtime.conn, FLUSH + destination
-    holder = conn.get(key)
-    if holder is None:
-        return False
-    job_id = holder.decode() if isinstance(holder, bytes) else str(holder)
-    if job_alive(conn, job_id, heartbeat_stale_s(runtime.settings)):
-        return False
-    reclaimed = int(conn.eval(RECLAIM_LUA, 2, key, INFLIGHT + destination, job_id))
-    if reclaimed < 0:
-        return False
-    log.warning(
-        "flush lock of a dead deliver job released dest=%s job=%s in_flight_reclaimed=%d",
-        destination,
-        job_id,
-        reclaimed,
-    )
-    return True
+    freed = False
+    for raw in conn.hkeys(key):
+        job_id = _text(raw)
+        if job_alive(conn, job_id, heartbeat_stale_s(runtime.settings)):
+            continue
+        if not job_gone(conn, job_id):  # silent, not known to be gone
+            left = request_may_be_out(runtime, destination, job_id)
+            if left > 0:
+                log.warning(
+                    "deliver job silent, its request may still be out: slot kept "
+                    "dest=%s job=%s for_s=%.0f",
+                    destination,
+                    job_id,
+                    left,
+                )
+                continue
+        reclaimed = int(
+            conn.eval(
+                RECLAIM_LUA,
+                3,
+                key,
+                INFLIGHT + destination,
+                taken_key(destination, job_id),
+                job_id,
+            )
+        )
+        if reclaimed < 0:
+            continue
+        freed = True
+        log.warning(
+            "slot of a dead deliver job released dest=%s job=%s in_flight_reclaimed=%d",
+            destination,
+            job_id,
+            reclaimed,
+        )
+    return freed
 
 
 def flush(runtime: Runtime, destinations: Iterable[str]) -> None:
@@ -176,7 +282,7 @@ def has_due(conn: redis.Redis, destination: str, now: float | None = None) -> bo
 
 
 def tick(runtime: Runtime) -> list[str]:
-    """Queue a deliver job for each destination with due work, freeing a flush lock whose job
+    """Queue a deliver job for each destination with due work, freeing the slots of takers that
     died first; return the destinations scheduled."""
     scheduled = []
     conn = runtime.conn
@@ -184,12 +290,11 @@ def tick(runtime: Runtime) -> list[str]:
         if paused_for(conn, name):
             continue
         due = has_due(conn, name)
+        if due or conn.zcard(INFLIGHT + name):
+            # a batch leased by a dead job is due now, even with nothing else to do
+            due = release_dead_flush(runtime, name) or due
         if due and ensure_flush(runtime, name):
             scheduled.append(name)
-        elif (due or conn.zcard(INFLIGHT + name)) and release_dead_flush(runtime, name):
-            # a batch leased by the dead job is due now, even with nothing else to do
-            if ensure_flush(runtime, name):
-                scheduled.append(name)
     return scheduled
 
 
@@ -209,6 +314,7 @@ class Delivery:
         self.s = runtime.settings
         self.dest: DestinationRuntime = runtime.destinations[destination]
         self.name = destination
+        self.token = uuid.uuid4().hex  # names this run's batch when it holds no slot
         self._take = self.conn.register_script(TAKE_LUA)
         self._release = self.conn.register_script(RELEASE_LUA)
         self._raw_events: dict[str, dict[str, Any]] = {}  # ledger form, kept for dead letters
@@ -223,6 +329,8 @@ class Delivery:
 
     def run(self, token: str | None = None) -> Report:
         report = Report()
+        if token is not None:
+            self.token = token
         instance, limiter = self.dest.build(self.conn, self.s)
         started = time.monotonic()
         try:
@@ -237,6 +345,8 @@ class Delivery:
                     self.conn.set(PAUSE + self.name, pause_payload(until), px=ms, nx=True)
                     report.stopped = "breaker_open"
                     break
+                if gate != PROBE:
+                    self.fill_wait()
                 ids = self.take(self.s.breaker_probe_batch if gate == PROBE else None)
                 if not ids:
                     if gate == PROBE:
@@ -245,6 +355,8 @@ class Delivery:
                     break
                 if gate == PROBE:
                     self.count("probes")
+                elif len(ids) == self.dest.batch_size and self.dest.concurrency > 1:
+                    ensure_flush(self.rt, self.name)  # a backlog: another taker, if allowed
                 report.batches += 1
                 going = self.process(instance, ids, report)
                 if gate == PROBE:
@@ -254,8 +366,9 @@ class Delivery:
             else:
                 report.stopped = "budget"
         finally:
-            if token is not None:
-                self._release(keys=[FLUSH + self.name], args=[token])
+            self._release(
+                keys=[FLUSH + self.name, taken_key(self.name, self.token)], args=[self.token]
+            )
             if paused_for(self.conn, self.name) == 0 and has_due(self.conn, self.name):
                 ensure_flush(self.rt, self.name)
         log.info(
@@ -268,10 +381,33 @@ class Delivery:
         )
         return report
 
+    def fill_wait(self) -> float:
+        """Wait, briefly, for a full batch: until ``batch_size`` contacts are due, or until the
+        oldest due one has waited ``batch_wait_s`` since it came due (so a contact is never
+        held longer than that), or nothing is due. A batch API then gets full batches from a
+        trickle. Returns the seconds waited; polls the pending set every ``FILL_POLL_S``."""
+        bound = self.dest.batch_wait_s
+        if bound <= 0:
+            return 0.0
+        pending, started = PENDING + self.name, time.monotonic()
+        while True:
+            now = time.time()
+            with self.conn.pipeline(transaction=False) as pipe:
+                pipe.zcount(pending, "-inf", now)
+                pipe.zrangebyscore(pending, "-inf", now, start=0, num=1, withscores=True)
+                count, oldest = pipe.execute()
+            if not count or count >= self.dest.batch_size:
+                break
+            left = min(oldest[0][1] + bound - now, started + bound - time.monotonic())
+            if left <= 0:
+                break
+            time.sleep(min(FILL_POLL_S, left))
+        return time.monotonic() - started
+
     def take(self, limit: int | None = None) -> list[str]:
         size = self.dest.batch_size if limit is None else max(1, min(limit, self.dest.batch_size))
         ids = self._take(
-            keys=[PENDING + self.name, INFLIGHT + self.name],
+            keys=[PENDING + self.name, INFLIGHT + self.name, taken_key(self.name, self.token)],
             args=[time.time(), size, self.s.lease_s],
         )
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]

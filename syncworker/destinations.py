@@ -328,6 +328,9 @@ def retry_after_seconds(response: requests.Response, default: float = 10.0) -> f
     return default
 
 
+BATCH_WAIT_CAP_S = 1.0  # longest wait of a deliver job for its batch to fill
+
+
 class Destination:
     """Base class of a mapping module's destination.
 
@@ -336,7 +339,10 @@ class Destination:
     ``endpoint_rates``, ``mode`` and ``kinds`` (the hygiene kinds it cares about). Implement
     ``sync`` for a batch API, or ``sync_one`` and inherit a ``sync`` that loops. Every call must
     be safe to repeat.
-    ``BASE_URL``, ``RATE`` (e.g. ``100/10``) and ``BATCH_SIZE`` may be overridden per deployment.
+    ``concurrency`` is how many deliver jobs may send to it at once (each its own batches): 1
+    unless the API takes concurrent requests and their order does not matter.
+    ``BASE_URL``, ``RATE`` (e.g. ``100/10``), ``BATCH_SIZE``, ``CONCURRENCY`` and ``BATCH_WAIT``
+    may be overridden per deployment.
     """
 
     name: ClassVar[str]
@@ -350,6 +356,7 @@ class Destination:
     endpoint_rates: ClassVar[Mapping[str, Rate]] = {}
     mode: ClassVar[Mode] = Mode.STATE
     kinds: ClassVar[frozenset[Kind]] = HYGIENE_KINDS
+    concurrency: ClassVar[int] = 1
 
     def __init__(self, config: DestinationConfig, http: HttpClient) -> None:
         self.config = config
@@ -399,6 +406,32 @@ class Destination:
     def effective_batch_size(cls, config: DestinationConfig) -> int:
         text = config.get("BATCH_SIZE")
         return max(1, min(int(text), cls.batch_size)) if text else cls.batch_size
+
+    @classmethod
+    def effective_concurrency(cls, config: DestinationConfig, spare: int) -> int:
+        """``CONCURRENCY`` as set, else ``concurrency`` within 1 + ``spare`` deliver processes
+        (those beyond one per destination): a further job never queues ahead of another
+        destination's for a process."""
+        text = config.get("CONCURRENCY")
+        if not text:
+            return min(cls.concurrency, 1 + spare)
+        value = int(text)
+        if value < 1:
+            raise ValueError(text)
+        return value
+
+    @classmethod
+    def effective_batch_wait(cls, config: DestinationConfig, default: float) -> float:
+        """Seconds a deliver job waits for a batch to fill: ``BATCH_WAIT``, or about one
+        request interval of ``rate`` (``default`` at least), at most ``BATCH_WAIT_CAP_S``."""
+        text = config.get("BATCH_WAIT")
+        if text:
+            value = float(text)
+            if not 0 <= value <= BATCH_WAIT_CAP_S:
+                raise ValueError(text)
+            return value
+        rate = cls.effective_rate(config)
+        return min(BATCH_WAIT_CAP_S, max(default, rate.per_seconds / rate.requests))
 
     @classmethod
     def effective_base_url(cls, config: DestinationConfig) -> str:

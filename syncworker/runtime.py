@@ -28,6 +28,8 @@ class DestinationRuntime:
     rate: Rate
     batch_size: int
     base_url: str
+    concurrency: int = 1  # deliver jobs that may send to it at once
+    batch_wait_s: float = 0.0  # how long a deliver job waits for a full batch
     _session: requests.Session | None = field(default=None, repr=False)
 
     @property
@@ -87,6 +89,8 @@ class Runtime:
                 rate=klass.effective_rate(config),
                 batch_size=klass.effective_batch_size(config),
                 base_url=klass.effective_base_url(config),
+                concurrency=klass.effective_concurrency(config, spare_processes(settings)),
+                batch_wait_s=klass.effective_batch_wait(config, settings.batch_wait_s),
             )
         route = Route.build(
             {
@@ -95,6 +99,12 @@ class Runtime:
             }
         )
         return cls(settings, conn, dests, Ledger(conn, settings, route))
+
+
+def spare_processes(settings: Settings) -> int:
+    """Deliver processes beyond one per destination (``SYNCWORKER_DELIVER_WORKERS``): a
+    destination's further deliver jobs run in these, never in another destination's."""
+    return max(0, settings.deliver_workers - len(settings.destinations))
 
 
 def check(settings: Settings) -> None:
@@ -123,6 +133,16 @@ def check(settings: Settings) -> None:
             klass.effective_batch_size(config)
         except ValueError:
             problems.append(f"{env}BATCH_SIZE={config.get('BATCH_SIZE')!r}: expected a number")
+        try:
+            klass.effective_concurrency(config, 0)
+        except ValueError:
+            problems.append(f"{env}CONCURRENCY={config.get('CONCURRENCY')!r}: expected 1 or more")
+        try:
+            klass.effective_batch_wait(config, settings.batch_wait_s)
+        except ValueError:
+            problems.append(
+                f"{env}BATCH_WAIT={config.get('BATCH_WAIT')!r}: expected seconds from 0 to 1"
+            )
         http = HttpClient(name, klass.effective_base_url(config))
         try:
             klass(config, http)

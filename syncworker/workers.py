@@ -20,7 +20,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -178,6 +178,27 @@ def worker_alive(conn: redis.Redis, name: str, stale_s: float | None) -> bool:
     return not _beat_is_old(beat, stale_s)
 
 
+def worker_gone(conn: redis.Redis, name: str) -> bool:
+    """Whether the RQ worker ``name`` is known to have ended: its process, on this host, is gone.
+    A late heartbeat or an expired key says only that it is silent (stopped, starved, or on a
+    host that cannot be asked)."""
+    hostname, pid = conn.hmget(f"rq:worker:{name}", ["hostname", "pid"])
+    return hostname is not None and process_gone(_text(hostname), int(_text(pid or b"0")))
+
+
+def job_gone(conn: redis.Redis, job_id: str) -> bool:
+    """Whether a job is known not to be running: ended (or never written), or started on a
+    worker known to have ended."""
+    status, worker = conn.hmget(f"rq:job:{job_id}", ["status", "worker_name"])
+    if status is None:
+        return True
+    if _text(status) == JobStatus.QUEUED.value:
+        return False
+    if _text(status) != JobStatus.STARTED.value:
+        return True
+    return not worker or worker_gone(conn, _text(worker))
+
+
 def job_alive(conn: redis.Redis, job_id: str, stale_s: float | None) -> bool:
     """Whether a job is queued, or started on a worker that is alive."""
     status, worker = conn.hmget(f"rq:job:{job_id}", ["status", "worker_name"])
@@ -190,9 +211,32 @@ def job_alive(conn: redis.Redis, job_id: str, stale_s: float | None) -> bool:
     return bool(worker) and worker_alive(conn, _text(worker), stale_s)
 
 
-def rescue_abandoned(conn: redis.Redis, queues: Iterable[str], stale_s: float | None) -> list[str]:
+def started_by(conn: redis.Redis, member: str) -> str:
+    """The worker running the started-registry entry ``member`` (``job_id:execution_id``).
+
+    From the execution, which the worker writes with the registry entry, before it forks the
+    work-horse. The job's own ``worker_name`` is written only once the horse starts: until then
+    it is empty (RQ's enqueue writes it so), which once made a job that was just starting look
+    abandoned by a dead worker, on a loaded machine where the fork takes a while. RQ then failed
+    the job while its horse went on to run it, and a deliver job's slot was freed under it, so
+    a second job sent to the same destination at the same time."""
+    worker = conn.hget(f"rq:execution:{member}", "worker_name")
+    if not worker:
+        worker = conn.hget(f"rq:job:{member.split(':', 1)[0]}", "worker_name")
+    return _text(worker) if worker else ""
+
+
+def rescue_abandoned(
+    conn: redis.Redis,
+    queues: Iterable[str],
+    stale_s: float | None,
+    busy: Callable[[str], bool] | None = None,
+) -> list[str]:
     """Hand the started jobs of dead workers to RQ's own abandoned-job handling (retry or the
-    failed registry) now, rather than once their heartbeat TTL lapses; return their ids."""
+    failed registry) now, rather than once their heartbeat TTL lapses; return their ids.
+
+    A worker that only looks dead (its heartbeat late, its process not known to be gone) keeps
+    a job for which ``busy(job_id)`` holds: a deliver job whose request may still be out."""
     rescued: list[str] = []
     for name in queues:
         registry = StartedJobRegistry(queue=Queue(name, connection=conn, serializer=JSONSerializer))
@@ -200,10 +244,13 @@ def rescue_abandoned(conn: redis.Redis, queues: Iterable[str], stale_s: float | 
         for entry in conn.zrange(registry.key, 0, -1):
             member = _text(entry)
             job_id = member.split(":", 1)[0]
-            worker = conn.hget(f"rq:job:{job_id}", "worker_name")
-            if worker is not None and not worker_alive(conn, _text(worker), stale_s):
-                dead.append(member)
-                rescued.append(job_id)
+            worker = started_by(conn, member)
+            if not worker or worker_alive(conn, worker, stale_s):
+                continue
+            if busy is not None and not worker_gone(conn, _text(worker)) and busy(job_id):
+                continue  # silent, not known to be gone, and its request may still be out
+            dead.append(member)
+            rescued.append(job_id)
         if dead:
             # marked as expired long ago, so that RQ's sweep takes these entries and no other
             conn.zadd(registry.key, dict.fromkeys(dead, 1), xx=True)

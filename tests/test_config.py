@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import pytest
+import redis
 from click.testing import CliRunner
 
 from syncworker.cli import main
 from syncworker.config import OPTIONS, Settings
+from syncworker.emulators.webhook_receiver import new_secret
 from syncworker.errors import ConfigError
+from syncworker.runtime import Runtime
+
+SECRET = new_secret()
 
 
 def test_defaults_carry_documented_values() -> None:
@@ -149,3 +154,48 @@ def test_check_config_shows_plain_settings_and_strips_url_credentials() -> None:
     assert "pa55word" not in result.output and "wk-secret-value" not in result.output
     assert "https://user:***@hooks.example.com/in" in result.output
     assert "SYNCWORKER_SEGMENT_USER_ID" in result.output and "email" in result.output
+
+
+def test_check_config_refuses_a_bad_concurrency_or_batch_wait() -> None:
+    env = {
+        "SYNCWORKER_DESTINATIONS": "hubspot,segment",
+        "SYNCWORKER_HUBSPOT_TOKEN": "t",
+        "SYNCWORKER_HUBSPOT_CONCURRENCY": "0",
+        "SYNCWORKER_SEGMENT_WRITE_KEY": "k",
+        "SYNCWORKER_SEGMENT_BATCH_WAIT": "5",
+    }
+    result = CliRunner().invoke(main, ["check-config"], env=env)
+    assert result.exit_code == 1
+    assert "SYNCWORKER_HUBSPOT_CONCURRENCY='0'" in result.output
+    assert "SYNCWORKER_SEGMENT_BATCH_WAIT='5'" in result.output
+
+
+def test_further_deliver_jobs_only_in_spare_deliver_processes() -> None:
+    """By default (a deliver process per destination) each destination has one slot; extra
+    processes give a destination its mapping's concurrency, an explicit setting is kept."""
+    base = {"SYNCWORKER_DESTINATIONS": "hubspot,webhook", "SYNCWORKER_HUBSPOT_TOKEN": "t"}
+    base |= {"SYNCWORKER_WEBHOOK_URL": "https://h.example/x", "SYNCWORKER_WEBHOOK_SECRET": SECRET}
+
+    def slots(**extra: str) -> dict[str, int]:
+        settings = Settings.from_env({**base, **extra})
+        rt = Runtime.build(settings, redis.Redis())  # not connected: nothing is sent
+        return {name: d.concurrency for name, d in rt.destinations.items()}
+
+    assert slots() == {"hubspot": 1, "webhook": 1}
+    assert slots(SYNCWORKER_DELIVER_WORKERS="3") == {"hubspot": 2, "webhook": 1}
+    assert slots(SYNCWORKER_DELIVER_WORKERS="9") == {"hubspot": 4, "webhook": 1}
+    assert slots(SYNCWORKER_HUBSPOT_CONCURRENCY="3") == {"hubspot": 3, "webhook": 1}
+
+
+def test_batch_wait_is_one_request_interval_within_bounds() -> None:
+    base = {"SYNCWORKER_DESTINATIONS": "hubspot", "SYNCWORKER_HUBSPOT_TOKEN": "t"}
+
+    def wait(**extra: str) -> float:
+        settings = Settings.from_env({**base, **extra})
+        return Runtime.build(settings, redis.Redis()).destinations["hubspot"].batch_wait_s
+
+    assert wait() == pytest.approx(0.1)  # 100 requests / 10 s
+    assert wait(SYNCWORKER_HUBSPOT_RATE="1/60") == 1.0  # capped
+    assert wait(SYNCWORKER_HUBSPOT_RATE="1000/1") == pytest.approx(0.1)  # the default floor
+    assert wait(SYNCWORKER_BATCH_WAIT="0.3") == pytest.approx(0.3)
+    assert wait(SYNCWORKER_HUBSPOT_BATCH_WAIT="0") == 0.0

@@ -111,6 +111,8 @@ class Emulator:
         self.send_retry_after = True
         self.throttled = 0
         self.injected = 0
+        self.in_flight = 0  # requests arrived and not yet answered
+        self.peak_in_flight = 0  # the most there were at once
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -287,15 +289,21 @@ class Emulator:
         with self._lock:
             down = self._down
             delay = self._delays.popleft() if self._delays and not down else 0.0
-        if down:
-            handler.close_connection = True
-            self._record(request, 0)
-            return
-        if delay:
-            self._stopping.wait(delay)
-        response = self._respond(request)
-        self._record(request, response.status)  # before answering: a client never sees it missing
-        self._send(handler, response)
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            if down:
+                handler.close_connection = True
+                self._record(request, 0)
+                return
+            if delay:
+                self._stopping.wait(delay)
+            response = self._respond(request)
+            self._record(request, response.status)  # before answering: never seen missing
+            self._send(handler, response)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
 
     def _respond(self, request: Request) -> Response:
         with self._lock:

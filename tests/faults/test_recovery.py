@@ -1,5 +1,5 @@
-"""Recovery from crashes is quick: a flush lock or a started job whose process died is noticed in
-seconds, not after its TTL (real worker processes, killed as a dead machine would be)."""
+"""Recovery from crashes is quick: a deliver job's slot or a started job whose process died is
+noticed in seconds, not after its TTL (real worker processes, killed as a dead machine would be)."""
 
 from __future__ import annotations
 
@@ -21,12 +21,13 @@ from rq.serializers import JSONSerializer
 
 from syncworker import codec, delivery
 from syncworker.config import Settings
-from syncworker.delivery import FLUSH, INFLIGHT
+from syncworker.delivery import FLUSH, INFLIGHT, taken_key
 from syncworker.emulators.hubspot import HubSpotEmulator
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
-from syncworker.queueing import DELIVER, INGEST, Enqueuer
+from syncworker.queueing import DELIVER, INGEST, QUEUES, Enqueuer
 from syncworker.runtime import Runtime
+from syncworker.workers import WORKER_DEAD_AFTER_S, QuickStopWorker, rescue_abandoned
 from tests import ledger_reads
 from tests.conftest import SettingsFactory
 from tests.faults.test_crashes import EMAILS, events, worker_env
@@ -73,6 +74,29 @@ def deliver_horse(conn: redis.Redis) -> int:
     return found[0]
 
 
+def held_horse(conn: redis.Redis, hubspot: HubSpotEmulator) -> int:
+    """The pid of the horse whose batch is held in flight: with several deliver jobs on the
+    destination, the one whose batch is still unanswered once the others' are answered."""
+    found: list[int] = []
+
+    def one_left() -> bool:
+        held = []
+        for raw in conn.hkeys(FLUSH + "hubspot"):
+            batch = [k.decode() for k in conn.hkeys(taken_key("hubspot", raw.decode()))]
+            out = [i for i in batch if conn.zscore(INFLIGHT + "hubspot", i) is not None]
+            if out and not set(out) & hubspot.opted_out:
+                held.append(raw.decode())
+        if len(held) != 1:
+            return False
+        worker = conn.hget(f"rq:job:{held[0]}", "worker_name")
+        pid = int(conn.hget(f"rq:worker:{worker.decode()}", "pid") or 0) if worker else 0
+        found[:] = horses(pid) if pid else []
+        return bool(found)
+
+    wait_until(one_left, 10, "the deliver job whose batch is held")
+    return found[0]
+
+
 def all_delivered(conn: redis.Redis, hubspot: HubSpotEmulator) -> Callable[[], bool]:
     def check() -> bool:
         return (
@@ -104,7 +128,7 @@ def test_killed_deliver_horse_frees_the_flush_lock_within_seconds(
         wait_until(lambda: redis_conn.llen(f"rq:queue:{INGEST}") == 0, 30, "the worker")
         Enqueuer(redis_conn).ingest({"source": "t", "events": events(300)}, "ingest test", {})
         wait_until(lambda: hubspot.slow_pending == 0, 30, "a batch held in flight")
-        os.kill(deliver_horse(redis_conn), signal.SIGKILL)
+        os.kill(held_horse(redis_conn, hubspot), signal.SIGKILL)
         killed = time.monotonic()
         wait_until(all_delivered(redis_conn, hubspot), 15, "every contact", 0.1)
         print(f"delivery resumed {time.monotonic() - killed:.1f}s after the horse was killed")
@@ -237,20 +261,19 @@ def test_tick_frees_a_flush_lock_whose_job_does_not_exist(
     """As a process killed between taking the lock and queueing its job would leave it."""
     rt.ledger.apply([HygieneEvent("k1", "t", "t", EMAILS[0], Kind.UNSUBSCRIBE, 1000.0)])
     redis_conn.delete(f"rq:queue:{DELIVER}", FLUSH + "hubspot")
-    redis_conn.set(FLUSH + "hubspot", "no-such-job", px=600_000)
+    redis_conn.hset(FLUSH + "hubspot", "no-such-job", "0")
     assert redis_conn.zcard(PENDING + "hubspot") == 1
     assert delivery.tick(rt) == ["hubspot"]
-    holder = redis_conn.get(FLUSH + "hubspot")
-    assert holder is not None and holder.decode() in Queue(DELIVER, connection=redis_conn).job_ids
+    holders = [h.decode() for h in redis_conn.hkeys(FLUSH + "hubspot")]
+    assert len(holders) == 1 and holders[0] in Queue(DELIVER, connection=redis_conn).job_ids
 
 
 def test_flush_lock_and_job_are_written_together_and_name_each_other(
     rt: Runtime, redis_conn: redis.Redis
 ) -> None:
     assert delivery.ensure_flush(rt, "hubspot")
-    assert not delivery.ensure_flush(rt, "hubspot")
-    holder = redis_conn.get(FLUSH + "hubspot")
-    assert holder is not None
+    assert not delivery.ensure_flush(rt, "hubspot")  # no backlog for a second taker
+    (holder,) = redis_conn.hkeys(FLUSH + "hubspot")
     job = Job.fetch(holder.decode(), redis_conn, serializer=JSONSerializer)
     assert job.args == ["hubspot", holder.decode()]
 
@@ -261,9 +284,35 @@ def test_deliver_job_timeout_covers_its_budget_rate_waits_and_http_timeout(
     """A short lease does not shorten it: RQ would kill the job mid-batch."""
     s = rt.settings
     assert delivery.ensure_flush(rt, "hubspot")
-    holder = redis_conn.get(FLUSH + "hubspot")
-    assert holder is not None
+    (holder,) = redis_conn.hkeys(FLUSH + "hubspot")
     job = Job.fetch(holder.decode(), redis_conn, serializer=JSONSerializer)
     assert job.timeout is not None
     assert job.timeout >= s.job_budget_s + 2 * s.rate_wait_cap_s + s.http_timeout_s
     assert redis_conn.pttl(FLUSH + "hubspot") > job.timeout * 1000
+
+
+def test_a_job_whose_horse_is_starting_is_not_taken_for_a_dead_workers(
+    rt: Runtime, redis_conn: redis.Redis, hubspot: HubSpotEmulator
+) -> None:
+    """A forking worker registers the job it took as started, then forks its horse, which marks
+    the job started and names the worker; until then the job names none. On a loaded machine
+    that gap lasts, and the supervisor once took such a job for a dead worker's: RQ failed it,
+    its slot was freed and a second deliver job queued, while the horse went on to run the first,
+    so two jobs sent to the destination at once. Here the worker is stopped in that gap: the job
+    is left alone, its slot kept, and the horse then runs it."""
+    rt.ledger.apply([HygieneEvent("k1", "t", "t", EMAILS[0], Kind.UNSUBSCRIBE, 1000.0)])
+    assert delivery.ensure_flush(rt, "hubspot")
+    worker = QuickStopWorker([DELIVER], connection=redis_conn, serializer=JSONSerializer)
+    worker.register_birth()
+    taken = worker.dequeue_job_and_maintain_ttl(timeout=1)
+    assert taken is not None
+    job, queue = taken
+    worker.prepare_execution(job)  # what the worker does just before it forks the horse
+    assert rescue_abandoned(redis_conn, QUEUES, WORKER_DEAD_AFTER_S) == []
+    assert delivery.tick(rt) == []
+    assert redis_conn.hkeys(FLUSH + "hubspot") == [job.id.encode()]
+    assert Queue(DELIVER, connection=redis_conn).count == 0  # no second deliver job
+    worker.perform_job(job, queue)  # what the horse does
+    assert hubspot.opted_out == {EMAILS[0]}
+    assert redis_conn.hlen(FLUSH + "hubspot") == 0
+    worker.register_death()

@@ -4,21 +4,26 @@ gets every event, new ones included, and HubSpot keeps sending."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from rq.utils import utcparse
 
 from syncworker import codec
-from syncworker.delivery import INFLIGHT
+from syncworker.delivery import FLUSH, INFLIGHT
 from syncworker.emulators.hubspot import HubSpotEmulator
 from syncworker.emulators.segment import SegmentEmulator
 from syncworker.emulators.webhook_receiver import WebhookReceiver, new_secret
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
 from syncworker.queueing import Enqueuer
+from syncworker.workers import WORKER_DEAD_AFTER_S
 from tests.processes import clean_env, start_worker, wait_until
 
 FIRST = [f"first{i:03d}@example.com" for i in range(200)]
@@ -113,4 +118,52 @@ def test_a_rate_limited_and_a_hanging_destination_hold_up_no_other(
         assert left > 0  # HubSpot is still working through its backlog at its limit
         assert len(segment.message_ids) == len(segment.received)  # each event once
     finally:
+        worker.stop()
+
+
+def test_a_silent_taker_with_a_request_out_keeps_its_slot(
+    redis_url: str,
+    redis_conn: redis.Redis,
+    hubspot: HubSpotEmulator,
+    segment: SegmentEmulator,
+    receiver: WebhookReceiver,
+    tmp_path: Path,
+) -> None:
+    """A worker whose heartbeat is late only looks dead: stopped or starved (a loaded machine),
+    its horse may still be waiting for the answer to its request. Its slot was once freed and
+    its batch in flight made due then, so a second webhook request went out, carrying the held
+    batch's events after the ones that came later, while the first was still unanswered. The
+    slot is kept (and its batch) until that request must have ended."""
+    receiver.slow_next(1, HOLD_S)
+    ingest(redis_conn, "first", FIRST)
+    worker = start_worker(worker_env(redis_url, hubspot, segment, receiver), tmp_path / "w.log")
+    stopped = 0
+    try:
+        wait_until(lambda: receiver.slow_pending == 0, 30, "the webhook's request to be held")
+        (holder,) = redis_conn.hkeys(FLUSH + "webhook")
+        name = redis_conn.hget(b"rq:job:" + holder, "worker_name")
+        assert name is not None
+        stopped = int(redis_conn.hget(b"rq:worker:" + name, "pid") or 0)
+        os.kill(stopped, signal.SIGSTOP)  # its heartbeat stops; its horse still waits
+
+        def beat_age() -> float:
+            beat = redis_conn.hget(b"rq:worker:" + name, "last_heartbeat")
+            return time.time() - utcparse((beat or b"").decode()).timestamp()
+
+        wait_until(lambda: beat_age() > WORKER_DEAD_AFTER_S, 40, "the heartbeat to be late")
+        ingest(redis_conn, "later", LATER)
+        wait_until(
+            lambda: (
+                b"slot kept dest=webhook" in worker.log_path.read_bytes()
+                or len(receiver.requests) > 0
+            ),
+            20,
+            "the supervisor to judge the silent webhook taker",
+        )
+        assert receiver.requests == [], worker.output()  # no second request went out
+        assert redis_conn.hexists(FLUSH + "webhook", holder)
+        assert redis_conn.zcard(INFLIGHT + "webhook") == 100  # the held batch, still leased
+    finally:
+        if stopped:
+            os.kill(stopped, signal.SIGCONT)
         worker.stop()
