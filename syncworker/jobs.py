@@ -43,10 +43,15 @@ def drain_inbox() -> dict[str, int]:
         )
         _apply_claimed(rt, reader, claimed, totals)
     started = time.monotonic()
+    helped = False
     while time.monotonic() - started < rt.settings.job_budget_s:
         entries = reader.read(inbox.READ_COUNT, inbox.LINGER_MS)
         if not entries:
             break
+        if len(entries) == inbox.READ_COUNT and not helped:
+            # a backlog: queue another job now, for an idle ingest process to read beside this
+            ensure_drain(conn)
+            helped = True
         _apply_entries(rt, reader, entries, totals)
     reader.leave()
     if conn.xlen(INBOX):

@@ -148,7 +148,16 @@ def test_a_killed_takers_slot_and_batch_are_taken_over_while_the_other_goes_on(
 ) -> None:
     hubspot.slow_next(1, 120.0)  # the first batch is held, unanswered, longer than the test
     worker = start_worker(
-        env(redis_url, hubspot, DELIVER_WORKERS="2", HUBSPOT_RATE="20/1", LEASE="300"),
+        # a loaded machine's slow answer must not time out and be sent again: the held request
+        # is the only one left unanswered
+        env(
+            redis_url,
+            hubspot,
+            DELIVER_WORKERS="2",
+            HUBSPOT_RATE="20/1",
+            LEASE="300",
+            HTTP_TIMEOUT="60",
+        ),
         tmp_path / "w.log",
     )
     try:

@@ -28,7 +28,7 @@ import pytest
 import redis
 import requests
 
-from syncworker.delivery import FLUSH, INFLIGHT
+from syncworker.delivery import BATCH_API_CALLS, FLUSH, INFLIGHT
 from syncworker.emulators.hubspot import HubSpotEmulator
 from syncworker.workers import WORKER_DEAD_AFTER_S
 from tests.intake.signing import sendgrid_keypair, sign_sendgrid
@@ -46,9 +46,13 @@ AFTER_KILL = [f"scale{i:04d}@example.com" for i in range(500, 1000)]
 EVERYONE = BEFORE_KILL + AFTER_KILL
 LEASE = "600"  # s: a batch in flight is retaken after this; the test must not wait for it
 # the dead host's work must be back well before anything but its heartbeat's age could free it:
-# its busy workers' keys live 65 s after their last beat, the flush lock several minutes, the lease
-# ten; the supervisors on the other hosts find the heartbeat stale after WORKER_DEAD_AFTER_S
-TAKEOVER_S = WORKER_DEAD_AFTER_S + 25
+# its busy workers' keys live 65 s after their last beat, the slot several minutes, the lease ten.
+# The supervisors on the other hosts find the heartbeat stale after WORKER_DEAD_AFTER_S, and keep
+# a silent taker's slot until its batch's requests must have ended (delivery.batch_bound_s)
+HTTP_TIMEOUT_S = 6
+RATE_WAIT_CAP_S = 1
+BATCH_BOUND_S = BATCH_API_CALLS * (2 * RATE_WAIT_CAP_S + HTTP_TIMEOUT_S)
+TAKEOVER_S = max(WORKER_DEAD_AFTER_S, BATCH_BOUND_S) + 25
 
 # Sets the namespace's hostname, then becomes `syncworker worker` (the namespace's init: killing
 # it kills every process in the namespace, as a machine's power cut would)
@@ -159,6 +163,8 @@ def test_hosts_share_the_work_hold_the_rate_and_take_over_a_dead_host(
             # a deliver job yields after a second: HubSpot's job moves from host to host all along
             "SYNCWORKER_JOB_BUDGET": "1",
             "SYNCWORKER_LEASE": LEASE,
+            "SYNCWORKER_HTTP_TIMEOUT": str(HTTP_TIMEOUT_S),
+            "SYNCWORKER_RATE_WAIT_CAP": str(RATE_WAIT_CAP_S),
         }
     )
     web, url = start_gunicorn(env, tmp_path / "web.log")
@@ -205,8 +211,8 @@ def test_hosts_share_the_work_hold_the_rate_and_take_over_a_dead_host(
         # hold the next HubSpot request: the host whose deliver job sent it dies with it in flight
         hubspot.slow_next(1, 3600)
         wait_until(lambda: hubspot.slow_pending == 0, 30, "a batch held in flight", 0.02)
-        holder = redis_conn.get(FLUSH + "hubspot")
-        assert holder is not None
+        # the deliver job holding HubSpot's one slot (a slot each; one here: no spare processes)
+        (holder,) = redis_conn.hkeys(FLUSH + "hubspot")
         dead_worker = redis_conn.hget(f"rq:job:{holder.decode()}", "worker_name")
         assert dead_worker is not None
         dead_key = f"rq:worker:{dead_worker.decode()}"
@@ -222,14 +228,17 @@ def test_hosts_share_the_work_hold_the_rate_and_take_over_a_dead_host(
 
         # its flush lock and batch in flight are back in the other hosts' hands within seconds
         wait_until(
-            lambda: redis_conn.get(FLUSH + "hubspot") != holder, TAKEOVER_S, "the takeover", 0.1
+            lambda: holder not in redis_conn.hkeys(FLUSH + "hubspot"),
+            TAKEOVER_S,
+            "the takeover",
+            0.1,
         )
         took_over = time.monotonic() - killed
         # ... while the dead workers' keys still stood (their TTL had not lapsed): only the age
         # of their heartbeats, on another hostname, told the other hosts they were dead
         assert redis_conn.exists(dead_key), "found dead only once its key expired"
         assert redis_conn.hget(dead_key, "hostname") == victim.encode()
-        print(f"{victim} killed; its flush lock and batch taken over {took_over:.1f}s on")
+        print(f"{victim} killed; its slot and batch taken over {took_over:.1f}s on")
 
         def all_delivered() -> bool:
             for name in survivors:
@@ -264,7 +273,7 @@ def test_hosts_share_the_work_hold_the_rate_and_take_over_a_dead_host(
     # a live host rescued the dead one's deliver job, freed its flush lock and took its batch
     job = holder.decode()
     rescued = f"abandoned jobs of dead workers rescued queue=syncworker-deliver jobs=['{job}:"
-    released = f"flush lock of a dead deliver job released dest=hubspot job={job} "
+    released = f"slot of a dead deliver job released dest=hubspot job={job} "
     assert any(rescued in log for log in logs.values()), logs
     assert any(released + f"in_flight_reclaimed={BATCH}" in log for log in logs.values()), logs
 
