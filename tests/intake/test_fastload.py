@@ -137,6 +137,15 @@ def items(draw: st.DrawFn, schema: Schema) -> dict[str, Any]:
     return item
 
 
+def typed(value: Any) -> Any:
+    """``value`` with the type of every part beside it: 1 == 1.0, but they are written apart."""
+    if isinstance(value, dict):
+        return {key: typed(inner) for key, inner in value.items()}
+    if isinstance(value, list):
+        return [typed(inner) for inner in value]
+    return (type(value).__name__, repr(value))
+
+
 def slow_load(schema: Schema, item: dict[str, Any]) -> dict[str, Any] | str:
     try:
         return dict(schema.load(item))
@@ -159,10 +168,7 @@ def test_the_fast_path_loads_what_the_schema_loads(name: str, data: st.DataObjec
         # taken by the fast path: marshmallow takes it too, with the same data, value types
         # included (1 and 1.0 are equal, but the queue would write them differently)
         assert not isinstance(expected, str), f"fast path took an item the schema refuses: {item}"
-        assert orjson.dumps(got, option=orjson.OPT_SORT_KEYS) == orjson.dumps(
-            expected, option=orjson.OPT_SORT_KEYS
-        )
-        assert got == expected
+        assert typed(got) == typed(expected)
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMAS))
