@@ -50,7 +50,7 @@ def loader(schema: Schema) -> Loader | None:
 def _compile(schema: Schema) -> Loader | None:
     if (
         schema.many
-        or schema.partial not in (None, False)
+        or schema.partial is not None  # marshmallow hands any other value to Nested fields
         or schema.unknown != EXCLUDE
         or any(schema._hooks.values())
     ):
@@ -63,9 +63,9 @@ def _compile(schema: Schema) -> Loader | None:
         target = field.attribute or attr_name
         if "." in target:  # marshmallow nests the value under each part
             return None
-        check, takes_null = _check(field, key)
+        check, takes_all = _check(field, key)
         plan.append(
-            (key, target, check, takes_null, field.required, field.load_default, field.allow_none)
+            (key, target, check, takes_all, field.required, field.load_default, field.allow_none)
         )
 
     def load(item: dict[str, Any]) -> dict[str, Any] | None:
@@ -106,7 +106,7 @@ def _check(field: fields.Field[Any], key: str) -> tuple[_Check, bool]:
             return _raw, False
         if kind is fields.String and not field.validators:
             return _string, False
-        if kind is fields.Boolean and not field.validators:
+        if kind is fields.Boolean and not field.validators and _default_truths(field):
             return _boolean, False
         if kind is Address and not field.validators:
             return _address, False
@@ -125,6 +125,15 @@ def _string(value: Any, item: dict[str, Any]) -> Any:
 
 def _boolean(value: Any, item: dict[str, Any]) -> Any:
     return value if type(value) is bool else _REFUSED
+
+
+def _default_truths(field: fields.Field[Any]) -> bool:
+    """A ``Boolean`` with marshmallow's own truthy and falsy sets, which hold True and False."""
+    return (
+        isinstance(field, fields.Boolean)
+        and field.truthy is fields.Boolean.truthy
+        and field.falsy is fields.Boolean.falsy
+    )
 
 
 def _address(value: Any, item: dict[str, Any]) -> Any:
