@@ -18,6 +18,7 @@ from syncworker.events import MAX_TS, HygieneEvent, Kind, address_problem
 MAX_NAME = 64
 _KINDS = {kind.value: kind for kind in Kind}
 _TEXTS = ("message_id", "reason", "smtp_code", "list_id")
+_NUMBERS = (int, float)
 
 
 class InvalidEvent(ValueError):
@@ -53,15 +54,15 @@ def problem(event: HygieneEvent) -> str | None:
     if not isinstance(event.kind, Kind):
         return "kind is not a hygiene kind"
     at = event.occurred_at
-    if isinstance(at, bool) or not isinstance(at, int | float):
+    if type(at) is not float and (isinstance(at, bool) or not isinstance(at, _NUMBERS)):
         return "occurred_at is not a number"
     if not (math.isfinite(at) and 0 <= at <= MAX_TS):
         return "occurred_at is outside 1970-9999"
-    for name in _TEXTS:
-        value = getattr(event, name)
+    texts = (event.message_id, event.reason, event.smtp_code, event.list_id)
+    for i, value in enumerate(texts):
         if value is not None and not isinstance(value, str):
-            return f"{name} is not text"
-    if _unencodable(event):
+            return f"{_TEXTS[i]} is not text"
+    if _unencodable((event.key, event.email, event.source, event.esp, *texts)):
         return "text is not valid Unicode"
     return address_problem(event.email)
 
@@ -102,12 +103,13 @@ def load(form: Any) -> HygieneEvent:
     return event
 
 
-def _unencodable(event: HygieneEvent) -> bool:
+def _unencodable(values: tuple[str | None, ...]) -> bool:
     """Lone surrogates (JSON's ``\\ud800``) cannot be written to Redis or logged as UTF-8."""
-    values = (event.key, event.email, event.source, event.esp)
-    values += tuple(getattr(event, name) or "" for name in _TEXTS)
+    text = "".join([value for value in values if value])
+    if text.isascii():
+        return False
     try:
-        "".join(values).encode("utf-8")
+        text.encode("utf-8")
     except UnicodeEncodeError:
         return True
     return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
@@ -68,8 +69,16 @@ def address_problem(address: str) -> str | None:
     """Why ``address`` (already normalized) is not an address the ledger takes, or None.
 
     The one rule: the intake's address field, the event codec and the worker all use it, so what
-    the web accepted the worker applies.
+    the web accepted the worker applies. The intake checks each address twice (the field, then
+    the codec on the event made from it): recent answers are kept, for addresses short enough
+    that keeping them costs little.
     """
+    if len(address) <= MAX_ADDRESS:
+        return _recent_problem(address)
+    return _address_problem(address)
+
+
+def _address_problem(address: str) -> str | None:
     if len(address.encode("utf-8", "surrogatepass")) > MAX_ADDRESS:
         return f"address longer than {MAX_ADDRESS} bytes"
     local, at, domain = address.rpartition("@")
@@ -78,6 +87,10 @@ def address_problem(address: str) -> str | None:
     if address != normalize_email(address):
         return "address not normalized"
     return None
+
+
+#: a pure function of a string: its recent answers can be kept
+_recent_problem = functools.lru_cache(maxsize=4096)(_address_problem)
 
 
 def bounded(value: str, limit: int, prefix: str = "") -> str:

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from marshmallow import EXCLUDE, Schema, fields
 
 from syncworker.errors import ConfigError, PayloadInvalid, SignatureInvalid
-from syncworker.events import HygieneEvent, Kind, content_key, normalize_email
+from syncworker.events import HygieneEvent, Kind, content_key
 from syncworker.intake.base import (
     EspParser,
     InboundRequest,
@@ -164,19 +164,21 @@ class SendGridParser(EspParser):
 
     def _parse_items(self, items: list[Any]) -> ParseResult:
         result = ParseResult()
+        esp, source, events = self.esp, self.name, result.events
         for item, data, kind in hygiene_items(items, SCHEMAS, _kind, result):
-            email = normalize_email(data["email"])
+            email = data["email"]  # normalized by the Address field
+            occurred_at = data["timestamp"]
             message_id = text(data["sg_message_id"])
             # sg_event_id changes between retried copies of one event, so it cannot dedupe
-            key = content_key(self.esp, email, kind, data["timestamp"], message_id)
-            result.events.append(
+            key = content_key(esp, email, kind, occurred_at, message_id)
+            events.append(
                 HygieneEvent(
                     key=key,
-                    source=self.name,
-                    esp=self.esp,
+                    source=source,
+                    esp=esp,
                     email=email,
                     kind=kind,
-                    occurred_at=data["timestamp"],
+                    occurred_at=occurred_at,
                     message_id=message_id,
                     reason=data.get("reason"),
                     smtp_code=text(data.get("status")),
