@@ -41,7 +41,7 @@ QUEUED = INBOX_QUEUED
 log = logging.getLogger(__name__)
 
 READ_COUNT = 200  # entries read at once (an entry is one request: one event or a whole batch)
-LINGER_MS = 200  # an idle job waits this long for new entries before it ends
+LINGER_MS = 50  # an idle job waits this long for new entries before it ends
 PAGE = 500  # pending entries claimed per call
 SUSPECT_AFTER = 2  # claimed this often (read in batches that died): applied alone
 MAX_ALONE = 2  # the process died this often applying an entry alone: quarantined instead
