@@ -102,18 +102,24 @@ def reading(conn: redis.Redis) -> int:
 def kill_when(conn: redis.Redis, ready: Callable[[str], bool], timeout: float) -> bool:
     """SIGKILL the work-horse of a running ingest job once ``ready(job id)`` (which sees it
     holding entries it has read and not acknowledged); True if one was killed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    found: list[tuple[str, int]] = []
+
+    def running_and_ready() -> bool:
         running = ingest_horse(conn)
-        if running is not None and ready(running[0]):
-            try:
-                os.killpg(running[1], signal.SIGKILL)
-            except ProcessLookupError:
-                continue
-            wait_until(lambda p=running[1]: _gone(p), 10, "the horse to die")
-            return True
-        time.sleep(0.002)
-    return False
+        found[:] = [running] if running is not None and ready(running[0]) else []
+        return bool(found)
+
+    try:
+        wait_until(running_and_ready, timeout, "an ingest job to kill", interval=0.002)
+    except AssertionError:
+        return False
+    pid = found[0][1]
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False  # it ended meanwhile
+    wait_until(lambda: _gone(pid), 10, "the horse to die")
+    return True
 
 
 def _gone(pid: int) -> bool:
