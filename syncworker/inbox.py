@@ -106,18 +106,6 @@ def tick(conn: redis.Redis, stale_s: float | None) -> bool:
     return ensure_drain(conn)
 
 
-def backlog(conn: redis.Redis) -> dict[str, int]:
-    """Entries waiting in the inbox, and how many of them an ingest job has read and not yet
-    acknowledged."""
-    with conn.pipeline(transaction=False) as pipe:
-        pipe.xlen(INBOX)
-        pipe.xpending(INBOX, GROUP)
-        length, pending = pipe.execute(raise_on_error=False)
-    waiting = int(length) if isinstance(length, int) else 0
-    reading = int(pending["pending"]) if isinstance(pending, dict) else 0
-    return {"entries": waiting, "reading": reading}
-
-
 @dataclass
 class Claimed:
     """Entries taken over from ingest jobs that died with them unacknowledged."""
