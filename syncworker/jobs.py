@@ -75,7 +75,7 @@ def _apply_claimed(
         tries = reader.try_alone(entry_id)
         if tries > inbox.MAX_ALONE:
             why = f"not applied: the ingest process died {tries - 1} times applying it alone"
-            _give_up(rt, fields, why)
+            _give_up(rt, fields, _read(fields)[0], why)
             reader.done([entry_id])
         else:
             _apply_entries(rt, reader, [(entry_id, fields)], totals)
@@ -86,36 +86,43 @@ def _apply_entries(
 ) -> None:
     payloads: list[dict[str, Any]] = []
     for _entry_id, fields in entries:
-        try:
-            payload = inbox.decode(fields.get(b"p", b""))
-        except ValueError as exc:
-            _give_up(rt, fields, f"unreadable inbox entry: {exc}")
-            continue
-        if isinstance(payload, dict):
-            payloads.append(payload)
+        payload, why = _read(fields)
+        if payload is None:
+            _give_up(rt, fields, None, f"unreadable inbox entry: {why}")
         else:
-            _give_up(rt, fields, "unreadable inbox entry: payload is not an object")
+            payloads.append(payload)
     totals.update(apply_payloads(rt, payloads))
     reader.done([entry_id for entry_id, _ in entries])
 
 
-def _give_up(rt: runtime.Runtime, fields: dict[bytes, bytes], reason: str) -> None:
-    """Quarantine an entry's events (or, unreadable, its bytes) with ``reason``."""
-    raw = fields.get(b"p", b"")
+def _read(fields: dict[bytes, bytes]) -> tuple[dict[str, Any] | None, str]:
+    """An entry's payload, or None and why it cannot be read."""
     try:
-        payload = inbox.decode(raw)
-    except ValueError:
-        payload = None
-    if isinstance(payload, dict):
+        payload = inbox.decode(fields.get(b"p", b""))
+    except ValueError as exc:
+        return None, str(exc)
+    if not isinstance(payload, dict):
+        return None, "payload is not an object"
+    return payload, ""
+
+
+def _carried(payload: dict[str, Any], esp: Any) -> list[dict[str, Any]]:
+    """The invalid items a request carried, as quarantine records (with their ESP)."""
+    return [{"esp": esp, **q} for q in payload.get("quarantined") or [] if isinstance(q, dict)]
+
+
+def _give_up(
+    rt: runtime.Runtime, fields: dict[bytes, bytes], payload: dict[str, Any] | None, reason: str
+) -> None:
+    """Quarantine an entry's events (or, unreadable, its bytes) with ``reason``."""
+    if payload is not None:
         source, esp = str(payload.get("source", "?")), payload.get("esp")
         items = [
             {"esp": esp, "reason": reason, "event": form} for form in payload.get("events") or []
         ]
-        items += [
-            {"esp": esp, **q} for q in payload.get("quarantined") or [] if isinstance(q, dict)
-        ]
+        items += _carried(payload, esp)
     else:
-        source, items = "?", [{"reason": reason, "body": raw}]
+        source, items = "?", [{"reason": reason, "body": fields.get(b"p", b"")}]
     if items:
         store_quarantine(rt.conn, source, items, QuarantineLimits.of(rt.settings))
     rt.conn.hincrby(STATS, "ingest:refused", len(items))
@@ -138,7 +145,7 @@ def apply_payloads(rt: runtime.Runtime, payloads: list[dict[str, Any]]) -> Count
     for n, payload in enumerate(payloads):
         source, esp = str(payload.get("source", "?")), payload.get("esp")
         kept = items.setdefault(source, [])
-        kept += [{"esp": esp, **q} for q in payload.get("quarantined") or [] if isinstance(q, dict)]
+        kept += _carried(payload, esp)
         for form in payload.get("events") or []:
             try:
                 events.append(codec.load(form))
