@@ -55,10 +55,21 @@ def test_an_endpoint_limit_holds_that_endpoint_only(
     assert [r.path for r in emulator.requests].count("/slow/lookup") == 1
 
 
-def test_the_limiter_spaces_calls_evenly(redis_conn: redis.Redis) -> None:
-    """No window of per_seconds ever holds more than the rate: slots are spaced 4% apart."""
-    limiter = RateLimiter(redis_conn, "pace", Rate(10, per_seconds=1), wait_cap=5.0)
-    assert limiter.interval == pytest.approx(0.104)
+@pytest.mark.parametrize(
+    ("rate", "interval"),
+    [
+        (Rate(10, per_seconds=1), 0.104),  # 40 ms of slack, the least
+        (Rate(100, per_seconds=10), 0.102),  # HubSpot's: 2 % of the window
+        (Rate(120, per_seconds=60), 61.2 / 120),
+    ],
+)
+def test_the_limiter_spaces_calls_over_the_window_and_its_slack(
+    redis_conn: redis.Redis, rate: Rate, interval: float
+) -> None:
+    """Requests + 1 calls span per_seconds + slack: no window of per_seconds holds more than the
+    rate unless the first and last calls' latencies differ by more than the slack."""
+    limiter = RateLimiter(redis_conn, "pace", rate, wait_cap=5.0)
+    assert limiter.interval == pytest.approx(interval)
     limiter.acquire()
     limiter.acquire()
     assert 0 < limiter.waited <= limiter.interval  # the second call waited for its slot
