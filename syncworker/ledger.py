@@ -81,6 +81,8 @@ CONTACTS = "sw:contacts"
 
 #: event keys remembered for dedupe beyond the history, per address (within ``dedupe_ttl_s``)
 MAX_SEEN = 1000
+#: events per ledger script call: one call holds Redis for about 30 µs per event
+APPLY_CHUNK = 200
 
 # Kinds that suppress at once; soft bounces and blocks suppress after N within a window, counted
 # once per message (an ESP reports each retry of a greylisted message).
@@ -233,36 +235,42 @@ local function upgrade(key)
   return s
 end
 local function load_record(key)
-  local t = redis.call('TYPE', key).ok
-  if t == 'none' then return nil end
-  if t == 'hash' then return upgrade(key) end
-  return unpack_record(redis.call('GET', key))
+  local raw = redis.pcall('GET', key)
+  if type(raw) == 'table' then  -- not a string: the old layout's hash, or an error
+    if redis.call('TYPE', key).ok == 'hash' then return upgrade(key) end
+    error(raw.err, 0)
+  end
+  if not raw then return nil end
+  return unpack_record(raw)
 end
 """
 )
 
+# Applies a batch of events in order, each on its own: one that fails (Redis refuses a command,
+# a record it cannot read) answers {'!', why} and the others are applied. One call per batch
+# spares Redis a script call per event, and the client the arguments all events share.
 APPLY_LUA = (
     """
--- KEYS[1] the record sw:c:<addr>; KEYS[2] the old layout's dedupe marker sw:k:<event key>
--- KEYS[3] sw:ev:<event key>; KEYS[4] sw:forgotten:<sha256 of addr>; KEYS[5] the STATS hash
--- KEYS[6..] sw:pending:<dest>, the state destinations', then the event streams'
--- ARGV[1] the event (JSON); ARGV[2] now; ARGV[3] dedupe TTL (s); ARGV[4] history limit
+-- KEYS[1] the STATS hash; then per event: the record sw:c:<addr>, the old layout's dedupe
+-- marker sw:k:<event key>, sw:ev:<event key>, sw:forgotten:<sha256 of addr>, and
+-- sw:pending:<dest> for the state destinations, then for the event streams
+-- ARGV[1] number of events; ARGV[2] now; ARGV[3] dedupe TTL (s); ARGV[4] history limit
 -- ARGV[5] soft-bounce threshold; ARGV[6] its window (s); ARGV[7] ',kinds,' that suppress at once
--- ARGV[8] number of state destinations; ARGV[9] number of event streams
--- ARGV[10] the event as event streams get it ('' for none); ARGV[11] counter prefix ('' = none)
--- ARGV[12] keys remembered beyond the history (max); ARGV[13..] the destinations' names
+-- ARGV[8] counter prefix ('' = none); ARGV[9] keys remembered beyond the history (max)
+-- then per event: its key, address, kind, time, source, message id and detail ('' for none);
+-- number of state destinations; number of event streams; the event as event streams get it
+-- ('' for none); the destinations' names
 -- (also the count sw:contacts:n, and an old-layout address's keys when it is converted)
 """
     + RECORD_LUA
     + r"""
-local ev = cjson.decode(ARGV[1])
+-- one event: KEYS and ARGV here are the single-event layout the batch is unpacked into below
+-- (KEYS: record, marker, event, forgotten, STATS, pending...; ARGV: unused, now, TTL, history
+-- limit, threshold, window, immediate kinds, #state, #streams, stream form, counter prefix,
+-- seen max, names...); ev: the event's fields
+local function apply_one(KEYS, ARGV, ev)
 local now = tonumber(ARGV[2])
 local since = now - tonumber(ARGV[3])
--- ARGV[11]: the prefix of the effect counters in the hash KEYS[5] ('' = not counted), counted
--- here so that a crash cannot leave an applied event uncounted
-local function count(effect)
-  if ARGV[11] ~= '' then redis.call('HINCRBY', KEYS[5], ARGV[11] .. effect, 1) end
-end
 local function hash(key) return string.sub(redis.sha1hex(key), 1, 12) end
 local rec = load_record(KEYS[1])
 local function duplicate()
@@ -280,10 +288,7 @@ local function duplicate()
   end
   return false
 end
-if duplicate() then
-  count('duplicate')
-  return {'duplicate', 0, 0}
-end
+if duplicate() then return {'duplicate', 0, 0, 0} end
 local created = rec == nil
 if created then
   rec = {version = 0, suppressed = false, updated_at = now, reasons = {}, history = {},
@@ -408,33 +413,78 @@ while #rec.history > tonumber(ARGV[4]) do
 end
 while #seen > tonumber(ARGV[12]) do table.remove(seen, 1) end
 rec.seen = seen
-if created then redis.call('INCR', COUNT_KEY) end
 -- the record is the dedupe mark: written last
 redis.call('SET', KEYS[1], pack_record(rec))
-count(effect)
-return {effect, changed and 1 or 0, version}
+return {effect, changed and 1 or 0, version, created and 1 or 0}
+end
+-- effects are counted (ARGV[8]: the counters' prefix in the STATS hash, '' = not counted) and
+-- new records too, in this same call: a crash cannot leave an applied event uncounted
+local out, effects, created = {}, {}, 0
+local function given(x) if x == '' then return nil end return x end
+local a, k = 10, 2
+for i = 1, tonumber(ARGV[1]) do
+  -- the event's fields as arguments: decoding JSON would cost Redis more than applying it
+  local ev = {key = ARGV[a], email = ARGV[a + 1], kind = ARGV[a + 2],
+    occurred_at = tonumber(ARGV[a + 3]), source = ARGV[a + 4], message_id = given(ARGV[a + 5]),
+    detail = given(ARGV[a + 6])}
+  a = a + 7
+  local s, e = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local one = {'', ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], s, e, ARGV[a + 2],
+    ARGV[8], ARGV[9]}
+  for j = 1, s + e do one[12 + j] = ARGV[a + 2 + j] end
+  local keys = {KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[1]}
+  for j = 1, s + e do keys[5 + j] = KEYS[k + 3 + j] end
+  a, k = a + 3 + s + e, k + 4 + s + e
+  local ok, res = pcall(apply_one, keys, one, ev)
+  if ok then
+    out[i] = {res[1], res[2], res[3]}
+    effects[res[1]] = (effects[res[1]] or 0) + 1
+    created = created + res[4]
+  else
+    if type(res) == 'table' then res = res.err or cjson.encode(res) end
+    out[i] = {'!', tostring(res)}
+  end
+end
+if created > 0 then redis.call('INCRBY', COUNT_KEY, created) end
+if ARGV[8] ~= '' then
+  for effect, n in pairs(effects) do redis.call('HINCRBY', KEYS[1], ARGV[8] .. effect, n) end
+end
+return out
 """
 )
 
 # Sets one destination's sync status in a record (none: nothing to do, the address was erased).
 SYNC_LUA = (
     """
--- KEYS[1] the record sw:c:<addr>
--- ARGV[1] destination; ARGV[2] status; ARGV[3] its time; ARGV[4] the version it is of
--- ARGV[5] its other fields (JSON object, '' for none)
--- ARGV[6] '1': set the confirmed reasons to ARGV[7] (kind codes); '0': keep them
+-- KEYS: the records sw:c:<addr>; per record, 7 ARGV: destination; status; its time; the version
+-- it is of; its other fields (JSON object, '' for none); '1': set the confirmed reasons to the
+-- next (kind codes), '0': keep them. Each record on its own: one Redis cannot write is skipped
+-- ({'!', why} in its place) and the others are written; 1 written, 0 erased meanwhile.
 """
     + RECORD_LUA
     + r"""
-local rec = load_record(KEYS[1])
-if rec == nil then return 0 end
-local old = rec.sync[ARGV[1]]
-local confirmed = ARGV[6] == '1' and ARGV[7] or (old and old[4] or '')
-local e = {ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), confirmed}
-if ARGV[5] ~= '' then e[5] = cjson.decode(ARGV[5]) end
-rec.sync[ARGV[1]] = e
-redis.call('SET', KEYS[1], pack_record(rec))
-return 1
+local function sync_one(key, a)
+  local rec = load_record(key)
+  if rec == nil then return 0 end
+  local old = rec.sync[ARGV[a]]
+  local confirmed = ARGV[a + 5] == '1' and ARGV[a + 6] or (old and old[4] or '')
+  local e = {ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), confirmed}
+  if ARGV[a + 4] ~= '' then e[5] = cjson.decode(ARGV[a + 4]) end
+  rec.sync[ARGV[a]] = e
+  redis.call('SET', key, pack_record(rec))
+  return 1
+end
+local out = {}
+for i, key in ipairs(KEYS) do
+  local ok, res = pcall(sync_one, key, (i - 1) * 7 + 1)
+  if ok then
+    out[i] = res
+  else
+    if type(res) == 'table' then res = res.err or cjson.encode(res) end
+    out[i] = {'!', tostring(res)}
+  end
+end
+return out
 """
 )
 
@@ -493,6 +543,16 @@ class ApplyResult:
     marked: set[str] = field(default_factory=set)  # destinations that got new pending work
     #: events Redis refused to apply (index in the batch, Redis's reason); the others applied
     failed: list[tuple[int, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SyncWrite:
+    """One destination's sync status for one address, to be written (``Ledger.write_syncs``)."""
+
+    email: str
+    destination: str
+    status: Mapping[str, Any]
+    confirmed: Iterable[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -570,56 +630,61 @@ class Ledger:
             return result
         s = self.settings
         now = time.time()
+        shared: list[bytes | str | int | float] = [
+            now,
+            s.dedupe_ttl_s,
+            s.history_limit,
+            s.soft_bounce_threshold,
+            s.soft_bounce_window_s,
+            self._immediate,
+            counters,
+            MAX_SEEN,
+        ]
         routes: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
         with self.conn.pipeline(transaction=False) as pipe:
-            for event, kind in items:
-                state_dests = self.route.state.get(kind, ())
-                event_dests = self.route.events.get(kind, ())
-                routes.append((state_dests, event_dests))
-                email, key = event.email, event.key
-                keys = [
-                    CONTACT + email,
-                    DEDUPE + key,
-                    EVENT + key,
-                    FORGOTTEN + address_hash(email),
-                    STATS,
-                    *(PENDING + d for d in state_dests + event_dests),
-                ]
-                item = {
-                    "key": key,
-                    "email": email,
-                    "kind": kind,
-                    "occurred_at": event.occurred_at,
-                    "source": event.source,
-                    "message_id": event.message_id,
-                    "detail": _detail(event.reason, event.smtp_code),
-                }
-                args: list[bytes | str | int | float] = [
-                    # cjson reads JSON null as a truthy value: absent fields are left out
-                    orjson.dumps({k: v for k, v in item.items() if v is not None}),
-                    now,
-                    s.dedupe_ttl_s,
-                    s.history_limit,
-                    s.soft_bounce_threshold,
-                    s.soft_bounce_window_s,
-                    self._immediate,
-                    len(state_dests),
-                    len(event_dests),
-                    # the event as event streams get it: the codec's form, every field kept
-                    orjson.dumps(codec.dump(event)) if event_dests else "",
-                    counters,
-                    MAX_SEEN,
-                    *state_dests,
-                    *event_dests,
-                ]
+            for start in range(0, len(items), APPLY_CHUNK):
+                chunk = items[start : start + APPLY_CHUNK]
+                keys: list[str] = [STATS]
+                args: list[bytes | str | int | float] = [len(chunk), *shared]
+                for event, kind in chunk:
+                    state_dests = self.route.state.get(kind, ())
+                    event_dests = self.route.events.get(kind, ())
+                    routes.append((state_dests, event_dests))
+                    email, key = event.email, event.key
+                    keys += [CONTACT + email, DEDUPE + key, EVENT + key]
+                    keys.append(FORGOTTEN + address_hash(email))
+                    keys += [PENDING + d for d in state_dests + event_dests]
+                    args += [
+                        key,
+                        email,
+                        kind,
+                        event.occurred_at,
+                        event.source,
+                        event.message_id or "",
+                        _detail(event.reason, event.smtp_code) or "",
+                        len(state_dests),
+                        len(event_dests),
+                        # the event as event streams get it: the codec's form, every field kept
+                        orjson.dumps(codec.dump(event)) if event_dests else "",
+                        *state_dests,
+                        *event_dests,
+                    ]
                 self._apply(keys=keys, args=args, client=pipe)
-            replies = pipe.execute(raise_on_error=False)
+            chunks = pipe.execute(raise_on_error=False)
+        replies: list[Any] = []
+        for start, chunk_reply in zip(range(0, len(items), APPLY_CHUNK), chunks, strict=True):
+            size = min(APPLY_CHUNK, len(items) - start)
+            if isinstance(chunk_reply, redis.ResponseError):  # refused whole (out of memory...)
+                replies += [chunk_reply] * size
+            else:
+                replies += chunk_reply
         for i, (reply, (state_dests, event_dests)) in enumerate(zip(replies, routes, strict=True)):
-            if isinstance(reply, redis.ResponseError):
-                result.failed.append((i, str(reply)[:300]))
+            if isinstance(reply, redis.ResponseError) or _text(reply[0]) == "!":
+                why = str(reply) if isinstance(reply, redis.ResponseError) else _text(reply[1])
+                result.failed.append((i, why[:300]))
                 result.effects["failed"] += 1
                 continue
-            effect = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+            effect = _text(reply[0])
             result.effects[effect] += 1
             if effect == "duplicate":
                 continue
@@ -669,11 +734,16 @@ class Ledger:
 
     def confirmed(self, destination: str, emails: list[str]) -> list[frozenset[str]]:
         """The reasons ``destination`` last confirmed for each address."""
-        out = []
-        for record in self.records(emails):
-            entry = _part(record, 5, {}).get(destination) if record else None
-            out.append(_names(entry[3]) if entry and len(entry) > 3 else frozenset())
-        return out
+        return [_confirmed(r, destination) for r in self.records(emails)]
+
+    def states_confirmed(
+        self, destination: str, emails: list[str]
+    ) -> list[tuple[ContactState, frozenset[str]]]:
+        """Each address's state and the reasons ``destination`` last confirmed, in one read."""
+        return [
+            (_state(e, r), _confirmed(r, destination))
+            for e, r in zip(emails, self.records(emails), strict=True)
+        ]
 
     # -- sync status --------------------------------------------------------------------------
 
@@ -688,20 +758,28 @@ class Ledger:
         """Queue on ``pipe`` the write of ``destination``'s sync status for ``email`` (and, for a
         state destination that confirmed a change, the reasons it now has); an address erased
         meanwhile is left erased."""
-        rest = dict(status)
-        label = str(rest.pop("status", ""))
-        at = rest.pop("since" if label == "pending" else "at", 0)
-        version = rest.pop("version", 0)
-        args: list[str | int | float | bytes] = [
-            destination,
-            label,
-            at,
-            version,
-            orjson.dumps(rest) if rest else "",
-            "0" if confirmed is None else "1",
-            _codes(confirmed or ()),
-        ]
-        self._sync(keys=[CONTACT + email], args=args, client=pipe)
+        self.write_syncs(pipe, [SyncWrite(email, destination, status, confirmed)])
+
+    def write_syncs(self, pipe: redis.client.Pipeline, writes: Sequence[SyncWrite]) -> None:
+        """Queue on ``pipe`` many sync status writes, as :meth:`write_sync`, in one script call
+        per ``APPLY_CHUNK`` records."""
+        for start in range(0, len(writes), APPLY_CHUNK):
+            keys: list[str] = []
+            args: list[str | int | float | bytes] = []
+            for w in writes[start : start + APPLY_CHUNK]:
+                rest = dict(w.status)
+                label = str(rest.pop("status", ""))
+                keys.append(CONTACT + w.email)
+                args += [
+                    w.destination,
+                    label,
+                    rest.pop("since" if label == "pending" else "at", 0),
+                    rest.pop("version", 0),
+                    orjson.dumps(rest) if rest else "",
+                    "0" if w.confirmed is None else "1",
+                    _codes(w.confirmed or ()),
+                ]
+            self._sync(keys=keys, args=args, client=pipe)
 
     # -- the whole ledger ---------------------------------------------------------------------
 
@@ -780,6 +858,11 @@ def _detail(reason: str | None, smtp_code: str | None) -> str | None:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _confirmed(record: list[Any] | None, destination: str) -> frozenset[str]:
+    entry = _part(record, 5, {}).get(destination) if record else None
+    return _names(entry[3]) if entry and len(entry) > 3 else frozenset()
 
 
 def _part(record: list[Any], index: int, empty: Any) -> Any:

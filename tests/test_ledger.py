@@ -11,7 +11,7 @@ import redis
 from syncworker import codec
 from syncworker.config import Settings
 from syncworker.events import HygieneEvent, Kind
-from syncworker.ledger import EVENT, PENDING, Ledger, Route
+from syncworker.ledger import APPLY_CHUNK, EVENT, PENDING, Ledger, Route, SyncWrite
 
 ALL = frozenset(k.value for k in Kind)
 
@@ -285,3 +285,43 @@ def test_an_address_is_one_key_however_many_destinations_and_events(
         "stream": {"status": "applied", "at": 9.5, "version": 0},
     }
     assert led.confirmed("crm", ["jane@example.com"]) == [frozenset()]
+
+
+def test_an_event_redis_refuses_fails_alone_in_its_batch(redis_conn: redis.Redis) -> None:
+    """Events go to Redis in chunks of APPLY_CHUNK per script call: one whose record Redis cannot
+    read fails with Redis's reason, and every other event of the batch, in its chunk and in the
+    others, is applied once."""
+    led = ledger(redis_conn)
+    n = APPLY_CHUNK * 2 + 50
+    events = [ev(f"k{i}", Kind.UNSUBSCRIBE, 1000.0 + i, f"u{i}@example.com") for i in range(n)]
+    bad = APPLY_CHUNK + 7  # in the second chunk
+    redis_conn.rpush("sw:c:" + events[bad].email, "not a record")  # a key of the wrong type
+    result = led.apply(events, count=True)
+    assert [i for i, _ in result.failed] == [bad]
+    assert result.failed[0][1].startswith("WRONGTYPE")
+    assert result.effects == {"suppressed": n - 1, "failed": 1}
+    assert all(led.state(e.email).suppressed for i, e in enumerate(events) if i != bad)
+    assert redis_conn.hget("sw:stats", "ledger:suppressed") == str(n - 1).encode()
+    assert led.apply(events, count=True).effects == {"duplicate": n - 1, "failed": 1}
+    assert redis_conn.zcard(PENDING + "crm") == n - 1
+
+
+def test_a_sync_status_redis_cannot_write_is_skipped_and_the_others_are_written(
+    redis_conn: redis.Redis,
+) -> None:
+    """Sync statuses are written many per script call; one record Redis cannot read spoils none
+    of the others, in its call or the next."""
+    led = ledger(redis_conn)
+    n = APPLY_CHUNK + 30
+    emails = [f"s{i}@example.com" for i in range(n)]
+    led.apply([ev(f"k{i}", Kind.HARD_BOUNCE, 1000.0 + i, e) for i, e in enumerate(emails)])
+    bad = 3
+    redis_conn.delete("sw:c:" + emails[bad])
+    redis_conn.rpush("sw:c:" + emails[bad], "not a record")
+    writes = [SyncWrite(e, "crm", {"status": "applied", "at": 5.0, "version": 1}) for e in emails]
+    with redis_conn.pipeline(transaction=True) as pipe:
+        led.write_syncs(pipe, writes)
+        pipe.execute()
+    statuses = led.sync_status([e for i, e in enumerate(emails) if i != bad])
+    assert all(s["crm"]["status"] == "applied" for s in statuses)
+    assert redis_conn.type("sw:c:" + emails[bad]) == b"list"
