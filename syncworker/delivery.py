@@ -17,7 +17,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -31,7 +31,7 @@ from syncworker.config import Settings
 from syncworker.destinations import ContactChange, Destination, Mode, Outcome, OutcomeStatus
 from syncworker.errors import BadCredentials, PermanentError, RetryableError, Throttled
 from syncworker.events import HygieneEvent, normalize_email
-from syncworker.ledger import EVENT, PENDING
+from syncworker.ledger import EVENT, PENDING, SyncWrite
 from syncworker.privacy import mask, mask_text
 from syncworker.queueing import (
     DELIVER,
@@ -147,19 +147,30 @@ def ensure_flush(runtime: Runtime, destination: str) -> bool:
     conn, key = runtime.conn, FLUSH + destination
     dest = runtime.destinations.get(destination)
     limit = dest.concurrency if dest is not None else 1
+    size = dest.batch_size if dest is not None else 1
+
+    def wanted(holders: int, due: Callable[[], int]) -> bool:
+        # another taker only while each one there is has a full batch of its own to take
+        return holders == 0 or (holders < limit and due() >= (holders + 1) * size)
+
+    # first without a transaction, in one round trip: most calls (every ingest batch, every
+    # full batch a taker takes) find the slots taken and stop here
+    with conn.pipeline(transaction=False) as peek:
+        peek.hlen(key)
+        peek.zcount(PENDING + destination, "-inf", time.time())
+        seen_holders, seen_due = peek.execute()
+    if not wanted(int(seen_holders), lambda: int(seen_due)):
+        return False
     timeout = deliver_timeout(runtime.settings, dest)
     job_id = uuid.uuid4().hex
     with conn.pipeline(transaction=True) as pipe:
         try:
             pipe.watch(key)  # type: ignore[no-untyped-call]  # redis-py's, untyped
             holders = int(pipe.hlen(key))
-            if holders >= limit:
+            if not wanted(
+                holders, lambda: int(pipe.zcount(PENDING + destination, "-inf", time.time()))
+            ):
                 return False
-            if holders:
-                size = dest.batch_size if dest is not None else 1
-                due = int(pipe.zcount(PENDING + destination, "-inf", time.time()))
-                if due < (holders + 1) * size:  # the takers there are will take these
-                    return False
             pipe.multi()
             pipe.hset(key, job_id, str(time.time()))
             pipe.pexpire(key, (2 * timeout + 60) * 1000)
@@ -580,11 +591,9 @@ class Delivery:
         """ContactChanges for ids taken from the pending set, with the ledger's state *now*."""
         ledger = self.rt.ledger
         if self.dest.mode is Mode.STATE:
-            states = ledger.states(ids)
-            confirmed = ledger.confirmed(self.name, ids)
             changes = [
                 ContactChange(key=state.email, email=state.email, state=state, synced_reasons=last)
-                for state, last in zip(states, confirmed, strict=True)
+                for state, last in ledger.states_confirmed(self.name, ids)
             ]
             return changes, []
         with self.conn.pipeline(transaction=False) as pipe:
@@ -624,6 +633,8 @@ class Delivery:
         log.error("deliver dest=%s event unreadable: %s (dead-lettered)", self.name, why)
 
     def record(self, changes: list[ContactChange], outcomes: list[Outcome], report: Report) -> None:
+        if not changes:
+            return
         # a mapping's detail may quote the destination's answer, which often echoes addresses:
         # masked before it is stored in sync status and dead letters, or logged
         outcomes = [replace(o, detail=mask_text(o.detail)) if o.detail else o for o in outcomes]
@@ -638,15 +649,18 @@ class Delivery:
         if retrying:
             raws = self.conn.hmget(attempts_key, [c.key for c in retrying])
             previous = {c.key: orjson.loads(r) for c, r in zip(retrying, raws, strict=True) if r}
+        syncs: list[SyncWrite] = []
+        counted: Counter[str] = Counter()
+        applied: list[str] = []
         with self.conn.pipeline(transaction=True) as pipe:
+            pipe.zrem(INFLIGHT + self.name, *(c.key for c in changes))
             for change, outcome in zip(changes, outcomes, strict=True):
-                pipe.zrem(INFLIGHT + self.name, change.key)
                 status: dict[str, Any] = {"at": now, "version": change.state.version}
                 if change.event is not None:
                     status["event"] = change.key
                 confirmed = None
                 if outcome.ok:
-                    pipe.hdel(attempts_key, change.key)
+                    applied.append(change.key)
                     status["status"] = outcome.status.value
                     if self.dest.mode is Mode.STATE:
                         confirmed = change.state.reasons
@@ -672,11 +686,16 @@ class Delivery:
                     self.dead_letter(pipe, change, outcome.detail, 1, now)
                     status.update(status="dead", detail=outcome.detail)
                     report.outcomes["dead"] += 1
-                self.rt.ledger.write_sync(pipe, change.email, self.name, status, confirmed)
-                report.outcomes[outcome.status.value] += 1
-                pipe.hincrby(DSTATS + self.name, outcome.status.value, 1)
+                syncs.append(SyncWrite(change.email, self.name, status, confirmed))
+                counted[outcome.status.value] += 1
+            if applied:
+                pipe.hdel(attempts_key, *applied)
+            self.rt.ledger.write_syncs(pipe, syncs)
+            for label, n in counted.items():
+                pipe.hincrby(DSTATS + self.name, label, n)
             pipe.hincrby(DSTATS + self.name, "batches", 1)
             pipe.execute()
+        report.outcomes.update(counted)
         for change, outcome in zip(changes, outcomes, strict=True):
             if not outcome.ok:
                 log.warning(
