@@ -176,20 +176,23 @@ class Reader:
         reply: Any = self.conn.xreadgroup(
             GROUP, self.name, {INBOX: ">"}, count=count, block=block_ms if block_ms else None
         )
-        if not reply:
-            return []
-        _stream, rows = reply[0]
-        return [(_text(entry_id), fields) for entry_id, fields in rows if fields is not None]
+        return _entries(reply)
 
-    def done(self, ids: list[str]) -> None:
-        """Acknowledge and delete entries whose events are applied or quarantined."""
-        if not ids:
-            return
+    def done(self, ids: list[str], then_read: int = 0) -> list[Entry]:
+        """Acknowledge and delete entries whose events are applied or quarantined; with
+        ``then_read``, read up to that many new entries in the same round trip (without
+        waiting: none when none are there)."""
+        if not ids and not then_read:
+            return []
         with self.conn.pipeline(transaction=True) as pipe:
-            pipe.xack(INBOX, GROUP, *ids)
-            pipe.xdel(INBOX, *ids)
-            pipe.hdel(TRIES, *ids)
-            pipe.execute()
+            if ids:
+                pipe.xack(INBOX, GROUP, *ids)
+                pipe.xdel(INBOX, *ids)
+                pipe.hdel(TRIES, *ids)
+            if then_read:  # inside MULTI a read never blocks
+                pipe.xreadgroup(GROUP, self.name, {INBOX: ">"}, count=then_read)
+            replies = pipe.execute()
+        return _entries(replies[-1]) if then_read else []
 
     def try_alone(self, entry_id: str) -> int:
         """Count a start of applying ``entry_id`` alone; how many starts there have been."""
@@ -206,6 +209,13 @@ class Reader:
 def current_name() -> str:
     job = get_current_job()
     return job.id if job is not None else f"inbox-local-{time.time_ns():x}"
+
+
+def _entries(reply: Any) -> list[Entry]:
+    if not reply:
+        return []
+    _stream, rows = reply[0]
+    return [(_text(entry_id), fields) for entry_id, fields in rows if fields is not None]
 
 
 def _text(value: Any) -> str:

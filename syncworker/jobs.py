@@ -44,15 +44,18 @@ def drain_inbox() -> dict[str, int]:
         _apply_claimed(rt, reader, claimed, totals)
     started = time.monotonic()
     helped = False
-    while time.monotonic() - started < rt.settings.job_budget_s:
-        entries = reader.read(inbox.READ_COUNT, inbox.LINGER_MS)
-        if not entries:
-            break
+    entries = reader.read(inbox.READ_COUNT, inbox.LINGER_MS)
+    while entries:
         if len(entries) == inbox.READ_COUNT and not helped:
             # a backlog: queue another job now, for an idle ingest process to read beside this
             ensure_drain(conn)
             helped = True
-        _apply_entries(rt, reader, entries, totals)
+        applied = _apply_entries(rt, reader, entries, totals, ack=False)
+        more = time.monotonic() - started < rt.settings.job_budget_s
+        # acknowledged, and the next entries read, in one round trip
+        entries = reader.done(applied, inbox.READ_COUNT if more else 0)
+        if not entries and more:
+            entries = reader.read(inbox.READ_COUNT, inbox.LINGER_MS)
     reader.leave()
     if conn.xlen(INBOX):
         ensure_drain(conn)
@@ -82,8 +85,15 @@ def _apply_claimed(
 
 
 def _apply_entries(
-    rt: runtime.Runtime, reader: inbox.Reader, entries: list[inbox.Entry], totals: Counter[str]
-) -> None:
+    rt: runtime.Runtime,
+    reader: inbox.Reader,
+    entries: list[inbox.Entry],
+    totals: Counter[str],
+    *,
+    ack: bool = True,
+) -> list[str]:
+    """Apply entries' events (quarantining what cannot be applied); acknowledge the entries
+    then, or with ``ack=False`` leave that to the caller. Returns the entries' ids."""
     payloads: list[dict[str, Any]] = []
     for _entry_id, fields in entries:
         payload, why = _read(fields)
@@ -92,7 +102,10 @@ def _apply_entries(
         else:
             payloads.append(payload)
     totals.update(apply_payloads(rt, payloads))
-    reader.done([entry_id for entry_id, _ in entries])
+    ids = [entry_id for entry_id, _ in entries]
+    if ack:
+        reader.done(ids)
+    return ids
 
 
 def _read(fields: dict[bytes, bytes]) -> tuple[dict[str, Any] | None, str]:

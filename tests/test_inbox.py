@@ -103,3 +103,24 @@ def test_the_tick_queues_a_reader_for_entries_nobody_reads(redis_conn: redis.Red
     redis_conn.delete(f"rq:job:{job_id}")
     assert inbox.tick(redis_conn, None) is True
     assert queued.count == 1 and redis_conn.get(INBOX_QUEUED) == queued.job_ids[0].encode()
+
+
+def test_acknowledging_a_batch_reads_the_next_in_the_same_round_trip(
+    redis_conn: redis.Redis,
+) -> None:
+    """What ``done`` reads with the acknowledgement is pending under the reader, exactly as what
+    ``read`` reads: a reader that dies after it holds the entries for the next to take over."""
+    post(redis_conn, 25)
+    inbox.ensure_group(redis_conn)
+    reader = inbox.Reader(redis_conn, "reader-1")
+    first = [entry_id for entry_id, _ in reader.read(10, None)]
+    second = [entry_id for entry_id, _ in reader.done(first, then_read=10)]
+    assert len(second) == 10 and not set(first) & set(second)
+    assert redis_conn.xlen(INBOX) == 15  # the first ten acknowledged and deleted
+    pending = redis_conn.xpending_range(INBOX, inbox.GROUP, "-", "+", 100, "reader-1")
+    assert sorted(p["message_id"].decode() for p in pending) == sorted(second)
+    last = reader.done(second, then_read=10)
+    assert len(last) == 5
+    assert reader.done([e for e, _ in last], then_read=10) == []  # none left: no wait
+    assert redis_conn.xlen(INBOX) == 0
+    assert redis_conn.xpending(INBOX, inbox.GROUP)["pending"] == 0
