@@ -1,9 +1,13 @@
 """The suppression ledger: each address's hygiene state, reasons, history and per-destination sync.
 
-Every event is applied by one Lua script, atomically: dedupe by event key, update the state (an
-older event never overrides a newer state), append to the capped history, and mark the address
-(or, for event streams, the event) pending for each destination that cares. A batch of events is
-one pipelined round trip.
+Events are applied in the worker (the rules are in syncworker/record.py): a batch reads the
+records it touches (one round trip), applies its events to them in order (dedupe by event key,
+an older event never overrides a newer state, the capped history), and writes each record back
+only if it is still the one read, with its pending marks (the address, or for event streams the
+event, for each destination that cares) and the counters, in one Lua call per 200 addresses
+(compare-and-set: a record changed meanwhile, by another worker or a sync status, is read and
+applied again). Redis only compares and stores bytes, about 12 µs of its CPU per event, so ingest
+scales with worker processes and hosts.
 
 Keys: ``sw:c:<addr>`` the address's record, one compact JSON string (below); ``sw:ev:<event key>``
 an event awaiting event-stream destinations; ``sw:pending:<dest>`` due time of each pending id;
@@ -29,12 +33,13 @@ layout before took ~1,770 bytes (``python -m bench.memory``):
 
 Dedupe is per address: an event is a duplicate when its key is in the address's history or
 ``seen`` and was recorded within ``dedupe_ttl_s`` (at most :data:`MAX_SEEN` keys beyond the
-history). The dedupe mark is the record itself, written last in the script: a script that fails
-part-way writes no record, so the quarantined event applies when it is replayed.
+history). The dedupe mark is the record itself, written with the event's effects in one atomic
+call: an event whose write fails leaves no record of it, so the quarantined event applies when it
+is replayed. Record times (``recorded``, ``updated_at``, sync times) are kept to the millisecond.
 
 The layout before this one (``sw:c:<addr>`` hash, ``sw:h:<addr>`` history list, ``sw:sync:<addr>``
 hash, ``sw:confirmed:<dest>`` hash, ``sw:k:<event key>`` dedupe markers, ``sw:contacts`` set) is
-read by every script: a record still in it is converted the first time it is read or written, and
+read everywhere: a record still in it is converted the first time it is read or written, and
 ``syncworker migrate`` (:meth:`Ledger.migrate`) converts them all. Old dedupe markers are honoured
 until they expire.
 """
@@ -42,6 +47,7 @@ until they expire.
 from __future__ import annotations
 
 import hashlib
+import random
 import time
 import uuid
 from collections import Counter
@@ -52,7 +58,7 @@ from typing import Any
 import orjson
 import redis
 
-from syncworker import codec
+from syncworker import codec, record
 from syncworker.config import Settings
 from syncworker.events import (
     MANUAL,
@@ -63,8 +69,14 @@ from syncworker.events import (
     normalize_email,
 )
 from syncworker.queueing import STATS
+from syncworker.record import (
+    EFFECT_CODES,
+    EFFECT_NAMES,
+    KIND_CODES,
+    KIND_NAMES,
+    UNSUPPRESS,
+)
 
-UNSUPPRESS = "manual_unsuppress"
 COUNTERS = "ledger:"  # + effect: a counter in the STATS hash
 
 CONTACT = "sw:c:"  # + address: the record
@@ -81,39 +93,18 @@ CONTACTS = "sw:contacts"
 
 #: event keys remembered for dedupe beyond the history, per address (within ``dedupe_ttl_s``)
 MAX_SEEN = 1000
-#: events per ledger script call: one call holds Redis for about 30 µs per event
+#: addresses (events) per ledger script call
 APPLY_CHUNK = 200
+#: events read, applied and written per round: a longer batch is applied in slices
+SLICE_EVENTS = 2000
+#: times an address whose record changed between its read and its write is applied again (with
+#: a growing random pause from the third): then its events fail (quarantined, replayable)
+CAS_TRIES = 40
 
-# Kinds that suppress at once; soft bounces and blocks suppress after N within a window, counted
-# once per message (an ESP reports each retry of a greylisted message).
-IMMEDIATE = frozenset({Kind.HARD_BOUNCE, Kind.SPAM_COMPLAINT, Kind.UNSUBSCRIBE, MANUAL})
 COUNTED = frozenset({Kind.SOFT_BOUNCE, Kind.BLOCKED})
 # What a manual change is to an event stream: the README promises them an unsubscribe for a
 # manual suppress and a resubscribe for an unsuppress
 STREAM_KINDS: dict[str, Kind] = {MANUAL: Kind.UNSUBSCRIBE, UNSUPPRESS: Kind.RESUBSCRIBE}
-
-#: one character for each kind and effect in the record; any other name is stored as it is
-KIND_CODES: dict[str, str] = {
-    Kind.HARD_BOUNCE.value: "h",
-    Kind.SOFT_BOUNCE.value: "s",
-    Kind.BLOCKED.value: "b",
-    Kind.UNSUBSCRIBE.value: "u",
-    Kind.SPAM_COMPLAINT.value: "c",
-    Kind.RESUBSCRIBE.value: "r",
-    MANUAL: "m",
-    UNSUPPRESS: "M",
-}
-EFFECT_CODES: dict[str, str] = {
-    "suppressed": "s",
-    "already": "a",
-    "stale": "t",
-    "counted": "c",
-    "ignored": "i",
-    "unsuppressed": "u",
-    "resubscribed": "r",
-}
-KIND_NAMES = {v: k for k, v in KIND_CODES.items()}
-EFFECT_NAMES = {v: k for k, v in EFFECT_CODES.items()}
 
 
 def _lua_table(mapping: Mapping[str, str]) -> str:
@@ -246,212 +237,66 @@ end
 """
 )
 
-# Applies a batch of events in order, each on its own: one that fails (Redis refuses a command,
-# a record it cannot read) answers {'!', why} and the others are applied. One call per batch
-# spares Redis a script call per event, and the client the arguments all events share.
-APPLY_LUA = (
-    """
--- KEYS[1] the STATS hash; then per event: the record sw:c:<addr>, the old layout's dedupe
--- marker sw:k:<event key>, sw:ev:<event key>, sw:forgotten:<sha256 of addr>, and
--- sw:pending:<dest> for the state destinations, then for the event streams
--- ARGV[1] number of events; ARGV[2] now; ARGV[3] dedupe TTL (s); ARGV[4] history limit
--- ARGV[5] soft-bounce threshold; ARGV[6] its window (s); ARGV[7] ',kinds,' that suppress at once
--- ARGV[8] counter prefix ('' = none); ARGV[9] keys remembered beyond the history (max)
--- then per event: its key, address, kind, time, source, message id and detail ('' for none);
--- number of state destinations; number of event streams; the event as event streams get it
--- ('' for none); the destinations' names
--- (also the count sw:contacts:n, and an old-layout address's keys when it is converted)
-"""
-    + RECORD_LUA
-    + r"""
--- one event: KEYS and ARGV here are the single-event layout the batch is unpacked into below
--- (KEYS: record, marker, event, forgotten, STATS, pending...; ARGV: unused, now, TTL, history
--- limit, threshold, window, immediate kinds, #state, #streams, stream form, counter prefix,
--- seen max, names...); ev: the event's fields
-local function apply_one(KEYS, ARGV, ev)
-local now = tonumber(ARGV[2])
-local since = now - tonumber(ARGV[3])
-local function hash(key) return string.sub(redis.sha1hex(key), 1, 12) end
-local rec = load_record(KEYS[1])
-local function duplicate()
-  if redis.call('EXISTS', KEYS[2]) == 1 then return true end  -- the old layout's marker
-  if rec == nil then return false end
-  for _, e in ipairs(rec.history) do
-    if e.key == ev.key and tonumber(e.recorded) > since then return true end
+# Writes the records a batch of events changed, each only if it is still the one the worker read
+# (compare-and-set), with what goes with it: the pending marks, the events for event streams, the
+# count of records, the effect counters. Each address on its own: 1 written, 0 changed meanwhile
+# (the worker reads it again and applies its events again), {'!', why} when Redis refused.
+WRITE_LUA = """
+-- KEYS[1] the STATS hash; KEYS[2] the count of records; then per address: its record
+-- sw:c:<addr>, sw:forgotten:<sha256 of addr>, sw:pending:<dest> of the state destinations to
+-- mark, then per event for event streams: sw:ev:<event key> and sw:pending:<dest> of its streams
+-- ARGV[1] number of addresses; ARGV[2] now; ARGV[3] dedupe TTL (s); ARGV[4] counter prefix
+-- ('' = not counted); then per address: the record read ('' none); what sw:forgotten held when
+-- none was read ('' none); the record to write ('' = leave it); '1' it is new; '1' drop
+-- sw:forgotten; the address; number of state destinations; number of events for streams;
+-- the effects to count (names, comma-separated); then per event for streams: its form, its
+-- number of streams, its key
+local now, ttl, prefix = ARGV[2], ARGV[3], ARGV[4]
+local function write(a, k, ns, ne)
+  local rkey, fkey, expected = KEYS[k], KEYS[k + 1], ARGV[a]
+  local cur = redis.pcall('GET', rkey)
+  if type(cur) == 'table' then return 0 end  -- the old layout's hash: read it again, converted
+  if (cur or '') ~= expected then return 0 end
+  if expected == '' and (redis.call('GET', fkey) or '') ~= ARGV[a + 1] then return 0 end
+  if ARGV[a + 2] ~= '' then redis.call('SET', rkey, ARGV[a + 2]) end
+  if ARGV[a + 4] == '1' then redis.call('DEL', fkey) end
+  for j = 1, ns do redis.call('ZADD', KEYS[k + 1 + j], 'NX', now, ARGV[a + 5]) end
+  local kk, aa = k + 2 + ns, a + 9
+  for _ = 1, ne do
+    local nd = tonumber(ARGV[aa + 1])
+    redis.call('SET', KEYS[kk], ARGV[aa], 'EX', ttl)
+    for d = 1, nd do redis.call('ZADD', KEYS[kk + d], 'NX', now, ARGV[aa + 2]) end
+    kk, aa = kk + 1 + nd, aa + 3
   end
-  local h
-  for _, x in ipairs(rec.seen) do
-    if tonumber(x[2]) > since then
-      h = h or hash(ev.key)
-      if x[1] == h then return true end
-    end
-  end
-  return false
+  return 1
 end
-if duplicate() then return {'duplicate', 0, 0, 0} end
-local created = rec == nil
-if created then
-  rec = {version = 0, suppressed = false, updated_at = now, reasons = {}, history = {},
-    sync = {}, soft = {}, cleared = {}, seen = {}}
-  -- an address erased with `forget` comes back: restore the suppression its hash kept
-  local kept = redis.call('GET', KEYS[4])
-  if kept then
-    for name, x in pairs(cjson.decode(kept)) do
-      rec.reasons[name] = {at = x.at, source = x.source or '', detail = x.detail}
-    end
-    redis.call('DEL', KEYS[4])
-  end
-end
-local reasons, soft, cleared = rec.reasons, rec.soft, rec.cleared
-local version = tonumber(rec.version)
-local was = rec.suppressed
-local t = tonumber(ev.occurred_at)
-local kind = ev.kind
-local threshold, window = tonumber(ARGV[5]), tonumber(ARGV[6])
-local immediate = ARGV[7]
-local function names(r)
-  local n = {}
-  for k, _ in pairs(r) do n[#n + 1] = k end
-  table.sort(n)
-  return table.concat(n, ',')
-end
-local function note()
-  local r = reasons[kind]
-  if r == nil or tonumber(r.at) < t then
-    reasons[kind] = {at = t, source = ev.source, detail = ev.detail}
-  end
-end
-local before = names(reasons)
-local effect
-local cleared_all = tonumber(cleared['*'] or 0)
-if kind == 'manual_unsuppress' then
-  if t > cleared_all then cleared['*'] = t end
-  for k, r in pairs(reasons) do
-    if tonumber(r.at) <= t then reasons[k] = nil end
-  end
-  local keep = {}
-  for _, s in ipairs(soft) do if tonumber(s[1]) > t then keep[#keep + 1] = s end end
-  soft = keep
-  effect = 'unsuppressed'
-elseif t <= cleared_all then
-  effect = 'stale'
-elseif kind == 'resubscribe' then
-  if t > tonumber(cleared['unsubscribe'] or 0) then cleared['unsubscribe'] = t end
-  local u = reasons['unsubscribe']
-  if u ~= nil and tonumber(u.at) >= t then
-    effect = 'stale'
+local out, effects, created = {}, {}, 0
+local a, k = 5, 3
+for i = 1, tonumber(ARGV[1]) do
+  local ns, ne = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
+  local keys = 2 + ns
+  for j = 1, ne do keys = keys + 1 + tonumber(ARGV[a + 9 + (j - 1) * 3 + 1]) end
+  local ok, res = pcall(write, a, k, ns, ne)
+  if not ok then
+    if type(res) == 'table' then res = res.err or cjson.encode(res) end
+    out[i] = {'!', tostring(res)}
   else
-    reasons['unsubscribe'] = nil
-    effect = 'resubscribed'
-  end
-elseif kind == 'unsubscribe' and t <= tonumber(cleared['unsubscribe'] or 0) then
-  effect = 'stale'
-elseif string.find(immediate, ',' .. kind .. ',', 1, true) then
-  note()
-  effect = 'suppressed'
-elseif kind == 'soft_bounce' or kind == 'blocked' then
-  -- ESPs report a temporary failure on each retry of one message: count messages, not reports
-  local repeated = false
-  if ev.message_id then
-    for _, s in ipairs(soft) do
-      if s[3] == ev.message_id then
-        repeated = true
-        if tonumber(s[1]) < t then s[1] = t end
+    out[i] = res
+    if res == 1 then
+      if ARGV[a + 3] == '1' then created = created + 1 end
+      for name in string.gmatch(ARGV[a + 8], '[^,]+') do
+        effects[name] = (effects[name] or 0) + 1
       end
     end
   end
-  if not repeated then soft[#soft + 1] = {t, kind, ev.message_id} end
-  local newest = 0
-  for _, s in ipairs(soft) do if tonumber(s[1]) > newest then newest = tonumber(s[1]) end end
-  local keep = {}
-  for _, s in ipairs(soft) do
-    if tonumber(s[1]) > newest - window then keep[#keep + 1] = s end
-  end
-  table.sort(keep, function(a, b) return tonumber(a[1]) < tonumber(b[1]) end)
-  while #keep > threshold * 2 + 10 do table.remove(keep, 1) end
-  soft = keep
-  if #soft >= threshold and t > newest - window then
-    note()
-    effect = 'suppressed'
-  else
-    effect = 'counted'
-  end
-else
-  effect = 'ignored'
+  a, k = a + 9 + 3 * ne, k + keys
 end
-local suppressed = next(reasons) ~= nil
-local changed = (names(reasons) ~= before) or (suppressed ~= was)
-if effect == 'suppressed' and not changed then effect = 'already' end
-if changed then version = version + 1 end
-rec.version, rec.suppressed, rec.updated_at = version, suppressed, now
-rec.reasons, rec.soft, rec.cleared = reasons, soft, cleared
-local s, e = tonumber(ARGV[8]), tonumber(ARGV[9])
-if changed then
-  for i = 1, s do
-    local dest = ARGV[12 + i]
-    local old = rec.sync[dest]
-    redis.call('ZADD', KEYS[5 + i], 'NX', now, ev.email)
-    rec.sync[dest] = {'pending', now, version, old and old[4] or ''}
-  end
-end
-if e > 0 and ARGV[10] ~= '' then
-  redis.call('SET', KEYS[3], ARGV[10], 'EX', ARGV[3])
-  for j = s + 1, s + e do
-    redis.call('ZADD', KEYS[5 + j], 'NX', now, ev.key)
-  end
-end
--- the history, capped; keys leaving it are remembered (hashed) while within the dedupe TTL
-table.insert(rec.history, 1, {at = t, recorded = now, kind = kind, source = ev.source or '',
-  key = ev.key, effect = effect, detail = ev.detail})
-local seen = {}
-for _, x in ipairs(rec.seen) do if tonumber(x[2]) > since then seen[#seen + 1] = x end end
-while #rec.history > tonumber(ARGV[4]) do
-  local old = table.remove(rec.history)
-  if tonumber(old.recorded) > since then
-    seen[#seen + 1] = {hash(old.key), math.floor(tonumber(old.recorded))}
-  end
-end
-while #seen > tonumber(ARGV[12]) do table.remove(seen, 1) end
-rec.seen = seen
--- the record is the dedupe mark: written last
-redis.call('SET', KEYS[1], pack_record(rec))
-return {effect, changed and 1 or 0, version, created and 1 or 0}
-end
--- effects are counted (ARGV[8]: the counters' prefix in the STATS hash, '' = not counted) and
--- new records too, in this same call: a crash cannot leave an applied event uncounted
-local out, effects, created = {}, {}, 0
-local function given(x) if x == '' then return nil end return x end
-local a, k = 10, 2
-for i = 1, tonumber(ARGV[1]) do
-  -- the event's fields as arguments: decoding JSON would cost Redis more than applying it
-  local ev = {key = ARGV[a], email = ARGV[a + 1], kind = ARGV[a + 2],
-    occurred_at = tonumber(ARGV[a + 3]), source = ARGV[a + 4], message_id = given(ARGV[a + 5]),
-    detail = given(ARGV[a + 6])}
-  a = a + 7
-  local s, e = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-  local one = {'', ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], s, e, ARGV[a + 2],
-    ARGV[8], ARGV[9]}
-  for j = 1, s + e do one[12 + j] = ARGV[a + 2 + j] end
-  local keys = {KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[1]}
-  for j = 1, s + e do keys[5 + j] = KEYS[k + 3 + j] end
-  a, k = a + 3 + s + e, k + 4 + s + e
-  local ok, res = pcall(apply_one, keys, one, ev)
-  if ok then
-    out[i] = {res[1], res[2], res[3]}
-    effects[res[1]] = (effects[res[1]] or 0) + 1
-    created = created + res[4]
-  else
-    if type(res) == 'table' then res = res.err or cjson.encode(res) end
-    out[i] = {'!', tostring(res)}
-  end
-end
-if created > 0 then redis.call('INCRBY', COUNT_KEY, created) end
-if ARGV[8] ~= '' then
-  for effect, n in pairs(effects) do redis.call('HINCRBY', KEYS[1], ARGV[8] .. effect, n) end
+if created > 0 then redis.call('INCRBY', KEYS[2], created) end
+if prefix ~= '' then
+  for name, n in pairs(effects) do redis.call('HINCRBY', KEYS[1], prefix .. name, n) end
 end
 return out
 """
-)
 
 # Sets one destination's sync status in a record (none: nothing to do, the address was erased).
 SYNC_LUA = (
@@ -538,6 +383,35 @@ class Route:
 
 
 @dataclass
+class _Read:
+    """An address's record as read (bytes; None: none; an error: the old layout's hash, to
+    convert), what sw:forgotten held, and which of its events the old layout marked seen."""
+
+    raw: Any
+    kept: bytes | None
+    marked: list[bool]
+
+
+@dataclass
+class _Plan:
+    """What applying an address's events changes, to be written if its record is still
+    ``expected``; ``failed``: why it cannot be applied."""
+
+    email: str
+    indexes: list[int]
+    expected: bytes = b""
+    kept: bytes = b""
+    new: bytes = b""
+    created: bool = False
+    drop_kept: bool = False
+    failed: str | None = None
+    #: (index in the batch, effect, whether the state changed, ledger kind)
+    outcomes: list[tuple[int, str, bool, str]] = field(default_factory=list)
+    mark: set[str] = field(default_factory=set)  # state destinations to mark pending
+    streams: list[tuple[str, bytes, tuple[str, ...]]] = field(default_factory=list)
+
+
+@dataclass
 class ApplyResult:
     effects: Counter[str] = field(default_factory=Counter)
     marked: set[str] = field(default_factory=set)  # destinations that got new pending work
@@ -583,11 +457,10 @@ class Ledger:
         self.conn = conn
         self.settings = settings
         self.route = route
-        self._apply = conn.register_script(APPLY_LUA)
+        self._write = conn.register_script(WRITE_LUA)
         self._sync = conn.register_script(SYNC_LUA)
         self._load = conn.register_script(LOAD_LUA)
         self._forget = conn.register_script(FORGET_LUA)
-        self._immediate = "," + ",".join(sorted(IMMEDIATE)) + ","
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -624,74 +497,270 @@ class Ledger:
         self, items: list[tuple[HygieneEvent, str]], counters: str = ""
     ) -> ApplyResult:
         """Apply each event as ledger kind ``kind`` (a Kind, or a manual change); ``counters``
-        is the prefix its effect is counted under in STATS ('' = not counted)."""
+        is the prefix its effect is counted under in STATS ('' = not counted).
+
+        The records the events touch are read, the events applied to them here, in order, and
+        each record written back only if it has not changed since it was read; the addresses
+        whose record changed meanwhile are read and applied again."""
         result = ApplyResult()
         if not items:
             return result
-        s = self.settings
-        now = time.time()
-        shared: list[bytes | str | int | float] = [
-            now,
-            s.dedupe_ttl_s,
-            s.history_limit,
-            s.soft_bounce_threshold,
-            s.soft_bounce_window_s,
-            self._immediate,
-            counters,
-            MAX_SEEN,
-        ]
-        routes: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
-        with self.conn.pipeline(transaction=False) as pipe:
-            for start in range(0, len(items), APPLY_CHUNK):
-                chunk = items[start : start + APPLY_CHUNK]
-                keys: list[str] = [STATS]
-                args: list[bytes | str | int | float] = [len(chunk), *shared]
-                for event, kind in chunk:
-                    state_dests = self.route.state.get(kind, ())
-                    event_dests = self.route.events.get(kind, ())
-                    routes.append((state_dests, event_dests))
-                    email, key = event.email, event.key
-                    keys += [CONTACT + email, DEDUPE + key, EVENT + key]
-                    keys.append(FORGOTTEN + address_hash(email))
-                    keys += [PENDING + d for d in state_dests + event_dests]
-                    args += [
-                        key,
-                        email,
-                        kind,
-                        event.occurred_at,
-                        event.source,
-                        event.message_id or "",
-                        _detail(event.reason, event.smtp_code) or "",
-                        len(state_dests),
-                        len(event_dests),
-                        # the event as event streams get it: the codec's form, every field kept
-                        orjson.dumps(codec.dump(event)) if event_dests else "",
-                        *state_dests,
-                        *event_dests,
-                    ]
-                self._apply(keys=keys, args=args, client=pipe)
-            chunks = pipe.execute(raise_on_error=False)
-        replies: list[Any] = []
-        for start, chunk_reply in zip(range(0, len(items), APPLY_CHUNK), chunks, strict=True):
-            size = min(APPLY_CHUNK, len(items) - start)
-            if isinstance(chunk_reply, redis.ResponseError):  # refused whole (out of memory...)
-                replies += [chunk_reply] * size
-            else:
-                replies += chunk_reply
-        for i, (reply, (state_dests, event_dests)) in enumerate(zip(replies, routes, strict=True)):
-            if isinstance(reply, redis.ResponseError) or _text(reply[0]) == "!":
-                why = str(reply) if isinstance(reply, redis.ResponseError) else _text(reply[1])
-                result.failed.append((i, why[:300]))
-                result.effects["failed"] += 1
-                continue
-            effect = _text(reply[0])
-            result.effects[effect] += 1
-            if effect == "duplicate":
-                continue
-            if int(reply[1]):  # the state changed: the CRMs get it
-                result.marked.update(state_dests)
-            result.marked.update(event_dests)
+        by_address: dict[str, list[int]] = {}
+        for i, (event, _kind) in enumerate(items):
+            by_address.setdefault(event.email, []).append(i)
+        hashes = {email: address_hash(email) for email in by_address}
+        # slices of about SLICE_EVENTS events (an address's events all in one): bounded round
+        # trips, and a long batch applied (and counted) as it goes
+        slices: list[list[str]] = [[]]
+        size = 0
+        for email, indexes in by_address.items():
+            if size and size + len(indexes) > SLICE_EVENTS:
+                slices.append([])
+                size = 0
+            slices[-1].append(email)
+            size += len(indexes)
+        for emails in slices:
+            left = self._apply_slice(emails, items, by_address, hashes, counters, result)
+            for email in left:
+                for i in by_address[email]:
+                    result.failed.append((i, "the record kept changing while it was applied"))
+        result.failed.sort()
+        result.effects["failed"] += len(result.failed)
+        if not result.effects["failed"]:
+            del result.effects["failed"]
         return result
+
+    def _apply_slice(
+        self,
+        todo: list[str],
+        items: list[tuple[HygieneEvent, str]],
+        by_address: dict[str, list[int]],
+        hashes: dict[str, str],
+        counters: str,
+        result: ApplyResult,
+    ) -> list[str]:
+        """Read, apply and compare-and-set the records of ``todo``, again for those changed
+        meanwhile; the addresses still changing after CAS_TRIES."""
+        s = self.settings
+        for attempt in range(CAS_TRIES):
+            if not todo:
+                break
+            if attempt > 1:  # other writers keep changing these records: let them pass
+                time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+            policy = record.Policy(
+                now=round(time.time(), 3),  # to the millisecond: shorter records
+                dedupe_ttl_s=s.dedupe_ttl_s,
+                history_limit=s.history_limit,
+                soft_bounce_threshold=s.soft_bounce_threshold,
+                soft_bounce_window_s=s.soft_bounce_window_s,
+                max_seen=MAX_SEEN,
+            )
+            # the first read is cheap (MGET cannot tell a missing record from one in the old
+            # layout, which the write then finds); any read again is one GET per record
+            reads = self._read_for_apply(todo, items, by_address, hashes, careful=attempt > 0)
+            plans: list[_Plan] = []
+            for email in todo:
+                read = reads[email]
+                if isinstance(read, str):
+                    plans.append(_Plan(email, by_address[email], failed=read))
+                else:
+                    plans.append(self._plan(email, by_address[email], items, read, policy))
+            todo = self._write_plans(plans, policy.now, counters, hashes, result)
+        return todo
+
+    def _read_for_apply(
+        self,
+        emails: list[str],
+        items: list[tuple[HygieneEvent, str]],
+        by_address: dict[str, list[int]],
+        hashes: dict[str, str],
+        careful: bool = True,
+    ) -> dict[str, _Read | str]:
+        """Each address's record as stored (converted first if in the old layout), what
+        sw:forgotten holds for it, and which of its events the old layout marked as seen; or
+        why it cannot be read. Not ``careful``: three commands for the whole batch, a record in
+        the old layout read as none."""
+        if not careful:
+            return self._read_quickly(emails, items, by_address, hashes)
+        with self.conn.pipeline(transaction=False) as pipe:
+            for email in emails:
+                pipe.get(CONTACT + email)
+                pipe.get(FORGOTTEN + hashes[email])
+                for i in by_address[email]:
+                    pipe.exists(DEDUPE + items[i][0].key)
+            rows: list[Any] = pipe.execute(raise_on_error=False)
+        out: dict[str, _Read | str] = {}
+        old: list[str] = []
+        n = 0
+        for email in emails:
+            count = len(by_address[email])
+            raw, kept, marks = rows[n], rows[n + 1], rows[n + 2 : n + 2 + count]
+            n += 2 + count
+            problem = next((r for r in [kept, *marks] if isinstance(r, Exception)), None)
+            if problem is not None:
+                out[email] = str(problem)[:300]
+                continue
+            out[email] = _Read(raw, kept, [bool(m) for m in marks])
+            if isinstance(raw, redis.ResponseError):
+                old.append(email)
+        if old:  # a record still in the old layout (a hash): converted, then read
+            with self.conn.pipeline(transaction=False) as pipe:
+                for email in old:
+                    self._load(keys=[CONTACT + email], client=pipe)
+                converted = pipe.execute(raise_on_error=False)
+            for email, raw in zip(old, converted, strict=True):
+                read = out[email]
+                assert isinstance(read, _Read)
+                if isinstance(raw, Exception):
+                    out[email] = str(raw)[:300]
+                else:
+                    read.raw = raw
+        return out
+
+    def _read_quickly(
+        self,
+        emails: list[str],
+        items: list[tuple[HygieneEvent, str]],
+        by_address: dict[str, list[int]],
+        hashes: dict[str, str],
+    ) -> dict[str, _Read | str]:
+        markers = [DEDUPE + items[i][0].key for e in emails for i in by_address[e]]
+        with self.conn.pipeline(transaction=False) as pipe:
+            pipe.mget([CONTACT + e for e in emails])
+            pipe.mget([FORGOTTEN + hashes[e] for e in emails])
+            pipe.exists(*markers)  # the old layout's dedupe markers: almost always none
+            raws, kept, n_marked = pipe.execute()
+        marked = [False] * len(markers)
+        if n_marked:
+            with self.conn.pipeline(transaction=False) as pipe:
+                for key in markers:
+                    pipe.exists(key)
+                marked = [bool(m) for m in pipe.execute()]
+        out: dict[str, _Read | str] = {}
+        n = 0
+        for email, raw, kept_raw in zip(emails, raws, kept, strict=True):
+            count = len(by_address[email])
+            out[email] = _Read(raw, kept_raw, marked[n : n + count])
+            n += count
+        return out
+
+    def _plan(
+        self,
+        email: str,
+        indexes: list[int],
+        items: list[tuple[HygieneEvent, str]],
+        read: _Read,
+        policy: record.Policy,
+    ) -> _Plan:
+        """Apply an address's events, in order, to its record as read: what to write."""
+        plan = _Plan(email, indexes, expected=read.raw or b"", kept=read.kept or b"")
+        try:
+            rec = record.unpack(read.raw) if read.raw else None
+        except ValueError as exc:
+            plan.failed = str(exc)
+            return plan
+        since = policy.now - policy.dedupe_ttl_s
+        for i, marked in zip(indexes, read.marked, strict=True):
+            event, kind = items[i]
+            if marked or record.is_duplicate(rec, event.key, since):
+                plan.outcomes.append((i, "duplicate", False, kind))
+                continue
+            if rec is None:
+                rec = record.Record(updated_at=policy.now)
+                plan.created = True
+                if read.kept:
+                    rec.reasons = record.restored(read.kept)
+                    plan.drop_kept = True
+            state_dests = self.route.state.get(kind, ())
+            effect, changed = record.apply(
+                rec,
+                record.Event(
+                    key=event.key,
+                    kind=kind,
+                    occurred_at=event.occurred_at,
+                    source=event.source,
+                    message_id=event.message_id,
+                    detail=_detail(event.reason, event.smtp_code),
+                ),
+                policy,
+                state_dests,
+            )
+            plan.outcomes.append((i, effect, changed, kind))
+            if changed:
+                plan.mark.update(state_dests)
+            event_dests = self.route.events.get(kind, ())
+            if event_dests:
+                # the event as event streams get it: the codec's form, every field kept
+                plan.streams.append((event.key, orjson.dumps(codec.dump(event)), event_dests))
+        if rec is not None and any(o[1] != "duplicate" for o in plan.outcomes):
+            plan.new = record.pack(rec)
+        return plan
+
+    def _write_plans(
+        self,
+        plans: list[_Plan],
+        now: float,
+        counters: str,
+        hashes: dict[str, str],
+        result: ApplyResult,
+    ) -> list[str]:
+        """Write the plans (compare-and-set, one script call per APPLY_CHUNK addresses) and
+        record what was applied in ``result``; the addresses whose record changed meanwhile."""
+        ready = [p for p in plans if p.failed is None]
+        for p in plans:
+            if p.failed is not None:
+                result.failed += [(i, p.failed) for i in p.indexes]
+        replies: list[Any] = []
+        with self.conn.pipeline(transaction=False) as pipe:
+            for start in range(0, len(ready), APPLY_CHUNK):
+                chunk = ready[start : start + APPLY_CHUNK]
+                keys: list[str] = [STATS, CONTACT_COUNT]
+                args: list[bytes | str | int | float] = [
+                    len(chunk),
+                    now,
+                    self.settings.dedupe_ttl_s,
+                    counters,
+                ]
+                for p in chunk:
+                    mark = sorted(p.mark)
+                    keys += [CONTACT + p.email, FORGOTTEN + hashes[p.email]]
+                    keys += [PENDING + d for d in mark]
+                    args += [
+                        p.expected,
+                        p.kept,
+                        p.new,
+                        "1" if p.created else "0",
+                        "1" if p.drop_kept else "0",
+                        p.email,
+                        len(mark),
+                        len(p.streams),
+                        ",".join(o[1] for o in p.outcomes),
+                    ]
+                    for key, form, dests in p.streams:
+                        keys += [EVENT + key, *(PENDING + d for d in dests)]
+                        args += [form, len(dests), key]
+                self._write(keys=keys, args=args, client=pipe)
+            for reply in pipe.execute(raise_on_error=False):
+                if isinstance(reply, Exception):  # refused whole (out of memory...)
+                    replies += [reply] * min(APPLY_CHUNK, len(ready) - len(replies))
+                else:
+                    replies += reply
+        conflicts: list[str] = []
+        for p, reply in zip(ready, replies, strict=True):
+            if isinstance(reply, Exception) or isinstance(reply, list):
+                why = str(reply) if isinstance(reply, Exception) else _text(reply[1])
+                result.failed += [(i, why[:300]) for i in p.indexes]
+            elif int(reply) == 0:
+                conflicts.append(p.email)
+            else:
+                for _i, effect, changed, kind in p.outcomes:
+                    result.effects[effect] += 1
+                    if effect == "duplicate":
+                        continue
+                    if changed:
+                        result.marked.update(self.route.state.get(kind, ()))
+                    result.marked.update(self.route.events.get(kind, ()))
+        return conflicts
 
     # -- reading ------------------------------------------------------------------------------
 

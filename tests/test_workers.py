@@ -36,11 +36,16 @@ def test_burst_workers_stop_at_once(redis_conn: redis.Redis) -> None:
         assert slowest < 5, f"a burst worker took {slowest:.1f}s to stop"
 
 
-def big_job(conn: redis.Redis, n: int) -> str:
+def big_job(conn: redis.Redis, n: int, addresses: int = 500) -> str:
     events = [
         codec.dump(
             HygieneEvent(
-                f"stop-{i}", "t", "t", f"stop{i % 500}@example.com", Kind.UNSUBSCRIBE, 1.7e9 + i
+                f"stop-{i}",
+                "t",
+                "t",
+                f"stop{i % addresses}@example.com",
+                Kind.UNSUBSCRIBE,
+                1.7e9 + i,
             )
         )
         for i in range(n)
@@ -91,7 +96,7 @@ def test_job_running_past_the_stop_grace_is_requeued_and_lands_after_a_restart(
     """A job longer than the stop grace is stopped and requeued through its retry; the worker
     exits within seconds, and the next worker applies every event (the ledger dedupes)."""
     env = clean_env({"REDIS_URL": redis_url, "SYNCWORKER_STOP_GRACE": "1"})
-    job_id = big_job(redis_conn, 60_000)
+    job_id = big_job(redis_conn, 60_000, addresses=60_000)  # several seconds of work
     worker = start_worker(env, tmp_path / "worker1.log")
     try:
         took = stop_mid_job(redis_conn, worker, job_id)
