@@ -133,7 +133,7 @@ def one_round(
                 trickle(conn, emails)
             deadline = started + args.timeout
             while (
-                len(hubspot.opted_out) < len(emails)
+                hubspot.opted_out_count < len(emails)
                 or conn.zcard(PENDING + "hubspot")
                 or conn.zcard(INFLIGHT + "hubspot")
             ):

@@ -306,9 +306,9 @@ def measure(system: str, wl: Workload, addresses: list[str], setup: Setup) -> di
             else:
                 cap = setup.cap_limited if wl.limited and not wl.single else setup.cap_syncworker
             deadline = poster.first_at + cap
-            while len(hubspot.opted_out) < n and time.monotonic() < deadline:
+            while hubspot.opted_out_count < n and time.monotonic() < deadline:
                 time.sleep(0.05)
-            opted = len(hubspot.opted_out)
+            opted = hubspot.opted_out_count
             complete = opted == n
             calls = hubspot.requests
             end = max(r.at for r in calls) if complete else time.monotonic()

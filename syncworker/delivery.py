@@ -75,12 +75,17 @@ end
 -- this taker's batch (id -> its lease), so that a dead taker's batch is told from the others'
 local until_ = math.floor((now + lease) * 1000) / 1000
 redis.call('DEL', KEYS[3])
-for _, id in ipairs(ids) do
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('ZADD', KEYS[2], until_, id)
-  redis.call('HSET', KEYS[3], id, until_)
+if #ids > 0 then  -- one command each for the whole batch
+  local scored, leases = {}, {}
+  for i, id in ipairs(ids) do
+    scored[2 * i - 1], scored[2 * i] = until_, id
+    leases[2 * i - 1], leases[2 * i] = id, until_
+  end
+  redis.call('ZREM', KEYS[1], unpack(ids))
+  redis.call('ZADD', KEYS[2], unpack(scored))
+  redis.call('HSET', KEYS[3], unpack(leases))
+  redis.call('PEXPIRE', KEYS[3], math.ceil(lease * 1000) + 60000)
 end
-if #ids > 0 then redis.call('PEXPIRE', KEYS[3], math.ceil(lease * 1000) + 60000) end
 return ids
 """
 
@@ -329,6 +334,7 @@ class Delivery:
         self._take = self.conn.register_script(TAKE_LUA)
         self._release = self.conn.register_script(RELEASE_LUA)
         self._raw_events: dict[str, dict[str, Any]] = {}  # ledger form, kept for dead letters
+        self._read: dict[str, bytes] = {}  # the batch's records as read (state destinations)
         self.breaker = Breaker(
             self.conn,
             destination,
@@ -590,10 +596,14 @@ class Delivery:
     def build(self, ids: list[str]) -> tuple[list[ContactChange], list[str]]:
         """ContactChanges for ids taken from the pending set, with the ledger's state *now*."""
         ledger = self.rt.ledger
+        self._read = {}
         if self.dest.mode is Mode.STATE:
+            raws = ledger.raw_records(ids)
+            # kept for recording the outcomes: a record not changed since is written as is
+            self._read = {email: raw for email, raw in zip(ids, raws, strict=True) if raw}
             changes = [
                 ContactChange(key=state.email, email=state.email, state=state, synced_reasons=last)
-                for state, last in ledger.states_confirmed(self.name, ids)
+                for state, last in ledger.states_confirmed(self.name, ids, raws)
             ]
             return changes, []
         with self.conn.pipeline(transaction=False) as pipe:
@@ -690,7 +700,7 @@ class Delivery:
                 counted[outcome.status.value] += 1
             if applied:
                 pipe.hdel(attempts_key, *applied)
-            self.rt.ledger.write_syncs(pipe, syncs)
+            self.rt.ledger.write_syncs(pipe, syncs, self._read)
             for label, n in counted.items():
                 pipe.hincrby(DSTATS + self.name, label, n)
             pipe.hincrby(DSTATS + self.name, "batches", 1)

@@ -301,14 +301,23 @@ return out
 # Sets one destination's sync status in a record (none: nothing to do, the address was erased).
 SYNC_LUA = (
     """
--- KEYS: the records sw:c:<addr>; per record, 7 ARGV: destination; status; its time; the version
+-- KEYS: the records sw:c:<addr>; per record, 9 ARGV: destination; status; its time; the version
 -- it is of; its other fields (JSON object, '' for none); '1': set the confirmed reasons to the
--- next (kind codes), '0': keep them. Each record on its own: one Redis cannot write is skipped
--- ({'!', why} in its place) and the others are written; 1 written, 0 erased meanwhile.
+-- next (kind codes), '0': keep them; the record as the worker read it and that record with the
+-- status set ('' and '': none), written as they are if the record is still the one read. Each
+-- record on its own: one Redis cannot write is skipped ({'!', why} in its place) and the others
+-- are written; 1 written, 0 erased meanwhile.
 """
     + RECORD_LUA
     + r"""
 local function sync_one(key, a)
+  if ARGV[a + 7] ~= '' then  -- the worker's version, if the record has not changed since
+    local cur = redis.pcall('GET', key)
+    if cur == ARGV[a + 7] then
+      redis.call('SET', key, ARGV[a + 8])
+      return 1
+    end
+  end
   local rec = load_record(key)
   if rec == nil then return 0 end
   local old = rec.sync[ARGV[a]]
@@ -321,7 +330,7 @@ local function sync_one(key, a)
 end
 local out = {}
 for i, key in ipairs(KEYS) do
-  local ok, res = pcall(sync_one, key, (i - 1) * 7 + 1)
+  local ok, res = pcall(sync_one, key, (i - 1) * 9 + 1)
   if ok then
     out[i] = res
   else
@@ -767,6 +776,10 @@ class Ledger:
     def records(self, emails: Sequence[str]) -> list[list[Any] | None]:
         """The decoded records of ``emails`` (None: the ledger has none); a record still in the
         old layout is converted as it is read."""
+        return [orjson.loads(row) if row is not None else None for row in self.raw_records(emails)]
+
+    def raw_records(self, emails: Sequence[str]) -> list[bytes | None]:
+        """The records of ``emails`` as stored (converted first if in the old layout)."""
         if not emails:
             return []
         with self.conn.pipeline(transaction=False) as pipe:
@@ -780,7 +793,7 @@ class Ledger:
                     self._load(keys=[CONTACT + emails[i]], client=pipe)
                 for i, row in zip(old, pipe.execute(), strict=True):
                     rows[i] = row
-        return [orjson.loads(row) if row is not None else None for row in rows]
+        return rows
 
     def states(self, emails: list[str]) -> list[ContactState]:
         return [_state(e, r) for e, r in zip(emails, self.records(emails), strict=True)]
@@ -806,12 +819,14 @@ class Ledger:
         return [_confirmed(r, destination) for r in self.records(emails)]
 
     def states_confirmed(
-        self, destination: str, emails: list[str]
+        self, destination: str, emails: list[str], raws: Sequence[bytes | None] | None = None
     ) -> list[tuple[ContactState, frozenset[str]]]:
-        """Each address's state and the reasons ``destination`` last confirmed, in one read."""
+        """Each address's state and the reasons ``destination`` last confirmed, in one read (or
+        from ``raws``, the records as :meth:`raw_records` read them)."""
+        rows = self.raw_records(emails) if raws is None else raws
+        records = [orjson.loads(row) if row is not None else None for row in rows]
         return [
-            (_state(e, r), _confirmed(r, destination))
-            for e, r in zip(emails, self.records(emails), strict=True)
+            (_state(e, r), _confirmed(r, destination)) for e, r in zip(emails, records, strict=True)
         ]
 
     # -- sync status --------------------------------------------------------------------------
@@ -829,25 +844,38 @@ class Ledger:
         meanwhile is left erased."""
         self.write_syncs(pipe, [SyncWrite(email, destination, status, confirmed)])
 
-    def write_syncs(self, pipe: redis.client.Pipeline, writes: Sequence[SyncWrite]) -> None:
+    def write_syncs(
+        self,
+        pipe: redis.client.Pipeline,
+        writes: Sequence[SyncWrite],
+        read: Mapping[str, bytes] | None = None,
+    ) -> None:
         """Queue on ``pipe`` many sync status writes, as :meth:`write_sync`, in one script call
-        per ``APPLY_CHUNK`` records."""
+        per ``APPLY_CHUNK`` records. ``read``: records as the caller read them (address -> bytes):
+        each is written with the status set here, in the worker, if it is still the one read,
+        and otherwise changed by the script."""
         for start in range(0, len(writes), APPLY_CHUNK):
             keys: list[str] = []
             args: list[str | int | float | bytes] = []
             for w in writes[start : start + APPLY_CHUNK]:
                 rest = dict(w.status)
                 label = str(rest.pop("status", ""))
+                at = rest.pop("since" if label == "pending" else "at", 0)
+                version = rest.pop("version", 0)
+                codes = None if w.confirmed is None else _codes(w.confirmed)
+                raw = read.get(w.email) if read is not None else None
                 keys.append(CONTACT + w.email)
                 args += [
                     w.destination,
                     label,
-                    rest.pop("since" if label == "pending" else "at", 0),
-                    rest.pop("version", 0),
+                    at,
+                    version,
                     orjson.dumps(rest) if rest else "",
-                    "0" if w.confirmed is None else "1",
-                    _codes(w.confirmed or ()),
+                    "0" if codes is None else "1",
+                    codes or "",
                 ]
+                new = _with_sync(raw, w.destination, label, at, version, rest, codes)
+                args += [raw, new] if raw and new else ["", ""]
             self._sync(keys=keys, args=args, client=pipe)
 
     # -- the whole ledger ---------------------------------------------------------------------
@@ -927,6 +955,39 @@ def _detail(reason: str | None, smtp_code: str | None) -> str | None:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _with_sync(
+    raw: bytes | None,
+    destination: str,
+    label: str,
+    at: Any,
+    version: Any,
+    rest: dict[str, Any],
+    codes: str | None,
+) -> bytes | None:
+    """The record ``raw`` with ``destination``'s sync status set, as SYNC_LUA sets it (None
+    when it cannot be read: the script then sets it)."""
+    try:
+        record = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(record, list) or len(record) < 5:
+        return None
+    while len(record) < 6:
+        record.append({})
+    sync = record[5] if isinstance(record[5], dict) else {}
+    old = sync.get(destination)
+    if codes is None:
+        codes = old[3] if isinstance(old, list) and len(old) > 3 and old[3] else ""
+    entry: list[Any] = [label, float(at), int(version), codes]
+    if rest:
+        entry.append(rest)
+    sync[destination] = entry
+    record[5] = sync
+    while len(record) > 3 and not record[-1]:
+        record.pop()
+    return orjson.dumps(record)
 
 
 def _confirmed(record: list[Any] | None, destination: str) -> frozenset[str]:

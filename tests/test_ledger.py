@@ -377,3 +377,37 @@ def test_processes_writing_the_same_records_lose_nothing(
         assert view.sync["crm"]["status"] in ("applied", "pending")
     assert redis_conn.hget("sw:stats", "ledger:counted") == str(3 * rounds * len(emails)).encode()
     assert redis_conn.get("sw:contacts:n") == str(len(emails)).encode()
+
+
+def test_a_sync_status_set_in_the_worker_matches_the_scripts_and_never_loses_a_change(
+    redis_conn: redis.Redis,
+) -> None:
+    """Given the record as read, the worker sets the status and Redis only compares and stores;
+    the script sets it when the record changed since (an event applied meanwhile stays)."""
+    led = ledger(redis_conn, history_limit=10)
+    emails = ["x@example.com", "y@example.com"]
+    led.apply([ev(f"k-{e}", Kind.HARD_BOUNCE, 1000.0, e) for e in emails])
+    raws = dict(zip(emails, led.raw_records(emails), strict=True))
+    status = {"status": "applied", "at": 5.5, "version": 1, "detail": "ok"}
+    with redis_conn.pipeline(transaction=True) as pipe:
+        led.write_syncs(pipe, [SyncWrite("x@example.com", "crm", status, ["hard_bounce"])])
+        led.write_syncs(
+            pipe, [SyncWrite("y@example.com", "crm", status, ["hard_bounce"])], read=raws
+        )
+        pipe.execute()
+    x, y = (led.view(e) for e in emails)
+    assert x is not None and y is not None
+    assert x.sync == y.sync and x.sync["crm"]["status"] == "applied"
+    assert led.confirmed("crm", emails) == [frozenset({"hard_bounce"})] * 2
+    # y changes after its read: the status is still set, and the change is kept
+    raws = dict(zip(emails, led.raw_records(emails), strict=True))
+    led.apply([ev("later", Kind.UNSUBSCRIBE, 2000.0, "y@example.com")])
+    with redis_conn.pipeline(transaction=True) as pipe:
+        later = {"status": "applied", "at": 9.0, "version": 2}
+        led.write_syncs(pipe, [SyncWrite("y@example.com", "crm", later, None)], read=raws)
+        pipe.execute()
+    y = led.view("y@example.com")
+    assert y is not None
+    assert set(y.state.reasons) == {"hard_bounce", "unsubscribe"}
+    assert (y.sync["crm"]["status"], y.sync["crm"]["version"]) == ("applied", 2)
+    assert led.confirmed("crm", ["y@example.com"]) == [frozenset({"hard_bounce"})]

@@ -10,7 +10,6 @@ every request) -> the auth check (``authorized``) -> the sliding-window rate lim
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import socket
 import sys
@@ -23,6 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qsl, urlsplit
+
+import orjson
 
 
 @dataclass(frozen=True)
@@ -273,7 +274,7 @@ class Emulator:
         parsed, json_error = None, False
         if body:
             try:
-                parsed = json.loads(body)
+                parsed = orjson.loads(body)
             except ValueError:
                 json_error = True
         request = Request(
@@ -347,7 +348,7 @@ class Emulator:
         elif isinstance(response.body, bytes):
             payload = response.body
         else:
-            payload = json.dumps(response.body).encode()
+            payload = orjson.dumps(response.body, option=orjson.OPT_NON_STR_KEYS)
         handler.send_response(response.status)
         headers = {"Content-Type": "application/json;charset=utf-8", **response.headers}
         for name, value in headers.items():

@@ -71,6 +71,7 @@ class HubSpotEmulator(Emulator):
         self.require_legal_basis = True
         self.status_details = True  # False: answer as if ``verbose=true`` had not been sent
         self._contacts: dict[str, Contact] = {}
+        self._opted: set[str] = set()  # addresses opted out of all email, kept as they change
         self.refuse: set[str] = set()
 
     # -- seeding and inspection -----------------------------------------------------------------
@@ -88,6 +89,7 @@ class HubSpotEmulator(Emulator):
                     opted_out=opted_out,
                     subscriptions={sub: state for sub in self.subscription_types},
                 )
+                (self._opted.add if opted_out else self._opted.discard)(email.lower())
 
     @property
     def contacts(self) -> set[str]:
@@ -98,6 +100,12 @@ class HubSpotEmulator(Emulator):
     def opted_out(self) -> set[str]:
         with self._lock:
             return {e for e, c in self._contacts.items() if c.opted_out}
+
+    @property
+    def opted_out_count(self) -> int:
+        """How many contacts are opted out (cheap: for polling while requests are served)."""
+        with self._lock:
+            return len(self._opted)
 
     @property
     def properties(self) -> dict[str, dict[str, str]]:
@@ -267,6 +275,7 @@ class HubSpotEmulator(Emulator):
     def _unsubscribe_all(self, contact: Contact) -> list[dict[str, Any]]:
         reason = NO_CHANGE if contact.opted_out else "UNSUBSCRIBE_FROM_ALL_OCCURRED"
         contact.opted_out = True
+        self._opted.add(contact.email)
         statuses = []
         for sub in self.subscription_types:
             contact.subscriptions[sub] = "UNSUBSCRIBED"
@@ -284,6 +293,7 @@ class HubSpotEmulator(Emulator):
         before = contact.subscriptions.get(sub)
         if state == "SUBSCRIBED" and contact.opted_out:
             contact.opted_out, reason = False, "RESUBSCRIBE_OCCURRED"
+            self._opted.discard(contact.email)
         elif before == state:
             reason = NO_CHANGE
         else:

@@ -353,3 +353,37 @@ def test_emulator_rejects_duplicate_ids_in_a_crm_batch(
     )
     assert response.status_code == 400
     assert hubspot.properties["a@example.com"] == {"email": "a@example.com"}
+
+
+def test_emulator_counts_opted_out_contacts_as_they_change(
+    hubspot: HubSpotEmulator, session: requests.Session
+) -> None:
+    """``opted_out_count`` (what benchmarks poll) follows unsubscribes, resubscribes and seeds."""
+    headers = {"Authorization": f"Bearer {hubspot.token}"}
+    hubspot.seed("a@example.com", "b@example.com", "c@example.com")
+    hubspot.seed("d@example.com", opted_out=True)
+    url = hubspot.url + UNSUBSCRIBE_BATCH + "?channel=EMAIL"
+    session.post(url, json={"inputs": ["a@example.com", "b@example.com"]}, headers=headers)
+    assert hubspot.opted_out_count == len(hubspot.opted_out) == 3
+    write = {
+        "inputs": [
+            {
+                "subscriberIdString": "a@example.com",
+                "channel": "EMAIL",
+                "statusState": "SUBSCRIBED",
+                "subscriptionId": 1,
+                "legalBasis": "LEGITIMATE_INTEREST_CLIENT",
+                "legalBasisExplanation": "asked",
+            }
+        ]
+    }
+    response = session.post(
+        hubspot.url + "/communication-preferences/v4/statuses/batch/write",
+        json=write,
+        headers=headers,
+    )
+    assert response.status_code == 200, response.text
+    assert hubspot.opted_out == {"b@example.com", "d@example.com"}
+    assert hubspot.opted_out_count == 2
+    hubspot.seed("d@example.com")  # seeded again, subscribed
+    assert hubspot.opted_out_count == len(hubspot.opted_out) == 1
