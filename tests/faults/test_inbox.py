@@ -79,6 +79,9 @@ def ingest_horse(conn: redis.Redis) -> tuple[str, int] | None:
         if worker is None:
             continue
         pid = int(conn.hget(f"rq:worker:{worker.decode()}", "pid") or 0)
+        current = conn.hget(f"rq:worker:{worker.decode()}", "current_job")
+        if current is None or current.decode() != job_id:
+            continue  # the registry still lists a job its worker has left: its horse is another
         for child in descendants(pid):
             try:
                 if os.getpgid(child) == child:  # RQ's horse leads a process group of its own
