@@ -101,7 +101,6 @@ SLICE_EVENTS = 2000
 #: a growing random pause from the third): then its events fail (quarantined, replayable)
 CAS_TRIES = 40
 
-COUNTED = frozenset({Kind.SOFT_BOUNCE, Kind.BLOCKED})
 # What a manual change is to an event stream: the README promises them an unsubscribe for a
 # manual suppress and a resubscribe for an unsuppress
 STREAM_KINDS: dict[str, Kind] = {MANUAL: Kind.UNSUBSCRIBE, UNSUPPRESS: Kind.RESUBSCRIBE}
@@ -681,19 +680,19 @@ class Ledger:
                     rec.reasons = record.restored(read.kept)
                     plan.drop_kept = True
             state_dests = self.route.state.get(kind, ())
-            effect, changed = record.apply(
-                rec,
-                record.Event(
-                    key=event.key,
-                    kind=kind,
-                    occurred_at=event.occurred_at,
-                    source=event.source,
-                    message_id=event.message_id,
-                    detail=_detail(event.reason, event.smtp_code),
-                ),
-                policy,
-                state_dests,
+            fields = record.Event(
+                key=event.key,
+                kind=kind,
+                occurred_at=event.occurred_at,
+                source=event.source,
+                message_id=event.message_id,
+                detail=_detail(event.reason, event.smtp_code),
             )
+            try:
+                effect, changed = record.apply(rec, fields, policy, state_dests)
+            except (TypeError, ValueError, IndexError, KeyError) as exc:  # a record gone wrong
+                plan.failed = f"unreadable ledger record: {exc.__class__.__name__}"
+                return plan
             plan.outcomes.append((i, effect, changed, kind))
             if changed:
                 plan.mark.update(state_dests)

@@ -49,8 +49,9 @@ EFFECT_NAMES = {v: k for k, v in EFFECT_CODES.items()}
 
 # Kinds that suppress at once; soft bounces and blocks suppress after N within a window, counted
 # once per message (an ESP reports each retry of a greylisted message).
-IMMEDIATE = frozenset({Kind.HARD_BOUNCE.value, Kind.SPAM_COMPLAINT.value, Kind.UNSUBSCRIBE.value})
-IMMEDIATE |= {MANUAL}
+IMMEDIATE = frozenset(
+    {Kind.HARD_BOUNCE.value, Kind.SPAM_COMPLAINT.value, Kind.UNSUBSCRIBE.value, MANUAL}
+)
 
 
 @dataclass

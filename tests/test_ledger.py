@@ -411,3 +411,25 @@ def test_a_sync_status_set_in_the_worker_matches_the_scripts_and_never_loses_a_c
     assert set(y.state.reasons) == {"hard_bounce", "unsubscribe"}
     assert (y.sync["crm"]["status"], y.sync["crm"]["version"]) == ("applied", 2)
     assert led.confirmed("crm", ["y@example.com"]) == [frozenset({"hard_bounce"})]
+
+
+def test_an_address_whose_record_is_corrupt_fails_alone(redis_conn: redis.Redis) -> None:
+    """A record that is not the ledger's JSON (or is, with a part of the wrong shape) fails its
+    address's events, with the reason; the batch's other addresses are applied."""
+    led = ledger(redis_conn)
+    redis_conn.set("sw:c:bad@example.com", b"not json")
+    redis_conn.set(
+        "sw:c:odd@example.com", orjson.dumps([1, 1, 0, {}, [[1.0, 2.0, "s", "k"]], {}, [7]])
+    )
+    events = [
+        ev("a", Kind.HARD_BOUNCE, 1000.0, "bad@example.com"),
+        ev("b", Kind.HARD_BOUNCE, 1000.0, "good@example.com"),
+        ev("c", Kind.SOFT_BOUNCE, 1000.0, "odd@example.com"),
+    ]
+    result = led.apply(events)
+    assert [(i, why.split(":")[0]) for i, why in result.failed] == [
+        (0, "unreadable ledger record"),
+        (2, "unreadable ledger record"),
+    ]
+    assert led.state("good@example.com").suppressed
+    assert redis_conn.get("sw:c:bad@example.com") == b"not json"
