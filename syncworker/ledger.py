@@ -584,60 +584,20 @@ class Ledger:
         hashes: dict[str, str],
         careful: bool = True,
     ) -> dict[str, _Read | str]:
-        """Each address's record as stored (converted first if in the old layout), what
-        sw:forgotten holds for it, and which of its events the old layout marked as seen; or
-        why it cannot be read. Not ``careful``: three commands for the whole batch, a record in
-        the old layout read as none."""
-        if not careful:
-            return self._read_quickly(emails, items, by_address, hashes)
-        with self.conn.pipeline(transaction=False) as pipe:
-            for email in emails:
-                pipe.get(CONTACT + email)
-                pipe.get(FORGOTTEN + hashes[email])
-                for i in by_address[email]:
-                    pipe.exists(DEDUPE + items[i][0].key)
-            rows: list[Any] = pipe.execute(raise_on_error=False)
-        out: dict[str, _Read | str] = {}
-        old: list[str] = []
-        n = 0
-        for email in emails:
-            count = len(by_address[email])
-            raw, kept, marks = rows[n], rows[n + 1], rows[n + 2 : n + 2 + count]
-            n += 2 + count
-            problem = next((r for r in [kept, *marks] if isinstance(r, Exception)), None)
-            if problem is not None:
-                out[email] = str(problem)[:300]
-                continue
-            out[email] = _Read(raw, kept, [bool(m) for m in marks])
-            if isinstance(raw, redis.ResponseError):
-                old.append(email)
-        if old:  # a record still in the old layout (a hash): converted, then read
-            with self.conn.pipeline(transaction=False) as pipe:
-                for email in old:
-                    self._load(keys=[CONTACT + email], client=pipe)
-                converted = pipe.execute(raise_on_error=False)
-            for email, raw in zip(old, converted, strict=True):
-                read = out[email]
-                assert isinstance(read, _Read)
-                if isinstance(raw, Exception):
-                    out[email] = str(raw)[:300]
-                else:
-                    read.raw = raw
-        return out
-
-    def _read_quickly(
-        self,
-        emails: list[str],
-        items: list[tuple[HygieneEvent, str]],
-        by_address: dict[str, list[int]],
-        hashes: dict[str, str],
-    ) -> dict[str, _Read | str]:
+        """Each address's record as stored, what sw:forgotten holds for it, and which of its
+        events the old layout marked as seen; or why its record cannot be read. ``careful``:
+        a record in the old layout is converted and read (one GET per record); otherwise the
+        records are one MGET, which reads one in the old layout as none (the write then finds
+        it changed, and the next read is careful)."""
         markers = [DEDUPE + items[i][0].key for e in emails for i in by_address[e]]
         with self.conn.pipeline(transaction=False) as pipe:
-            pipe.mget([CONTACT + e for e in emails])
+            if not careful:
+                pipe.mget([CONTACT + e for e in emails])
             pipe.mget([FORGOTTEN + hashes[e] for e in emails])
             pipe.exists(*markers)  # the old layout's dedupe markers: almost always none
-            raws, kept, n_marked = pipe.execute()
+            replies = pipe.execute()
+        raws: list[Any] = replies[0] if not careful else self._raw_records(emails)
+        kept, n_marked = replies[-2:]
         marked = [False] * len(markers)
         if n_marked:
             with self.conn.pipeline(transaction=False) as pipe:
@@ -648,7 +608,10 @@ class Ledger:
         n = 0
         for email, raw, kept_raw in zip(emails, raws, kept, strict=True):
             count = len(by_address[email])
-            out[email] = _Read(raw, kept_raw, marked[n : n + count])
+            if isinstance(raw, Exception):
+                out[email] = str(raw)[:300]
+            else:
+                out[email] = _Read(raw, kept_raw, marked[n : n + count])
             n += count
         return out
 
@@ -779,6 +742,14 @@ class Ledger:
 
     def raw_records(self, emails: Sequence[str]) -> list[bytes | None]:
         """The records of ``emails`` as stored (converted first if in the old layout)."""
+        rows = self._raw_records(emails)
+        for row in rows:
+            if isinstance(row, Exception):
+                raise row
+        return rows  # type: ignore[return-value]  # no exception left
+
+    def _raw_records(self, emails: Sequence[str]) -> list[bytes | None | Exception]:
+        """As :meth:`raw_records`, with Redis's error in place of a record it cannot read."""
         if not emails:
             return []
         with self.conn.pipeline(transaction=False) as pipe:
@@ -786,11 +757,11 @@ class Ledger:
                 pipe.get(CONTACT + email)
             rows: list[Any] = pipe.execute(raise_on_error=False)
         old = [i for i, row in enumerate(rows) if isinstance(row, redis.ResponseError)]
-        if old:
+        if old:  # the old layout's hash (or a key of another type): converted, then read
             with self.conn.pipeline(transaction=False) as pipe:
                 for i in old:
                     self._load(keys=[CONTACT + emails[i]], client=pipe)
-                for i, row in zip(old, pipe.execute(), strict=True):
+                for i, row in zip(old, pipe.execute(raise_on_error=False), strict=True):
                     rows[i] = row
         return rows
 
