@@ -38,7 +38,7 @@ def gunicorn(
 ) -> subprocess.Popen[bytes]:
     """``app`` under gunicorn with syncworker's production config (``worker_class`` aside)."""
     args = [
-        sys.executable, "-m", "gunicorn", "--config", "python:syncworker.gunicorn_config",
+        sys.executable, "-m", "gunicorn", "--config", "python:syncworker.web.gunicorn_config",
         "--worker-class", worker_class, "--log-level", "warning", app,
     ]  # fmt: skip
     settings = {

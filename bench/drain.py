@@ -37,15 +37,16 @@ import orjson
 import redis
 
 from bench.common import ROOT, _descendants
-from syncworker import codec, delivery
+from syncworker import codec
+from syncworker.bootstrap import Runtime
 from syncworker.config import DestinationConfig, Settings
-from syncworker.delivery import INFLIGHT, PAUSE
-from syncworker.emulators.hubspot import HubSpotEmulator
+from syncworker.delivery import loop as delivery
+from syncworker.delivery.loop import INFLIGHT, PAUSE
+from syncworker.devkit.emulators.hubspot import HubSpotEmulator
+from syncworker.devkit.redis_server import RedisServer
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
-from syncworker.queueing import Enqueuer
-from syncworker.redis_server import RedisServer
-from syncworker.runtime import Runtime
+from syncworker.queue.enqueue import Enqueuer
 
 BATCH = 100
 UNLIMITED = "1000000/1"  # the worker's rate when the emulator has none: the limiter never waits

@@ -59,8 +59,8 @@ import redis
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from bench.common import ROOT, _descendants, gunicorn
-from syncworker.emulators.hubspot import HubSpotEmulator
-from syncworker.redis_server import RedisServer, free_port
+from syncworker.devkit.emulators.hubspot import HubSpotEmulator
+from syncworker.devkit.redis_server import RedisServer, free_port
 from tests.intake.signing import basic_auth_header, sendgrid_keypair, sign_sendgrid
 
 SYSTEMS = ("syncworker", "naive", "naive_simple")

@@ -28,8 +28,9 @@ from rq.serializers import JSONSerializer
 from bench.common import ROOT
 from bench.drain import machine_busy, tree_cpu_seconds
 from syncworker import codec
+from syncworker.devkit.redis_server import RedisServer
 from syncworker.events import HygieneEvent, Kind
-from syncworker.queueing import (
+from syncworker.queue.enqueue import (
     DRAIN_FUNC,
     INBOX,
     INBOX_QUEUED,
@@ -37,8 +38,7 @@ from syncworker.queueing import (
     encode_payload,
     ensure_drain,
 )
-from syncworker.redis_server import RedisServer
-from syncworker.workers import FAILED
+from syncworker.queue.workers import FAILED
 
 
 def write_requests(conn: redis.Redis, n: int) -> None:

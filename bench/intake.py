@@ -34,8 +34,8 @@ import orjson
 import redis
 
 from bench.common import gunicorn, process_cpu_seconds, stop, wait_idle, wrk_post
-from syncworker.queueing import INGEST
-from syncworker.redis_server import RedisServer, free_port
+from syncworker.devkit.redis_server import RedisServer, free_port
+from syncworker.queue.enqueue import INGEST
 from tests.intake.signing import basic_auth_header, sendgrid_keypair, sign_sendgrid
 
 HYGIENE: list[dict[str, Any]] = [

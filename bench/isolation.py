@@ -26,14 +26,14 @@ from typing import Any
 import redis
 
 from bench.common import ROOT
+from syncworker.bootstrap import Runtime
 from syncworker.config import DestinationConfig, Settings
-from syncworker.emulators.hubspot import HubSpotEmulator
-from syncworker.emulators.segment import SegmentEmulator
-from syncworker.emulators.webhook_receiver import WebhookReceiver, new_secret
+from syncworker.devkit.emulators.hubspot import HubSpotEmulator
+from syncworker.devkit.emulators.segment import SegmentEmulator
+from syncworker.devkit.emulators.webhook_receiver import WebhookReceiver, new_secret
+from syncworker.devkit.redis_server import RedisServer
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING, Ledger, Route
-from syncworker.redis_server import RedisServer
-from syncworker.runtime import Runtime
 
 DESTINATIONS = ("hubspot", "segment", "webhook")
 STREAMS = ("segment", "webhook")

@@ -17,12 +17,15 @@ import click
 import orjson
 import redis
 
-from syncworker import delivery, inbox, ledger, runtime
+from syncworker import bootstrap as runtime
+from syncworker import ledger
 from syncworker.config import Settings
+from syncworker.delivery import loop as delivery
 from syncworker.errors import ConfigError
 from syncworker.events import Kind, address_problem, normalize_email
 from syncworker.observability import setup_logging, setup_sentry
-from syncworker.queueing import DELIVER, INGEST, QUEUES, connect_worker
+from syncworker.queue import inbox
+from syncworker.queue.enqueue import DELIVER, INGEST, QUEUES, connect_worker
 
 log = logging.getLogger("syncworker.cli")
 
@@ -82,7 +85,7 @@ def run(port: int, data_dir: str) -> None:
     env = dict(os.environ)
     server = None
     if not env.get("REDIS_URL"):
-        from syncworker.redis_server import RedisServer
+        from syncworker.devkit.redis_server import RedisServer
 
         server = RedisServer(data_dir=str(Path(data_dir) / "redis"), persist=True).start()
         env["REDIS_URL"] = server.url
@@ -122,7 +125,7 @@ def web() -> NoReturn:
     load_settings()
     args = [
         sys.executable, "-m", "gunicorn",
-        "--config", "python:syncworker.gunicorn_config",
+        "--config", "python:syncworker.web.gunicorn_config",
         "syncworker.web:create_app()",
     ]  # fmt: skip
     os.execv(sys.executable, args)
@@ -138,7 +141,7 @@ def worker(queue_name: str | None, burst: bool) -> None:
     if queue_name is not None:
         _run_rq_worker(settings, INGEST if queue_name == "ingest" else DELIVER, burst)
         return
-    from syncworker.workers import Scheduling, heartbeat_stale_s, rescue_abandoned
+    from syncworker.queue.workers import Scheduling, heartbeat_stale_s, rescue_abandoned
 
     rt = load_runtime()
     me = [sys.executable, "-m", "syncworker", "worker"]
@@ -282,7 +285,7 @@ def _work(settings: Settings, conn: redis.Redis, queue_name: str, burst: bool) -
     """Run one RQ worker until it ends; True if it was asked to stop."""
     from rq.serializers import JSONSerializer
 
-    from syncworker.workers import HEARTBEAT_S, QuickStopSimpleWorker, QuickStopWorker
+    from syncworker.queue.workers import HEARTBEAT_S, QuickStopSimpleWorker, QuickStopWorker
 
     options: dict[str, Any] = {
         "connection": conn,
@@ -431,7 +434,7 @@ def forget(email: str, yes: bool) -> None:
 @click.option("--source", default="import", show_default=True, help="recorded as the source")
 def import_(csv_file: TextIO, kind: str, source: str) -> None:
     """Seed the ledger from an ESP's suppression export (CSV with an email column)."""
-    from syncworker import transfer
+    from syncworker.ops import transfer
 
     rt = load_runtime()
     try:
@@ -455,7 +458,7 @@ def export(everyone: bool) -> None:
     """The ledger's suppressions as CSV on standard output."""
     import csv
 
-    from syncworker import transfer
+    from syncworker.ops import transfer
 
     writer = csv.writer(sys.stdout)
     for row in transfer.export_rows(load_runtime(), everyone=everyone):
@@ -477,7 +480,7 @@ def replay(destination: str) -> None:
 @click.option("--chunk", default=500, show_default=True, help="addresses per step")
 def reconcile(destination: str, restart: bool, chunk: int) -> None:
     """Backfill a (newly added) destination with every suppressed address in the ledger."""
-    from syncworker import reconcile as backfill
+    from syncworker.ops import reconcile as backfill
 
     rt = load_runtime(destination)
     progress = backfill.start(rt, destination, restart=restart)
@@ -517,7 +520,7 @@ def migrate(batch: int) -> None:
 @main.command()
 def status() -> None:
     """Queues, pending work, pauses, dead letters and counters."""
-    from syncworker.status import overview
+    from syncworker.store.stats import overview
 
     echo_json(overview(load_runtime()))
 
@@ -530,7 +533,7 @@ def quarantine(ctx: click.Context, limit: int) -> None:
     `quarantine replay` parses them again."""
     if ctx.invoked_subcommand is not None:
         return
-    from syncworker.queueing import QUARANTINE
+    from syncworker.queue.enqueue import QUARANTINE
 
     rt = load_runtime()
     for raw in rt.conn.lrange(QUARANTINE, 0, limit - 1):
@@ -543,9 +546,9 @@ def quarantine(ctx: click.Context, limit: int) -> None:
 def quarantine_replay(source: str | None, dry_run: bool) -> None:
     """Parse quarantined events again with the current parsers and settings; queue those that
     now validate. Run it after an upgrade or a configuration fix; running it twice is harmless."""
-    from syncworker import quarantine as replaying
+    from syncworker.ops import replay as replaying
     from syncworker.privacy import mask_text
-    from syncworker.queueing import QUARANTINE
+    from syncworker.queue.enqueue import QUARANTINE
 
     rt = load_runtime()
     if source is not None and source not in rt.settings.sources:
@@ -572,6 +575,6 @@ def quarantine_replay(source: str | None, dry_run: bool) -> None:
 def demo(port: int, exit_after: bool) -> None:
     """The whole pipeline on loopback emulators: embedded Redis, HubSpot, Segment and webhook
     emulators, web and worker; posts sample events and shows where they went."""
-    from syncworker.demo import run_demo
+    from syncworker.devkit.demo import run_demo
 
     run_demo(port, exit_after=exit_after)

@@ -68,7 +68,7 @@ from syncworker.events import (
     ReasonEntry,
     normalize_email,
 )
-from syncworker.queueing import STATS
+from syncworker.queue.enqueue import STATS
 from syncworker.record import (
     EFFECT_CODES,
     EFFECT_NAMES,

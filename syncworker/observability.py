@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sentry_sdk._types import AnnotatedValue
 
-from syncworker.intake.base import OTHER_CODE
+from syncworker.intake.contract import OTHER_CODE
 from syncworker.privacy import mask_text, scrub
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -128,11 +128,11 @@ class RedisStatsCollector(Collector):
         self.destinations = destinations
 
     def collect(self) -> Iterator[Metric]:
-        from syncworker.delivery import DEAD, DSTATS, INFLIGHT
+        from syncworker.delivery.loop import DEAD, DSTATS, INFLIGHT
         from syncworker.ledger import PENDING
-        from syncworker.queueing import INBOX, STATS
-        from syncworker.status import failed_job_keys
-        from syncworker.workers import FAILED
+        from syncworker.queue.enqueue import INBOX, STATS
+        from syncworker.queue.workers import FAILED
+        from syncworker.store.stats import failed_job_keys
 
         failed_keys = failed_job_keys()
         with self.conn.pipeline(transaction=False) as pipe:
@@ -218,8 +218,8 @@ class RedisStatsCollector(Collector):
     def health(self) -> Iterator[Metric]:
         """Per destination: breaker state and since when, failures in a row, pause (reason and
         until when), the longest wait of a due contact, last answered and last failed call."""
-        from syncworker.breaker import CLOSED, HALF_OPEN, OPEN
-        from syncworker.status import health
+        from syncworker.delivery.breaker import CLOSED, HALF_OPEN, OPEN
+        from syncworker.store.stats import health
 
         names = self.destinations
         by_name = health(self.conn, names)

@@ -11,11 +11,11 @@ import pytest
 import redis
 from rq.serializers import JSONSerializer
 
-from syncworker import runtime
+from syncworker import bootstrap as runtime
 from syncworker.config import DestinationConfig, Settings, SourceConfig
-from syncworker.queueing import DELIVER, INGEST
-from syncworker.redis_server import RedisServer
-from syncworker.workers import QuickStopSimpleWorker
+from syncworker.devkit.redis_server import RedisServer
+from syncworker.queue.enqueue import DELIVER, INGEST
+from syncworker.queue.workers import QuickStopSimpleWorker
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ from syncworker.ledger import (
     SYNC,
     address_hash,
 )
-from syncworker.queueing import STATS
+from syncworker.queue.enqueue import STATS
 from syncworker.record import EFFECT_CODES, IMMEDIATE, KIND_CODES
 
 

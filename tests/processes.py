@@ -14,8 +14,8 @@ from pathlib import Path
 import redis
 import requests
 
-from syncworker.queueing import INBOX_QUEUED
-from syncworker.redis_server import free_port
+from syncworker.devkit.redis_server import free_port
+from syncworker.queue.enqueue import INBOX_QUEUED
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,7 +108,7 @@ def start_gunicorn(env: dict[str, str], log: Path, workers: int = 2) -> tuple[Pr
     """gunicorn serving app:app as the Procfile does; returns the process and its base URL."""
     port = free_port()
     env = {**env, "SYNCWORKER_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": str(workers)}
-    args = [sys.executable, "-m", "gunicorn", "--config", "python:syncworker.gunicorn_config"]
+    args = [sys.executable, "-m", "gunicorn", "--config", "python:syncworker.web.gunicorn_config"]
     proc = Process([*args, "app:app"], env, log)
     url = f"http://127.0.0.1:{port}"
 

@@ -8,11 +8,11 @@ import pytest
 import redis
 from flask.testing import FlaskClient
 
+from syncworker.bootstrap import Runtime
 from syncworker.destinations import EVENT_NAMES
-from syncworker.emulators.segment import SegmentEmulator
+from syncworker.devkit.emulators.segment import SegmentEmulator
 from syncworker.events import HygieneEvent, Kind
-from syncworker.runtime import Runtime
-from syncworker.web import create_app
+from syncworker.web.app import create_app
 from tests.conftest import SettingsFactory
 
 TOKEN = {"Authorization": "Bearer api-token"}

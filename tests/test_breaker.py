@@ -11,15 +11,16 @@ import orjson
 import pytest
 import redis
 
-from syncworker import breaker, delivery
+from syncworker.bootstrap import Runtime
 from syncworker.config import Settings
-from syncworker.delivery import ATTEMPTS, DEAD, DSTATS, PAUSE, Delivery
+from syncworker.delivery import breaker
+from syncworker.delivery import loop as delivery
+from syncworker.delivery.loop import ATTEMPTS, DEAD, DSTATS, PAUSE, Delivery
 from syncworker.destinations import Outcome
-from syncworker.emulators.hubspot import HubSpotEmulator
+from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.ledger import PENDING
-from syncworker.runtime import Runtime
-from syncworker.status import overview
-from syncworker.web import create_app
+from syncworker.store.stats import overview
+from syncworker.web.app import create_app
 from tests.conftest import SettingsFactory
 from tests.test_delivery import unsubscribe_all as unsubscribe
 from tests.test_status import metric_samples

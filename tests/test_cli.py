@@ -13,9 +13,9 @@ import requests
 from click.testing import CliRunner
 
 from syncworker.cli import main
+from syncworker.devkit.redis_server import free_port
 from syncworker.events import HygieneEvent, Kind
-from syncworker.queueing import QUARANTINE, store_quarantine
-from syncworker.redis_server import free_port
+from syncworker.queue.enqueue import QUARANTINE, store_quarantine
 from tests.conftest import SettingsFactory
 from tests.intake.signing import basic_auth_header
 from tests.processes import Process, clean_env, wait_until

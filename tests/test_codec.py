@@ -15,7 +15,8 @@ from rq import Queue
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
-from syncworker import codec, runtime
+from syncworker import bootstrap as runtime
+from syncworker import codec
 from syncworker.events import (
     MAX_KEY,
     HygieneEvent,
@@ -26,9 +27,9 @@ from syncworker.events import (
 from syncworker.intake.fields import load_address
 from syncworker.intake.registry import ESP_PARSERS
 from syncworker.ledger import CONTACT
-from syncworker.quarantine import replay
-from syncworker.queueing import INGEST, QUARANTINE
-from syncworker.web import create_app
+from syncworker.ops.replay import replay
+from syncworker.queue.enqueue import INGEST, QUARANTINE
+from syncworker.web.app import create_app
 from tests import ledger_reads
 from tests.conftest import SettingsFactory
 from tests.intake.signing import payload, signer_for

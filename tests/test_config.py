@@ -6,11 +6,11 @@ import pytest
 import redis
 from click.testing import CliRunner
 
+from syncworker.bootstrap import Runtime
 from syncworker.cli import main
 from syncworker.config import OPTIONS, Settings
-from syncworker.emulators.webhook_receiver import new_secret
+from syncworker.devkit.emulators.webhook_receiver import new_secret
 from syncworker.errors import ConfigError
-from syncworker.runtime import Runtime
 
 SECRET = new_secret()
 

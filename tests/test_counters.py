@@ -7,11 +7,12 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from syncworker import codec, jobs
+from syncworker import codec
+from syncworker.bootstrap import Runtime
 from syncworker.config import Settings
 from syncworker.events import HygieneEvent, Kind
-from syncworker.queueing import QUARANTINE, STATS
-from syncworker.runtime import Runtime
+from syncworker.queue import jobs
+from syncworker.queue.enqueue import QUARANTINE, STATS
 from tests.conftest import SettingsFactory
 
 

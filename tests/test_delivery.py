@@ -11,16 +11,16 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from syncworker import delivery
+from syncworker.bootstrap import Runtime
 from syncworker.cli import main
 from syncworker.config import Settings
-from syncworker.delivery import ATTEMPTS, DEAD, DSTATS, INFLIGHT, Delivery
+from syncworker.delivery import loop as delivery
+from syncworker.delivery.loop import ATTEMPTS, DEAD, DSTATS, INFLIGHT, Delivery
 from syncworker.destinations import Outcome
-from syncworker.emulators.hubspot import HubSpotEmulator
-from syncworker.emulators.segment import SegmentEmulator
+from syncworker.devkit.emulators.hubspot import HubSpotEmulator
+from syncworker.devkit.emulators.segment import SegmentEmulator
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
-from syncworker.runtime import Runtime
 from tests.conftest import SettingsFactory
 
 EMAILS = [f"c{i}@example.com" for i in range(25)]

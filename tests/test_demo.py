@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from syncworker.redis_server import free_port
+from syncworker.devkit.redis_server import free_port
 from tests.processes import Process, clean_env, wait_until
 
 MARKER = "DEMO_TEST_RUN"  # inherited by everything the demo starts

@@ -8,14 +8,14 @@ import orjson
 import redis
 from click.testing import CliRunner
 
-from syncworker import delivery
+from syncworker.bootstrap import Runtime
 from syncworker.cli import main
 from syncworker.config import Settings
-from syncworker.delivery import DEAD
+from syncworker.delivery import loop as delivery
+from syncworker.delivery.loop import DEAD
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import FORGOTTEN, PENDING, address_hash
-from syncworker.queueing import QUARANTINE
-from syncworker.runtime import Runtime
+from syncworker.queue.enqueue import QUARANTINE
 from tests.conftest import SettingsFactory
 
 JANE = "jane.doe@example.com"

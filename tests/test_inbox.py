@@ -10,11 +10,12 @@ import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from syncworker import codec, inbox, jobs
+from syncworker import codec
+from syncworker.bootstrap import Runtime
 from syncworker.config import Settings
 from syncworker.events import HygieneEvent, Kind
-from syncworker.queueing import DRAIN_FUNC, INBOX, INBOX_QUEUED, INGEST, STATS, Enqueuer
-from syncworker.runtime import Runtime
+from syncworker.queue import inbox, jobs
+from syncworker.queue.enqueue import DRAIN_FUNC, INBOX, INBOX_QUEUED, INGEST, STATS, Enqueuer
 
 
 def post(conn: redis.Redis, n: int, prefix: str = "e") -> None:

@@ -10,13 +10,13 @@ import orjson
 import pytest
 import redis
 
-from syncworker import delivery
+from syncworker.bootstrap import Runtime
 from syncworker.config import Settings
-from syncworker.delivery import ATTEMPTS, DEAD, DSTATS, PAUSE, Delivery
-from syncworker.emulators.hubspot import HubSpotEmulator
-from syncworker.emulators.webhook_receiver import WebhookReceiver, new_secret
+from syncworker.delivery import loop as delivery
+from syncworker.delivery.loop import ATTEMPTS, DEAD, DSTATS, PAUSE, Delivery
+from syncworker.devkit.emulators.hubspot import HubSpotEmulator
+from syncworker.devkit.emulators.webhook_receiver import WebhookReceiver, new_secret
 from syncworker.ledger import PENDING
-from syncworker.runtime import Runtime
 from tests.conftest import SettingsFactory
 from tests.test_delivery import unsubscribe_all as unsubscribe
 

@@ -13,10 +13,10 @@ import redis
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from syncworker.intake.base import OTHER_CODE
+from syncworker.intake.contract import OTHER_CODE
 from syncworker.intake.registry import ESP_PARSERS
-from syncworker.queueing import STATS
-from syncworker.web import create_app
+from syncworker.queue.enqueue import STATS
+from syncworker.web.app import create_app
 from tests.conftest import SettingsFactory
 from tests.intake.signing import UNKNOWN_CODE, signer_for
 

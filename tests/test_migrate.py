@@ -14,14 +14,14 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from syncworker import reconcile, transfer
+from syncworker.bootstrap import Runtime
 from syncworker.cli import main
 from syncworker.config import Settings
-from syncworker.delivery import ATTEMPTS, DEAD, INFLIGHT
+from syncworker.delivery.loop import ATTEMPTS, DEAD, INFLIGHT
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import CONTACT, CONTACTS, EVENT, FORGOTTEN, PENDING
-from syncworker.runtime import Runtime
-from syncworker.status import overview
+from syncworker.ops import reconcile, transfer
+from syncworker.store.stats import overview
 from tests.conftest import SettingsFactory
 from tests.legacy_ledger import Ledger as OldLedger
 from tests.legacy_ledger import Route as OldRoute

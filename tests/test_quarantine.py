@@ -14,16 +14,16 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from syncworker import quarantine
+from syncworker.bootstrap import Runtime
 from syncworker.config import Settings, SourceConfig
 from syncworker.errors import PayloadInvalid
-from syncworker.intake.base import EspParser, ParseResult, Quarantined
+from syncworker.intake.contract import EspParser, ParseResult, Quarantined
 from syncworker.intake.esps.amazon_ses import AmazonSesParser
 from syncworker.intake.esps.postmark import PostmarkParser
 from syncworker.intake.esps.standard_webhooks import StandardWebhooksParser
-from syncworker.queueing import INBOX, QUARANTINE, Enqueuer, store_quarantine
-from syncworker.runtime import Runtime
-from syncworker.web import create_app
+from syncworker.ops import replay as quarantine
+from syncworker.queue.enqueue import INBOX, QUARANTINE, Enqueuer, store_quarantine
+from syncworker.web.app import create_app
 from tests.conftest import SettingsFactory
 from tests.intake.signers.amazon_ses import sns_server, sns_signer, sns_time
 from tests.intake.signers.standard_webhooks import signed_headers

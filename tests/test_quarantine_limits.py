@@ -12,17 +12,17 @@ import orjson
 import redis
 from click.testing import CliRunner
 
-from syncworker import quarantine
+from syncworker.bootstrap import Runtime
 from syncworker.cli import main
-from syncworker.queueing import (
+from syncworker.ops import replay as quarantine
+from syncworker.queue.enqueue import (
     QUARANTINE,
     QUARANTINE_BYTES,
     STATS,
     QuarantineLimits,
     store_quarantine,
 )
-from syncworker.runtime import Runtime
-from syncworker.web import create_app
+from syncworker.web.app import create_app
 from tests.conftest import SettingsFactory
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"pm:pw").decode()}

@@ -15,8 +15,9 @@ from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from syncworker import inbox
-from syncworker.queueing import (
+from syncworker.devkit.redis_server import RedisServer, free_port
+from syncworker.queue import inbox
+from syncworker.queue.enqueue import (
     DRAIN_DESCRIPTION,
     DRAIN_FUNC,
     INBOX,
@@ -26,8 +27,7 @@ from syncworker.queueing import (
     Enqueuer,
     connect,
 )
-from syncworker.redis_server import RedisServer, free_port
-from syncworker.workers import QuickStopSimpleWorker
+from syncworker.queue.workers import QuickStopSimpleWorker
 
 
 def payload(i: int) -> dict[str, Any]:
@@ -153,7 +153,7 @@ def test_the_job_hash_is_the_one_rq_writes(redis_conn: redis.Redis) -> None:
     decode the same: a job written by either path is the same job to a worker."""
     from rq.job import JobStatus
 
-    from syncworker.queueing import JOB_OPTIONS
+    from syncworker.queue.enqueue import JOB_OPTIONS
 
     Enqueuer(redis_conn).ingest(payload(7), "ingest x", {})
     (job_id,) = queued_jobs(redis_conn)
@@ -177,7 +177,7 @@ def test_the_job_hash_is_the_one_rq_writes(redis_conn: redis.Redis) -> None:
 
 
 def test_a_large_payload_is_compressed_and_a_small_one_is_plain(redis_conn: redis.Redis) -> None:
-    from syncworker.queueing import COMPRESS_FROM
+    from syncworker.queue.enqueue import COMPRESS_FROM
 
     enqueuer = Enqueuer(redis_conn)
     enqueuer.ingest(payload(1), "small", {})

@@ -8,12 +8,12 @@ from typing import ClassVar
 import pytest
 import redis
 
+from syncworker.bootstrap import DestinationRuntime
 from syncworker.config import DestinationConfig, Settings
+from syncworker.delivery.ratelimit import RateLimiter
 from syncworker.destinations import Destination, Rate
-from syncworker.emulators.base import Emulator, Request, Response
+from syncworker.devkit.emulators.base import Emulator, Request, Response
 from syncworker.errors import Throttled
-from syncworker.ratelimit import RateLimiter
-from syncworker.runtime import DestinationRuntime
 
 
 class Anything(Emulator):

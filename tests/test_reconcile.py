@@ -8,15 +8,15 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from syncworker import reconcile as backfill
+from syncworker.bootstrap import Runtime
 from syncworker.cli import main
 from syncworker.config import Settings
-from syncworker.delivery import Delivery
-from syncworker.emulators.hubspot import HubSpotEmulator
-from syncworker.emulators.segment import SegmentEmulator
+from syncworker.delivery.loop import Delivery
+from syncworker.devkit.emulators.hubspot import HubSpotEmulator
+from syncworker.devkit.emulators.segment import SegmentEmulator
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
-from syncworker.runtime import Runtime
+from syncworker.ops import reconcile as backfill
 from tests import ledger_reads
 from tests.conftest import SettingsFactory
 

@@ -15,9 +15,9 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from syncworker.cli import main
-from syncworker.emulators.base import Emulator, Request, Response
-from syncworker.queueing import DELIVER, INGEST
-from syncworker.web import create_app
+from syncworker.devkit.emulators.base import Emulator, Request, Response
+from syncworker.queue.enqueue import DELIVER, INGEST
+from syncworker.web.app import create_app
 from tests.conftest import SettingsFactory
 from tests.processes import clean_env, start_worker, wait_until
 

@@ -11,7 +11,7 @@ import redis
 
 from syncworker.config import Settings, SourceConfig
 from syncworker.events import HygieneEvent, Kind
-from syncworker.intake.base import EspParser
+from syncworker.intake.contract import EspParser
 from syncworker.intake.esps.brevo import BrevoParser
 from syncworker.intake.esps.mailjet import MailjetParser
 from syncworker.intake.esps.mailtrap import MailtrapParser

@@ -15,10 +15,10 @@ from flask.testing import FlaskClient
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from syncworker import inbox
-from syncworker.queueing import INBOX, INGEST, QUARANTINE, STATS
-from syncworker.redis_server import RedisServer, free_port
-from syncworker.web import create_app
+from syncworker.devkit.redis_server import RedisServer, free_port
+from syncworker.queue import inbox
+from syncworker.queue.enqueue import INBOX, INGEST, QUARANTINE, STATS
+from syncworker.web.app import create_app
 from tests.conftest import SettingsFactory
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"pm:secret").decode()}

@@ -10,7 +10,7 @@ import importlib
 import pkgutil
 
 from syncworker.intake import esps
-from syncworker.intake.base import EspParser
+from syncworker.intake.contract import EspParser
 
 
 def discover() -> dict[str, type[EspParser]]:

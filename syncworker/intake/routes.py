@@ -15,8 +15,8 @@ from syncworker.errors import (
     SignatureInvalid,
     UnknownEsp,
 )
-from syncworker.intake import nonces
-from syncworker.intake.base import OTHER_CODE, InboundRequest, ParseResult, admit
+from syncworker.intake.auth import nonces
+from syncworker.intake.contract import OTHER_CODE, InboundRequest, ParseResult, admit
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ import pytest
 import redis
 import requests
 
-from syncworker.delivery import INFLIGHT
-from syncworker.emulators.hubspot import HubSpotEmulator
-from syncworker.emulators.segment import SegmentEmulator
-from syncworker.emulators.webhook_receiver import WebhookReceiver, new_secret
+from syncworker.delivery.loop import INFLIGHT
+from syncworker.devkit.emulators.hubspot import HubSpotEmulator
+from syncworker.devkit.emulators.segment import SegmentEmulator
+from syncworker.devkit.emulators.webhook_receiver import WebhookReceiver, new_secret
 from syncworker.ledger import PENDING
 from tests import ledger_reads
 from tests.intake.signing import (

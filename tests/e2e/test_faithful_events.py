@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import redis
 
-from syncworker import runtime
-from syncworker.emulators.amplitude import AmplitudeEmulator
-from syncworker.emulators.mixpanel import MixpanelEmulator
-from syncworker.emulators.segment import SegmentEmulator
-from syncworker.emulators.webhook_receiver import WebhookReceiver, new_secret
+from syncworker import bootstrap as runtime
+from syncworker.devkit.emulators.amplitude import AmplitudeEmulator
+from syncworker.devkit.emulators.mixpanel import MixpanelEmulator
+from syncworker.devkit.emulators.segment import SegmentEmulator
+from syncworker.devkit.emulators.webhook_receiver import WebhookReceiver, new_secret
 from syncworker.events import HygieneEvent
-from syncworker.queueing import Enqueuer
+from syncworker.queue.enqueue import Enqueuer
 from tests.conftest import SettingsFactory
 from tests.intake.signing import payload, signer_for
 

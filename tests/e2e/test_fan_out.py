@@ -15,16 +15,16 @@ import pytest
 import redis
 import requests
 
-from syncworker.delivery import DEAD, INFLIGHT
-from syncworker.emulators.amplitude import AmplitudeEmulator
-from syncworker.emulators.braze import BrazeEmulator
-from syncworker.emulators.hubspot import HubSpotEmulator
-from syncworker.emulators.mailchimp import MailchimpEmulator
-from syncworker.emulators.mixpanel import MixpanelEmulator
-from syncworker.emulators.rd_station import RDStationEmulator
-from syncworker.emulators.salesforce import SalesforceEmulator
-from syncworker.emulators.segment import SegmentEmulator
-from syncworker.emulators.webhook_receiver import WebhookReceiver, new_secret
+from syncworker.delivery.loop import DEAD, INFLIGHT
+from syncworker.devkit.emulators.amplitude import AmplitudeEmulator
+from syncworker.devkit.emulators.braze import BrazeEmulator
+from syncworker.devkit.emulators.hubspot import HubSpotEmulator
+from syncworker.devkit.emulators.mailchimp import MailchimpEmulator
+from syncworker.devkit.emulators.mixpanel import MixpanelEmulator
+from syncworker.devkit.emulators.rd_station import RDStationEmulator
+from syncworker.devkit.emulators.salesforce import SalesforceEmulator
+from syncworker.devkit.emulators.segment import SegmentEmulator
+from syncworker.devkit.emulators.webhook_receiver import WebhookReceiver, new_secret
 from syncworker.ledger import PENDING
 from tests import ledger_reads
 from tests.intake.signing import sendgrid_keypair, sign_sendgrid

@@ -28,9 +28,9 @@ import pytest
 import redis
 import requests
 
-from syncworker.delivery import BATCH_API_CALLS, FLUSH, INFLIGHT
-from syncworker.emulators.hubspot import HubSpotEmulator
-from syncworker.workers import WORKER_DEAD_AFTER_S
+from syncworker.delivery.loop import BATCH_API_CALLS, FLUSH, INFLIGHT
+from syncworker.devkit.emulators.hubspot import HubSpotEmulator
+from syncworker.queue.workers import WORKER_DEAD_AFTER_S
 from tests.intake.signing import sendgrid_keypair, sign_sendgrid
 from tests.processes import Process, clean_env, descendants, start_gunicorn, wait_until
 

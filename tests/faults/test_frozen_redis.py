@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from syncworker.redis_server import RedisServer
-from syncworker.web import create_app
+from syncworker.devkit.redis_server import RedisServer
+from syncworker.web.app import create_app
 from tests.conftest import SettingsFactory
 from tests.test_web import AUTH, BOUNCE
 

@@ -17,13 +17,13 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from syncworker import codec
+from syncworker.bootstrap import Runtime
 from syncworker.config import Settings
-from syncworker.emulators.hubspot import HubSpotEmulator
-from syncworker.emulators.segment import SegmentEmulator
+from syncworker.devkit.emulators.hubspot import HubSpotEmulator
+from syncworker.devkit.emulators.segment import SegmentEmulator
 from syncworker.events import HygieneEvent, Kind
-from syncworker.inbox import GROUP, MAX_ALONE, TRIES
-from syncworker.queueing import INBOX, INGEST, QUARANTINE, STATS, Enqueuer
-from syncworker.runtime import Runtime
+from syncworker.queue.enqueue import INBOX, INGEST, QUARANTINE, STATS, Enqueuer
+from syncworker.queue.inbox import GROUP, MAX_ALONE, TRIES
 from tests.processes import clean_env, descendants, start_worker, wait_until
 
 N = 20_000

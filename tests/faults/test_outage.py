@@ -13,14 +13,15 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from syncworker import breaker, codec
+from syncworker import codec
 from syncworker.cli import main
-from syncworker.delivery import DEAD, INFLIGHT
-from syncworker.emulators.hubspot import HubSpotEmulator
+from syncworker.delivery import breaker
+from syncworker.delivery.loop import DEAD, INFLIGHT
+from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
-from syncworker.queueing import Enqueuer
-from syncworker.web import create_app
+from syncworker.queue.enqueue import Enqueuer
+from syncworker.web.app import create_app
 from tests.conftest import SettingsFactory
 from tests.processes import clean_env, start_worker, wait_until
 from tests.test_status import metric_samples

@@ -19,15 +19,16 @@ from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from syncworker import codec, delivery
+from syncworker import codec
+from syncworker.bootstrap import Runtime
 from syncworker.config import Settings
-from syncworker.delivery import FLUSH, INFLIGHT, taken_key
-from syncworker.emulators.hubspot import HubSpotEmulator
+from syncworker.delivery import loop as delivery
+from syncworker.delivery.loop import FLUSH, INFLIGHT, taken_key
+from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
-from syncworker.queueing import DELIVER, INGEST, QUEUES, Enqueuer
-from syncworker.runtime import Runtime
-from syncworker.workers import WORKER_DEAD_AFTER_S, QuickStopWorker, rescue_abandoned
+from syncworker.queue.enqueue import DELIVER, INGEST, QUEUES, Enqueuer
+from syncworker.queue.workers import WORKER_DEAD_AFTER_S, QuickStopWorker, rescue_abandoned
 from tests import ledger_reads
 from tests.conftest import SettingsFactory
 from tests.faults.test_crashes import EMAILS, events, worker_env

@@ -10,12 +10,12 @@ import pytest
 import redis
 
 from syncworker import codec
-from syncworker.delivery import INFLIGHT
-from syncworker.emulators.hubspot import HubSpotEmulator
+from syncworker.delivery.loop import INFLIGHT
+from syncworker.devkit.emulators.hubspot import HubSpotEmulator
+from syncworker.devkit.redis_server import RedisServer
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
-from syncworker.queueing import INGEST, Enqueuer
-from syncworker.redis_server import RedisServer
+from syncworker.queue.enqueue import INGEST, Enqueuer
 from tests.ledger_reads import reader
 from tests.processes import clean_env, start_worker, wait_until
 

@@ -16,14 +16,14 @@ import redis
 from rq.utils import utcparse
 
 from syncworker import codec
-from syncworker.delivery import FLUSH, INFLIGHT
-from syncworker.emulators.hubspot import HubSpotEmulator
-from syncworker.emulators.segment import SegmentEmulator
-from syncworker.emulators.webhook_receiver import WebhookReceiver, new_secret
+from syncworker.delivery.loop import FLUSH, INFLIGHT
+from syncworker.devkit.emulators.hubspot import HubSpotEmulator
+from syncworker.devkit.emulators.segment import SegmentEmulator
+from syncworker.devkit.emulators.webhook_receiver import WebhookReceiver, new_secret
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
-from syncworker.queueing import Enqueuer
-from syncworker.workers import WORKER_DEAD_AFTER_S
+from syncworker.queue.enqueue import Enqueuer
+from syncworker.queue.workers import WORKER_DEAD_AFTER_S
 from tests.processes import clean_env, start_worker, wait_until
 
 FIRST = [f"first{i:03d}@example.com" for i in range(200)]

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from syncworker.config import SourceConfig
-from syncworker.intake.base import EspParser, InboundRequest
+from syncworker.intake.contract import EspParser, InboundRequest
 from syncworker.intake.registry import ESP_PARSERS
 
 PAYLOADS = Path(__file__).resolve().parent.parent / "payloads"

@@ -13,15 +13,15 @@ import orjson
 import pytest
 import redis
 
-from syncworker import inbox
 from syncworker.config import Settings, SourceConfig
+from syncworker.devkit.redis_server import free_port
 from syncworker.errors import ConfigError, PayloadInvalid, SignatureInvalid
 from syncworker.events import Kind
-from syncworker.intake import sns
+from syncworker.intake.auth import sns
 from syncworker.intake.esps.amazon_ses import AmazonSesParser
-from syncworker.queueing import INBOX, QUARANTINE
-from syncworker.redis_server import free_port
-from syncworker.web import create_app
+from syncworker.queue import inbox
+from syncworker.queue.enqueue import INBOX, QUARANTINE
+from syncworker.web.app import create_app
 from tests.conftest import SettingsFactory
 from tests.intake.signers.amazon_ses import (
     SnsSigner,

@@ -12,7 +12,7 @@ import pytest
 from syncworker.config import SourceConfig
 from syncworker.errors import PayloadInvalid, SignatureInvalid
 from syncworker.events import Kind, content_key
-from syncworker.intake.base import ParseResult
+from syncworker.intake.contract import ParseResult
 from syncworker.intake.esps.brevo import BrevoParser
 from tests.intake.signers.brevo import bearer
 from tests.intake.signing import basic_auth_header, payload, request

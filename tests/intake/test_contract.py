@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from syncworker.errors import IntakeError, PayloadInvalid, SignatureInvalid
-from syncworker.intake.base import EspParser, ParseResult
+from syncworker.intake.contract import EspParser, ParseResult
 from syncworker.intake.registry import ESP_PARSERS
 from tests.intake.signing import UNKNOWN_CODE, EspSigner, request, signer_for, signers
 

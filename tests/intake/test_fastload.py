@@ -17,7 +17,7 @@ from marshmallow import Schema, ValidationError, fields
 import syncworker.intake.esps
 from syncworker.config import SourceConfig
 from syncworker.events import MAX_TS, HygieneEvent, content_key, normalize_email
-from syncworker.intake.base import (
+from syncworker.intake.contract import (
     IsoTime,
     ParseResult,
     Quarantined,

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from syncworker import codec
 from syncworker.errors import PayloadInvalid, SignatureInvalid
 from syncworker.events import Kind, normalize_email
-from syncworker.intake.base import EspParser, ParseResult
+from syncworker.intake.contract import EspParser, ParseResult
 from syncworker.intake.registry import ESP_PARSERS
 from tests.intake.signing import (
     PAYLOADS,

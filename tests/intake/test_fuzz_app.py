@@ -28,14 +28,14 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from syncworker import inbox
 from syncworker.config import Settings, SourceConfig
-from syncworker.intake.base import MAX_JSON_DEPTH, EspParser, ParseResult
+from syncworker.devkit.redis_server import RedisServer
+from syncworker.intake.contract import MAX_JSON_DEPTH, EspParser, ParseResult
 from syncworker.intake.registry import ESP_PARSERS
 from syncworker.intake.routes import PARSER_ERROR
-from syncworker.queueing import INBOX, QUARANTINE, STATS, to_json
-from syncworker.redis_server import RedisServer
-from syncworker.web import create_app
+from syncworker.queue import inbox
+from syncworker.queue.enqueue import INBOX, QUARANTINE, STATS, to_json
+from syncworker.web.app import create_app
 from tests.intake.signing import PAYLOADS, EspSigner, payload, signer_for
 from tests.test_privacy import ADDRESS, CapturingTransport, sentry  # noqa: F401  (a fixture)
 

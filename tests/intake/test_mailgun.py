@@ -22,13 +22,13 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from syncworker.config import SourceConfig
+from syncworker.devkit.redis_server import RedisServer, free_port
 from syncworker.errors import PayloadInvalid, SignatureInvalid
 from syncworker.events import Kind
-from syncworker.intake.base import InboundRequest
+from syncworker.intake.contract import InboundRequest
 from syncworker.intake.esps.mailgun import MailgunParser
-from syncworker.queueing import INGEST
-from syncworker.redis_server import RedisServer, free_port
-from syncworker.web import create_app
+from syncworker.queue.enqueue import INGEST
+from syncworker.web.app import create_app
 from tests.conftest import SettingsFactory
 from tests.intake.signing import (
     mailgun_body,

@@ -13,7 +13,7 @@ import pytest
 from syncworker.config import SourceConfig
 from syncworker.errors import PayloadInvalid, SignatureInvalid
 from syncworker.events import Kind, content_key
-from syncworker.intake.base import ParseResult
+from syncworker.intake.contract import ParseResult
 from syncworker.intake.esps.mailtrap import MailtrapParser
 from tests.intake.signers.mailtrap import SIGNATURE, sign_mailtrap
 from tests.intake.signing import payload, request

@@ -12,7 +12,7 @@ import pytest
 from syncworker.config import SourceConfig
 from syncworker.errors import PayloadInvalid, SignatureInvalid
 from syncworker.events import Kind, content_key
-from syncworker.intake.base import InboundRequest, ParseResult
+from syncworker.intake.contract import InboundRequest, ParseResult
 from syncworker.intake.esps.mandrill import MandrillParser
 from tests.intake.signers.mandrill import WEBHOOK_URL, mandrill_request, mandrill_signature
 from tests.intake.signing import payload, request

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from syncworker.errors import PayloadInvalid
-from syncworker.intake.base import EspParser, ParseResult
+from syncworker.intake.contract import EspParser, ParseResult
 from syncworker.intake.registry import ESP_PARSERS
 from tests.intake.signing import PAYLOADS, EspSigner, payload, signer_for
 from tests.intake.test_fuzz import EVENTS, JSON_VALUES, check_result, mutated

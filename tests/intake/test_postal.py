@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from syncworker.config import SourceConfig
 from syncworker.errors import ConfigError, PayloadInvalid, SignatureInvalid
 from syncworker.events import Kind
-from syncworker.intake.base import ParseResult
+from syncworker.intake.contract import ParseResult
 from syncworker.intake.esps.postal import PostalParser
 from tests.intake.signers.postal import (
     KID,

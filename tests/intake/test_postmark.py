@@ -14,7 +14,7 @@ from marshmallow import ValidationError
 from syncworker.config import SourceConfig
 from syncworker.errors import PayloadInvalid, SignatureInvalid
 from syncworker.events import Kind, content_key
-from syncworker.intake.base import IsoTime
+from syncworker.intake.contract import IsoTime
 from syncworker.intake.esps.postmark import PostmarkParser
 from tests.intake.signing import basic_auth_header, payload, request
 

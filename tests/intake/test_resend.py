@@ -9,10 +9,10 @@ import orjson
 import pytest
 
 from syncworker.config import SourceConfig
-from syncworker.emulators.webhook_receiver import new_secret
+from syncworker.devkit.emulators.webhook_receiver import new_secret
 from syncworker.errors import PayloadInvalid, SignatureInvalid
 from syncworker.events import Kind, content_key
-from syncworker.intake.base import InboundRequest
+from syncworker.intake.contract import InboundRequest
 from syncworker.intake.esps.resend import ResendParser
 from tests.intake.signers.standard_webhooks import signed_headers
 from tests.intake.signing import payload, request

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from syncworker.config import SourceConfig
 from syncworker.errors import ConfigError, PayloadInvalid, SignatureInvalid
 from syncworker.events import Kind
-from syncworker.intake import sns
+from syncworker.intake.auth import sns
 from syncworker.intake.esps.scaleway_tem import ScalewayTemParser
 from tests.intake.signers.amazon_ses import (
     SnsSigner,

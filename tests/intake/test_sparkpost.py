@@ -11,7 +11,7 @@ import pytest
 from syncworker.config import SourceConfig
 from syncworker.errors import PayloadInvalid, SignatureInvalid
 from syncworker.events import Kind, content_key
-from syncworker.intake.base import ParseResult
+from syncworker.intake.contract import ParseResult
 from syncworker.intake.esps.sparkpost import BOUNCE_CLASSES, SparkPostParser
 from tests.intake.signers.sparkpost import wrap
 from tests.intake.signing import basic_auth_header, payload, request

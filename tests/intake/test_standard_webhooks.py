@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from syncworker.config import SourceConfig
-from syncworker.emulators.webhook_receiver import new_secret
+from syncworker.devkit.emulators.webhook_receiver import new_secret
 from syncworker.errors import ConfigError, PayloadInvalid, SignatureInvalid
 from syncworker.events import Kind, content_key
-from syncworker.intake.base import MAX_TS
+from syncworker.intake.contract import MAX_TS
 from syncworker.intake.esps.standard_webhooks import StandardWebhooksParser
 from tests.intake.signers.standard_webhooks import signed_headers
 from tests.intake.signing import payload, request

@@ -14,7 +14,7 @@ import pytest
 from syncworker.config import SourceConfig
 from syncworker.errors import PayloadInvalid, SignatureInvalid
 from syncworker.events import Kind, content_key
-from syncworker.intake.base import ParseResult
+from syncworker.intake.contract import ParseResult
 from syncworker.intake.esps.unisender_go import UnisenderGoParser
 from tests.intake.signers.unisender_go import (
     PLACEHOLDER,

@@ -32,7 +32,7 @@ from syncworker.destinations import (
     Throttled,
     destination_class,
 )
-from syncworker.emulators.base import Emulator
+from syncworker.devkit.emulators.base import Emulator
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 SUPPRESSING = {Kind.HARD_BOUNCE, Kind.SPAM_COMPLAINT, Kind.UNSUBSCRIBE}

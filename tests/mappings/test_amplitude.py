@@ -22,7 +22,7 @@ from syncworker.destinations import (
     OutcomeStatus,
     Throttled,
 )
-from syncworker.emulators.amplitude import AmplitudeEmulator, device_of
+from syncworker.devkit.emulators.amplitude import AmplitudeEmulator, device_of
 from tests.mappings.contract import T0, EventsContract, addresses, event_change
 
 APPLIED, FAILED, RETRY = OutcomeStatus.APPLIED, OutcomeStatus.FAILED, OutcomeStatus.RETRY

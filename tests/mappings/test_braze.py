@@ -19,7 +19,7 @@ from syncworker.destinations import (
     OutcomeStatus,
     Throttled,
 )
-from syncworker.emulators.braze import BrazeEmulator
+from syncworker.devkit.emulators.braze import BrazeEmulator
 from tests.mappings.contract import T0, StateContract, addresses, state_change
 
 APPLIED, ALREADY = OutcomeStatus.APPLIED, OutcomeStatus.ALREADY

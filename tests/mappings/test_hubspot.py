@@ -19,7 +19,7 @@ from syncworker.destinations import (
     NotConfigured,
     OutcomeStatus,
 )
-from syncworker.emulators.hubspot import HubSpotEmulator
+from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from tests.mappings.contract import T0, StateContract, addresses, state_change
 
 APPLIED, ALREADY = OutcomeStatus.APPLIED, OutcomeStatus.ALREADY

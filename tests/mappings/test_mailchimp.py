@@ -22,7 +22,7 @@ from syncworker.destinations import (
     OutcomeStatus,
     Throttled,
 )
-from syncworker.emulators.mailchimp import MailchimpEmulator
+from syncworker.devkit.emulators.mailchimp import MailchimpEmulator
 from tests.mappings.contract import StateContract, addresses, state_change
 
 APPLIED, ALREADY = OutcomeStatus.APPLIED, OutcomeStatus.ALREADY

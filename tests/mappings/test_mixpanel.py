@@ -26,7 +26,7 @@ from syncworker.destinations import (
     OutcomeStatus,
     Throttled,
 )
-from syncworker.emulators.mixpanel import MixpanelEmulator
+from syncworker.devkit.emulators.mixpanel import MixpanelEmulator
 from tests.mappings.contract import T0, EventsContract, addresses, event_change
 
 APPLIED, FAILED, RETRY = OutcomeStatus.APPLIED, OutcomeStatus.FAILED, OutcomeStatus.RETRY

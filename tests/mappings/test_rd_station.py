@@ -20,7 +20,7 @@ from syncworker.destinations import (
     NotConfigured,
     OutcomeStatus,
 )
-from syncworker.emulators.rd_station import DAY, RDStationEmulator
+from syncworker.devkit.emulators.rd_station import DAY, RDStationEmulator
 from tests.mappings.contract import StateContract, addresses, state_change
 
 APPLIED, ALREADY = OutcomeStatus.APPLIED, OutcomeStatus.ALREADY

@@ -23,7 +23,7 @@ from syncworker.destinations import (
     ReasonEntry,
     Throttled,
 )
-from syncworker.emulators.salesforce import SalesforceEmulator
+from syncworker.devkit.emulators.salesforce import SalesforceEmulator
 from tests.mappings.contract import T0, StateContract, addresses, state_change
 
 APPLIED, ALREADY = OutcomeStatus.APPLIED, OutcomeStatus.ALREADY

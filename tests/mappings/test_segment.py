@@ -20,7 +20,7 @@ from syncworker.destinations import (
     OutcomeStatus,
     Throttled,
 )
-from syncworker.emulators.segment import SegmentEmulator
+from syncworker.devkit.emulators.segment import SegmentEmulator
 from tests.mappings.contract import T0, EventsContract, addresses, event_change, state
 
 NAMES = {

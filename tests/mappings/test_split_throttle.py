@@ -14,9 +14,10 @@ import redis
 import requests
 
 from mappings.salesforce import OPT_OUT
-from syncworker import delivery
+from syncworker.bootstrap import Runtime
 from syncworker.config import Settings
-from syncworker.delivery import ATTEMPTS, PAUSE, Delivery
+from syncworker.delivery import loop as delivery
+from syncworker.delivery.loop import ATTEMPTS, PAUSE, Delivery
 from syncworker.destinations import (
     ContactChange,
     Destination,
@@ -25,19 +26,18 @@ from syncworker.destinations import (
     Outcome,
     OutcomeStatus,
 )
-from syncworker.emulators.amplitude import AmplitudeEmulator
-from syncworker.emulators.base import Emulator
-from syncworker.emulators.braze import BrazeEmulator
-from syncworker.emulators.hubspot import HubSpotEmulator
-from syncworker.emulators.mailchimp import MailchimpEmulator, subscriber_hash
-from syncworker.emulators.mixpanel import MixpanelEmulator
-from syncworker.emulators.rd_station import RDStationEmulator
-from syncworker.emulators.salesforce import SalesforceEmulator
-from syncworker.emulators.segment import SegmentEmulator
-from syncworker.emulators.webhook_receiver import WebhookReceiver, new_secret
+from syncworker.devkit.emulators.amplitude import AmplitudeEmulator
+from syncworker.devkit.emulators.base import Emulator
+from syncworker.devkit.emulators.braze import BrazeEmulator
+from syncworker.devkit.emulators.hubspot import HubSpotEmulator
+from syncworker.devkit.emulators.mailchimp import MailchimpEmulator, subscriber_hash
+from syncworker.devkit.emulators.mixpanel import MixpanelEmulator
+from syncworker.devkit.emulators.rd_station import RDStationEmulator
+from syncworker.devkit.emulators.salesforce import SalesforceEmulator
+from syncworker.devkit.emulators.segment import SegmentEmulator
+from syncworker.devkit.emulators.webhook_receiver import WebhookReceiver, new_secret
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
-from syncworker.runtime import Runtime
 from tests.conftest import SettingsFactory
 from tests.mappings.contract import state_change
 

@@ -20,7 +20,7 @@ from syncworker.destinations import (
     NotConfigured,
     OutcomeStatus,
 )
-from syncworker.emulators.webhook_receiver import WebhookReceiver, new_secret, sign
+from syncworker.devkit.emulators.webhook_receiver import WebhookReceiver, new_secret, sign
 from tests.mappings.contract import EventsContract, addresses, event_change
 
 SECRET = new_secret()

@@ -16,7 +16,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, val
 
 from syncworker.errors import PayloadInvalid, SignatureInvalid
 from syncworker.events import HygieneEvent, Kind, content_key, normalize_email
-from syncworker.intake.base import (
+from syncworker.intake.contract import (
     MAX_TS,
     EspParser,
     InboundRequest,

@@ -21,7 +21,7 @@ from marshmallow import EXCLUDE, Schema, fields
 
 from syncworker.errors import PayloadInvalid, SignatureInvalid
 from syncworker.events import HygieneEvent, Kind, content_key, normalize_email
-from syncworker.intake.base import (
+from syncworker.intake.contract import (
     BasicAuthParser,
     InboundRequest,
     ParseResult,

@@ -19,7 +19,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, vali
 
 from syncworker.errors import PayloadInvalid, SignatureInvalid
 from syncworker.events import HygieneEvent, Kind, normalize_email
-from syncworker.intake.base import (
+from syncworker.intake.contract import (
     EspParser,
     InboundRequest,
     IsoTime,

@@ -23,7 +23,7 @@ from werkzeug.http import parse_options_header
 
 from syncworker.errors import PayloadInvalid, SignatureInvalid
 from syncworker.events import HygieneEvent, Kind, normalize_email
-from syncworker.intake.base import (
+from syncworker.intake.contract import (
     EspParser,
     HeaderMap,
     InboundRequest,

@@ -12,7 +12,13 @@ from marshmallow import EXCLUDE, Schema, fields
 
 from syncworker.errors import PayloadInvalid
 from syncworker.events import HygieneEvent, Kind, content_key, normalize_email
-from syncworker.intake.base import BasicAuthParser, ParseResult, UnixTime, hygiene_items, load_json
+from syncworker.intake.contract import (
+    BasicAuthParser,
+    ParseResult,
+    UnixTime,
+    hygiene_items,
+    load_json,
+)
 from syncworker.intake.fields import Address
 
 # event -> Kind; `bounce` and `blocked` are refined by BOUNCES and SUPPRESSION_ERRORS below

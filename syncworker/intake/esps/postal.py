@@ -20,7 +20,7 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 
 from syncworker.errors import ConfigError, PayloadInvalid, SignatureInvalid
 from syncworker.events import HygieneEvent, Kind, normalize_email
-from syncworker.intake.base import (
+from syncworker.intake.contract import (
     EspParser,
     InboundRequest,
     ParseResult,

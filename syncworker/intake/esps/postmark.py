@@ -13,7 +13,7 @@ from marshmallow import EXCLUDE, Schema, fields
 
 from syncworker.errors import PayloadInvalid
 from syncworker.events import HygieneEvent, Kind, normalize_email
-from syncworker.intake.base import (
+from syncworker.intake.contract import (
     BasicAuthParser,
     IsoTime,
     ParseResult,

@@ -14,7 +14,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from syncworker.errors import PayloadInvalid
 from syncworker.events import HygieneEvent, Kind, content_key, normalize_email
-from syncworker.intake.base import (
+from syncworker.intake.contract import (
     IsoTime,
     ParseResult,
     Quarantined,

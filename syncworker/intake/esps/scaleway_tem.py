@@ -15,8 +15,8 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields
 
 from syncworker.errors import PayloadInvalid
 from syncworker.events import HygieneEvent, Kind, content_key, normalize_email
-from syncworker.intake import sns
-from syncworker.intake.base import (
+from syncworker.intake.auth import sns
+from syncworker.intake.contract import (
     EspParser,
     InboundRequest,
     IsoTime,

@@ -18,7 +18,7 @@ from marshmallow import EXCLUDE, Schema, fields
 
 from syncworker.errors import ConfigError, PayloadInvalid, SignatureInvalid
 from syncworker.events import HygieneEvent, Kind, content_key
-from syncworker.intake.base import (
+from syncworker.intake.contract import (
     EspParser,
     InboundRequest,
     ParseResult,

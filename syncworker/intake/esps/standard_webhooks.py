@@ -38,7 +38,8 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 
 from syncworker.errors import PayloadInvalid
 from syncworker.events import HygieneEvent, Kind, normalize_email
-from syncworker.intake.base import (
+from syncworker.intake.auth.standard_webhooks import HEADER_SETS, StandardWebhooksSignedParser
+from syncworker.intake.contract import (
     HeaderMap,
     InboundRequest,
     IsoTime,
@@ -49,7 +50,6 @@ from syncworker.intake.base import (
     validate_items,
 )
 from syncworker.intake.fields import Address
-from syncworker.intake.standard_webhooks import HEADER_SETS, StandardWebhooksSignedParser
 
 # kind -> Kind: the sender names syncworker's own kinds
 KINDS: dict[str, Kind] = {kind.value: kind for kind in Kind}

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from syncworker.intake.base import InboundRequest
+from syncworker.intake.contract import InboundRequest
 from tests.intake.signing import UNKNOWN_CODE, EspSigner, request
 
 # the fields each SNS message type signs, in order, as AWS documents them

@@ -8,7 +8,7 @@ import uuid
 
 import orjson
 
-from syncworker.intake.base import InboundRequest
+from syncworker.intake.contract import InboundRequest
 from tests.intake.signing import UNKNOWN_CODE, EspSigner, basic_auth_header, request
 
 #: X-Webhook-Date has no documented format; the parser signs it as an opaque string

@@ -8,7 +8,7 @@ import secrets
 
 import orjson
 
-from syncworker.intake.base import InboundRequest
+from syncworker.intake.contract import InboundRequest
 from tests.intake.signing import UNKNOWN_CODE, EspSigner, request
 
 

@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 
 import orjson
 
-from syncworker.intake.base import InboundRequest
+from syncworker.intake.contract import InboundRequest
 from tests.intake.signing import UNKNOWN_CODE, URL, EspSigner, request
 
 #: the URL entered in Mandrill; the every-source test's SYNCWORKER_PUBLIC_URL makes the app see it

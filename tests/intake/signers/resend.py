@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import orjson
 
-from syncworker.emulators.webhook_receiver import new_secret
-from syncworker.intake.base import InboundRequest
+from syncworker.devkit.emulators.webhook_receiver import new_secret
+from syncworker.intake.contract import InboundRequest
 from tests.intake.signers.standard_webhooks import signed_headers
 from tests.intake.signing import UNKNOWN_CODE, EspSigner, request
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 
-from syncworker.emulators.webhook_receiver import new_secret, sign
-from syncworker.intake.base import InboundRequest
+from syncworker.devkit.emulators.webhook_receiver import new_secret, sign
+from syncworker.intake.contract import InboundRequest
 from tests.intake.signing import UNKNOWN_CODE, EspSigner, request
 
 

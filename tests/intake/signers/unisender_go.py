@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from syncworker.intake.base import InboundRequest
+from syncworker.intake.contract import InboundRequest
 from tests.intake.signing import UNKNOWN_CODE, EspSigner, request
 
 #: the auth value of the stored payloads in tests/payloads/unisender_go/, replaced when signing

@@ -1,0 +1,872 @@
+"""Delivery to one destination: pending sets, batches, outcomes, backoff, pauses, dead letters.
+
+Each destination has its own pending set (id -> due time), in-flight set (id -> lease expiry),
+attempt counts, pause, deliver jobs' slots and dead-letter list, so one destination's trouble
+never delays another. A deliver job runs for at most ``job_budget`` seconds, then re-queues
+itself behind the other destinations' jobs. ``tick()`` (run by ``syncworker worker`` every
+second) schedules a job for every destination whose work has come due: after a backoff, a pause,
+or a crashed job's lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
+import redis
+import sentry_sdk
+
+from syncworker import codec
+from syncworker.bootstrap import DestinationRuntime, Runtime
+from syncworker.config import Settings
+from syncworker.delivery.breaker import CLOSED, OPEN, PROBE, Breaker, pause_payload
+from syncworker.destinations import ContactChange, Destination, Mode, Outcome, OutcomeStatus
+from syncworker.errors import BadCredentials, PermanentError, RetryableError, Throttled
+from syncworker.events import HygieneEvent, normalize_email
+from syncworker.ledger import EVENT, PENDING, SyncWrite
+from syncworker.privacy import mask, mask_text
+from syncworker.queue.enqueue import (
+    DELIVER,
+    QUARANTINE,
+    QUARANTINE_BYTES,
+    QUARANTINE_REMOVE_LUA,
+    queue,
+)
+from syncworker.queue.workers import heartbeat_stale_s, job_alive, job_gone
+
+log = logging.getLogger(__name__)
+
+INFLIGHT = "sw:inflight:"
+ATTEMPTS = "sw:attempts:"
+DEAD = "sw:dead:"
+PAUSE = "sw:pause:"
+FLUSH = "sw:takers:"  # hash: deliver job id -> when it was queued; one field per taker
+TAKEN = "sw:taken:"  # + dest:job -> that taker's batch in flight (see taken_key)
+DSTATS = "sw:dstats:"
+CONFIRMED = "sw:confirmed:"  # the old ledger layout's confirmed reasons (now in the record)
+
+TAKE_LUA = """
+local now, n, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, n)
+for _, id in ipairs(expired) do
+  redis.call('ZADD', KEYS[1], 'NX', now, id)
+  redis.call('ZREM', KEYS[2], id)
+end
+-- due ids, except those another taker has in flight (a contact changed again while its last
+-- state is being sent waits for that request: two takers never send one contact at once)
+local ids, offset = {}, 0
+while #ids < n and offset < 10 * n do
+  local chunk = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', offset, n)
+  if #chunk == 0 then break end
+  for _, id in ipairs(chunk) do
+    if #ids < n and not redis.call('ZSCORE', KEYS[2], id) then ids[#ids + 1] = id end
+  end
+  offset = offset + #chunk
+end
+-- this taker's batch (id -> its lease), so that a dead taker's batch is told from the others'
+local until_ = math.floor((now + lease) * 1000) / 1000
+redis.call('DEL', KEYS[3])
+if #ids > 0 then  -- one command each for the whole batch
+  local scored, leases = {}, {}
+  for i, id in ipairs(ids) do
+    scored[2 * i - 1], scored[2 * i] = until_, id
+    leases[2 * i - 1], leases[2 * i] = id, until_
+  end
+  redis.call('ZREM', KEYS[1], unpack(ids))
+  redis.call('ZADD', KEYS[2], unpack(scored))
+  redis.call('HSET', KEYS[3], unpack(leases))
+  redis.call('PEXPIRE', KEYS[3], math.ceil(lease * 1000) + 60000)
+end
+return ids
+"""
+
+BATCH_API_CALLS = 3  # requests one batch of a batch API may make (a lookup, a write, a retry)
+DELIVER_MARGIN_S = 30  # s: recording a batch's outcomes and re-queueing after the budget
+
+# Frees the slot of the dead taker ARGV[1] in KEYS[1] (the destination's takers), and makes the
+# ids of its batch (KEYS[3]) that are still in flight (KEYS[2]) under its lease due now: nobody is
+# sending them. An id whose lease has changed since was retaken by another taker and is left be.
+RECLAIM_LUA = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return -1 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local taken = redis.call('HGETALL', KEYS[3])
+local n = 0
+for i = 1, #taken, 2 do
+  local score = redis.call('ZSCORE', KEYS[2], taken[i])
+  if score and math.abs(tonumber(score) - tonumber(taken[i + 1])) < 0.01 then
+    redis.call('ZADD', KEYS[2], 'XX', 0, taken[i])
+    n = n + 1
+  end
+end
+redis.call('DEL', KEYS[3])
+return n
+"""
+
+RELEASE_LUA = """
+redis.call('DEL', KEYS[2])
+return redis.call('HDEL', KEYS[1], ARGV[1])
+"""
+
+FILL_POLL_S = 0.02  # how often a deliver job waiting for a full batch looks at the pending set
+
+
+def taken_key(destination: str, token: str) -> str:
+    """The batch a taker (deliver job ``token``) has in flight: id -> lease expiry."""
+    return f"{TAKEN}{destination}:{token}"
+
+
+def batch_bound_s(settings: Settings, dest: DestinationRuntime | None = None) -> float:
+    """Longest a deliver job may take over one batch: every call of it waiting at two rate
+    limiters (an endpoint's and the destination's) and then for the HTTP timeout."""
+    calls = BATCH_API_CALLS
+    if dest is not None and dest.cls.sync is Destination.sync:  # the per-contact fallback
+        calls = max(calls, dest.batch_size)
+    return calls * (2 * settings.rate_wait_cap_s + settings.http_timeout_s)
+
+
+def deliver_timeout(settings: Settings, dest: DestinationRuntime | None = None) -> int:
+    """Seconds RQ lets a deliver job run: its budget, then the batch it started just before the
+    budget ran out, whose every call may wait at two rate limiters (an endpoint's and the
+    destination's) and then for the HTTP timeout; and a margin for recording the outcomes."""
+    return math.ceil(settings.job_budget_s + batch_bound_s(settings, dest) + DELIVER_MARGIN_S)
+
+
+def ensure_flush(runtime: Runtime, destination: str) -> bool:
+    """Queue a deliver job for ``destination`` unless enough are already queued or running.
+
+    Each job holds a slot among the destination's takers (``FLUSH``): the first whenever none
+    is held, another (up to the destination's ``concurrency``) only while a full batch is due
+    for each job already holding one. The slot names its job and is set in the same transaction
+    as the job is queued, so no crash leaves a slot without a job; ``tick`` frees a slot whose
+    job has died. The key's TTL is only a backstop.
+    """
+    conn, key = runtime.conn, FLUSH + destination
+    dest = runtime.destinations.get(destination)
+    limit = dest.concurrency if dest is not None else 1
+    size = dest.batch_size if dest is not None else 1
+
+    def wanted(holders: int, due: Callable[[], int]) -> bool:
+        # another taker only while each one there is has a full batch of its own to take
+        return holders == 0 or (holders < limit and due() >= (holders + 1) * size)
+
+    # first without a transaction, in one round trip: most calls (every ingest batch, every
+    # full batch a taker takes) find the slots taken and stop here
+    with conn.pipeline(transaction=False) as peek:
+        peek.hlen(key)
+        peek.zcount(PENDING + destination, "-inf", time.time())
+        seen_holders, seen_due = peek.execute()
+    if not wanted(int(seen_holders), lambda: int(seen_due)):
+        return False
+    timeout = deliver_timeout(runtime.settings, dest)
+    job_id = uuid.uuid4().hex
+    with conn.pipeline(transaction=True) as pipe:
+        try:
+            pipe.watch(key)  # type: ignore[no-untyped-call]  # redis-py's, untyped
+            holders = int(pipe.hlen(key))
+            if not wanted(
+                holders, lambda: int(pipe.zcount(PENDING + destination, "-inf", time.time()))
+            ):
+                return False
+            pipe.multi()
+            pipe.hset(key, job_id, str(time.time()))
+            pipe.pexpire(key, (2 * timeout + 60) * 1000)
+            queue(conn, DELIVER).enqueue_call(
+                "syncworker.jobs.deliver",
+                args=(destination, job_id),
+                job_id=job_id,
+                description=f"deliver {destination}",
+                result_ttl=0,
+                failure_ttl=7 * 86400,
+                timeout=timeout,
+                pipeline=pipe,
+            )
+            pipe.execute()
+        except redis.WatchError:
+            return False  # another process took a slot meanwhile
+    return True
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def request_may_be_out(runtime: Runtime, destination: str, job_id: str) -> float:
+    """Seconds for which a request of taker ``job_id`` may still be unanswered: its batch's ids
+    still in flight under its lease, taken less than ``batch_bound_s`` ago (0 if none)."""
+    conn = runtime.conn
+    taken = conn.hgetall(taken_key(destination, job_id))
+    if not taken:
+        return 0.0
+    ids = [_text(i) for i in taken]
+    scores = conn.zmscore(INFLIGHT + destination, ids)
+    leases = [float(v) for v in taken.values()]
+    leases = [
+        lease
+        for lease, score in zip(leases, scores, strict=True)
+        if score is not None and abs(score - lease) < 0.01
+    ]
+    if not leases:
+        return 0.0
+    taken_at = min(leases) - runtime.settings.lease_s
+    bound = batch_bound_s(runtime.settings, runtime.destinations.get(destination))
+    return max(0.0, taken_at + bound - time.time())
+
+
+def busy(runtime: Runtime, job_id: str) -> bool:
+    """Whether deliver job ``job_id`` may still be waiting for a request's answer."""
+    return any(request_may_be_out(runtime, name, job_id) > 0 for name in runtime.destinations)
+
+
+def release_dead_flush(runtime: Runtime, destination: str) -> bool:
+    """Free the slot of each taker of ``destination`` whose job is no longer queued or running
+    on a live worker (a killed work-horse or worker, a slot from an older release), and make the
+    batch it had in flight due now rather than when its lease ends.
+
+    A worker whose process is known to be gone, or whose job has ended, is dead at once. One
+    that only looks dead because its heartbeat is late (a starved or stopped process, a worker on
+    another host) may still be waiting for the answer to its request: its slot and batch are
+    kept until that request must have ended (``batch_bound_s`` after the batch was taken), so
+    that a destination never gets a second request alongside one still unanswered.
+    """
+    conn, key = runtime.conn, FLUSH + destination
+    freed = False
+    for raw in conn.hkeys(key):
+        job_id = _text(raw)
+        if job_alive(conn, job_id, heartbeat_stale_s(runtime.settings)):
+            continue
+        if not job_gone(conn, job_id):  # silent, not known to be gone
+            left = request_may_be_out(runtime, destination, job_id)
+            if left > 0:
+                log.warning(
+                    "deliver job silent, its request may still be out: slot kept "
+                    "dest=%s job=%s for_s=%.0f",
+                    destination,
+                    job_id,
+                    left,
+                )
+                continue
+        reclaimed = int(
+            conn.eval(
+                RECLAIM_LUA,
+                3,
+                key,
+                INFLIGHT + destination,
+                taken_key(destination, job_id),
+                job_id,
+            )
+        )
+        if reclaimed < 0:
+            continue
+        freed = True
+        log.warning(
+            "slot of a dead deliver job released dest=%s job=%s in_flight_reclaimed=%d",
+            destination,
+            job_id,
+            reclaimed,
+        )
+    return freed
+
+
+def flush(runtime: Runtime, destinations: Iterable[str]) -> None:
+    """Queue a deliver job for each destination that has new work (unless one is queued)."""
+    for name in sorted(destinations):
+        ensure_flush(runtime, name)
+
+
+def paused_for(conn: redis.Redis, destination: str) -> float:
+    """Seconds the destination stays paused (0 when it is not)."""
+    ms = conn.pttl(PAUSE + destination)
+    return max(0.0, int(ms) / 1000) if isinstance(ms, int) and ms > 0 else 0.0
+
+
+def has_due(conn: redis.Redis, destination: str, now: float | None = None) -> bool:
+    now = time.time() if now is None else now
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.zrangebyscore(PENDING + destination, "-inf", now, start=0, num=1)
+        pipe.zrangebyscore(INFLIGHT + destination, "-inf", now, start=0, num=1)
+        due, expired = pipe.execute()
+    return bool(due or expired)
+
+
+def tick(runtime: Runtime) -> list[str]:
+    """Queue a deliver job for each destination with due work, freeing the slots of takers that
+    died first; return the destinations scheduled."""
+    scheduled = []
+    conn = runtime.conn
+    for name in runtime.destinations:
+        if paused_for(conn, name):
+            continue
+        due = has_due(conn, name)
+        if due or conn.zcard(INFLIGHT + name):
+            # a batch leased by a dead job is due now, even with nothing else to do
+            due = release_dead_flush(runtime, name) or due
+        if due and ensure_flush(runtime, name):
+            scheduled.append(name)
+    return scheduled
+
+
+@dataclass
+class Report:
+    batches: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    stopped: str = ""
+
+
+class Delivery:
+    """One run of the deliver loop for one destination."""
+
+    def __init__(self, runtime: Runtime, destination: str) -> None:
+        self.rt = runtime
+        self.conn = runtime.conn
+        self.s = runtime.settings
+        self.dest: DestinationRuntime = runtime.destinations[destination]
+        self.name = destination
+        self.token = uuid.uuid4().hex  # names this run's batch when it holds no slot
+        self._take = self.conn.register_script(TAKE_LUA)
+        self._release = self.conn.register_script(RELEASE_LUA)
+        self._raw_events: dict[str, dict[str, Any]] = {}  # ledger form, kept for dead letters
+        self._read: dict[str, bytes] = {}  # the batch's records as read (state destinations)
+        self.breaker = Breaker(
+            self.conn,
+            destination,
+            PAUSE + destination,
+            failures_to_open=self.s.breaker_failures,
+            probe_s=self.s.breaker_probe_s,
+            probe_hold_s=self.s.lease_s,
+        )
+
+    def run(self, token: str | None = None) -> Report:
+        report = Report()
+        if token is not None:
+            self.token = token
+        instance, limiter = self.dest.build(self.conn, self.s)
+        started = time.monotonic()
+        try:
+            while time.monotonic() - started < self.s.job_budget_s:
+                if paused_for(self.conn, self.name):
+                    report.stopped = "paused"
+                    break
+                gate, until = self.breaker.admit()
+                if gate not in (CLOSED, PROBE):
+                    # open, or another job's probe is out: wait (tick leaves a paused one alone)
+                    ms = max(1, int((until - time.time()) * 1000))
+                    self.conn.set(PAUSE + self.name, pause_payload(until), px=ms, nx=True)
+                    report.stopped = "breaker_open"
+                    break
+                if gate != PROBE:
+                    self.fill_wait()
+                ids = self.take(self.s.breaker_probe_batch if gate == PROBE else None)
+                if not ids:
+                    if gate == PROBE:
+                        self.breaker.release()
+                    report.stopped = "drained"
+                    break
+                if gate == PROBE:
+                    self.count("probes")
+                elif len(ids) == self.dest.batch_size and self.dest.concurrency > 1:
+                    ensure_flush(self.rt, self.name)  # a backlog: another taker, if allowed
+                report.batches += 1
+                going = self.process(instance, ids, report)
+                if gate == PROBE:
+                    self.breaker.release()  # no verdict (throttled, deferred): probe again
+                if not going:
+                    break
+            else:
+                report.stopped = "budget"
+        finally:
+            self._release(
+                keys=[FLUSH + self.name, taken_key(self.name, self.token)], args=[self.token]
+            )
+            if paused_for(self.conn, self.name) == 0 and has_due(self.conn, self.name):
+                ensure_flush(self.rt, self.name)
+        log.info(
+            "deliver dest=%s batches=%d outcomes=%s stopped=%s rate_wait_s=%.2f",
+            self.name,
+            report.batches,
+            dict(report.outcomes),
+            report.stopped,
+            limiter.waited,
+        )
+        return report
+
+    def fill_wait(self) -> float:
+        """Wait, briefly, for a full batch: until ``batch_size`` contacts are due, or until the
+        oldest due one has waited ``batch_wait_s`` since it came due (so a contact is never
+        held longer than that), or nothing is due. A batch API then gets full batches from a
+        trickle. Returns the seconds waited; polls the pending set every ``FILL_POLL_S``."""
+        bound = self.dest.batch_wait_s
+        if bound <= 0:
+            return 0.0
+        pending, started = PENDING + self.name, time.monotonic()
+        while True:
+            now = time.time()
+            with self.conn.pipeline(transaction=False) as pipe:
+                pipe.zcount(pending, "-inf", now)
+                pipe.zrangebyscore(pending, "-inf", now, start=0, num=1, withscores=True)
+                count, oldest = pipe.execute()
+            if not count or count >= self.dest.batch_size:
+                break
+            left = min(oldest[0][1] + bound - now, started + bound - time.monotonic())
+            if left <= 0:
+                break
+            time.sleep(min(FILL_POLL_S, left))
+        return time.monotonic() - started
+
+    def take(self, limit: int | None = None) -> list[str]:
+        size = self.dest.batch_size if limit is None else max(1, min(limit, self.dest.batch_size))
+        ids = self._take(
+            keys=[PENDING + self.name, INFLIGHT + self.name, taken_key(self.name, self.token)],
+            args=[time.time(), size, self.s.lease_s],
+        )
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+    # -- one batch ---------------------------------------------------------------------------
+
+    def process(self, instance: Destination, ids: list[str], report: Report) -> bool:
+        """Sync one batch and record its outcomes; False when the destination must pause.
+
+        A request refused as a whole (one bad contact fails a batch) is split in halves and each
+        half sent again, down to single contacts, so that only the contacts at fault are
+        dead-lettered: for k such contacts in a batch of n, at most about 2·k·log2(n) more
+        requests, each waiting at the rate limiter like any other.
+
+        Each call tells the breaker whether the destination answered. Once it is open, contacts
+        whose call got no answer go back to pending without spending an attempt, and the batch
+        stops there (what is left of it goes back too).
+        """
+        changes, gone = self.build(ids)
+        if gone:
+            self.conn.zrem(INFLIGHT + self.name, *gone)
+            report.outcomes["expired"] += len(gone)
+        if not changes:
+            return True
+        outcomes: list[Outcome | None] = [None] * len(changes)
+        groups = [list(range(len(changes)))]
+        held: list[int] = []  # no answer while the breaker is open: back without an attempt
+        try:
+            while groups:
+                group = groups.pop()
+                answers = self.call(instance, [changes[i] for i in group])
+                if self.judge(answers) == OPEN:
+                    for i, outcome in zip(group, answers, strict=True):
+                        if _unanswered(outcome):
+                            held.append(i)
+                        else:
+                            outcomes[i] = outcome
+                    held += [i for rest in groups for i in rest]
+                    break
+                waits = [o.retry_after or 0.0 for o in answers if o.pause]
+                if waits:
+                    # throttled part way through (see destinations.throttled_rest): what was
+                    # answered is kept, the throttled contacts wait unspent (``record``), and
+                    # the rest of the batch goes back as on any throttle
+                    for i, outcome in zip(group, answers, strict=True):
+                        outcomes[i] = outcome
+                    raise Throttled(self.name, max(waits), status=429)
+                suspects = []
+                for i, outcome in zip(group, answers, strict=True):
+                    outcomes[i] = outcome
+                    if outcome.whole_request and len(group) > 1:
+                        suspects.append(i)
+                if suspects:
+                    for i in suspects:
+                        outcomes[i] = None
+                    half = (len(suspects) + 1) // 2
+                    groups += [suspects[half:], suspects[:half]]  # the first half goes first
+                    self.count("splits")
+        except (Throttled, BadCredentials) as exc:
+            self.settle(changes, outcomes, report)
+            waiting = [c.key for c, o in zip(changes, outcomes, strict=True) if o is None]
+            self.stop(exc, waiting, report)
+            return False
+        self.settle(changes, outcomes, report)
+        if held:
+            self.hold([changes[i] for i in held], report)
+            return False
+        return True
+
+    def hold(self, changes: list[ContactChange], report: Report) -> None:
+        """Put back, without an attempt, contacts the destination did not answer while its
+        breaker is open; they are due at once and wait for the probe to succeed."""
+        self.requeue([c.key for c in changes], 0)
+        now = time.time()
+        with self.conn.pipeline(transaction=False) as pipe:
+            for change in changes:
+                status: dict[str, Any] = {"at": now, "version": change.state.version}
+                if change.event is not None:
+                    status["event"] = change.key
+                status.update(status="held", detail="destination not answering: breaker open")
+                self.rt.ledger.write_sync(pipe, change.email, self.name, status)
+            pipe.hincrby(DSTATS + self.name, "breaker_held", len(changes))
+            pipe.execute()
+        report.outcomes["held"] += len(changes)
+        report.stopped = "breaker_open"
+
+    def judge(self, outcomes: list[Outcome]) -> str:
+        """Tell the breaker how a call went; return its state after a call with no answer.
+
+        Answered: anything applied, already, not found, or refused. No answer: nothing of that,
+        and at least one contact to retry (a 5xx, a timeout). A per-contact wait (``deferred``)
+        is neither; a 429 and bad credentials never reach here."""
+        if any(o.ok or o.status is OutcomeStatus.FAILED for o in outcomes):
+            self.breaker.succeeded()
+            return CLOSED
+        unanswered = [o for o in outcomes if _unanswered(o)]
+        if not unanswered:
+            return CLOSED
+        return self.breaker.failed(mask_text(unanswered[0].detail))  # may echo an address
+
+    def call(self, instance: Destination, changes: list[ContactChange]) -> list[Outcome]:
+        """One ``sync`` of (part of) a batch: an outcome per change; Throttled and BadCredentials
+        propagate (they stop the destination)."""
+        try:
+            outcomes = instance.sync(changes)
+            if len(outcomes) != len(changes):
+                raise TypeError(
+                    f"{self.name}.sync returned {len(outcomes)} outcomes for {len(changes)}"
+                )
+        except RetryableError as exc:
+            outcomes = [Outcome.retry(mask_text(str(exc)))] * len(changes)
+        except PermanentError as exc:
+            detail = mask_text(f"{exc} {exc.body}".strip())
+            outcomes = [Outcome.request_refused(detail)] * len(changes)
+        return outcomes
+
+    def settle(
+        self, changes: list[ContactChange], outcomes: list[Outcome | None], report: Report
+    ) -> None:
+        """Record the changes that have an outcome (the others are still being worked on)."""
+        done = [(c, o) for c, o in zip(changes, outcomes, strict=True) if o is not None]
+        if not done:
+            return
+        if self.dest.dry_run:
+            self.record_dry_run([c for c, _ in done], report)
+        else:
+            self.record([c for c, _ in done], [o for _, o in done], report)
+
+    def stop(self, exc: Throttled | BadCredentials, keys: list[str], report: Report) -> None:
+        """Pause the destination and put ``keys`` back without spending an attempt."""
+        if isinstance(exc, Throttled):
+            local = exc.status is None
+            self.pause(exc.retry_after, "rate limit" if local else f"throttled ({exc.status})")
+            self.requeue(keys, exc.retry_after)
+            self.count("rate_waits" if local else "throttled")
+            report.outcomes["throttled"] += len(keys)
+            report.stopped = "rate_limit" if local else "throttled"
+            return
+        self.pause(self.s.auth_pause_s, f"bad credentials ({exc.status})")
+        self.requeue(keys, self.s.auth_pause_s)
+        self.count("auth_failures")
+        body = mask_text(exc.body)[:300]  # e.g. HubSpot's MISSING_SCOPES names the fix
+        log.error(
+            "destination paused dest=%s reason=bad_credentials status=%s body=%s",
+            self.name,
+            exc.status,
+            body,
+        )
+        sentry_sdk.capture_message(
+            f"syncworker: {self.name} rejected its credentials (HTTP {exc.status}); "
+            f"paused. Response: {body}",
+            level="error",
+        )
+        report.outcomes["paused"] += len(keys)
+        report.stopped = "bad_credentials"
+
+    def record_dry_run(self, changes: list[ContactChange], report: Report) -> None:
+        """A dry run consumes the batch and says so in each contact's sync status."""
+        now = time.time()
+        with self.conn.pipeline(transaction=True) as pipe:
+            for change in changes:
+                pipe.zrem(INFLIGHT + self.name, change.key)
+                status = {"status": "dry_run", "at": now, "version": change.state.version}
+                self.rt.ledger.write_sync(pipe, change.email, self.name, status)
+            pipe.hincrby(DSTATS + self.name, "dry_run", len(changes))
+            pipe.execute()
+        report.outcomes["dry_run"] += len(changes)
+
+    def build(self, ids: list[str]) -> tuple[list[ContactChange], list[str]]:
+        """ContactChanges for ids taken from the pending set, with the ledger's state *now*."""
+        ledger = self.rt.ledger
+        self._read = {}
+        if self.dest.mode is Mode.STATE:
+            raws = ledger.raw_records(ids)
+            # kept for recording the outcomes: a record not changed since is written as is
+            self._read = {email: raw for email, raw in zip(ids, raws, strict=True) if raw}
+            changes = [
+                ContactChange(key=state.email, email=state.email, state=state, synced_reasons=last)
+                for state, last in ledger.states_confirmed(self.name, ids, raws)
+            ]
+            return changes, []
+        with self.conn.pipeline(transaction=False) as pipe:
+            for key in ids:
+                pipe.get(EVENT + key)
+            raws = pipe.execute()
+        events: list[tuple[str, HygieneEvent]] = []
+        gone: list[str] = []
+        self._raw_events = {}
+        for key, raw in zip(ids, raws, strict=True):
+            if raw is None:
+                gone.append(key)  # older than the dedupe TTL: nothing left to send
+                continue
+            form = orjson.loads(raw)
+            self._raw_events[key] = form
+            try:
+                events.append((key, codec.load(form)))
+            except codec.InvalidEvent as exc:
+                self.unreadable(key, form, str(exc))
+                gone.append(key)
+        emails = sorted({e.email for _, e in events})
+        by_email = {s.email: s for s in ledger.states(emails)}
+        changes = [
+            ContactChange(key=key, email=e.email, state=by_email[e.email], event=e)
+            for key, e in events
+        ]
+        return changes, gone
+
+    def unreadable(self, key: str, form: Any, why: str) -> None:
+        """A stored event the codec refuses (written by a release with other rules) cannot be
+        sent: it is dead-lettered with the reason, never dropped in silence."""
+        entry = {"id": key, "error": f"stored event unreadable: {why}", "at": time.time()}
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.lpush(DEAD + self.name, orjson.dumps({**entry, "event": form}))
+            pipe.hincrby(DSTATS + self.name, "dead", 1)
+            pipe.execute()
+        log.error("deliver dest=%s event unreadable: %s (dead-lettered)", self.name, why)
+
+    def record(self, changes: list[ContactChange], outcomes: list[Outcome], report: Report) -> None:
+        if not changes:
+            return
+        # a mapping's detail may quote the destination's answer, which often echoes addresses:
+        # masked before it is stored in sync status and dead letters, or logged
+        outcomes = [replace(o, detail=mask_text(o.detail)) if o.detail else o for o in outcomes]
+        now = time.time()
+        attempts_key = ATTEMPTS + self.name
+        retrying = [
+            c
+            for c, o in zip(changes, outcomes, strict=True)
+            if o.status is OutcomeStatus.RETRY and o.counts
+        ]
+        previous: dict[str, dict[str, Any]] = {}
+        if retrying:
+            raws = self.conn.hmget(attempts_key, [c.key for c in retrying])
+            previous = {c.key: orjson.loads(r) for c, r in zip(retrying, raws, strict=True) if r}
+        syncs: list[SyncWrite] = []
+        counted: Counter[str] = Counter()
+        applied: list[str] = []
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.zrem(INFLIGHT + self.name, *(c.key for c in changes))
+            for change, outcome in zip(changes, outcomes, strict=True):
+                status: dict[str, Any] = {"at": now, "version": change.state.version}
+                if change.event is not None:
+                    status["event"] = change.key
+                confirmed = None
+                if outcome.ok:
+                    applied.append(change.key)
+                    status["status"] = outcome.status.value
+                    if self.dest.mode is Mode.STATE:
+                        confirmed = change.state.reasons
+                elif outcome.status is OutcomeStatus.RETRY and not outcome.counts:
+                    delay = outcome.retry_after or self.backoff(1)
+                    pipe.zadd(PENDING + self.name, {change.key: now + delay})
+                    label = "throttled" if outcome.pause else "deferred"
+                    status.update(status=label, detail=outcome.detail, next_at=now + delay)
+                elif outcome.status is OutcomeStatus.RETRY:
+                    prior = previous.get(change.key, {"n": 0, "first": now})
+                    n, first = int(prior["n"]) + 1, float(prior["first"])
+                    if n >= self.s.max_attempts or now - first >= self.s.max_age_s:
+                        self.dead_letter(pipe, change, outcome.detail, n, now)
+                        status.update(status="dead", detail=outcome.detail, attempts=n)
+                        report.outcomes["dead"] += 1
+                    else:
+                        delay = outcome.retry_after or self.backoff(n)
+                        pipe.hset(attempts_key, change.key, orjson.dumps({"n": n, "first": first}))
+                        pipe.zadd(PENDING + self.name, {change.key: now + delay})
+                        status.update(status="retrying", detail=outcome.detail, attempts=n)
+                        status["next_at"] = now + delay
+                else:
+                    self.dead_letter(pipe, change, outcome.detail, 1, now)
+                    status.update(status="dead", detail=outcome.detail)
+                    report.outcomes["dead"] += 1
+                syncs.append(SyncWrite(change.email, self.name, status, confirmed))
+                counted[outcome.status.value] += 1
+            if applied:
+                pipe.hdel(attempts_key, *applied)
+            self.rt.ledger.write_syncs(pipe, syncs, self._read)
+            for label, n in counted.items():
+                pipe.hincrby(DSTATS + self.name, label, n)
+            pipe.hincrby(DSTATS + self.name, "batches", 1)
+            pipe.execute()
+        report.outcomes.update(counted)
+        for change, outcome in zip(changes, outcomes, strict=True):
+            if not outcome.ok:
+                log.warning(
+                    "sync dest=%s addr=%s outcome=%s detail=%s",
+                    self.name,
+                    mask(change.email),
+                    outcome.status.value,
+                    mask_text(outcome.detail)[:200],
+                )
+
+    def backoff(self, attempt: int) -> float:
+        """Exponential backoff with equal jitter, capped."""
+        delay = min(self.s.backoff_cap_s, self.s.backoff_base_s * 2.0 ** (attempt - 1))
+        return float(delay / 2 + random.uniform(0, delay / 2))
+
+    def dead_letter(self, pipe: Any, change: ContactChange, error: str, n: int, now: float) -> None:
+        entry: dict[str, Any] = {
+            "id": change.key,
+            "email": change.email,
+            "error": error[:500],
+            "attempts": n,
+            "at": now,
+        }
+        if change.key in self._raw_events:
+            entry["event"] = self._raw_events[change.key]
+        pipe.lpush(DEAD + self.name, orjson.dumps(entry))
+        pipe.hdel(ATTEMPTS + self.name, change.key)
+        pipe.hincrby(DSTATS + self.name, "dead", 1)
+
+    def requeue(self, ids: list[str], delay: float) -> None:
+        """Put a batch back without spending an attempt (throttling and pauses are not failure)."""
+        if not ids:
+            return
+        due = time.time() + delay
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.zrem(INFLIGHT + self.name, *ids)
+            pipe.zadd(PENDING + self.name, dict.fromkeys(ids, due))
+            pipe.execute()
+
+    def pause(self, seconds: float, reason: str) -> None:
+        ms = max(1, int(seconds * 1000))
+        self.conn.set(
+            PAUSE + self.name,
+            orjson.dumps({"reason": reason, "until": time.time() + seconds}),
+            px=ms,
+        )
+        log.warning("destination paused dest=%s for_s=%.1f reason=%s", self.name, seconds, reason)
+
+    def count(self, field_name: str) -> None:
+        self.conn.hincrby(DSTATS + self.name, field_name, 1)
+
+
+def _unanswered(outcome: Outcome) -> bool:
+    return outcome.status is OutcomeStatus.RETRY and outcome.counts
+
+
+def replay_dead(runtime: Runtime, destination: str) -> int:
+    """Move every dead letter of ``destination`` back to pending; return how many."""
+    conn, name = runtime.conn, destination
+    with conn.pipeline(transaction=True) as pipe:
+        pipe.lrange(DEAD + name, 0, -1)
+        pipe.delete(DEAD + name)
+        entries, _ = pipe.execute()
+    if not entries:
+        return 0
+    now = time.time()
+    with conn.pipeline(transaction=True) as pipe:
+        for raw in entries:
+            entry = orjson.loads(raw)
+            if "event" in entry:
+                pipe.set(
+                    EVENT + entry["id"],
+                    orjson.dumps(entry["event"]),
+                    ex=runtime.settings.dedupe_ttl_s,
+                )
+            pipe.zadd(PENDING + name, {entry["id"]: now})
+            pipe.hdel(ATTEMPTS + name, entry["id"])
+        pipe.execute()
+    ensure_flush(runtime, name)
+    return len(entries)
+
+
+def forget(runtime: Runtime, email: str) -> bool:
+    """Erase an address from the ledger and from all delivery state: pending and in-flight
+    entries, attempts, confirmations, dead letters, queued stream events, quarantined payloads.
+    A suppressed address keeps only a hashed suppression (see ``Ledger.forget``)."""
+    conn, email = runtime.conn, normalize_email(email)
+    for name, dest in runtime.destinations.items():
+        ids = [email]
+        if dest.mode is Mode.EVENTS:
+            queued = [
+                k.decode() if isinstance(k, bytes) else str(k)
+                for zset in (PENDING + name, INFLIGHT + name)
+                for k in conn.zrange(zset, 0, -1)
+            ]
+            with conn.pipeline(transaction=False) as pipe:
+                for key in queued:
+                    pipe.get(EVENT + key)
+                raws = pipe.execute()
+            ids = [k for k, raw in zip(queued, raws, strict=True) if raw and mentions(raw, email)]
+        with conn.pipeline(transaction=True) as pipe:
+            if ids:
+                pipe.zrem(PENDING + name, *ids)
+                pipe.zrem(INFLIGHT + name, *ids)
+                pipe.hdel(ATTEMPTS + name, *ids)
+                if dest.mode is Mode.EVENTS:
+                    pipe.delete(*(EVENT + k for k in ids))
+            pipe.hdel(CONFIRMED + name, email)
+            pipe.execute()
+        _drop_from_list(conn, DEAD + name, email)
+    _drop_from_list(conn, QUARANTINE, email)
+    return runtime.ledger.forget(email)
+
+
+def mentions(raw: bytes | str, email: str) -> bool:
+    """Whether a stored JSON entry names exactly ``email`` (normalized) in any string or key.
+
+    Exact: ``joann@example.com`` and ``ann@example.com.au`` do not name ``ann@example.com``. JSON
+    is read first so escaped text (``\\u00e9``, an escaped body) is compared as it reads.
+    """
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    if email not in text.lower() and "\\" not in text:
+        return False  # the common case, without parsing
+    pattern = _exact(email)
+    try:
+        doc = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return bool(pattern.search(text.lower()))
+    return any(pattern.search(value.lower()) for value in _strings(doc))
+
+
+def _exact(email: str) -> re.Pattern[str]:
+    # not preceded by a character of a local part, not followed by one of a domain
+    return re.compile(rf"(?<![\w.!#$%&'*+/=?^`{{|}}~-]){re.escape(email)}(?![\w-]|\.[\w-])")
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in a JSON document, keys included, depth-first without recursion."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _drop_from_list(conn: redis.Redis, key: str, email: str) -> int:
+    """Remove every entry of a JSON list that names the address exactly; entries pushed
+    meanwhile are kept (each is removed by its value)."""
+    matched = {raw for raw in conn.lrange(key, 0, -1) if mentions(raw, email)}
+    if matched:
+        remove = conn.register_script(QUARANTINE_REMOVE_LUA)  # keeps the quarantine's byte total
+        with conn.pipeline(transaction=True) as pipe:
+            for raw in matched:
+                if key == QUARANTINE:
+                    remove(keys=[key, QUARANTINE_BYTES], args=[raw, 0], client=pipe)
+                else:
+                    pipe.lrem(key, 0, raw)  # type: ignore[arg-type]  # bytes work
+            pipe.execute()
+    return len(matched)

@@ -1,0 +1,568 @@
+"""Redis connections, the two RQ queues, and the one-round-trip write of an accepted request to
+the ingest inbox.
+
+Jobs carry JSON only (RQ's JSON serializer) and descriptions without addresses, because RQ logs
+job descriptions at INFO.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import hiredis
+import orjson
+import redis
+import redis.connection
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from rq import Queue
+from rq import Retry as JobRetry
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+from rq.utils import now
+
+from syncworker import codec
+
+if TYPE_CHECKING:
+    from syncworker.config import Settings
+    from syncworker.events import HygieneEvent
+    from syncworker.intake.contract import Quarantined
+
+INGEST = "syncworker-ingest"
+DELIVER = "syncworker-deliver"
+QUEUES = (INGEST, DELIVER)
+STATS = "sw:stats"
+QUARANTINE = "sw:quarantine"  # verified requests whose events failed validation
+QUARANTINE_BYTES = "sw:quarantine:bytes"  # the byte total of its records (store_quarantine)
+
+INBOX = "sw:inbox"  # stream of accepted requests' payloads (see syncworker/inbox.py)
+INBOX_GROUP = "ingest"  # the consumer group ingest jobs read it through
+INBOX_QUEUED = "sw:inbox:queued"  # the id of the ingest job queued and not yet started
+INBOX_QUEUED_TTL_S = 3600  # a backstop only: the supervisor frees the flag of a job that is gone
+
+# Writes a batch of accepted requests atomically in one command: the intake counters bumped, each
+# request's payload appended to the inbox stream, and, unless an ingest job is queued and not yet
+# started, one ingest job queued (its hash as ``Job.to_dict()`` gives it, its id pushed on the
+# queue). Every ingest job is alike but for its id and times: the fixed fields are written into
+# the script itself (FIXED_FIELDS, from RQ's own ``Job.to_dict()``).
+#   ARGV[1] queue key  [2] RQ's set of queues  [3] stats hash  [4] job key prefix  [5] inbox
+#   [6] its group  [7] the queued flag  [8] its TTL  [9] a new job id  [10] now, as RQ writes it
+#   [11] how many counters, then name, amount pairs, then ref, note, payload triples
+ENQUEUE_LUA = """
+local queue, queues, stats, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local inbox, group, flag = ARGV[5], ARGV[6], ARGV[7]
+local i = 12
+for _ = 1, tonumber(ARGV[11]) do
+  redis.call('HINCRBY', stats, ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+if i > #ARGV then return 0 end
+if redis.call('EXISTS', inbox) == 0 then
+  redis.call('XGROUP', 'CREATE', inbox, group, '0', 'MKSTREAM')
+end
+local pushed = 0
+while i <= #ARGV do
+  redis.call('XADD', inbox, '*', 'r', ARGV[i], 'd', ARGV[i + 1], 'p', ARGV[i + 2])
+  pushed = pushed + 1
+  i = i + 3
+end
+if redis.call('EXISTS', flag) == 0 then
+  local fixed = {FIXED_FIELDS}
+  local id, stamp = ARGV[9], ARGV[10]
+  redis.call('SET', flag, id, 'EX', ARGV[8])
+  redis.call('HSET', prefix .. id, 'created_at', stamp, 'enqueued_at', stamp, unpack(fixed))
+  redis.call('RPUSH', queue, id)
+  redis.call('SADD', queues, queue)
+end
+return pushed
+"""
+INGEST_FUNC = "syncworker.jobs.ingest"  # one request's payload (jobs queued by older releases)
+DRAIN_FUNC = "syncworker.jobs.drain_inbox"  # what ingest jobs run now: the inbox, in batches
+DRAIN_DESCRIPTION = "ingest inbox"
+INGEST_TIMEOUT = 600  # seconds an ingest job may run (it stops reading after its budget)
+JOB_OPTIONS: dict[str, Any] = {
+    "timeout": INGEST_TIMEOUT,
+    "result_ttl": 0,  # nobody reads the result; a kept one costs ~6.5 KB
+    "failure_ttl": 30 * 86400,  # a failed ingest stays inspectable and requeueable
+    "retry": JobRetry(max=3, interval=[5, 30, 120]),  # also how an abandoned job comes back
+}
+VARYING = frozenset({"created_at", "enqueued_at"})
+COMPRESS_FROM = 4096  # bytes of payload: below this, compressing costs more than it saves
+
+
+def encode_payload(payload: dict[str, Any]) -> bytes:
+    """A request's payload as an inbox entry holds it: JSON, zlib'd (level 1) when large."""
+    encoded = to_json(payload)
+    return encoded if len(encoded) < COMPRESS_FROM else zlib.compress(encoded, 1)
+
+
+def ensure_drain(conn: redis.Redis) -> bool:
+    """Queue an ingest job unless one is queued and not yet started; True if this queued one."""
+    job_id = uuid.uuid4().hex
+    with conn.pipeline(transaction=True) as pipe:
+        try:
+            pipe.watch(INBOX_QUEUED)  # type: ignore[no-untyped-call]  # redis-py's, untyped
+            if pipe.exists(INBOX_QUEUED):
+                return False
+            pipe.multi()
+            pipe.set(INBOX_QUEUED, job_id, ex=INBOX_QUEUED_TTL_S)
+            queue(conn, INGEST).enqueue_call(
+                DRAIN_FUNC,
+                job_id=job_id,
+                description=DRAIN_DESCRIPTION,
+                pipeline=pipe,
+                **JOB_OPTIONS,
+            )
+            pipe.execute()
+        except redis.WatchError:
+            return False
+    return True
+
+
+def connect(url: str, timeout: float = 1.0) -> redis.Redis:
+    """A client that fails fast: no retry loop, so intake can answer 503 within ~``timeout``."""
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=timeout,
+        socket_timeout=max(timeout, 0.1),
+        retry=Retry(NoBackoff(), 0),
+        retry_on_timeout=False,
+        health_check_interval=30,
+    )
+
+
+def connect_worker(url: str) -> redis.Redis:
+    """A client for workers: RQ blocks on BLMOVE, so no short read timeout here."""
+    return redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+
+
+def queue(conn: redis.Redis, name: str) -> Queue:
+    return Queue(name, connection=conn, serializer=JSONSerializer)
+
+
+class _Slot:
+    """One request's job (id and fields that vary) and counters, waiting to be written.
+
+    ``woken`` is a lock held from the start, and released once to wake the request's thread:
+    the cheapest one-shot signal between threads (an Event adds a Condition and its own lock).
+    """
+
+    __slots__ = ("job", "counters", "woken", "lead", "error")
+
+    def __init__(self, job: tuple[str, list[Any]] | None, counters: Mapping[str, int]) -> None:
+        self.job = job
+        self.counters = counters
+        self.woken: threading.Lock | None = None  # made by a request that has to wait
+        self.lead = False  # woken to write the next batch, not because its own was written
+        self.error: BaseException | None = None
+
+    def wake(self) -> None:
+        if self.woken is not None:
+            self.woken.release()
+
+
+class Enqueuer:
+    """Writes each accepted request's payload to the ingest inbox, and its counters, before the
+    200.
+
+    A request's payload becomes one entry of the inbox stream (syncworker/inbox.py), and an ingest
+    job is queued with it unless one is already waiting to start: so a burst of single-event
+    requests costs one job, which applies their events in batches. ``Queue.enqueue`` would send
+    about eight commands; this writes RQ's job hash (as ``Job.to_dict()`` gives it) and pushes
+    the id in the same atomic script call as the entry. Concurrent requests of one process
+    (threaded gunicorn workers) share that round trip: the first to arrive writes every waiting
+    request's entry in one call (group commit); each request returns once the call holding its
+    entry has succeeded, and raises its error otherwise.
+
+    Only one thread writes at a time, so the writes go over one connection of their own, packed
+    once and sent without redis-py's per-command pool and retry layers.
+    """
+
+    def __init__(self, conn: redis.Redis, max_batch: int = 256) -> None:
+        self.conn = conn
+        self.queue = queue(conn, INGEST)
+        self.max_batch = max_batch
+        self._lock = threading.Lock()
+        self._waiting: list[_Slot] = []
+        self._writing = False
+        self.transactions = 0  # round trips made, for tests and benchmarks
+        # Every ingest job is alike but for its id and times: take the other fields from RQ's
+        # own Job.to_dict() once, so the hash is RQ's, not a copy of it
+        probe = self.queue.create_job(
+            DRAIN_FUNC, description=DRAIN_DESCRIPTION, status=JobStatus.QUEUED, **JOB_OPTIONS
+        )
+        probe.enqueued_at = now()
+        fixed = [x for item in probe.to_dict().items() if item[0] not in VARYING for x in item]
+        self.script = ENQUEUE_LUA.replace("FIXED_FIELDS", ", ".join(map(_lua_string, fixed)))
+        self._sha = hashlib.sha1(self.script.encode()).hexdigest()
+        self._head = [
+            "EVALSHA", self._sha, "0",
+            self.queue.key, self.queue.redis_queues_keys, STATS, Job.key_for(""),
+            INBOX, INBOX_GROUP, INBOX_QUEUED, INBOX_QUEUED_TTL_S,
+        ]  # fmt: skip
+        self._connection: redis.connection.AbstractConnection | None = None
+        self._pid = os.getpid()
+        self._second = (-1, "")  # a second, and its text: one attribute, so threads see a pair
+
+    def entry(self, payload: dict[str, Any], description: str) -> tuple[str, list[Any]]:
+        """A new inbox entry: its reference, and its note and encoded payload."""
+        return uuid.uuid4().hex, [description, encode_payload(payload)]
+
+    def _stamp(self) -> str:
+        """Now, as RQ's ``utcformat`` writes it (``%Y-%m-%dT%H:%M:%S.%fZ``)."""
+        moment = time.time()
+        second, text = self._second
+        if second != int(moment):
+            second = int(moment)
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, text)
+        return f"{text}.{int((moment - second) * 1e6):06d}Z"
+
+    def ingest_events(
+        self,
+        source: str,
+        esp: str,
+        events: Sequence[HygieneEvent],
+        quarantined: Sequence[Quarantined],
+        counters: Mapping[str, int],
+        note: str = "",
+    ) -> str | None:
+        """Queue one request's (or one replay batch's) events and invalid items in the shape
+        ``jobs.ingest`` reads; with neither, only the counters are written."""
+        payload: dict[str, Any] | None = None
+        if events or quarantined:
+            payload = {
+                "source": source,
+                "esp": esp,
+                "received_at": time.time(),
+                "events": [codec.dump(event) for event in events],
+                "quarantined": [{"reason": q.reason, "raw": q.raw} for q in quarantined],
+            }
+        description = f"ingest source={source} events={len(events)} quarantined={len(quarantined)}"
+        return self.ingest(payload, f"{description} {note}" if note else description, counters)
+
+    def ingest(
+        self,
+        payload: dict[str, Any] | None,
+        description: str,
+        counters: Mapping[str, int],
+    ) -> str | None:
+        entry = self.entry(payload, description) if payload is not None else None
+        self._commit(_Slot(entry, counters))
+        return entry[0] if entry is not None else None
+
+    def _commit(self, slot: _Slot) -> None:
+        with self._lock:
+            self._waiting.append(slot)
+            follow = self._writing
+            self._writing = True
+            if follow:
+                slot.woken = threading.Lock()
+                slot.woken.acquire()
+        if follow:
+            # woken once: its batch was written, or it is to write the next
+            slot.woken.acquire()  # type: ignore[union-attr]
+            if not slot.lead:
+                if slot.error is not None:
+                    # a follower raises its own instance: tracebacks are not shared by threads
+                    raise _copy(slot.error) from slot.error
+                return
+        with self._lock:
+            batch = self._waiting[: self.max_batch]
+            del self._waiting[: self.max_batch]
+        stranded: list[_Slot] = []
+        try:
+            self._write(batch)
+        except BaseException as exc:
+            for other in batch:
+                other.error = exc
+            if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+                # Redis is out of reach: the requests that queued up meanwhile have waited for
+                # this write already, and another would wait a whole timeout more: they fail now
+                with self._lock:
+                    stranded, self._waiting = self._waiting, []
+                for other in stranded:
+                    other.error = exc
+        with self._lock:
+            successor = self._waiting[0] if self._waiting else None
+            self._writing = successor is not None
+        for other in stranded:
+            other.wake()
+        for other in batch:
+            if other is not slot:
+                other.wake()
+        if successor is not None:
+            successor.lead = True
+            successor.wake()
+        if slot.error is not None:
+            raise slot.error
+
+    def _write(self, batch: list[_Slot]) -> None:
+        totals: dict[str, int] = {}
+        args: list[Any] = []
+        for slot in batch:
+            for name, amount in slot.counters.items():
+                totals[name] = totals.get(name, 0) + amount
+            if slot.job is not None:
+                args.append(slot.job[0])
+                args += slot.job[1]
+        counters = [x for item in totals.items() for x in item]
+        job = [uuid.uuid4().hex, self._stamp()]  # queued only if no ingest job is waiting
+        command = [*self._head, *job, len(totals), *counters, *args]
+        self._call(command)
+        self.transactions += 1
+
+    def _call(self, command: list[Any]) -> Any:
+        """Send one EVALSHA on the writer's connection; load the script if Redis lacks it.
+
+        A connection that fails is dropped, and a request fails fast (503: its ESP retries)
+        rather than wait on a retry loop; one that had gone stale while idle (a Redis restart,
+        an idle timeout) is replaced once at once. Writing a job twice is harmless: the ledger
+        dedupes events by key.
+        """
+        connection = self._connection
+        if connection is None or self._pid != os.getpid():  # a forked child makes its own
+            pool = self.conn.connection_pool
+            connection = pool.connection_class(**pool.connection_kwargs)
+            self._connection, self._pid = connection, os.getpid()
+            fresh = True
+        else:
+            fresh = False
+        packed = hiredis.pack_command(tuple(command))
+        for attempt in range(3):
+            try:
+                connection.send_packed_command([packed])
+                return connection.read_response()
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                connection.send_command("SCRIPT", "LOAD", self.script)
+                connection.read_response()
+            except redis.ConnectionError:
+                connection.disconnect()
+                if fresh or attempt == 2:
+                    raise
+                fresh = True  # the next attempt connects anew
+            except BaseException:
+                connection.disconnect()
+                raise
+        raise AssertionError("unreachable")
+
+
+def _copy(exc: BaseException) -> BaseException:
+    try:
+        return type(exc)(*exc.args)
+    except Exception:  # an exception type with an unusual constructor
+        return redis.ConnectionError(f"queue write failed: {type(exc).__name__}")
+
+
+@dataclass(frozen=True)
+class QuarantineLimits:
+    """How much the quarantine keeps: records, bytes per record, bytes in all (oldest dropped)."""
+
+    records: int = 10000
+    record_bytes: int = 64 * 1024
+    total_bytes: int = 64 * 1024 * 1024
+
+    @classmethod
+    def of(cls, settings: Settings) -> QuarantineLimits:
+        return cls(
+            settings.quarantine_limit,
+            settings.quarantine_record_bytes,
+            settings.quarantine_max_bytes,
+        )
+
+
+# Push records at the head, then drop records from the tail (the oldest) while the list holds
+# more than ARGV[1] records or more than ARGV[2] bytes. KEYS[2] keeps the list's byte total so
+# that no push reads the list; it is computed once from the list if missing (a list written by
+# an older release), and reset when the list is empty. Whatever removes a record elsewhere
+# should lower it (the replay does); where it does not, the total errs high and the list is
+# trimmed further than it needs to be, never less.
+#   KEYS[1] the quarantine list   KEYS[2] its byte total   KEYS[3] the stats hash
+#   ARGV[1] most records   ARGV[2] most bytes   ARGV[3..] the records, oldest first
+QUARANTINE_PUSH_LUA = """
+local limit, most = tonumber(ARGV[1]), tonumber(ARGV[2])
+local total = tonumber(redis.call('GET', KEYS[2]))
+if total == nil then
+  total = 0
+  for _, value in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do total = total + #value end
+end
+for i = 3, #ARGV do
+  redis.call('LPUSH', KEYS[1], ARGV[i])
+  total = total + #ARGV[i]
+end
+local dropped = 0
+local n = redis.call('LLEN', KEYS[1])
+while n > 0 and (n > limit or total > most) do
+  total = total - #redis.call('RPOP', KEYS[1])
+  n = n - 1
+  dropped = dropped + 1
+end
+if n == 0 or total < 0 then total = 0 end
+redis.call('SET', KEYS[2], total)
+redis.call('HINCRBY', KEYS[3], 'quarantined', #ARGV - 2)
+if dropped > 0 then redis.call('HINCRBY', KEYS[3], 'quarantine_dropped', dropped) end
+return dropped
+"""
+# Remove a record by its value and lower the byte total by what left.
+#   KEYS[1] the quarantine list   KEYS[2] its byte total
+#   ARGV[1] the record   ARGV[2] LREM's count (-1: one, from the tail; 0: every copy)
+QUARANTINE_REMOVE_LUA = """
+local removed = redis.call('LREM', KEYS[1], ARGV[2], ARGV[1])
+if removed > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('DECRBY', KEYS[2], #ARGV[1] * removed)
+end
+return removed
+"""
+REASON_CHARS = 2000  # most of a truncated record's reason (marshmallow lists every bad field)
+
+
+def store_quarantine(
+    conn: redis.Redis,
+    source: str,
+    items: list[dict[str, Any]],
+    limits: QuarantineLimits | int,
+) -> None:
+    """Keep what a verified request carried but could not be used, newest first, bounded in
+    records and bytes (an int: the most records, with the default byte bounds).
+
+    An item's ``body`` (bytes or text) or ``raw`` that would make its record larger than
+    ``record_bytes`` is not kept whole: the record holds a ``prefix`` of it and ``truncated``,
+    its key, original length and SHA-256, so that an operator can match it to the ESP's logs.
+    """
+    if isinstance(limits, int):
+        limits = QuarantineLimits(records=limits)
+    now = time.time()
+    records = [_fit({"source": source, "at": now, **item}, limits.record_bytes) for item in items]
+    conn.eval(
+        QUARANTINE_PUSH_LUA,
+        3,
+        QUARANTINE,
+        QUARANTINE_BYTES,
+        STATS,
+        max(0, limits.records),
+        max(0, limits.total_bytes),
+        *records,
+    )
+
+
+def _fit(record: dict[str, Any], cap: int) -> bytes:
+    """The record encoded, its body or raw cut to a prefix if it would exceed ``cap`` bytes."""
+    body = record.get("body")
+    if isinstance(body, bytes):
+        record["body"] = body.decode("utf-8", "replace")
+    encoded = to_json(record)
+    if len(encoded) <= cap:
+        return encoded
+    key = "body" if "body" in record else "raw" if "raw" in record else None
+    whole = record.pop(key) if key is not None else None
+    original = body if isinstance(body, bytes) and key == "body" else _original(whole)
+    reason = record.get("reason")
+    most = min(REASON_CHARS, cap // 4)  # leave room for the prefix
+    if isinstance(reason, str) and len(reason) > most:
+        record["reason"] = reason[:most] + "…"
+    record["truncated"] = {
+        "key": key,
+        "length": len(original),
+        "sha256": hashlib.sha256(original).hexdigest(),
+    }
+    record["prefix"] = ""
+    room = cap - len(to_json(record))
+    while room > 0:  # JSON escapes may make the prefix longer than its bytes: shrink until it fits
+        record["prefix"] = original[:room].decode("utf-8", "ignore")
+        encoded = to_json(record)
+        if len(encoded) <= cap:
+            return encoded
+        room -= len(encoded) - cap
+    record["prefix"] = ""
+    return to_json(record)
+
+
+def _original(value: Any) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace")
+    return to_json(value)
+
+
+def to_json(value: Any) -> bytes:
+    """The JSON of a job's data or a quarantine record. It cannot fail on a value made of JSON
+    types, whatever a parser read into it, since a request the intake answered 200 (or kept)
+    must be written; a value of another type (a set, an object) is a bug and raises TypeError.
+
+    orjson first (15x the stdlib). It refuses integers beyond 64 bits, nesting deeper than 254,
+    keys that are not strings and lone surrogates: the stdlib writes those exactly, unless the
+    nesting also exhausts its recursion. Last, a copy that orjson can write (:func:`_writable`).
+    """
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # orjson.JSONEncodeError
+        pass
+    try:
+        return json.dumps(value, allow_nan=False).encode()
+    except (TypeError, ValueError, RecursionError):
+        pass
+    return orjson.dumps(_writable(value, MAX_WRITTEN_DEPTH), option=orjson.OPT_NON_STR_KEYS)
+
+
+MAX_WRITTEN_DEPTH = 128  # levels :func:`_writable` keeps (orjson writes 254; intake takes 64)
+_INT64 = range(-(2**63), 2**64)
+
+
+def _writable(value: Any, depth: int) -> Any:
+    """``value`` as orjson can write it: containers nested past ``depth`` replaced by a note,
+    integers beyond 64 bits by their digits, lone surrogates by "?", non-finite floats by
+    null (as orjson writes them). TypeError for a value of a type JSON does not have."""
+    if value is None or isinstance(value, bool | float):
+        return value
+    if isinstance(value, int):
+        return value if value in _INT64 else _digits(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict | list | tuple):
+        if depth <= 0:
+            return f"[{type(value).__name__} nested deeper than {MAX_WRITTEN_DEPTH} levels]"
+        if isinstance(value, dict):
+            return {_writable_key(k): _writable(v, depth - 1) for k, v in value.items()}
+        return [_writable(v, depth - 1) for v in value]
+    raise TypeError(f"{type(value).__name__} is not a JSON type")
+
+
+def _writable_key(key: Any) -> str:
+    if isinstance(key, str):
+        return str(_writable(key, 0))
+    if isinstance(key, int | float | bool) or key is None:  # as json.dumps writes such keys
+        return json.dumps(_writable(key, 0))
+    raise TypeError(f"a key of type {type(key).__name__} is not JSON")
+
+
+def _digits(value: int) -> str:
+    try:
+        return str(value)
+    except ValueError:  # more digits than sys.get_int_max_str_digits()
+        return f"[an integer of {value.bit_length()} bits]"
+
+
+def _lua_string(value: Any) -> str:
+    """A Lua string literal of ``value`` as redis-py would encode it (str, enum by value, int)."""
+    if isinstance(value, bytes):
+        raw = value
+    elif isinstance(value, str):
+        raw = value.encode()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        raw = repr(value).encode()
+    else:
+        raise TypeError(f"cannot put {type(value).__name__} in the enqueue script")
+    safe = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _-.:,[]"
+    return "'" + "".join(chr(b) if b in safe else f"\\{b:03d}" for b in raw) + "'"
