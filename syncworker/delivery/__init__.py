@@ -1,1 +1,3 @@
-"""From the ledger to each destination: the delivery loop, its scheduling, the shared rate limiter, the circuit breaker and dead letters."""
+"""From the ledger to each destination: the delivery loop, its scheduling, the shared rate limiter,
+the circuit breaker and dead letters.
+"""

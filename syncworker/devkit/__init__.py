@@ -1,1 +1,3 @@
-"""Not production: the demo, an embedded Redis, process supervision for local runs, and loopback emulators of every destination."""
+"""Not production: the demo, an embedded Redis, process supervision for local runs, and loopback
+emulators of every destination.
+"""

@@ -1,1 +1,3 @@
-"""Everything syncworker keeps in Redis: the keys, the Lua scripts, connections, the quarantine store and the stats readers."""
+"""Everything syncworker keeps in Redis: the keys, the Lua scripts, connections, the quarantine
+store and the stats readers.
+"""

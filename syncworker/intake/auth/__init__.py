@@ -1,1 +1,3 @@
-"""How a request proves it comes from its ESP: HTTP basic auth, Amazon SNS signatures, Standard Webhooks (Svix) signatures and their nonces."""
+"""How a request proves it comes from its ESP: HTTP basic auth, Amazon SNS signatures, Standard
+Webhooks (Svix) signatures and their nonces.
+"""
