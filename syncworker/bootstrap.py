@@ -1,13 +1,17 @@
-"""What a worker process holds: settings, a Redis connection, the enabled destinations, the ledger.
+"""Where a process is put together: the settings resolved into enabled sources and destinations,
+``check()`` (every plugin built once, offline), the worker's :class:`Runtime` and the web
+process's :class:`AppState`.
 
-Built once per process (``configure``) by ``syncworker worker`` or a test; jobs read it with
-``current()``. A forked work-horse inherits it.
+``syncworker worker`` or a test builds the Runtime once per process (``configure``); jobs read it
+with ``current()``, and a forked work-horse inherits it. ``create_app`` keeps an AppState in the
+Flask app; requests read it, typed, with :func:`app_state`.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import redis
 import requests
@@ -17,7 +21,15 @@ from syncworker.delivery.ratelimit import RateLimiter
 from syncworker.destinations import Destination, HttpClient, Mode, Rate, destination_class
 from syncworker.errors import ConfigError
 from syncworker.ledger import Ledger, Route
-from syncworker.queue.enqueue import connect_worker
+from syncworker.queue.enqueue import (
+    Enqueuer,
+    QuarantineLimits,
+    connect_worker,
+    store_quarantine,
+)
+
+if TYPE_CHECKING:
+    from syncworker.intake.contract import EspParser
 
 
 @dataclass
@@ -168,3 +180,41 @@ def current() -> Runtime:
     if _current is None:
         _current = Runtime.build(Settings.from_env(os.environ))
     return _current
+
+
+#: the key of the web process's :class:`AppState` in ``app.extensions``
+APP_STATE = "syncworker"
+
+
+@dataclass
+class AppState:
+    """What a web process holds, beside its Flask app: read it with :func:`app_state`."""
+
+    settings: Settings
+    runtime: Runtime
+    enqueuer: Enqueuer
+    parsers: dict[str, EspParser] = field(default_factory=dict)
+
+    def quarantine_body(self, source: str, esp: str, reason: str, body: bytes) -> None:
+        """Keep a verified body that could not be parsed, for ``syncworker quarantine replay``,
+        with the headers its parser reads (never a signature: ``EspParser.kept_headers``)."""
+        from flask import has_request_context, request
+
+        # the bytes as received: past the record size, their SHA-256 is what is kept of them
+        item: dict[str, object] = {"esp": esp, "reason": reason, "body": body}
+        parser = self.parsers.get(source)
+        if parser is not None and has_request_context():  # the route calls it in its request
+            if headers := parser.kept_headers(request.headers):
+                item["headers"] = headers
+        limits = QuarantineLimits.of(self.settings)
+        store_quarantine(self.runtime.conn, source, [item], limits)
+
+
+def app_state() -> AppState:
+    """The serving app's state, typed (``current_app.extensions`` is a dict of anything)."""
+    from flask import current_app
+
+    state = current_app.extensions[APP_STATE]
+    if not isinstance(state, AppState):
+        raise TypeError(f"app.extensions[{APP_STATE!r}] is not an AppState")
+    return state

@@ -2,12 +2,13 @@
 
 SyncWorkerError
 ├── ConfigError           at startup; lists every bad or missing setting at once
-├── NotConfigured         a listed destination lacks a setting; startup stops and names it
-├── IntakeError           web.py turns it into JSON {"error", "detail"} with .status
-│   ├── UnknownEsp        404
+│   └── NotConfigured     an enabled source or destination lacks a setting; startup names it
+├── IntakeError           web/app.py answers it as JSON {"error", "detail"} with .status
+│   ├── UnknownSource     404: no source of that name is configured
 │   ├── SignatureInvalid  401
 │   ├── PayloadTooLarge   413
-│   └── PayloadInvalid    400; detail = what is wrong (marshmallow messages where they apply)
+│   ├── PayloadInvalid    400; detail = what is wrong (marshmallow messages where they apply)
+│   └── Unavailable       503 + Retry-After: a host a verified request needs did not answer
 └── DestinationError      carries destination, HTTP status, first 500 chars of the body
     ├── Throttled         429 / quota: pause until retry_after; no retry is spent
     ├── BadCredentials    401/403: pause and alert; contacts stay pending
@@ -47,7 +48,7 @@ class IntakeError(SyncWorkerError):
         super().__init__(f"{self.error}: {detail}")
 
 
-class UnknownEsp(IntakeError):
+class UnknownSource(IntakeError):
     status = 404
     error = "unknown_source"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hmac
 import math
 import time
@@ -202,45 +201,6 @@ def equal(a: str | bytes, b: str | bytes) -> bool:
     a_b = a.encode() if isinstance(a, str) else a
     b_b = b.encode() if isinstance(b, str) else b
     return hmac.compare_digest(a_b, b_b)
-
-
-def check_basic_auth(request: InboundRequest, credentials: Iterable[tuple[str, str]]) -> None:
-    """Accept the request if its Basic credentials match any configured pair."""
-    user, password = basic_credentials(request)
-    ok = False
-    for want_user, want_password in credentials:
-        # no early exit: every configured pair is compared
-        ok |= equal(user, want_user) & equal(password, want_password)
-    if not ok:
-        raise SignatureInvalid("basic auth credentials do not match")
-
-
-def basic_credentials(request: InboundRequest) -> tuple[str, str]:
-    """The user and password of the request's Basic Authorization header; SignatureInvalid if
-    there is none or it is malformed."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "basic" or not value:
-        raise SignatureInvalid("basic auth credentials missing")
-    try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII input
-        raise SignatureInvalid("basic auth header malformed") from None
-    user, sep, password = decoded.partition(":")
-    if not sep:
-        raise SignatureInvalid("basic auth header malformed")
-    return user, password
-
-
-class BasicAuthParser(EspParser):
-    """Base of ESP modules whose requests carry HTTP Basic credentials set in the webhook URL."""
-
-    settings = ("USERNAME", "PASSWORD")
-
-    def verify(self, request: InboundRequest) -> None:
-        # USERNAME and PASSWORD rotate together: a pair is accepted only from one generation
-        pairs = [(user, password) for user, password in self.generations("USERNAME", "PASSWORD")]
-        check_basic_auth(request, pairs)
 
 
 def load_json(body: bytes | str, what: str = "body") -> Any:

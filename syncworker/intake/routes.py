@@ -6,14 +6,15 @@ import logging
 
 import orjson
 import sentry_sdk
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
+from syncworker.bootstrap import app_state
 from syncworker.errors import (
     IntakeError,
     PayloadInvalid,
     PayloadTooLarge,
     SignatureInvalid,
-    UnknownEsp,
+    UnknownSource,
 )
 from syncworker.intake.auth import nonces
 from syncworker.intake.contract import OTHER_CODE, InboundRequest, ParseResult, admit
@@ -36,10 +37,10 @@ def probe(source: str) -> tuple[str, int]:
 
 @bp.post("/<source>")
 def receive(source: str) -> tuple[Response, int]:
-    state = current_app.extensions["syncworker"]
+    state = app_state()
     parser = state.parsers.get(source)
     if parser is None:
-        raise UnknownEsp(f"no source named {source!r} is configured")
+        raise UnknownSource(f"no source named {source!r} is configured")
     limit = state.settings.max_body_bytes
     length = request.content_length
     if length is not None and length > limit:

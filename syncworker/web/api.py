@@ -5,10 +5,11 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from werkzeug.exceptions import BadRequest, NotFound, Unauthorized
 
+from syncworker.bootstrap import app_state
 from syncworker.delivery import loop as delivery
 from syncworker.events import address_problem, normalize_email
 from syncworker.observability import RedisStatsCollector
@@ -21,7 +22,7 @@ bp = Blueprint("api", __name__)
 def require_token() -> None:
     if not request.path.startswith("/v1/"):
         return
-    settings = current_app.extensions["syncworker"].settings
+    settings = app_state().settings
     if not settings.api_token:
         raise Unauthorized("the API is off: set SYNCWORKER_API_TOKEN")
     # while the token rotates, SYNCWORKER_API_TOKEN_PREVIOUS is accepted too
@@ -36,14 +37,14 @@ def require_token() -> None:
 
 @bp.get("/v1/contacts/<path:email>")
 def get_contact(email: str) -> Response:
-    view = current_app.extensions["syncworker"].runtime.ledger.view(email)
+    view = app_state().runtime.ledger.view(email)
     if view is None:
         raise NotFound("the ledger has no record of this address")
     return jsonify(view.as_json())
 
 
 def _manual(email: str, suppress: bool) -> Response:
-    state = current_app.extensions["syncworker"]
+    state = app_state()
     body: Any = request.get_json(silent=True) or {}
     if not isinstance(body, dict) or not isinstance(body.get("reason", ""), str):
         raise BadRequest("body must be a JSON object with a string `reason`")
@@ -72,7 +73,7 @@ def unsuppress(email: str) -> Response:
 
 @bp.get("/v1/stats")
 def stats() -> Response:
-    return jsonify(overview(current_app.extensions["syncworker"].runtime))
+    return jsonify(overview(app_state().runtime))
 
 
 @bp.get("/healthz")
@@ -82,14 +83,14 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    state = current_app.extensions["syncworker"]
+    state = app_state()
     state.runtime.conn.ping()  # a Redis error becomes a 503 in web.py
     return jsonify(status="ready"), 200
 
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    state = current_app.extensions["syncworker"]
+    state = app_state()
     registry = CollectorRegistry()
     registry.register(RedisStatsCollector(state.runtime.conn, list(state.runtime.destinations)))
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

@@ -4,43 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
 
 import redis
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from syncworker.bootstrap import Runtime
+from syncworker.bootstrap import APP_STATE, AppState, Runtime
 from syncworker.config import Settings
 from syncworker.errors import IntakeError
-from syncworker.intake.contract import EspParser
 from syncworker.intake.registry import ESP_PARSERS
 from syncworker.observability import setup_logging, setup_sentry
-from syncworker.queue.enqueue import Enqueuer, QuarantineLimits, connect, store_quarantine
+from syncworker.queue.enqueue import Enqueuer, connect
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class AppState:
-    settings: Settings
-    runtime: Runtime
-    enqueuer: Enqueuer
-    parsers: dict[str, EspParser] = field(default_factory=dict)
-
-    def quarantine_body(self, source: str, esp: str, reason: str, body: bytes) -> None:
-        """Keep a verified body that could not be parsed, for ``syncworker quarantine replay``,
-        with the headers its parser reads (never a signature: ``EspParser.kept_headers``)."""
-        from flask import has_request_context, request
-
-        # the bytes as received: past the record size, their SHA-256 is what is kept of them
-        item: dict[str, object] = {"esp": esp, "reason": reason, "body": body}
-        parser = self.parsers.get(source)
-        if parser is not None and has_request_context():  # the route calls it in its request
-            if headers := parser.kept_headers(request.headers):
-                item["headers"] = headers
-        limits = QuarantineLimits.of(self.settings)
-        store_quarantine(self.runtime.conn, source, [item], limits)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -61,7 +37,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     here = os.path.dirname(os.path.abspath(__file__))
     # explicit paths: Flask's own discovery fails for some editable installs
     app = Flask("syncworker", root_path=here, instance_path=os.path.join(here, "instance"))
-    app.extensions["syncworker"] = state
+    app.extensions[APP_STATE] = state
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     from syncworker.intake.routes import bp as intake_bp

@@ -16,12 +16,12 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, val
 
 from syncworker.errors import PayloadInvalid, SignatureInvalid
 from syncworker.events import HygieneEvent, Kind, content_key, normalize_email
+from syncworker.intake.auth.basic import check_basic_auth
 from syncworker.intake.contract import (
     MAX_TS,
     EspParser,
     InboundRequest,
     ParseResult,
-    check_basic_auth,
     equal,
     hygiene_items,
     load_json,

@@ -21,13 +21,12 @@ from marshmallow import EXCLUDE, Schema, fields
 
 from syncworker.errors import PayloadInvalid, SignatureInvalid
 from syncworker.events import HygieneEvent, Kind, content_key, normalize_email
+from syncworker.intake.auth.basic import BasicAuthParser, basic_credentials
 from syncworker.intake.contract import (
-    BasicAuthParser,
     InboundRequest,
     ParseResult,
     Quarantined,
     UnixTime,
-    basic_credentials,
     equal,
     load_json,
     text,

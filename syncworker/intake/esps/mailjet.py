@@ -12,8 +12,8 @@ from marshmallow import EXCLUDE, Schema, fields
 
 from syncworker.errors import PayloadInvalid
 from syncworker.events import HygieneEvent, Kind, content_key, normalize_email
+from syncworker.intake.auth.basic import BasicAuthParser
 from syncworker.intake.contract import (
-    BasicAuthParser,
     ParseResult,
     UnixTime,
     hygiene_items,

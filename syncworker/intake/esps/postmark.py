@@ -13,8 +13,8 @@ from marshmallow import EXCLUDE, Schema, fields
 
 from syncworker.errors import PayloadInvalid
 from syncworker.events import HygieneEvent, Kind, normalize_email
+from syncworker.intake.auth.basic import BasicAuthParser
 from syncworker.intake.contract import (
-    BasicAuthParser,
     IsoTime,
     ParseResult,
     Quarantined,
