@@ -17,7 +17,7 @@ import click
 import orjson
 import redis
 
-from syncworker import delivery, inbox, ledger, runtime
+from syncworker import __version__, delivery, inbox, ledger, runtime
 from syncworker.config import Settings
 from syncworker.errors import ConfigError
 from syncworker.events import Kind, address_problem, normalize_email
@@ -60,6 +60,7 @@ def echo_json(value: Any) -> None:
 
 
 @click.group()
+@click.version_option(__version__, prog_name="syncworker", message="%(prog)s %(version)s")
 @click.option(
     "--log-level", default=lambda: os.environ.get("LOG_LEVEL", "INFO"), show_default="INFO"
 )

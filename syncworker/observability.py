@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sentry_sdk._types import AnnotatedValue
 
+from syncworker import __version__
 from syncworker.intake.base import OTHER_CODE
 from syncworker.privacy import mask_text, scrub
 
@@ -77,7 +78,8 @@ def _scrub_other(value: Any) -> Any:
 
 
 def setup_sentry(dsn: str, *, transport: Any = None, release: str | None = None) -> bool:
-    """Start sentry-sdk with Flask and RQ integrations and no PII, if a DSN is configured."""
+    """Start sentry-sdk with Flask and RQ integrations and no PII, if a DSN is configured.
+    ``release`` defaults to ``syncworker@<version>``, Sentry's package@version convention."""
     if not dsn:
         return False
     from sentry_sdk.integrations.flask import FlaskIntegration
@@ -103,7 +105,7 @@ def setup_sentry(dsn: str, *, transport: Any = None, release: str | None = None)
         max_request_body_size="never",
         before_send=before_send,
         before_send_transaction=before_send,
-        release=release,
+        release=release if release is not None else f"syncworker@{__version__}",
         **options,
     )
     return True
