@@ -53,7 +53,8 @@ def before_send(event: Any, hint: Any) -> Any:
 
     ``scrub`` walks the whole event, keys included: exception values, the message and log entry
     (its params too), breadcrumbs, ``extra`` (RQ's job arguments), ``contexts``, tags, the
-    transaction name, request URLs and span descriptions (Redis keys hold addresses)."""
+    transaction name, request URLs and span descriptions (Redis keys hold addresses). The
+    release (``syncworker@0.1.0`` reads as an address at a numeric domain) is kept."""
     request = event.get("request")
     if isinstance(request, dict):
         for key in ("data", "cookies", "query_string"):
@@ -66,7 +67,10 @@ def before_send(event: Any, hint: Any) -> Any:
     for exc in (event.get("exception") or {}).get("values") or []:
         for frame in (exc.get("stacktrace") or {}).get("frames") or []:
             frame.pop("vars", None)
-    return scrub(event, _scrub_other)
+    scrubbed = scrub(event, _scrub_other)
+    if isinstance(event.get("release"), str):  # ours (package@version), never an address
+        scrubbed["release"] = event["release"]
+    return scrubbed
 
 
 def _scrub_other(value: Any) -> Any:
