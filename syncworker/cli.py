@@ -17,8 +17,8 @@ import click
 import orjson
 import redis
 
+from syncworker import __version__, ledger
 from syncworker import bootstrap as runtime
-from syncworker import ledger
 from syncworker.config import Settings
 from syncworker.delivery import loop as delivery
 from syncworker.errors import ConfigError
@@ -63,6 +63,7 @@ def echo_json(value: Any) -> None:
 
 
 @click.group()
+@click.version_option(__version__, prog_name="syncworker", message="%(prog)s %(version)s")
 @click.option(
     "--log-level", default=lambda: os.environ.get("LOG_LEVEL", "INFO"), show_default="INFO"
 )

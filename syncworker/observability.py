@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sentry_sdk._types import AnnotatedValue
 
+from syncworker import __version__
 from syncworker.intake.contract import OTHER_CODE
 from syncworker.privacy import mask_text, scrub
 
@@ -52,7 +53,8 @@ def before_send(event: Any, hint: Any) -> Any:
 
     ``scrub`` walks the whole event, keys included: exception values, the message and log entry
     (its params too), breadcrumbs, ``extra`` (RQ's job arguments), ``contexts``, tags, the
-    transaction name, request URLs and span descriptions (Redis keys hold addresses)."""
+    transaction name, request URLs and span descriptions (Redis keys hold addresses). The
+    release (``syncworker@0.1.0`` reads as an address at a numeric domain) is kept."""
     request = event.get("request")
     if isinstance(request, dict):
         for key in ("data", "cookies", "query_string"):
@@ -65,7 +67,10 @@ def before_send(event: Any, hint: Any) -> Any:
     for exc in (event.get("exception") or {}).get("values") or []:
         for frame in (exc.get("stacktrace") or {}).get("frames") or []:
             frame.pop("vars", None)
-    return scrub(event, _scrub_other)
+    scrubbed = scrub(event, _scrub_other)
+    if isinstance(event.get("release"), str):  # ours (package@version), never an address
+        scrubbed["release"] = event["release"]
+    return scrubbed
 
 
 def _scrub_other(value: Any) -> Any:
@@ -77,7 +82,8 @@ def _scrub_other(value: Any) -> Any:
 
 
 def setup_sentry(dsn: str, *, transport: Any = None, release: str | None = None) -> bool:
-    """Start sentry-sdk with Flask and RQ integrations and no PII, if a DSN is configured."""
+    """Start sentry-sdk with Flask and RQ integrations and no PII, if a DSN is configured.
+    ``release`` defaults to ``syncworker@<version>``, Sentry's package@version convention."""
     if not dsn:
         return False
     from sentry_sdk.integrations.flask import FlaskIntegration
@@ -103,7 +109,7 @@ def setup_sentry(dsn: str, *, transport: Any = None, release: str | None = None)
         max_request_body_size="never",
         before_send=before_send,
         before_send_transaction=before_send,
-        release=release,
+        release=release if release is not None else f"syncworker@{__version__}",
         **options,
     )
     return True
