@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import orjson
+import redis
 import sentry_sdk
 from flask import Blueprint, Response, jsonify, request
 
@@ -14,6 +15,7 @@ from syncworker.errors import (
     PayloadInvalid,
     PayloadTooLarge,
     SignatureInvalid,
+    Unavailable,
     UnknownSource,
 )
 from syncworker.intake.auth import nonces
@@ -23,6 +25,8 @@ log = logging.getLogger(__name__)
 
 #: how a body that made a parser raise unexpectedly is answered and kept (a bug to fix, then replay)
 PARSER_ERROR = "unexpected error"
+#: how a request whose signature check raised unexpectedly is answered (503: the ESP retries)
+VERIFIER_ERROR = "unexpected error"
 
 bp = Blueprint("intake", __name__, url_prefix="/webhooks")
 
@@ -53,8 +57,18 @@ def receive(source: str) -> tuple[Response, int]:
         public = state.settings.public_url
         url = public.rstrip("/") + request.full_path.rstrip("?") if public else request.url
     inbound = InboundRequest(body, request.headers, url, request.remote_addr)
-    parser.verify(inbound)
-    nonce = parser.replay_nonce(inbound)
+    try:
+        parser.verify(inbound)
+        nonce = parser.replay_nonce(inbound)
+    except (IntakeError, redis.RedisError):
+        raise
+    except Exception as exc:
+        # A verifier bug is ours: 503, so the ESP sends the request again once it is mended. An
+        # unverified body is not kept. Only the exception's type is named (see below).
+        error = type(exc).__name__
+        log.error("verifier failed source=%s error=%s", source, error)
+        sentry_sdk.capture_exception(exc)
+        raise Unavailable(f"{VERIFIER_ERROR} in the {parser.esp} verifier ({error})") from None
     # claimed before anything is written (a replayed signature cannot even fill the quarantine),
     # once per ESP: two sources may share a signing key; a Redis error here is a 503 like any other
     if nonce is not None and not nonces.claim(

@@ -6,6 +6,7 @@ import logging
 import os
 
 import redis
+import sentry_sdk
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
@@ -59,6 +60,18 @@ def create_app(settings: Settings | None = None) -> Flask:
         log.error("redis unavailable error=%s", type(exc).__name__)
         retry = str(settings.intake_retry_after_s)
         body = jsonify(error="unavailable", detail="the queue is unreachable; retry later")
+        return body, 503, {"Retry-After": retry}
+
+    # the last net: an unexpected error anywhere in a request is ours, so 503 (the ESP retries),
+    # never a 500; Sentry sees it (a handled error is not reported by its Flask integration)
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> tuple[Response, int, dict[str, str]]:
+        if isinstance(exc, HTTPException):
+            return http_error(exc) + ({},)
+        log.error("unexpected error=%s", type(exc).__name__)
+        sentry_sdk.capture_exception(exc)
+        retry = str(settings.intake_retry_after_s)
+        body = jsonify(error="unavailable", detail="an unexpected error; retry later")
         return body, 503, {"Retry-After": retry}
 
     @app.errorhandler(HTTPException)

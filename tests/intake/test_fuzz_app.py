@@ -32,7 +32,7 @@ from syncworker.config import Settings, SourceConfig
 from syncworker.devkit.redis_server import RedisServer
 from syncworker.intake.contract import MAX_JSON_DEPTH, EspParser, ParseResult
 from syncworker.intake.registry import ESP_PARSERS
-from syncworker.intake.routes import PARSER_ERROR
+from syncworker.intake.routes import PARSER_ERROR, VERIFIER_ERROR
 from syncworker.queue import inbox
 from syncworker.queue.enqueue import INBOX, QUARANTINE, STATS, to_json
 from syncworker.web.app import create_app
@@ -545,4 +545,70 @@ def test_a_parser_that_raises_gets_a_400_and_its_body_kept(
     sentry_sdk.flush()
     blob = b"".join(sentry.envelopes)
     assert b"KeyError" in blob
+    assert not ADDRESS.findall(blob)
+
+
+class BadVerifier(EspParser):
+    """A verifier with a bug whose message quotes an address."""
+
+    esp = "postmark"
+
+    def verify(self, request: Any) -> None:
+        raise ValueError("jane.doe@example.com")
+
+    def parse(self, body: bytes) -> ParseResult:
+        raise AssertionError("an unverified body is never parsed")
+
+
+class BadFollowup(EspParser):
+    """A handshake whose follow-up (run by the route, outside the parser) has a bug."""
+
+    esp = "postmark"
+
+    def verify(self, request: Any) -> None:
+        return None
+
+    def parse(self, body: bytes) -> ParseResult:
+        def followup() -> str:
+            raise RuntimeError("jane.doe@example.com")
+
+        return ParseResult(response={"ok": True}, followup=followup)
+
+
+@pytest.mark.parametrize(
+    ("broken", "error"), [(BadVerifier, "ValueError"), (BadFollowup, "RuntimeError")]
+)
+def test_an_unexpected_error_outside_the_parser_is_a_503_that_changes_nothing(
+    client: FlaskClient,
+    conn: redis.Redis,
+    sentry: CapturingTransport,  # noqa: F811  (the fixture imported above)
+    caplog: pytest.LogCaptureFixture,
+    broken: type[EspParser],
+    error: str,
+) -> None:
+    """Never a 500: a bug in a verifier (or anywhere past it) answers 503 with Retry-After, so
+    the ESP sends the request again once it is mended; nothing is queued or kept, and neither
+    the log nor Sentry sees the address the error quotes."""
+    conn.flushall()
+    state = client.application.extensions["syncworker"]
+    real = state.parsers["postmark"]
+    state.parsers["postmark"] = broken(real.source)
+    try:
+        with caplog.at_level(logging.INFO):
+            response = client.post("/webhooks/postmark", data=b'{"Email": "jane.doe@example.com"}')
+    finally:
+        state.parsers["postmark"] = real
+    assert response.status_code == 503
+    assert response.headers["Retry-After"].isdigit()
+    answer = orjson.loads(response.get_data())
+    assert answer["error"] == "unavailable"
+    if broken is BadVerifier:
+        assert answer["detail"] == f"{VERIFIER_ERROR} in the postmark verifier (ValueError)"
+    assert conn.xlen(INBOX) == 0 and conn.llen(QUARANTINE) == 0
+    assert conn.hgetall(STATS) == {}  # nothing counted
+    assert error in caplog.text
+    assert "jane" not in caplog.text
+    sentry_sdk.flush()
+    blob = b"".join(sentry.envelopes)
+    assert error.encode() in blob
     assert not ADDRESS.findall(blob)
