@@ -51,7 +51,7 @@ def event(**fields: Any) -> dict[str, Any]:
     }
 
 
-# -- verification (syncworker/intake/standard_webhooks.py) ---------------------------------------
+# -- verification (syncworker/intake/auth/standard_webhooks.py) ---------------------------------
 
 
 def test_signed_request_is_accepted() -> None:
