@@ -29,8 +29,8 @@ def ingest(payload: dict[str, Any]) -> dict[str, int]:
 
 def drain_inbox() -> dict[str, int]:
     """Apply the events of accepted requests waiting in the inbox, many requests per batch, for
-    up to the job budget (see syncworker/queue/inbox.py); then, if entries still wait, queue the next
-    ingest job."""
+    up to the job budget (see syncworker/queue/inbox.py); then, if entries still wait, queue the
+    next ingest job."""
     rt = runtime.current()
     conn = rt.conn
     reader = inbox.Reader(conn, inbox.current_name())
