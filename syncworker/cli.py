@@ -94,16 +94,31 @@ def run(port: int, data_dir: str) -> None:
     bind = settings.bind or f"0.0.0.0:{port}"
     env["SYNCWORKER_BIND"] = bind
     me = [sys.executable, "-m", "syncworker"]
-    children = [
-        subprocess.Popen([*me, "web"], env=env),
-        subprocess.Popen([*me, "worker"], env=env),
-    ]
-    click.echo(f"web listening on {bind}{_reach(bind)}  (POST /webhooks/<source>, GET /healthz)")
-    signalled = False
+    from syncworker.devkit.supervisor import Supervisor
+
+    stop = threading.Event()
     try:
-        signalled = _wait_any(children)
+        # each child leads its own process group: a Ctrl-C or a platform's SIGTERM reaches this
+        # process alone, which stops the two in order (an RQ worker gets one SIGTERM, not two)
+        with Supervisor(grace=settings.stop_grace_s + 20) as children:
+
+            def on_term(*_: object) -> None:
+                stop.set()
+                children.signal_all()  # at once: see `worker`
+
+            signal.signal(signal.SIGTERM, on_term)
+            children.start("web", [*me, "web"], env=env)
+            children.start("worker", [*me, "worker"], env=env)
+            click.echo(
+                f"web listening on {bind}{_reach(bind)}  (POST /webhooks/<source>, GET /healthz)"
+            )
+            try:
+                exited = children.wait_any(stop)
+            except KeyboardInterrupt:
+                exited = None
+            if exited is not None:
+                log.error("%s exited code=%s; stopping", exited.name, exited.returncode)
     finally:
-        _stop_all(children, grace=settings.stop_grace_s + 10, signalled=signalled)
         if server is not None:
             server.stop()
 
@@ -311,23 +326,6 @@ def _work(settings: Settings, conn: redis.Redis, queue_name: str, burst: bool) -
         logging_level=logging.getLevelName(log.getEffectiveLevel()),
     )
     return w.stopping
-
-
-def _wait_any(children: list[subprocess.Popen[bytes]]) -> bool:
-    """Wait until a child exits or SIGTERM/Ctrl-C; True if the children were signalled."""
-    stop = threading.Event()
-
-    def on_term(*_: object) -> None:
-        stop.set()
-        _signal_all(children)  # at once: see `worker`
-
-    signal.signal(signal.SIGTERM, on_term)
-    try:
-        while not stop.is_set() and all(c.poll() is None for c in children):
-            stop.wait(0.5)
-    except KeyboardInterrupt:
-        pass
-    return stop.is_set()
 
 
 def _signal_all(children: list[subprocess.Popen[bytes]]) -> None:

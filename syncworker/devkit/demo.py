@@ -17,13 +17,12 @@ import base64
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -38,6 +37,7 @@ from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.devkit.emulators.segment import SegmentEmulator
 from syncworker.devkit.emulators.webhook_receiver import WebhookReceiver, new_secret
 from syncworker.devkit.redis_server import RedisServer
+from syncworker.devkit.supervisor import ChildExited, Supervisor
 from syncworker.errors import ConfigError
 from syncworker.intake.auth.standard_webhooks import decode_secret, signature
 
@@ -129,18 +129,18 @@ def _run(stack: ExitStack, tmp: Path, port: int, exit_after: bool, timeout: floa
     click.echo(f"embedded Redis on {redis_server.url} (temporary data)")
     click.echo(f"emulators: HubSpot {hubspot.url}, Segment {segment.url}, webhook {receiver.url}")
     me = [sys.executable, "-m", "syncworker"]
-    web = stack.enter_context(_child([*me, "web"], env, tmp / "web.log"))
-    worker = stack.enter_context(_child([*me, "worker"], env, tmp / "worker.log"))
-    children = {"web": web, "worker": worker}
+    children = stack.enter_context(Supervisor(grace=STOP_TIMEOUT))
+    children.start("web", [*me, "web"], env=env, log=tmp / "web.log")
+    children.start("worker", [*me, "worker"], env=env, log=tmp / "worker.log")
     url = f"http://127.0.0.1:{port}"
     session = stack.enter_context(requests.Session())
     session.headers["Authorization"] = f"Bearer {api_token}"
-    _wait_ready(session, url, children, tmp)
+    _wait_ready(session, url, children)
     click.echo(f"web on {url}; logs in {tmp}")
 
     started = time.monotonic()
     _post_samples(session, url, postmark_password, source_secret)
-    _wait_delivered(session, url, children, tmp, hubspot, segment, receiver, timeout)
+    _wait_delivered(session, url, children, hubspot, segment, receiver, timeout)
     took = time.monotonic() - started
     _summary(session, url, hubspot, segment, receiver, took)
     _try_it(url, postmark_password, api_token)
@@ -148,63 +148,30 @@ def _run(stack: ExitStack, tmp: Path, port: int, exit_after: bool, timeout: floa
         return
     click.echo("\nrunning; Ctrl-C stops everything")
     while True:
-        for name, child in children.items():
-            if child.poll() is not None:
-                raise DemoError(f"{name} exited ({child.returncode}):\n{_tail(tmp, name)}")
+        _check_alive(children)
         time.sleep(0.5)
 
 
-@contextmanager
-def _child(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A child in a process group of its own (Ctrl-C reaches only the demo, which stops it in
-    order); SIGTERM, then SIGKILL of the whole group, so no grandchild outlives the demo."""
-    with log.open("wb") as out:
-        child = subprocess.Popen(
-            args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            yield child
-        finally:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-            try:
-                child.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                pass
-            try:
-                os.killpg(child.pid, signal.SIGKILL)  # leftovers of a group it led
-            except (ProcessLookupError, PermissionError):
-                pass
-            child.wait()
-
-
-def _tail(tmp: Path, name: str, lines: int = 20) -> str:
+def _check_alive(children: Supervisor) -> None:
     try:
-        text = (tmp / f"{name}.log").read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
+        children.check()
+    except ChildExited as exc:
+        raise DemoError(str(exc)) from None
 
 
-def _check_alive(children: dict[str, subprocess.Popen[bytes]], tmp: Path) -> None:
-    for name, child in children.items():
-        if child.poll() is not None:
-            raise DemoError(f"{name} exited ({child.returncode}):\n{_tail(tmp, name)}")
-
-
-def _wait_ready(
-    session: requests.Session, url: str, children: dict[str, subprocess.Popen[bytes]], tmp: Path
-) -> None:
+def _wait_ready(session: requests.Session, url: str, children: Supervisor) -> None:
     deadline = time.monotonic() + 30
     while True:
-        _check_alive(children, tmp)
+        _check_alive(children)
         try:
             if session.get(f"{url}/readyz", timeout=1).status_code == 200:
                 return
         except requests.RequestException:
             pass
         if time.monotonic() > deadline:
-            raise DemoError(f"web did not answer {url}/readyz in 30 s:\n{_tail(tmp, 'web')}")
+            raise DemoError(
+                f"web did not answer {url}/readyz in 30 s:\n{children.children['web'].tail()}"
+            )
         time.sleep(0.1)
 
 
@@ -323,8 +290,7 @@ def _count(value: Any) -> int:
 def _wait_delivered(
     session: requests.Session,
     url: str,
-    children: dict[str, subprocess.Popen[bytes]],
-    tmp: Path,
+    children: Supervisor,
     hubspot: HubSpotEmulator,
     segment: SegmentEmulator,
     receiver: WebhookReceiver,
@@ -336,7 +302,7 @@ def _wait_delivered(
     tty = sys.stdout.isatty()
     last = ""
     while True:
-        _check_alive(children, tmp)
+        _check_alive(children)
         opted = len(hubspot.opted_out & set(SUPPRESSED))
         tracks = len(segment.tracks)
         events = len({e.get("key") for e in receiver.events})
@@ -364,7 +330,7 @@ def _wait_delivered(
                 click.echo()
             raise DemoError(
                 f"destinations did not catch up in {timeout:.0f} s; worker log:\n"
-                + _tail(tmp, "worker")
+                + children.children["worker"].tail()
             )
         time.sleep(0.2)
 
