@@ -162,6 +162,8 @@ class DestinationConfig:
 
     name: str
     values: Mapping[str, str] = field(default_factory=dict)
+    #: keys its mapping declares as secrets (masked by ``describe``)
+    secret_keys: frozenset[str] = frozenset()
 
     def get(self, key: str, default: str = "") -> str:
         return self.values.get(key, default)
@@ -293,7 +295,7 @@ class Settings:
             for key in dest.settings:
                 if not vals.get(key):
                     problems.append(f"{PREFIX}{name.upper()}_{key} is required by {name!r}")
-            destinations[name] = DestinationConfig(name=name, values=vals)
+            destinations[name] = DestinationConfig(name, vals, dest.secret_settings)
 
         for key in sorted(environ):
             if not key.startswith(PREFIX):
@@ -333,8 +335,9 @@ class Settings:
             rows.append((PREFIX + opt.env, f"{value}{' ' + opt.unit if opt.unit else ''}"))
         for scope in (self.sources, self.destinations):
             for cfg in scope.values():
+                declared = cfg.secret_keys if isinstance(cfg, DestinationConfig) else frozenset()
                 for key, val in cfg.values.items():
-                    secret = any(word in key for word in SECRET_WORDS)
+                    secret = key in declared or any(word in key for word in SECRET_WORDS)
                     shown = "***" if secret and val else _mask_url(val)
                     rows.append((f"{PREFIX}{cfg.name.upper()}_{key}", shown))
         return rows

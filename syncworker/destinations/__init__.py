@@ -5,6 +5,8 @@ submodules or other syncworker modules. What it offers, by submodule:
 
 - ``interface``: what a mapping implements and returns (Destination, ContactChange, Outcome, Mode,
   Rate) and the helpers turning a call's errors into outcomes (guard, attempt, throttled_rest);
+- ``options``: typed options (Options, option, Secret, Url), declared once, parsed at build;
+- ``oauth``: OAuthToken, an OAuth 2 access token renewed on expiry and once on a 401;
 - ``http``: the HttpClient every request goes through, and retry_after_seconds;
 - ``streams``: event streams (EVENT_NAMES, EventPart, split_events, send_parts);
 - ``convert``: small conversions (user_id, hygiene_traits, iso_time, compact_json, ...);
@@ -15,6 +17,7 @@ The errors, the ledger's value types and DestinationConfig are re-exported from 
 
 from syncworker.config import DestinationConfig
 from syncworker.destinations.convert import (
+    USER_ID_RULES,
     comma_list,
     compact_json,
     hygiene_traits,
@@ -27,6 +30,8 @@ from syncworker.destinations.convert import (
 )
 from syncworker.destinations.http import HttpClient, retry_after_seconds
 from syncworker.destinations.interface import (
+    OPT_OUT_REASONS,
+    REASONS,
     ContactChange,
     Destination,
     Mode,
@@ -38,6 +43,8 @@ from syncworker.destinations.interface import (
     throttled_rest,
 )
 from syncworker.destinations.loader import destination_class, mappings_dir
+from syncworker.destinations.oauth import OAuthToken
+from syncworker.destinations.options import Options, Secret, Url, option
 from syncworker.destinations.streams import EVENT_NAMES, EventPart, send_parts, split_events
 from syncworker.errors import (
     BadCredentials,
@@ -54,6 +61,8 @@ from syncworker.privacy import scrub_body
 __all__ = [
     "EVENT_NAMES",
     "MANUAL",
+    "OPT_OUT_REASONS",
+    "REASONS",
     "BadCredentials",
     "ConfigError",
     "ContactChange",
@@ -67,10 +76,15 @@ __all__ = [
     "Kind",
     "Mode",
     "NotConfigured",
+    "OAuthToken",
     "Outcome",
     "OutcomeStatus",
+    "Options",
     "PermanentError",
     "Rate",
+    "Secret",
+    "USER_ID_RULES",
+    "Url",
     "ReasonEntry",
     "RetryableError",
     "Throttled",
@@ -83,6 +97,7 @@ __all__ = [
     "iso_time",
     "json_object",
     "mappings_dir",
+    "option",
     "retry_after_seconds",
     "scrub_address",
     "scrub_body",

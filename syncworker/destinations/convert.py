@@ -10,6 +10,9 @@ from typing import Any
 
 from syncworker.events import ContactState
 
+#: what a USER_ID setting may be, for error messages
+USER_ID_RULES = "email, sha256 or a {email} template"
+
 
 def valid_user_id_rule(rule: str) -> bool:
     """``email``, ``sha256``, or a template holding ``{email}`` (and no other placeholder)."""

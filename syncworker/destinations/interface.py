@@ -9,15 +9,17 @@ the errors of calls made for some contacts into those contacts' outcomes (they l
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
 
-from syncworker.config import DestinationConfig
+from syncworker.config import PREFIX, DestinationConfig
 from syncworker.destinations.http import HttpClient
-from syncworker.errors import PermanentError, RetryableError, Throttled
-from syncworker.events import HYGIENE_KINDS, ContactState, HygieneEvent, Kind
+from syncworker.destinations.options import Options
+from syncworker.errors import NotConfigured, PermanentError, RetryableError, Throttled
+from syncworker.events import HYGIENE_KINDS, MANUAL, ContactState, HygieneEvent, Kind
 
 T = TypeVar("T")
 
@@ -133,16 +135,29 @@ class ContactChange:
     synced_reasons: frozenset[str] = frozenset()
 
 
+#: the suppression reasons a CRM opts a contact out for, by default (its OPT_OUT_REASONS)
+OPT_OUT_REASONS = (
+    Kind.UNSUBSCRIBE.value,
+    Kind.SPAM_COMPLAINT.value,
+    Kind.HARD_BOUNCE.value,
+    MANUAL,
+)
+#: every suppression reason: the choices of an OPT_OUT_REASONS setting
+REASONS = (*(kind.value for kind in Kind), MANUAL)
+
 BATCH_WAIT_CAP_S = 1.0  # longest wait of a deliver job for its batch to fill
 
 
 class Destination:
     """Base class of a mapping module's destination.
 
-    Set ``name`` (= module name), ``settings`` (required keys, read as ``SYNCWORKER_<NAME>_<KEY>``),
-    ``optional_settings`` (key -> default), ``batch_size`` (the API's batch limit), ``rate``,
-    ``endpoint_rates``, ``mode`` and ``kinds`` (the hygiene kinds it cares about). Implement
-    ``sync`` for a batch API, or ``sync_one`` and inherit a ``sync`` that loops. Every call must
+    Set ``name`` (= module name), ``batch_size`` (the API's batch limit), ``rate``,
+    ``endpoint_rates``, ``mode`` and ``kinds`` (the hygiene kinds it cares about), and declare the
+    settings as ``options: <an Options dataclass>`` (see :mod:`syncworker.destinations.options`):
+    they are parsed when the destination is built, and ``settings`` (the required keys, read as
+    ``SYNCWORKER_<NAME>_<KEY>``), ``optional_settings`` (key -> default) and ``secret_settings``
+    are derived from them. Implement ``sync`` for a batch API, or ``sync_one`` and inherit a
+    ``sync`` that loops; override ``check`` for problems no single option shows. Every call must
     be safe to repeat.
     ``concurrency`` is how many deliver jobs may send to it at once (each its own batches): 1
     unless the API takes concurrent requests and their order does not matter.
@@ -153,6 +168,8 @@ class Destination:
     name: ClassVar[str]
     settings: ClassVar[tuple[str, ...]] = ()
     optional_settings: ClassVar[Mapping[str, str]] = {}
+    secret_settings: ClassVar[frozenset[str]] = frozenset()
+    option_class: ClassVar[type[Options]] = Options
     base_url: ClassVar[str] = ""
     batch_size: ClassVar[int] = 1
     rate: ClassVar[Rate] = Rate(10, 1.0)
@@ -162,15 +179,44 @@ class Destination:
     mode: ClassVar[Mode] = Mode.STATE
     kinds: ClassVar[frozenset[Kind]] = HYGIENE_KINDS
     concurrency: ClassVar[int] = 1
+    #: the parsed settings; a subclass narrows the annotation to its own Options dataclass
+    options: Options
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "options" not in cls.__dict__.get("__annotations__", {}):
+            return
+        try:
+            declared = typing.get_type_hints(cls)["options"]
+        except NameError as exc:
+            raise TypeError(f"{cls.__name__}.options: {exc}") from None
+        if not (isinstance(declared, type) and issubclass(declared, Options)):
+            raise TypeError(f"{cls.__name__}.options must be annotated with an Options subclass")
+        for derived in ("settings", "optional_settings", "secret_settings"):
+            if derived in cls.__dict__:
+                raise TypeError(f"{cls.__name__}.{derived} comes from its options: drop it")
+        cls.option_class = declared
+        cls.settings = declared.required()
+        cls.optional_settings = declared.defaults()
+        cls.secret_settings = declared.secrets()
 
     def __init__(self, config: DestinationConfig, http: HttpClient) -> None:
+        """Parse the options; NotConfigured lists every bad one and every :meth:`check` problem."""
         self.config = config
         self.http = http
+        self.options, problems = self.option_class.read(config)
+        problems += self.check()
+        if problems:
+            raise NotConfigured(problems)
 
-    @property
-    def options(self) -> dict[str, str]:
-        """The configured values over ``optional_settings``' defaults (empty means default)."""
-        return {**self.optional_settings, **{k: v for k, v in self.config.values.items() if v}}
+    def check(self) -> list[str]:
+        """Problems of the settings taken together (each option alone is checked already; a bad
+        one reads as its default here). Name each by :meth:`setting`."""
+        return []
+
+    def setting(self, key: str) -> str:
+        """The environment variable of one of this destination's settings."""
+        return f"{PREFIX}{self.config.name.upper()}_{key}"
 
     def sync(self, changes: list[ContactChange]) -> list[Outcome]:
         """Bring each contact to ``change.state``; one Outcome per change, in order.

@@ -14,7 +14,7 @@ import syncworker.destinations as sdk
 from syncworker.destinations import mappings_dir
 
 MAPPINGS = sorted(mappings_dir().glob("*.py"))
-SUBMODULES = ("interface", "http", "streams", "convert", "loader")
+SUBMODULES = ("interface", "http", "oauth", "options", "streams", "convert", "loader")
 
 
 def test_all_is_exactly_the_public_names() -> None:
