@@ -34,6 +34,9 @@ class Option:
 OPTIONS: dict[str, Option] = {
     "sources": Option("SOURCES", str, "", "", "comma list of sources, `name` or `name:esp`"),
     "destinations": Option("DESTINATIONS", str, "", "", "comma list of destinations"),
+    "mappings_dir": Option(
+        "MAPPINGS_DIR", str, "", "", "directory of the mapping modules (default: ./mappings)"
+    ),
     "api_token": Option("API_TOKEN", str, "", "", "bearer token for /v1; empty = API off"),
     "api_token_previous": Option(
         "API_TOKEN_PREVIOUS", str, "", "", "the old bearer token, also accepted while rotating"
@@ -179,6 +182,7 @@ class Settings:
     sentry_dsn: str = ""
     sources: Mapping[str, SourceConfig] = field(default_factory=dict)
     destinations: Mapping[str, DestinationConfig] = field(default_factory=dict)
+    mappings_dir: str = ""
     api_token: str = ""
     api_token_previous: str = ""
     public_url: str = ""
@@ -286,7 +290,7 @@ class Settings:
                 problems.append(f"{name!r} is both a source and a destination: rename the source")
                 continue
             try:
-                dest = destination_class(name)
+                dest = destination_class(name, values["mappings_dir"])
             except ConfigError as exc:
                 problems.extend(exc.problems)
                 continue
@@ -328,6 +332,10 @@ class Settings:
                     f"{s.name}:{s.esp}" if name == "sources" else s.name
                     for s in getattr(self, name).values()
                 )
+            elif name == "mappings_dir":  # the directory in effect, set or not
+                from syncworker.destinations.loader import mappings_dir
+
+                value = str(mappings_dir(self.mappings_dir))
             else:
                 value = getattr(self, name)
                 if name in ("api_token", "api_token_previous") and value:

@@ -46,6 +46,8 @@ def mappings_package(directory: str | os.PathLike[str] | None = None) -> ModuleT
     """The package ``mappings`` for :func:`mappings_dir`: the one already imported if it is that
     directory's, else loaded from it. Any other ``mappings`` already imported is a ConfigError."""
     where = mappings_dir(directory)
+    if not where.is_dir():
+        raise ConfigError([f"no mappings directory {where} (set {DIR_SETTING})"])
     with _lock:
         loaded = sys.modules.get(PACKAGE)
         if loaded is not None:
@@ -59,8 +61,6 @@ def mappings_package(directory: str | os.PathLike[str] | None = None) -> ModuleT
                     f"the mapping modules are in {where} ({DIR_SETTING})"
                 ]
             )
-        if not where.is_dir():
-            raise ConfigError([f"no mappings directory {where} (set {DIR_SETTING})"])
         init = where / "__init__.py"
         if init.is_file():
             spec = importlib.util.spec_from_file_location(
