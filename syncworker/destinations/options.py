@@ -78,8 +78,8 @@ def option(
     *,
     required: bool = False,
     choices: tuple[Any, ...] = (),
-    min: float | None = None,  # noqa: A002 - the bound's name in the declaration
-    max: float | None = None,  # noqa: A002
+    min: float | None = None,
+    max: float | None = None,
     pattern: str = "",
     check: Callable[[Any], object] | None = None,
     expect: str = "",
