@@ -17,10 +17,12 @@ destination; a 413 (over 2,000 events or 1 MB) halves the batch.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 from syncworker.destinations import (
     EVENT_NAMES,
+    USER_ID_RULES,
     BadCredentials,
     ContactChange,
     Destination,
@@ -29,15 +31,17 @@ from syncworker.destinations import (
     HygieneEvent,
     Kind,
     Mode,
-    NotConfigured,
+    Options,
     Outcome,
     PermanentError,
     Rate,
     RetryableError,
+    Secret,
     Throttled,
     compact_json,
     hygiene_traits,
     json_object,
+    option,
     retry_after_seconds,
     scrub_address,
     scrub_body,
@@ -57,15 +61,18 @@ Row = tuple[int, str, bytes]  # change index, user_id, encoded event
 Slots = list[Outcome | None]  # one per change, filled in as answers come
 
 
+@dataclass(frozen=True)
+class AmplitudeOptions(Options):
+    api_key: Secret = option(required=True)
+    region: str = option("us", choices=tuple(REGIONS))
+    user_id: str = option("email", check=valid_user_id_rule, expect=USER_ID_RULES)
+    user_properties: bool = option(True)
+    max_batch_bytes: int = option(MAX_BYTES, min=4_000, max=MAX_BYTES)
+
+
 class Amplitude(Destination):
     name = "amplitude"
-    settings = ("API_KEY",)
-    optional_settings = {
-        "REGION": "us",
-        "USER_ID": "email",
-        "USER_PROPERTIES": "true",
-        "MAX_BATCH_BYTES": "1000000",
-    }
+    options: AmplitudeOptions
     base_url = REGIONS["us"]
     batch_size = 100  # the API takes 2,000 events a request
     rate = Rate(10, per_seconds=1)  # ≤ 1,000 events/s and ≤ 100 batches/s: the Starter plan's caps
@@ -74,24 +81,14 @@ class Amplitude(Destination):
 
     def __init__(self, config: DestinationConfig, http: HttpClient) -> None:
         super().__init__(config, http)
-        self.api_key = config.get("API_KEY")
-        self.user_id = rule = config.get("USER_ID") or "email"
-        self.user_properties = config.flag("USER_PROPERTIES", default=True)
-        size = config.get("MAX_BATCH_BYTES") or "1000000"
-        self.max_bytes = int(size) if size.isdigit() else 0
-        problems = []
-        if (config.get("REGION") or "us") not in REGIONS:
-            problems.append(f"SYNCWORKER_AMPLITUDE_REGION must be one of {', '.join(REGIONS)}")
-        if not valid_user_id_rule(rule):
-            problems.append("SYNCWORKER_AMPLITUDE_USER_ID: email, sha256 or a {email} template")
-        if not 4_000 <= self.max_bytes <= MAX_BYTES:
-            problems.append(f"SYNCWORKER_AMPLITUDE_MAX_BATCH_BYTES must be 4000..{MAX_BYTES}")
-        if problems:
-            raise NotConfigured(problems)
+        opt = self.options
+        self.api_key, self.user_id = opt.api_key, opt.user_id
+        self.user_properties, self.max_bytes = opt.user_properties, opt.max_batch_bytes
 
     @classmethod
     def effective_base_url(cls, config: DestinationConfig) -> str:
-        return config.get("BASE_URL") or REGIONS.get(config.get("REGION") or "us", cls.base_url)
+        region = AmplitudeOptions.read(config)[0].region  # a bad one: reported when built
+        return config.get("BASE_URL") or REGIONS[region]
 
     def sync(self, changes: list[ContactChange]) -> list[Outcome]:
         """Send each change's event once; a retry reuses its insert_id, so Amplitude ignores it."""

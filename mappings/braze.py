@@ -16,6 +16,7 @@ until ``Retry-After``, else ``X-RateLimit-Reset`` (the shared client reads both)
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -27,12 +28,16 @@ from syncworker.destinations import (
     HttpClient,
     Kind,
     Mode,
+    Options,
     Outcome,
     OutcomeStatus,
     Rate,
+    Secret,
     Throttled,
+    Url,
     guard,
     iso_time,
+    option,
     scrub_body,
     throttled_rest,
 )
@@ -45,10 +50,19 @@ RANK = [OutcomeStatus(s) for s in ("retry", "failed", "not_found", "applied", "a
 Call = tuple[str, str]  # (path, subscription_state or "")
 
 
+@dataclass(frozen=True)
+class BrazeOptions(Options):
+    api_key: Secret = option(required=True)
+    base_url: Url = option(
+        required=True
+    )  # the workspace's REST endpoint, e.g. rest.fra-01.braze.eu
+    lookup: bool = option(True)
+    clear_on_unsuppress: bool = option(True)
+
+
 class Braze(Destination):
     name = "braze"
-    settings = ("API_KEY", "BASE_URL")  # the workspace's REST endpoint, e.g. rest.fra-01.braze.eu
-    optional_settings = {"LOOKUP": "true", "CLEAR_ON_UNSUPPRESS": "true"}
+    options: BrazeOptions
     batch_size = 50
     # REST API: 250,000 requests an hour; the export lookups are held to 250 a minute
     rate = Rate(50, per_seconds=1)
@@ -58,9 +72,9 @@ class Braze(Destination):
 
     def __init__(self, config: DestinationConfig, http: HttpClient) -> None:
         super().__init__(config, http)
-        self.headers = {"Authorization": f"Bearer {config.get('API_KEY')}"}
-        self.lookup = config.flag("LOOKUP", default=True)
-        self.clear = config.flag("CLEAR_ON_UNSUPPRESS", default=True)
+        self.headers = {"Authorization": f"Bearer {self.options.api_key}"}
+        self.lookup = self.options.lookup
+        self.clear = self.options.clear_on_unsuppress
 
     def sync(self, changes: list[ContactChange]) -> list[Outcome]:
         """Bring each address to ``change.state``. Repeating a call changes nothing more.

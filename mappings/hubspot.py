@@ -10,10 +10,13 @@ only by resubscribing RESUBSCRIBE_SUBSCRIPTION_IDS with a legal basis; otherwise
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 from syncworker.destinations import (
+    OPT_OUT_REASONS,
+    REASONS,
     ContactChange,
     ContactState,
     Destination,
@@ -21,15 +24,16 @@ from syncworker.destinations import (
     HttpClient,
     Kind,
     Mode,
-    NotConfigured,
+    Options,
     Outcome,
     OutcomeStatus,
     PermanentError,
     Rate,
     RetryableError,
+    Secret,
     Throttled,
-    comma_list,
     iso_time,
+    option,
     scrub_body,
     throttled_rest,
 )
@@ -46,18 +50,21 @@ RANK = [OutcomeStatus(s) for s in ("retry", "failed", "not_found", "applied", "a
 Parts = dict[str, list[Outcome]]  # each address's outcomes, one per call answered
 
 
+@dataclass(frozen=True)
+class HubSpotOptions(Options):
+    token: Secret = option(required=True)
+    subscription_batch: bool = option(True)
+    opt_out_reasons: tuple[str, ...] = option(OPT_OUT_REASONS, choices=REASONS)
+    status_property: str = option("syncworker_hygiene_status")
+    bounced_at_property: str = option("syncworker_bounced_at")
+    resubscribe_subscription_ids: tuple[int, ...] = option()
+    legal_basis: str = option("CONSENT_WITH_NOTICE")
+    legal_basis_explanation: str = option("Resubscribed at the contact's request (syncworker)")
+
+
 class HubSpot(Destination):
     name = "hubspot"
-    settings = ("TOKEN",)
-    optional_settings = {
-        "SUBSCRIPTION_BATCH": "true",
-        "OPT_OUT_REASONS": "unsubscribe,spam_complaint,hard_bounce,manual",
-        "STATUS_PROPERTY": "syncworker_hygiene_status",
-        "BOUNCED_AT_PROPERTY": "syncworker_bounced_at",
-        "RESUBSCRIBE_SUBSCRIPTION_IDS": "",
-        "LEGAL_BASIS": "CONSENT_WITH_NOTICE",
-        "LEGAL_BASIS_EXPLANATION": "Resubscribed at the contact's request (syncworker)",
-    }
+    options: HubSpotOptions
     base_url = "https://api.hubapi.com"
     batch_size = LIMIT
     rate = Rate(100, per_seconds=10)
@@ -66,41 +73,27 @@ class HubSpot(Destination):
 
     def __init__(self, config: DestinationConfig, http: HttpClient) -> None:
         super().__init__(config, http)
-        opt = self.options
-        self.headers = {"Authorization": f"Bearer {opt.get('TOKEN', '')}"}
-        self.batched = config.flag("SUBSCRIPTION_BATCH", default=True)
-        self.opt_out_reasons = frozenset(comma_list(opt["OPT_OUT_REASONS"]))
-        self.status_property = opt["STATUS_PROPERTY"]
-        self.bounced_at_property = opt["BOUNCED_AT_PROPERTY"]
-        self.legal_basis = {
-            "legalBasis": opt["LEGAL_BASIS"],
-            "legalBasisExplanation": opt["LEGAL_BASIS_EXPLANATION"],
-        }
-        try:
-            self.resubscribe_ids = [int(i) for i in comma_list(opt["RESUBSCRIBE_SUBSCRIPTION_IDS"])]
-        except ValueError:
-            problem = "SYNCWORKER_HUBSPOT_RESUBSCRIBE_SUBSCRIPTION_IDS: comma list of integer ids"
-            raise NotConfigured([problem]) from None
+        self.headers = {"Authorization": f"Bearer {self.options.token}"}
 
     def sync(self, changes: list[ContactChange]) -> list[Outcome]:
         """Bring each contact to ``change.state``. Repeating a call changes nothing more."""
         parts: Parts = {c.email.lower(): [] for c in changes}
         states = {c.email.lower(): c.state for c in changes}
         held = {e: set(s.reasons) if s.suppressed else set() for e, s in states.items()}
-        opt_out = [e for e in states if self.opt_out_reasons & held[e]]
+        opt_out = [e for e in states if held[e].intersection(self.options.opt_out_reasons)]
         active = [e for e, s in states.items() if not s.suppressed]
         # flags are written for contacts that have one, and cleared where one was set before
         before = {c.email.lower(): c.synced_reasons for c in changes}
         flag = [e for e in states if e in active or FLAGGED & (held[e] | before[e])]
         calls = {e: (e in opt_out) + (e in flag) + (e in active) for e in states}  # to answer
         try:
-            if opt_out and self.batched:
+            if opt_out and self.options.subscription_batch:
                 _merge(parts, self._unsubscribe_batch(opt_out))
             elif opt_out:
                 self._each(opt_out, self._unsubscribe_one, parts)
             if flag:
                 _merge(parts, self._set_properties({e: states[e] for e in flag}))
-            if active and self.resubscribe_ids:
+            if active and self.options.resubscribe_subscription_ids:
                 self._resubscribe(active, parts)
             elif active:
                 kept = "the HubSpot opt-out stays (set RESUBSCRIBE_SUBSCRIPTION_IDS to resubscribe)"
@@ -142,21 +135,23 @@ class HubSpot(Destination):
 
     def _properties(self, state: ContactState) -> dict[str, str]:
         if not state.suppressed:
-            return {self.status_property: "", self.bounced_at_property: ""}
+            return {self.options.status_property: "", self.options.bounced_at_property: ""}
         bounced = [r.at for name, r in state.reasons.items() if name in BOUNCES]
         return {
-            self.status_property: ";".join(sorted(str(name) for name in state.reasons)),
-            self.bounced_at_property: iso_time(max(bounced)) if bounced else "",
+            self.options.status_property: ";".join(sorted(str(name) for name in state.reasons)),
+            self.options.bounced_at_property: iso_time(max(bounced)) if bounced else "",
         }
 
     def _resubscribe(self, emails: list[str], parts: Parts) -> None:
-        basis = {"statusState": "SUBSCRIBED", "channel": "EMAIL", **self.legal_basis}
-        if not self.batched:
+        opt = self.options
+        basis = {"statusState": "SUBSCRIBED", "channel": "EMAIL", "legalBasis": opt.legal_basis}
+        basis["legalBasisExplanation"] = opt.legal_basis_explanation
+        if not opt.subscription_batch:
             return self._each(emails, lambda e: self._resubscribe_one(e, basis), parts)
         inputs = [
             {**basis, "subscriberIdString": e, "subscriptionId": sub}
             for e in emails
-            for sub in self.resubscribe_ids
+            for sub in self.options.resubscribe_subscription_ids
         ]
         statuses: dict[str, list[dict[str, Any]]] = {e: [] for e in emails}
         errors: dict[str, Outcome] = {}
@@ -171,7 +166,7 @@ class HubSpot(Destination):
 
     def _resubscribe_one(self, email: str, basis: dict[str, Any]) -> Outcome:
         results: list[dict[str, Any]] = []
-        for sub in self.resubscribe_ids:
+        for sub in self.options.resubscribe_subscription_ids:
             path = f"{PREFS}/{quote(email, safe='@')}"
             status, body = self._post(path, {**basis, "subscriptionId": sub}, allow=(404,))
             if status == 404:

@@ -14,6 +14,7 @@ CREATE_MISSING=true, and a 429 or a bare 403 (overload; the limit is 10 connecti
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -26,35 +27,37 @@ from syncworker.destinations import (
     HttpClient,
     Kind,
     Mode,
-    NotConfigured,
+    Options,
     Outcome,
     OutcomeStatus,
     PermanentError,
     Rate,
+    Secret,
     Throttled,
     guard,
+    option,
     throttled_rest,
 )
 
 TAGGED = (Kind.HARD_BOUNCE, Kind.SOFT_BOUNCE, Kind.BLOCKED, Kind.SPAM_COMPLAINT)
-CHOICES = {
-    "HARD_BOUNCE_STATUS": ("unsubscribed", "cleaned"),
-    "RESUBSCRIBE": ("none", "pending", "subscribed"),
-}
 OVERLOAD_WAIT = 10.0  # s: Mailchimp sends no hint; its limit is connections, which free up fast
 # a contact's outcome over several audiences: the first status present in this order
 RANK = [OutcomeStatus(s) for s in ("retry", "failed", "applied", "already", "not_found")]
 
 
+@dataclass(frozen=True)
+class MailchimpOptions(Options):
+    api_key: Secret = option(required=True)
+    list_id: tuple[str, ...] = option(required=True)  # one or more audience ids
+    hard_bounce_status: str = option("unsubscribed", choices=("unsubscribed", "cleaned"))
+    resubscribe: str = option("none", choices=("none", "pending", "subscribed"))
+    tag_prefix: str = option("syncworker:")
+    create_missing: bool = option(False)
+
+
 class Mailchimp(Destination):
     name = "mailchimp"
-    settings = ("API_KEY", "LIST_ID")
-    optional_settings = {
-        "HARD_BOUNCE_STATUS": "unsubscribed",
-        "RESUBSCRIBE": "none",
-        "TAG_PREFIX": "syncworker:",
-        "CREATE_MISSING": "false",
-    }
+    options: MailchimpOptions
     batch_size = 50  # per-member calls: a batch stays well inside a deliver job's lease
     rate = Rate(10, per_seconds=1)
     mode = Mode.STATE
@@ -69,24 +72,18 @@ class Mailchimp(Destination):
     def __init__(self, config: DestinationConfig, http: HttpClient) -> None:
         super().__init__(config, http)
         opt = self.options
-        self.auth = ("syncworker", config.get("API_KEY"))
-        self.lists = [part.strip() for part in config.get("LIST_ID").split(",") if part.strip()]
-        self.hard_bounce, self.resubscribe = opt["HARD_BOUNCE_STATUS"], opt["RESUBSCRIBE"]
-        self.ours = {f"{opt['TAG_PREFIX']}{kind.value}": kind for kind in TAGGED}
-        self.create = config.flag("CREATE_MISSING")
+        self.auth = ("syncworker", opt.api_key)
+        self.lists = list(opt.list_id)
+        self.hard_bounce, self.resubscribe = opt.hard_bounce_status, opt.resubscribe
+        self.ours = {f"{opt.tag_prefix}{kind.value}": kind for kind in TAGGED}
+        self.create = opt.create_missing
         self.cleaned_refused = False  # Mailchimp refused a client-set ``cleaned`` once
         self.lists_seen: set[str] = set()
-        problems = [
-            f"SYNCWORKER_MAILCHIMP_{key} must be one of {', '.join(allowed)}"
-            for key, allowed in CHOICES.items()
-            if opt[key] not in allowed
-        ]
-        if not http.base_url:
-            problems.append("SYNCWORKER_MAILCHIMP_API_KEY must end in -<dc> (or set BASE_URL)")
-        if not self.lists:
-            problems.append("SYNCWORKER_MAILCHIMP_LIST_ID: one or more audience ids")
-        if problems:
-            raise NotConfigured(problems)
+
+    def check(self) -> list[str]:
+        if self.http.base_url:
+            return []
+        return [f"{self.setting('API_KEY')} must end in -<dc> (or set BASE_URL)"]
 
     def sync(self, changes: list[ContactChange]) -> list[Outcome]:
         """Bring each contact to ``change.state`` in every audience; repeating changes nothing.
@@ -103,7 +100,11 @@ class Mailchimp(Destination):
                         continue
                     parts[index].append(outcome)
                     halt = outcome if outcome.status is OutcomeStatus.RETRY else None
-                creatable = [i for i in missing if self.create and changes[i].state.suppressed]
+                creatable = [
+                    i
+                    for i in missing
+                    if self.options.create_missing and changes[i].state.suppressed
+                ]
                 for index in set(missing) - set(creatable):
                     parts[index].append(Outcome.not_found(f"not in audience {list_id}"))
                 if creatable:

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 from syncworker.destinations import (
     EVENT_NAMES,
+    USER_ID_RULES,
     BadCredentials,
     ContactChange,
     Destination,
@@ -31,16 +33,18 @@ from syncworker.destinations import (
     HygieneEvent,
     Kind,
     Mode,
-    NotConfigured,
+    Options,
     Outcome,
     OutcomeStatus,
     PermanentError,
     Rate,
     RetryableError,
+    Secret,
     Throttled,
     compact_json,
     hygiene_traits,
     json_object,
+    option,
     scrub_address,
     scrub_body,
     throttled_rest,
@@ -56,19 +60,22 @@ MAX_BYTES = 10_000_000  # uncompressed bytes per /import request: "10MB" in the 
 Slots = list[Outcome | None]  # one per change, filled in as answers come
 
 
+@dataclass(frozen=True)
+class MixpanelOptions(Options):
+    token: Secret = option(required=True)
+    region: str = option("us", choices=tuple(REGIONS))
+    service_account_username: Secret = option()
+    service_account_secret: Secret = option()
+    project_id: str = option()
+    api_secret: Secret = option()
+    user_id: str = option("email", check=valid_user_id_rule, expect=USER_ID_RULES)
+    profile_set: bool = option(False)
+    max_batch_bytes: int = option(2_000_000, min=4_000, max=MAX_BYTES)
+
+
 class Mixpanel(Destination):
     name = "mixpanel"
-    settings = ("TOKEN",)
-    optional_settings = {
-        "REGION": "us",
-        "SERVICE_ACCOUNT_USERNAME": "",
-        "SERVICE_ACCOUNT_SECRET": "",
-        "PROJECT_ID": "",
-        "API_SECRET": "",
-        "USER_ID": "email",
-        "PROFILE_SET": "false",
-        "MAX_BATCH_BYTES": "2000000",
-    }
+    options: MixpanelOptions
     base_url = REGIONS["us"]
     batch_size = 1000  # /import takes 2,000 events a request
     rate = Rate(20, per_seconds=1)  # 2 requests per batch; Mixpanel allows ~2 GB of JSON a minute
@@ -77,34 +84,28 @@ class Mixpanel(Destination):
 
     def __init__(self, config: DestinationConfig, http: HttpClient) -> None:
         super().__init__(config, http)
-        self.token = config.get("TOKEN")
-        self.user_id = config.get("USER_ID") or "email"
-        self.profiles = config.flag("PROFILE_SET")
-        account = config.get("SERVICE_ACCOUNT_USERNAME")
+        opt = self.options
+        self.token, self.user_id, self.profiles = opt.token, opt.user_id, opt.profile_set
+        self.max_bytes = opt.max_batch_bytes
         self.params = {"strict": "1"}
+        self.auth: tuple[str, str]
+        account = opt.service_account_username
         if account:
-            self.auth = (account, config.get("SERVICE_ACCOUNT_SECRET"))
-            self.params["project_id"] = config.get("PROJECT_ID")
+            self.auth = (account, opt.service_account_secret)
+            self.params["project_id"] = opt.project_id
         else:
-            self.auth = (config.get("API_SECRET") or self.token, "")
-        problems = []
-        if account and not (self.auth[1] and self.params["project_id"]):
-            problems.append("SYNCWORKER_MIXPANEL_SERVICE_ACCOUNT_* needs its SECRET and PROJECT_ID")
-        if (config.get("REGION") or "us") not in REGIONS:
-            problems.append(f"SYNCWORKER_MIXPANEL_REGION must be one of {', '.join(REGIONS)}")
-        rule = self.user_id
-        if not valid_user_id_rule(rule):
-            problems.append("SYNCWORKER_MIXPANEL_USER_ID: email, sha256 or a {email} template")
-        size = config.get("MAX_BATCH_BYTES") or "2000000"
-        self.max_bytes = int(size) if size.isdigit() else 0
-        if not 4_000 <= self.max_bytes <= MAX_BYTES:
-            problems.append(f"SYNCWORKER_MIXPANEL_MAX_BATCH_BYTES must be 4000..{MAX_BYTES}")
-        if problems:
-            raise NotConfigured(problems)
+            self.auth = (opt.api_secret or self.token, "")
+
+    def check(self) -> list[str]:
+        opt = self.options
+        if opt.service_account_username and not (opt.service_account_secret and opt.project_id):
+            return [f"{self.setting('SERVICE_ACCOUNT_USERNAME')} needs its SECRET and PROJECT_ID"]
+        return []
 
     @classmethod
     def effective_base_url(cls, config: DestinationConfig) -> str:
-        return config.get("BASE_URL") or REGIONS.get(config.get("REGION") or "us", cls.base_url)
+        region = MixpanelOptions.read(config)[0].region  # a bad one: reported when built
+        return config.get("BASE_URL") or REGIONS[region]
 
     def sync(self, changes: list[ContactChange]) -> list[Outcome]:
         """Import each change's event once; then, if opted in, $set the traits of its user."""

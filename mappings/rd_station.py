@@ -19,14 +19,15 @@ call is repeated once.
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import requests
 
 from syncworker.destinations import (
-    BadCredentials,
+    OPT_OUT_REASONS,
+    REASONS,
     ContactChange,
     ContactState,
     Destination,
@@ -34,15 +35,17 @@ from syncworker.destinations import (
     HttpClient,
     Kind,
     Mode,
-    NotConfigured,
+    OAuthToken,
+    Options,
     Outcome,
     PermanentError,
     Rate,
     RetryableError,
+    Secret,
     Throttled,
+    option,
     retry_after_seconds,
     scrub_body,
-    seconds,
     throttled_rest,
 )
 
@@ -56,19 +59,30 @@ LEGAL_TYPES = (
     "vital_interest",
     "public_interest",
 )
+DAY = 86400.0  # an access token's life when the answer has no expires_in
 TAGGED = (Kind.HARD_BOUNCE, Kind.SOFT_BOUNCE, Kind.BLOCKED, Kind.SPAM_COMPLAINT)
+
+
+def _lower(text: str) -> bool:  # RD Station tags are lower case
+    return text == text.lower()
+
+
+@dataclass(frozen=True)
+class RDStationOptions(Options):
+    client_id: Secret = option(required=True)
+    client_secret: Secret = option(required=True)
+    refresh_token: Secret = option(required=True)
+    opt_out_reasons: tuple[str, ...] = option(OPT_OUT_REASONS, choices=REASONS)
+    legal_basis_type: str = option("consent", choices=LEGAL_TYPES)
+    #: set but empty: no tags
+    tag_prefix: str = option("syncworker-", empty=True, check=_lower, expect="lower case")
+    resubscribe: bool = option(False)
+    limit_retry_after: float = option(3600.0, check=lambda s: s > 0, expect="seconds, above 0")
 
 
 class RDStation(Destination):
     name = "rd_station"
-    settings = ("CLIENT_ID", "CLIENT_SECRET", "REFRESH_TOKEN")
-    optional_settings = {
-        "OPT_OUT_REASONS": "unsubscribe,spam_complaint,hard_bounce,manual",
-        "LEGAL_BASIS_TYPE": "consent",
-        "TAG_PREFIX": "syncworker-",
-        "RESUBSCRIBE": "false",
-        "LIMIT_RETRY_AFTER": "3600",
-    }
+    options: RDStationOptions
     base_url = "https://api.rd.services"
     batch_size = 20  # up to three calls per contact at 2 per second: a batch takes about 30 s
     rate = Rate(120, per_seconds=60)  # the account limit of the Light, Basic and Pro plans
@@ -77,24 +91,22 @@ class RDStation(Destination):
     def __init__(self, config: DestinationConfig, http: HttpClient) -> None:
         super().__init__(config, http)
         opt = self.options
-        self.credentials = {k.lower(): config.get(k) for k in self.settings}
-        reasons = opt["OPT_OUT_REASONS"].split(",")
-        self.opt_out_reasons = frozenset(r.strip() for r in reasons if r.strip())
-        self.basis_type = opt["LEGAL_BASIS_TYPE"]
-        self.prefix = config.get("TAG_PREFIX", opt["TAG_PREFIX"])  # set but empty: no tags
-        self.resubscribe = config.flag("RESUBSCRIBE")
-        self.token: str | None = None
-        self.expires_at = 0.0
-        env, problems = "SYNCWORKER_RD_STATION_", []
-        if self.basis_type not in LEGAL_TYPES:
-            problems.append(f"{env}LEGAL_BASIS_TYPE: one of {', '.join(LEGAL_TYPES)}")
-        if self.prefix != self.prefix.lower():
-            problems.append(f"{env}TAG_PREFIX: lower case (RD Station tags are)")
-        self.limit_retry = seconds(opt["LIMIT_RETRY_AFTER"])
-        if self.limit_retry <= 0:
-            problems.append(f"{env}LIMIT_RETRY_AFTER: seconds before a contact over its limit")
-        if problems:
-            raise NotConfigured(problems)
+        fields = {"client_id": opt.client_id, "client_secret": opt.client_secret}
+        fields["refresh_token"] = opt.refresh_token
+        self.oauth = OAuthToken(
+            http, "/auth/token", fields, as_json=True, grant_type=False, lifetime=DAY
+        )
+        self.opt_out_reasons = frozenset(opt.opt_out_reasons)
+        self.basis_type, self.prefix = opt.legal_basis_type, opt.tag_prefix
+
+    @property
+    def expires_at(self) -> float:
+        """When the access token is renewed before use (``time.monotonic``)."""
+        return self.oauth.expires_at or 0.0
+
+    @expires_at.setter
+    def expires_at(self, value: float) -> None:
+        self.oauth.expires_at = value
 
     def sync(self, changes: list[ContactChange]) -> list[Outcome]:
         """One contact at a time; a timeout or 5xx leaves it and the rest of the batch to retry
@@ -114,7 +126,7 @@ class RDStation(Destination):
     def sync_one(self, change: ContactChange) -> Outcome:
         """Bring one contact to ``change.state``, sending nothing it already has."""
         path = f"{CONTACTS}/email:{quote(change.email, safe='@')}"
-        response = self._api("GET", path, allow=(404,))
+        response = self.oauth.request("GET", path, allow=(404,))
         if response.status_code == 404:
             return _missing(response)
         contact = _body(response)
@@ -127,11 +139,11 @@ class RDStation(Destination):
         if not uuid:
             return Outcome.failed("RD Station answered the contact without a uuid")
         for method, call_path, body in calls:
-            answer = self._api(method, call_path, json=body, allow=(404, 429))
+            answer = self.oauth.request(method, call_path, json=body, allow=(404, 429))
             if answer.status_code == 404:
                 return _missing(answer)
             if answer.status_code == 429:  # this contact's own daily limit: 24 updates in 24 h
-                after = retry_after_seconds(answer, default=self.limit_retry)
+                after = retry_after_seconds(answer, default=self.options.limit_retry_after)
                 return Outcome.deferred(
                     after, f"contact update limit: {scrub_body(answer.text, 200)}"
                 )
@@ -142,6 +154,7 @@ class RDStation(Destination):
     ) -> tuple[dict[str, Any], list[str]]:
         """The PATCH body (only what differs) and the tags to add, for ``state``."""
         held = set(state.reasons) if state.suppressed else set()
+        basis = self.basis_type
         bases = {
             str(b.get("type")): b.get("status")
             for b in contact.get("legal_bases") or []
@@ -153,8 +166,8 @@ class RDStation(Destination):
             declined = [t for t in sorted(types) if bases.get(t) != "declined"]
             if declined:
                 patch["legal_bases"] = [_basis(t, "declined") for t in declined]
-        elif not state.suppressed and self.resubscribe and bases.get(self.basis_type) == "declined":
-            patch["legal_bases"] = [_basis(self.basis_type, "granted")]
+        elif not state.suppressed and self.options.resubscribe and bases.get(basis) == "declined":
+            patch["legal_bases"] = [_basis(basis, "granted")]
         current = [t for t in contact.get("tags") or [] if isinstance(t, str)]
         ours = {t for t in current if self.prefix and t.startswith(self.prefix)}
         wanted = {self.prefix + k.replace("_", "-") for k in held if k in TAGGED and self.prefix}
@@ -167,39 +180,9 @@ class RDStation(Destination):
             isinstance(b, dict) and b.get("status") == "declined"
             for b in contact.get("legal_bases") or []
         )
-        if not state.suppressed and declined and not self.resubscribe:
+        if not state.suppressed and declined and not self.options.resubscribe:
             return "the declined legal basis stays (set RESUBSCRIBE=true to grant it again)"
         return "nothing to change"
-
-    def _api(
-        self, method: str, path: str, *, again: bool = False, **kwargs: Any
-    ) -> requests.Response:
-        """A call with a live token; a 401 renews it and repeats the call once."""
-        if self.token is None or time.monotonic() >= self.expires_at:
-            self._refresh()
-        allow = (401, *kwargs.pop("allow", ()))
-        headers = {"Authorization": f"Bearer {self.token}"}
-        response = self.http.request(method, path, headers=headers, allow=allow, **kwargs)
-        if response.status_code == 401 and not again:
-            self.token = None  # WWW-Authenticate: error="expired_token" (or a revoked token)
-            return self._api(method, path, again=True, allow=allow[1:], **kwargs)
-        if response.status_code == 401:
-            raise BadCredentials(self.name, "access token rejected", status=401, body=response.text)
-        return response
-
-    def _refresh(self) -> None:
-        response = self.http.post("/auth/token", json=self.credentials, allow=(400, 401))
-        if response.status_code in (400, 401):  # INVALID_REFRESH_TOKEN, ACCESS_DENIED
-            message = "token refresh rejected"
-            raise BadCredentials(
-                self.name, message, status=response.status_code, body=response.text
-            )
-        body = _body(response)
-        self.token = str(body.get("access_token") or "")
-        if not self.token and not self.http.dry_run:
-            raise BadCredentials(self.name, "no access_token in the token answer")
-        lifetime = seconds(str(body.get("expires_in") or 86400))
-        self.expires_at = time.monotonic() + lifetime - min(60.0, lifetime / 10)
 
 
 def _basis(kind: str, status: str) -> dict[str, str]:

@@ -17,10 +17,13 @@ refreshes it and repeats the call once. 403 REQUEST_LIMIT_EXCEEDED pauses LIMIT_
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from syncworker.destinations import (
+    OPT_OUT_REASONS,
+    REASONS,
     BadCredentials,
     ContactChange,
     ContactState,
@@ -29,13 +32,15 @@ from syncworker.destinations import (
     HttpClient,
     Kind,
     Mode,
-    NotConfigured,
+    OAuthToken,
+    Options,
     Outcome,
     OutcomeStatus,
     Rate,
+    Secret,
     Throttled,
-    comma_list,
     iso_time,
+    option,
     scrub_body,
     seconds,
     throttled_rest,
@@ -49,18 +54,27 @@ OPT_OUT, REASON, DATE = "HasOptedOutOfEmail", "EmailBouncedReason", "EmailBounce
 RANK = ["retry", "failed", "applied", "not_found", "already"]  # worst first, across records
 
 
+def _version(text: str) -> bool:
+    return bool(re.fullmatch(r"v?\d{2,3}\.0", text)) and float(text.removeprefix("v")) >= 42
+
+
+@dataclass(frozen=True)
+class SalesforceOptions(Options):
+    client_id: Secret = option(required=True)
+    client_secret: Secret = option(required=True)
+    refresh_token: Secret = option(required=True)
+    api_version: str = option("62.0", check=_version, expect="e.g. 62.0, at least 42.0")
+    objects: tuple[str, ...] = option(("Contact", "Lead"), choices=("Contact", "Lead"))
+    opt_out_reasons: tuple[str, ...] = option(OPT_OUT_REASONS, choices=REASONS)
+    bounce_fields: bool = option(True)
+    complaint_field: str = option(pattern=r"[A-Za-z]\w*__c", expect="a field like Spam__c")
+    resubscribe: bool = option(False)
+    limit_pause: float = option(3600.0, check=lambda s: s > 0, expect="seconds, more than 0")
+
+
 class Salesforce(Destination):
     name = "salesforce"
-    settings = ("CLIENT_ID", "CLIENT_SECRET", "REFRESH_TOKEN")
-    optional_settings = {
-        "API_VERSION": "62.0",
-        "OBJECTS": "Contact,Lead",
-        "OPT_OUT_REASONS": "unsubscribe,spam_complaint,hard_bounce,manual",
-        "BOUNCE_FIELDS": "true",
-        "COMPLAINT_FIELD": "",
-        "RESUBSCRIBE": "false",
-        "LIMIT_PAUSE": "3600",
-    }
+    options: SalesforceOptions
     base_url = "https://login.salesforce.com"
     batch_size = LIMIT
     rate = Rate(5, per_seconds=1)
@@ -69,28 +83,13 @@ class Salesforce(Destination):
     def __init__(self, config: DestinationConfig, http: HttpClient) -> None:
         super().__init__(config, http)
         opt = self.options
-        self.credentials = {k.lower(): opt.get(k, "") for k in self.settings}
-        self.version = opt["API_VERSION"].removeprefix("v")
-        self.objects = comma_list(opt["OBJECTS"])
-        self.opt_out_reasons = frozenset(comma_list(opt["OPT_OUT_REASONS"]))
-        self.bounce_fields = config.flag("BOUNCE_FIELDS", default=True)
-        self.complaint_field = opt["COMPLAINT_FIELD"]
-        self.resubscribe = config.flag("RESUBSCRIBE")
-        self.token: str | None = None
-        self.instance, self.api_usage = "", ""  # api_usage: the last Sforce-Limit-Info seen
-        env, problems = "SYNCWORKER_SALESFORCE_", []
-        if not re.fullmatch(r"\d{2,3}\.0", self.version) or float(self.version) < 42:
-            problems.append(f"{env}API_VERSION: e.g. 62.0 (sObject Collections need 42.0+)")
-        if not self.objects or set(self.objects) - {"Contact", "Lead"}:
-            problems.append(f"{env}OBJECTS: Contact, Lead or both")
-        if self.complaint_field and not re.fullmatch(r"[A-Za-z]\w*__c", self.complaint_field):
-            problems.append(f"{env}COMPLAINT_FIELD: a custom field API name such as Spam__c")
-        self.limit_pause = seconds(opt["LIMIT_PAUSE"])
-        if self.limit_pause <= 0:
-            problems.append(f"{env}LIMIT_PAUSE: seconds to pause once the API allocation is spent")
-        if problems:
-            raise NotConfigured(problems)
-        optional = [*((REASON, DATE) if self.bounce_fields else ()), self.complaint_field]
+        credentials = {"client_id": opt.client_id, "client_secret": opt.client_secret}
+        credentials["refresh_token"] = opt.refresh_token
+        self.oauth = OAuthToken(http, "/services/oauth2/token", credentials, check=self._check)
+        self.version = opt.api_version.removeprefix("v")
+        self.opt_out_reasons = frozenset(opt.opt_out_reasons)
+        self.api_usage = ""  # the last Sforce-Limit-Info seen
+        optional = [*((REASON, DATE) if opt.bounce_fields else ()), opt.complaint_field]
         self.fields = [OPT_OUT, *filter(None, optional)]
 
     def sync(self, changes: list[ContactChange]) -> list[Outcome]:
@@ -100,13 +99,14 @@ class Salesforce(Destination):
         missing = Outcome.not_found("no Contact or Lead has this email")
         parts: dict[str, list[Outcome]] = {e: [] if found[e] else [missing] for e in states}
         writes: list[tuple[str, dict[str, Any]]] = []
+        kept = not self.options.resubscribe  # an opt-out stays unless RESUBSCRIBE
         for email, records in found.items():
             for record in records:
                 fields = self._changed(states[email], record)
                 if fields:
                     attributes = {"type": record["attributes"]["type"]}
                     writes.append((email, {"attributes": attributes, "id": record["Id"], **fields}))
-                elif not states[email].suppressed and record.get(OPT_OUT) and not self.resubscribe:
+                elif not states[email].suppressed and record.get(OPT_OUT) and kept:
                     parts[email].append(Outcome.already(f"{record['Id']}: the opt-out stays"))
                 else:
                     parts[email].append(Outcome.already(f"{record['Id']}: nothing to change"))
@@ -127,7 +127,7 @@ class Salesforce(Destination):
     def _lookup(self, emails: list[str]) -> dict[str, list[dict[str, Any]]]:
         """Every record of OBJECTS whose Email is in ``emails`` (SOQL compares it caselessly)."""
         found: dict[str, list[dict[str, Any]]] = {e: [] for e in emails}
-        for sobject, chunk in [(o, c) for o in self.objects for c in _by_length(emails)]:
+        for sobject, chunk in [(o, c) for o in self.options.objects for c in _by_length(emails)]:
             where = " AND IsConverted = false" if sobject == "Lead" else ""
             literals = ", ".join(_literal(e) for e in chunk)
             soql = f"SELECT Id, Email, {', '.join(self.fields)} FROM {sobject} WHERE Email IN "
@@ -145,46 +145,30 @@ class Salesforce(Destination):
         wanted: dict[str, Any] = {}
         if held & self.opt_out_reasons:
             wanted[OPT_OUT] = True
-        elif not state.suppressed and self.resubscribe:
+        elif not state.suppressed and self.options.resubscribe:
             wanted[OPT_OUT] = False
         bounces = [r for name, r in state.reasons.items() if name in BOUNCES and name in held]
-        if self.bounce_fields and bounces:
+        if self.options.bounce_fields and bounces:
             newest = max(bounces, key=lambda r: r.at)
             detail = f": {newest.detail}" if newest.detail else ""
             wanted[REASON] = f"{MARK}{newest.reason} ({newest.source}){detail}"[:255]
             wanted[DATE] = iso_time(newest.at)
-        elif self.bounce_fields and str(record.get(REASON) or "").startswith(MARK):
+        elif self.options.bounce_fields and str(record.get(REASON) or "").startswith(MARK):
             wanted[REASON] = wanted[DATE] = None
-        if self.complaint_field:
-            wanted[self.complaint_field] = Kind.SPAM_COMPLAINT in held
+        if self.options.complaint_field:
+            wanted[self.options.complaint_field] = Kind.SPAM_COMPLAINT in held
         return {k: v for k, v in wanted.items() if not _same(record.get(k), v)}
 
-    def _api(self, method: str, path: str, *, again: bool = False, **kwargs: Any) -> Any:
-        """A data API call with a fresh token: a 401 refreshes it and repeats the call once."""
+    def _api(self, method: str, path: str, **kwargs: Any) -> Any:
+        """A data API call with a live token (a 401 renews it and repeats the call once), at the
+        ``instance_url`` of the token answer."""
         url = path if path.startswith("/services/") else f"/services/data/v{self.version}{path}"
-        if self.token is None:
-            self._refresh()
-        headers = {"Authorization": f"Bearer {self.token}"}
-        response = self.http.request(
-            method, self.instance + url, headers=headers, allow=(401, 403), **kwargs
-        )
+        self.oauth.token()
+        instance = str(self.oauth.answer.get("instance_url") or self.http.base_url).rstrip("/")
+        response = self.oauth.request(method, instance + url, allow=(403,), **kwargs)
         self.api_usage = response.headers.get("Sforce-Limit-Info", self.api_usage)
-        if response.status_code == 401 and not again:
-            self.token = None  # INVALID_SESSION_ID: the session expired or was revoked
-            return self._api(method, path, again=True, **kwargs)
         self._check(response)
         return _json(response)
-
-    def _refresh(self) -> None:
-        data = {"grant_type": "refresh_token", **self.credentials}
-        response = self.http.post("/services/oauth2/token", data=data, allow=(400, 401, 403))
-        self._check(response)
-        body = _json(response)
-        body = body if isinstance(body, dict) else {}
-        self.token = str(body.get("access_token") or "")
-        self.instance = str(body.get("instance_url") or self.http.base_url).rstrip("/")
-        if not self.token and not self.http.dry_run:
-            raise BadCredentials(self.name, "no access_token in the token answer")
 
     def _check(self, response: Any) -> None:
         status, text = response.status_code, response.text
@@ -192,7 +176,7 @@ class Salesforce(Destination):
             return
         codes = {e.get("errorCode") for e in _json(response) or [] if isinstance(e, dict)}
         if status == 403 and "REQUEST_LIMIT_EXCEEDED" in codes:
-            pause = seconds(response.headers.get("Retry-After")) or self.limit_pause
+            pause = seconds(response.headers.get("Retry-After")) or self.options.limit_pause
             message = f"API request limit exceeded ({self.api_usage or 'Sforce-Limit-Info absent'})"
             raise Throttled(self.name, pause, message, status=status, body=text)
         raise BadCredentials(self.name, "credentials rejected", status=status, body=text)

@@ -11,10 +11,12 @@ rejects requests over 500 KB and events over 32 KB, hence the capped free-text f
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 from syncworker.destinations import (
     EVENT_NAMES,
+    USER_ID_RULES,
     ContactChange,
     Destination,
     DestinationConfig,
@@ -23,12 +25,14 @@ from syncworker.destinations import (
     HygieneEvent,
     Kind,
     Mode,
-    NotConfigured,
+    Options,
     Outcome,
     Rate,
+    Secret,
     compact_json,
     hygiene_traits,
     iso_time,
+    option,
     send_parts,
     split_events,
     user_id,
@@ -39,10 +43,20 @@ TEXT_CAP = 1000  # characters of ESP-supplied text per field: keeps every messag
 ENVELOPE = 200  # bytes of the batch wrapper around the messages
 
 
+def _user_id_rule(rule: str) -> bool:
+    return rule == "anonymous" or valid_user_id_rule(rule)
+
+
+@dataclass(frozen=True)
+class SegmentOptions(Options):
+    write_key: Secret = option(required=True)
+    user_id: str = option("email", check=_user_id_rule, expect=USER_ID_RULES + " or anonymous")
+    max_batch_bytes: int = option(450_000, min=4_000, max=500_000)
+
+
 class Segment(Destination):
     name = "segment"
-    settings = ("WRITE_KEY",)
-    optional_settings = {"USER_ID": "email", "MAX_BATCH_BYTES": "450000"}
+    options: SegmentOptions
     base_url = "https://api.segment.io"
     batch_size = 100  # 200 messages of ~1 KB; a batch with long ESP texts is split by size
     rate = Rate(50, per_seconds=1)
@@ -51,21 +65,9 @@ class Segment(Destination):
 
     def __init__(self, config: DestinationConfig, http: HttpClient) -> None:
         super().__init__(config, http)
-        self.auth = (config.get("WRITE_KEY"), "")
-        self.user_id = config.get("USER_ID") or "email"
-        try:
-            self.max_bytes = int(config.get("MAX_BATCH_BYTES") or 450_000)
-        except ValueError:
-            self.max_bytes = 0
-        problems = []
-        if self.user_id != "anonymous" and not valid_user_id_rule(self.user_id):
-            problems.append(
-                "SYNCWORKER_SEGMENT_USER_ID must be email, sha256, a {email} template or anonymous"
-            )
-        if not 4_000 <= self.max_bytes <= 500_000:
-            problems.append("SYNCWORKER_SEGMENT_MAX_BATCH_BYTES must be 4000..500000")
-        if problems:
-            raise NotConfigured(problems)
+        self.auth = (self.options.write_key, "")
+        self.user_id = self.options.user_id
+        self.max_bytes = self.options.max_batch_bytes
 
     def sync(self, changes: list[ContactChange]) -> list[Outcome]:
         """Send each change's event once; a retry reuses the messageIds, so Segment dedupes it."""

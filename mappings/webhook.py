@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from syncworker.destinations import (
@@ -29,10 +30,13 @@ from syncworker.destinations import (
     HttpClient,
     HygieneEvent,
     Mode,
-    NotConfigured,
+    Options,
     Outcome,
     Rate,
+    Secret,
+    Url,
     iso_time,
+    option,
     send_parts,
     split_events,
 )
@@ -41,10 +45,25 @@ TYPE = "syncworker.hygiene.batch"
 ENVELOPE = 200  # bytes of the body around the events
 
 
+def _key(secret: str) -> bytes:
+    """The HMAC key of a ``whsec_`` + base64 secret (b"": not one)."""
+    try:
+        return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        return b""
+
+
+@dataclass(frozen=True)
+class WebhookOptions(Options):
+    url: Url = option(required=True)
+    secret: Secret = option(required=True, check=_key, expect="whsec_ + base64")
+    secret_previous: Secret = option(check=_key, expect="whsec_ + base64")
+    max_batch_bytes: int = option(1_000_000, min=2_000)
+
+
 class Webhook(Destination):
     name = "webhook"
-    settings = ("URL", "SECRET")
-    optional_settings = {"SECRET_PREVIOUS": "", "MAX_BATCH_BYTES": "1000000"}
+    options: WebhookOptions
     batch_size = 100
     rate = Rate(20, per_seconds=1)
     concurrency = 1  # one request at a time: a receiver may apply events in arrival order
@@ -52,29 +71,9 @@ class Webhook(Destination):
 
     def __init__(self, config: DestinationConfig, http: HttpClient) -> None:
         super().__init__(config, http)
-        self.url = config.get("URL")
-        problems = []
-        self.keys: list[bytes] = []
-        for setting in ("SECRET", "SECRET_PREVIOUS"):
-            secret = config.get(setting)
-            try:
-                key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
-            except (binascii.Error, ValueError):
-                key = b""
-            if key:
-                self.keys.append(key)
-            elif secret or setting == "SECRET":
-                problems.append(f"SYNCWORKER_WEBHOOK_{setting} must be whsec_ + base64")
-        try:
-            self.max_bytes = int(config.get("MAX_BATCH_BYTES") or 1_000_000)
-        except ValueError:
-            self.max_bytes = 0
-        if self.max_bytes < 2_000:
-            problems.append("SYNCWORKER_WEBHOOK_MAX_BATCH_BYTES must be at least 2000")
-        if not self.url.startswith(("http://", "https://")):
-            problems.append("SYNCWORKER_WEBHOOK_URL must be an http(s) URL")
-        if problems:
-            raise NotConfigured(problems)
+        self.url, self.max_bytes = self.options.url, self.options.max_batch_bytes
+        secrets = (self.options.secret, self.options.secret_previous)
+        self.keys = [_key(secret) for secret in secrets if secret]
 
     def sync(self, changes: list[ContactChange]) -> list[Outcome]:
         """POST the batch's events (signed); a retry of the same events reuses the webhook-id."""

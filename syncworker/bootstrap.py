@@ -93,7 +93,7 @@ class Runtime:
             conn = connect_worker(settings.redis_url)
         dests: dict[str, DestinationRuntime] = {}
         for name, config in settings.destinations.items():
-            klass = destination_class(name)
+            klass = destination_class(name, settings.mappings_dir)
             dests[name] = DestinationRuntime(
                 name=name,
                 cls=klass,
@@ -133,7 +133,7 @@ def check(settings: Settings) -> None:
     for name, config in settings.destinations.items():
         env = f"SYNCWORKER_{name.upper()}_"
         try:
-            klass = destination_class(name)
+            klass = destination_class(name, settings.mappings_dir)
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue

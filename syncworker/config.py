@@ -34,6 +34,9 @@ class Option:
 OPTIONS: dict[str, Option] = {
     "sources": Option("SOURCES", str, "", "", "comma list of sources, `name` or `name:esp`"),
     "destinations": Option("DESTINATIONS", str, "", "", "comma list of destinations"),
+    "mappings_dir": Option(
+        "MAPPINGS_DIR", str, "", "", "directory of the mapping modules (default: ./mappings)"
+    ),
     "api_token": Option("API_TOKEN", str, "", "", "bearer token for /v1; empty = API off"),
     "api_token_previous": Option(
         "API_TOKEN_PREVIOUS", str, "", "", "the old bearer token, also accepted while rotating"
@@ -162,6 +165,8 @@ class DestinationConfig:
 
     name: str
     values: Mapping[str, str] = field(default_factory=dict)
+    #: keys its mapping declares as secrets (masked by ``describe``)
+    secret_keys: frozenset[str] = frozenset()
 
     def get(self, key: str, default: str = "") -> str:
         return self.values.get(key, default)
@@ -177,6 +182,7 @@ class Settings:
     sentry_dsn: str = ""
     sources: Mapping[str, SourceConfig] = field(default_factory=dict)
     destinations: Mapping[str, DestinationConfig] = field(default_factory=dict)
+    mappings_dir: str = ""
     api_token: str = ""
     api_token_previous: str = ""
     public_url: str = ""
@@ -284,7 +290,7 @@ class Settings:
                 problems.append(f"{name!r} is both a source and a destination: rename the source")
                 continue
             try:
-                dest = destination_class(name)
+                dest = destination_class(name, values["mappings_dir"])
             except ConfigError as exc:
                 problems.extend(exc.problems)
                 continue
@@ -293,7 +299,7 @@ class Settings:
             for key in dest.settings:
                 if not vals.get(key):
                     problems.append(f"{PREFIX}{name.upper()}_{key} is required by {name!r}")
-            destinations[name] = DestinationConfig(name=name, values=vals)
+            destinations[name] = DestinationConfig(name, vals, dest.secret_settings)
 
         for key in sorted(environ):
             if not key.startswith(PREFIX):
@@ -326,6 +332,10 @@ class Settings:
                     f"{s.name}:{s.esp}" if name == "sources" else s.name
                     for s in getattr(self, name).values()
                 )
+            elif name == "mappings_dir":  # the directory in effect, set or not
+                from syncworker.destinations.loader import mappings_dir
+
+                value = str(mappings_dir(self.mappings_dir))
             else:
                 value = getattr(self, name)
                 if name in ("api_token", "api_token_previous") and value:
@@ -333,8 +343,9 @@ class Settings:
             rows.append((PREFIX + opt.env, f"{value}{' ' + opt.unit if opt.unit else ''}"))
         for scope in (self.sources, self.destinations):
             for cfg in scope.values():
+                declared = cfg.secret_keys if isinstance(cfg, DestinationConfig) else frozenset()
                 for key, val in cfg.values.items():
-                    secret = any(word in key for word in SECRET_WORDS)
+                    secret = key in declared or any(word in key for word in SECRET_WORDS)
                     shown = "***" if secret and val else _mask_url(val)
                     rows.append((f"{PREFIX}{cfg.name.upper()}_{key}", shown))
         return rows
