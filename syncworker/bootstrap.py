@@ -10,16 +10,19 @@ Flask app; requests read it, typed, with :func:`app_state`.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import redis
 import requests
 
-from syncworker.config import DestinationConfig, Settings
+from syncworker.config import DestinationConfig, PluginKeys, Settings
 from syncworker.delivery.ratelimit import RateLimiter
 from syncworker.destinations import Destination, HttpClient, Mode, Rate, destination_class
+from syncworker.destinations.loader import mappings_dir
 from syncworker.errors import ConfigError
+from syncworker.intake.registry import ESP_PARSERS
 from syncworker.ledger import Ledger, Route
 from syncworker.queue.enqueue import (
     Enqueuer,
@@ -30,6 +33,34 @@ from syncworker.queue.enqueue import (
 
 if TYPE_CHECKING:
     from syncworker.intake.contract import EspParser
+
+
+class Plugins:
+    """The ESP modules (``syncworker/intake/esps/``) and the mapping modules (``mappings/``)
+    there are, as the settings see them (:class:`syncworker.config.Plugins`)."""
+
+    def esps(self) -> list[str]:
+        return list(ESP_PARSERS)
+
+    def source_keys(self, esp: str) -> PluginKeys:
+        parser = ESP_PARSERS[esp]
+        return PluginKeys(parser.settings, parser.optional_settings)
+
+    def destination_keys(self, name: str, mappings_dir: str) -> PluginKeys:
+        dest = destination_class(name, mappings_dir)
+        return PluginKeys(dest.settings, dest.optional_settings, dest.secret_settings)
+
+    def effective_mappings_dir(self, setting: str) -> str:
+        return str(mappings_dir(setting))
+
+
+PLUGINS = Plugins()
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings from ``environ`` (the process's environment by default), checked against
+    the plugins there are; ConfigError lists every problem at once."""
+    return Settings.from_env(os.environ if environ is None else environ, PLUGINS)
 
 
 @dataclass
@@ -122,8 +153,6 @@ def spare_processes(settings: Settings) -> int:
 def check(settings: Settings) -> None:
     """Build every enabled source parser and destination once, offline, so that a bad key or a
     malformed setting stops startup (and ``check-config``) instead of failing on first use."""
-    from syncworker.intake.registry import ESP_PARSERS
-
     problems: list[str] = []
     for source in settings.sources.values():
         try:
@@ -178,7 +207,7 @@ def current() -> Runtime:
     """The process's runtime; built from the environment on first use if nobody configured one."""
     global _current
     if _current is None:
-        _current = Runtime.build(Settings.from_env(os.environ))
+        _current = Runtime.build(load_settings())
     return _current
 
 

@@ -35,7 +35,7 @@ REDIS_RETRY_CAP_S = 15.0  # its longest wait between tries
 
 def load_settings(require_redis: bool = True) -> Settings:
     try:
-        settings = Settings.from_env(os.environ)
+        settings = runtime.load_settings()
         runtime.check(settings)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
@@ -357,8 +357,8 @@ def _stop_all(
 def check_config() -> None:
     """Validate the configuration and print it, secrets masked."""
     settings = load_settings(require_redis=False)
-    width = max(len(k) for k, _ in settings.describe())
-    for key, value in settings.describe():
+    width = max(len(k) for k, _ in settings.describe(runtime.PLUGINS))
+    for key, value in settings.describe(runtime.PLUGINS):
         click.echo(f"{key.ljust(width)}  {value}")
     click.echo("configuration OK")
 

@@ -11,9 +11,41 @@ import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from syncworker.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class PluginKeys:
+    """The settings a source's ESP module or a destination's mapping declares."""
+
+    required: tuple[str, ...]
+    optional: Mapping[str, str]  # key -> default
+    secret: frozenset[str] = frozenset()
+
+
+class Plugins(Protocol):
+    """What the settings need to know of the plugins, given by ``syncworker.bootstrap`` (this
+    module imports none: the ESP modules and the mappings import it)."""
+
+    def esps(self) -> list[str]:
+        """The ESP slugs there are modules for."""
+        ...
+
+    def source_keys(self, esp: str) -> PluginKeys:
+        """The settings of ``esp``'s module (one of :meth:`esps`)."""
+        ...
+
+    def destination_keys(self, name: str, mappings_dir: str) -> PluginKeys:
+        """The settings of mapping ``name``; ConfigError if it cannot be loaded."""
+        ...
+
+    def effective_mappings_dir(self, mappings_dir: str) -> str:
+        """The directory mapping modules are loaded from, given the setting."""
+        ...
+
+
 
 PREFIX = "SYNCWORKER_"
 _SLUG = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
@@ -221,10 +253,9 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> Settings:
-        """Read and validate every setting; raise ConfigError listing all problems at once."""
-        from syncworker.destinations import destination_class
-        from syncworker.intake.registry import ESP_PARSERS
+    def from_env(cls, environ: Mapping[str, str], plugins: Plugins) -> Settings:
+        """Read and validate every setting; raise ConfigError listing all problems at once.
+        ``syncworker.bootstrap.load_settings`` calls it with the plugins there are."""
 
         problems: list[str] = []
         used: set[str] = set()
@@ -265,15 +296,15 @@ class Settings:
             if not _SLUG.match(name):
                 problems.append(f"{PREFIX}SOURCES: {name!r} is not a valid source name")
                 continue
-            parser = ESP_PARSERS.get(esp)
-            if parser is None:
-                known = ", ".join(sorted(ESP_PARSERS))
+            if esp not in plugins.esps():
+                known = ", ".join(sorted(plugins.esps()))
                 problems.append(f"{PREFIX}SOURCES: unknown ESP {esp!r} for {name!r} ({known})")
                 continue
-            keys = [*parser.settings, *(k + "_PREVIOUS" for k in parser.settings)]
-            keys += list(parser.optional_settings)
-            vals = {**parser.optional_settings, **scoped(name, keys)}
-            for key in parser.settings:
+            parser = plugins.source_keys(esp)
+            keys = [*parser.required, *(k + "_PREVIOUS" for k in parser.required)]
+            keys += list(parser.optional)
+            vals = {**parser.optional, **scoped(name, keys)}
+            for key in parser.required:
                 if not vals.get(key):
                     problems.append(f"{PREFIX}{name.upper()}_{key} is required by source {name!r}")
             sources[name] = SourceConfig(
@@ -290,16 +321,16 @@ class Settings:
                 problems.append(f"{name!r} is both a source and a destination: rename the source")
                 continue
             try:
-                dest = destination_class(name, values["mappings_dir"])
+                dest = plugins.destination_keys(name, values["mappings_dir"])
             except ConfigError as exc:
                 problems.extend(exc.problems)
                 continue
-            keys = [*dest.settings, *dest.optional_settings, *DESTINATION_COMMON]
-            vals = {**dest.optional_settings, **scoped(name, keys)}
-            for key in dest.settings:
+            keys = [*dest.required, *dest.optional, *DESTINATION_COMMON]
+            vals = {**dest.optional, **scoped(name, keys)}
+            for key in dest.required:
                 if not vals.get(key):
                     problems.append(f"{PREFIX}{name.upper()}_{key} is required by {name!r}")
-            destinations[name] = DestinationConfig(name, vals, dest.secret_settings)
+            destinations[name] = DestinationConfig(name, vals, dest.secret)
 
         for key in sorted(environ):
             if not key.startswith(PREFIX):
@@ -322,7 +353,7 @@ class Settings:
             **values,
         )
 
-    def describe(self) -> list[tuple[str, str]]:
+    def describe(self, plugins: Plugins | None = None) -> list[tuple[str, str]]:
         """(env var, value) pairs with secrets masked, for ``syncworker check-config``."""
         rows = [("REDIS_URL", _mask_url(self.redis_url) or "(embedded with `run`)")]
         rows.append(("SENTRY_DSN", "***" if self.sentry_dsn else "(off)"))
@@ -332,10 +363,8 @@ class Settings:
                     f"{s.name}:{s.esp}" if name == "sources" else s.name
                     for s in getattr(self, name).values()
                 )
-            elif name == "mappings_dir":  # the directory in effect, set or not
-                from syncworker.destinations.loader import mappings_dir
-
-                value = str(mappings_dir(self.mappings_dir))
+            elif name == "mappings_dir" and plugins is not None:  # the one in effect
+                value = plugins.effective_mappings_dir(self.mappings_dir)
             else:
                 value = getattr(self, name)
                 if name in ("api_token", "api_token_previous") and value:

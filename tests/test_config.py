@@ -6,9 +6,9 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from syncworker.bootstrap import Runtime
+from syncworker.bootstrap import Runtime, load_settings
 from syncworker.cli import main
-from syncworker.config import OPTIONS, Settings
+from syncworker.config import OPTIONS
 from syncworker.devkit.emulators.webhook_receiver import new_secret
 from syncworker.errors import ConfigError
 
@@ -16,7 +16,7 @@ SECRET = new_secret()
 
 
 def test_defaults_carry_documented_values() -> None:
-    settings = Settings.from_env({})
+    settings = load_settings({})
     assert settings.soft_bounce_threshold == 3
     assert settings.soft_bounce_window_s == 30 * 86400
     assert settings.signature_tolerance_s == 300
@@ -33,7 +33,7 @@ def test_every_problem_is_listed_at_once() -> None:
         "SYNCWORKER_TYPO": "1",
     }
     with pytest.raises(ConfigError) as info:
-        Settings.from_env(env)
+        load_settings(env)
     text = "\n".join(info.value.problems)
     assert "SYNCWORKER_POSTMARK_USERNAME is required" in text
     assert "SYNCWORKER_POSTMARK_PASSWORD is required" in text
@@ -52,7 +52,7 @@ def test_source_name_maps_to_an_esp_so_two_accounts_can_post() -> None:
         "SYNCWORKER_POSTMARK_PASSWORD": "pw-us",
         "SYNCWORKER_POSTMARK_PASSWORD_PREVIOUS": "pw-old",
     }
-    settings = Settings.from_env(env)
+    settings = load_settings(env)
     assert {n: s.esp for n, s in settings.sources.items()} == {
         "postmark_eu": "postmark",
         "postmark": "postmark",
@@ -63,7 +63,7 @@ def test_source_name_maps_to_an_esp_so_two_accounts_can_post() -> None:
 
 def test_secret_for_a_source_that_is_not_enabled_is_reported() -> None:
     with pytest.raises(ConfigError) as info:
-        Settings.from_env({"SYNCWORKER_MAILGUN_SIGNING_KEY": "k"})
+        load_settings({"SYNCWORKER_MAILGUN_SIGNING_KEY": "k"})
     assert "SYNCWORKER_MAILGUN_SIGNING_KEY is not a known setting" in str(info.value)
 
 
@@ -74,7 +74,7 @@ def test_destination_settings_and_overrides_are_read() -> None:
         "SYNCWORKER_HUBSPOT_RATE": "50/10",
         "SYNCWORKER_HUBSPOT_BASE_URL": "http://127.0.0.1:9",
     }
-    settings = Settings.from_env(env)
+    settings = load_settings(env)
     dest = settings.destinations["hubspot"]
     assert dest.get("TOKEN") == "pat-1"
     assert dest.get("RATE") == "50/10"
@@ -82,7 +82,7 @@ def test_destination_settings_and_overrides_are_read() -> None:
 
 def test_missing_destination_secret_is_named() -> None:
     with pytest.raises(ConfigError) as info:
-        Settings.from_env({"SYNCWORKER_DESTINATIONS": "hubspot"})
+        load_settings({"SYNCWORKER_DESTINATIONS": "hubspot"})
     assert "SYNCWORKER_HUBSPOT_TOKEN is required" in str(info.value)
 
 
@@ -107,7 +107,7 @@ def test_api_token_previous_is_read_and_masked() -> None:
         "SYNCWORKER_API_TOKEN": "new-api-token",
         "SYNCWORKER_API_TOKEN_PREVIOUS": "old-api-token",
     }
-    assert Settings.from_env(env).api_token_previous == "old-api-token"
+    assert load_settings(env).api_token_previous == "old-api-token"
     result = CliRunner().invoke(main, ["check-config"], env=env)
     assert result.exit_code == 0, result.output
     assert "SYNCWORKER_API_TOKEN_PREVIOUS" in result.output
@@ -116,7 +116,7 @@ def test_api_token_previous_is_read_and_masked() -> None:
 
 def test_api_token_previous_without_a_current_token_is_a_problem() -> None:
     with pytest.raises(ConfigError, match="API_TOKEN_PREVIOUS is set but"):
-        Settings.from_env({"SYNCWORKER_API_TOKEN_PREVIOUS": "old-api-token"})
+        load_settings({"SYNCWORKER_API_TOKEN_PREVIOUS": "old-api-token"})
 
 
 def test_check_config_fails_with_every_problem() -> None:
@@ -177,7 +177,7 @@ def test_further_deliver_jobs_only_in_spare_deliver_processes() -> None:
     base |= {"SYNCWORKER_WEBHOOK_URL": "https://h.example/x", "SYNCWORKER_WEBHOOK_SECRET": SECRET}
 
     def slots(**extra: str) -> dict[str, int]:
-        settings = Settings.from_env({**base, **extra})
+        settings = load_settings({**base, **extra})
         rt = Runtime.build(settings, redis.Redis())  # not connected: nothing is sent
         return {name: d.concurrency for name, d in rt.destinations.items()}
 
@@ -191,7 +191,7 @@ def test_batch_wait_is_one_request_interval_within_bounds() -> None:
     base = {"SYNCWORKER_DESTINATIONS": "hubspot", "SYNCWORKER_HUBSPOT_TOKEN": "t"}
 
     def wait(**extra: str) -> float:
-        settings = Settings.from_env({**base, **extra})
+        settings = load_settings({**base, **extra})
         return Runtime.build(settings, redis.Redis()).destinations["hubspot"].batch_wait_s
 
     assert wait() == pytest.approx(0.1)  # 100 requests / 10 s

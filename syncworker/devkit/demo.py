@@ -32,7 +32,7 @@ import click
 import orjson
 import requests
 
-from syncworker.config import Settings
+from syncworker.bootstrap import load_settings
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.devkit.emulators.segment import SegmentEmulator
 from syncworker.devkit.emulators.webhook_receiver import WebhookReceiver, new_secret
@@ -122,7 +122,7 @@ def _run(stack: ExitStack, tmp: Path, port: int, exit_after: bool, timeout: floa
         }
     )
     try:
-        Settings.from_env(env)
+        load_settings(env)
     except ConfigError as exc:  # a bug in the demo, not the user's configuration
         raise DemoError(f"demo configuration rejected: {exc}") from None
 

@@ -10,7 +10,7 @@ import sentry_sdk
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from syncworker.bootstrap import APP_STATE, AppState, Runtime
+from syncworker.bootstrap import APP_STATE, AppState, Runtime, load_settings
 from syncworker.config import Settings
 from syncworker.errors import IntakeError
 from syncworker.intake.registry import ESP_PARSERS
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None) -> Flask:
     if settings is None:
-        settings = Settings.from_env(os.environ)
+        settings = load_settings()
         setup_logging(os.environ.get("LOG_LEVEL", "INFO"))
         setup_sentry(settings.sentry_dsn)
     if not settings.redis_url:

@@ -38,8 +38,9 @@ from marshmallow import Schema
 from marshmallow import fields as marshmallow_fields
 
 from syncworker import config, errors, events
+from syncworker.bootstrap import load_settings
 from syncworker.cli import main as cli
-from syncworker.config import OPTIONS, PREFIX, Settings, SourceConfig
+from syncworker.config import OPTIONS, PREFIX, SourceConfig
 from syncworker.errors import ConfigError, SignatureInvalid
 from syncworker.events import HygieneEvent, Kind
 from syncworker.intake import contract, fastload, fields, registry
@@ -465,7 +466,7 @@ def test_the_configuration_lines_pass_the_settings_check(
 ) -> None:
     monkeypatch.setitem(ESP_PARSERS, SLUG, example.parser)
     environ = doc_environment()
-    settings = Settings.from_env(environ)
+    settings = load_settings(environ)
     ours = {name: s for name, s in settings.sources.items() if s.esp == SLUG}
     assert sorted(ours) == [SLUG, f"{SLUG}_eu"]
     assert ours[SLUG].secrets("SIGNING_SECRET") == [
@@ -474,7 +475,7 @@ def test_the_configuration_lines_pass_the_settings_check(
     ]
     # the check is real: a misspelt key stops startup
     with pytest.raises(ConfigError):
-        Settings.from_env({**environ, f"{PREFIX}ACMEMAIL_SIGNING_SECRT": "x"})
+        load_settings({**environ, f"{PREFIX}ACMEMAIL_SIGNING_SECRT": "x"})
 
 
 def setting_exists(key: str, example: Example) -> bool:

@@ -13,7 +13,8 @@ import orjson
 import pytest
 import redis
 
-from syncworker.config import Settings, SourceConfig
+from syncworker.bootstrap import load_settings
+from syncworker.config import SourceConfig
 from syncworker.devkit.redis_server import free_port
 from syncworker.errors import ConfigError, PayloadInvalid, SignatureInvalid
 from syncworker.events import Kind
@@ -578,7 +579,7 @@ def test_certificate_cache_is_bounded_and_expires() -> None:
 
 def test_topic_arns_are_required() -> None:
     with pytest.raises(ConfigError) as exc:
-        Settings.from_env({"SYNCWORKER_SOURCES": "amazon_ses"})
+        load_settings({"SYNCWORKER_SOURCES": "amazon_ses"})
     assert any("SYNCWORKER_AMAZON_SES_TOPIC_ARNS" in p for p in exc.value.problems)
 
 
@@ -600,7 +601,7 @@ def test_bad_settings_stop_startup_by_name(values: dict[str, str], setting: str)
 
 
 def test_production_defaults_come_from_the_environment_reader() -> None:
-    settings = Settings.from_env(
+    settings = load_settings(
         {"SYNCWORKER_SOURCES": "amazon_ses", "SYNCWORKER_AMAZON_SES_TOPIC_ARNS": TOPIC}
     )
     values = settings.sources["amazon_ses"].values

@@ -13,7 +13,7 @@ from types import ModuleType
 import pytest
 
 import mappings.hubspot
-from syncworker.config import Settings
+from syncworker.bootstrap import load_settings
 from syncworker.destinations import ConfigError, destination_class, mappings_dir
 
 PROJECT = Path(mappings.__path__[0]).resolve()
@@ -98,11 +98,11 @@ def test_the_setting_is_read_by_the_configuration(tmp_path: Path) -> None:
         "SYNCWORKER_DESTINATIONS": "acme",
         "SYNCWORKER_ACME_API_KEY": "k",
     }
-    settings = Settings.from_env(env)
+    settings = load_settings(env)
     assert settings.mappings_dir == str(custom)
     assert settings.destinations["acme"].secret_keys == {"API_KEY"}
     with pytest.raises(ConfigError, match="SYNCWORKER_ACME_API_KEY is required by 'acme'"):
-        Settings.from_env({**env, "SYNCWORKER_ACME_API_KEY": ""})
+        load_settings({**env, "SYNCWORKER_ACME_API_KEY": ""})
 
 
 @pytest.mark.usefixtures("fresh_modules")
