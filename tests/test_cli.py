@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -12,7 +13,9 @@ import redis
 import requests
 from click.testing import CliRunner
 
+from syncworker.bootstrap import Runtime
 from syncworker.cli import main
+from syncworker.config import Settings
 from syncworker.devkit.redis_server import free_port
 from syncworker.events import HygieneEvent, Kind
 from syncworker.queue.enqueue import QUARANTINE, store_quarantine
@@ -22,9 +25,9 @@ from tests.processes import Process, clean_env, wait_until
 
 
 def test_lookup_shows_state_history_and_sync_status(
-    redis_url: str, make_settings: SettingsFactory, use_runtime: object
+    redis_url: str, make_settings: SettingsFactory, use_runtime: Callable[[Settings], Runtime]
 ) -> None:
-    rt = use_runtime(make_settings())  # type: ignore[operator]
+    rt = use_runtime(make_settings())
     rt.ledger.apply(
         [HygieneEvent("k", "postmark", "postmark", "a@example.com", Kind.HARD_BOUNCE, 9.0)]
     )

@@ -109,7 +109,8 @@ def post_postmark(client: FlaskClient, event: dict[str, Any]) -> dict[str, Any]:
     answer = client.post("/webhooks/postmark", json=event, headers=AUTH)
     assert answer.status_code == 200, answer.json
     assert answer.json is not None
-    return answer.json
+    result: dict[str, Any] = answer.json
+    return result
 
 
 def history_keys(rt: Runtime, email: str) -> list[str]:

@@ -97,8 +97,8 @@ def test_a_quarantined_item_replays_to_exactly_one_outcome(esp: str, data: st.Da
         again = parser.parse_item(stored(item))
         assert check_result(again, esp) == 1
     for bad in result.quarantined:
-        [again] = parser.parse_item(stored(bad.raw)).quarantined
-        assert again.reason == bad.reason
+        [kept] = parser.parse_item(stored(bad.raw)).quarantined
+        assert kept.reason == bad.reason
 
 
 @pytest.mark.parametrize("esp", ESPS)
