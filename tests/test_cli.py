@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+import pytest
 import redis
 import requests
 from click.testing import CliRunner
@@ -148,6 +149,7 @@ def test_quarantine_replay_shows_progress_for_many_records(
     assert redis_conn.llen(QUARANTINE) == 0
 
 
+@pytest.mark.slow
 def test_run_starts_an_embedded_redis_web_and_worker(tmp_path: Path) -> None:
     """`syncworker run` with no REDIS_URL: a real Redis of its own, gunicorn and the worker."""
     port = free_port()
@@ -197,6 +199,7 @@ def test_run_starts_an_embedded_redis_web_and_worker(tmp_path: Path) -> None:
     assert proc.proc.returncode is not None
 
 
+@pytest.mark.slow
 def test_run_binds_where_configured_and_says_so(tmp_path: Path) -> None:
     """`syncworker run` listens on SYNCWORKER_BIND (here 127.0.0.2 only) and prints that address,
     not 0.0.0.0 on --port."""

@@ -105,6 +105,7 @@ def test_events_stored_before_reason_and_code_were_apart_still_load() -> None:
 TEXT = st.one_of(st.none(), st.text(max_size=300))
 
 
+@pytest.mark.slow
 @given(
     key=st.text(min_size=1, max_size=400),
     local=st.from_regex(r"[a-zA-Z0-9İçÉ._%+-]{1,64}", fullmatch=True),
@@ -129,6 +130,7 @@ def test_every_event_the_codec_admits_round_trips_through_json(
             codec.load(codec.dump(event))
 
 
+@pytest.mark.slow
 def test_the_worker_applies_each_event_on_its_own(
     make_settings: SettingsFactory,
     use_runtime: Callable[..., runtime.Runtime],
@@ -211,6 +213,7 @@ def _ascii(value: str) -> bytes:
     return "".join(out).encode()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("esp", ESPS)
 @given(data=st.data())
 @settings(

@@ -152,6 +152,7 @@ def test_retrying_stops_at_the_age_cap(
     assert Delivery(rt, "hubspot").run().outcomes["dead"] == 1
 
 
+@pytest.mark.slow
 def test_timeout_is_retried_not_dead_lettered(
     rt: Runtime, redis_conn: redis.Redis, hubspot: HubSpotEmulator
 ) -> None:

@@ -352,6 +352,7 @@ def _sync_in_process(redis_url: str, emails: list[str], rounds: int) -> None:
     conn.close()
 
 
+@pytest.mark.slow
 def test_processes_writing_the_same_records_lose_nothing(
     redis_conn: redis.Redis, redis_url: str
 ) -> None:

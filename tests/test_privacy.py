@@ -89,6 +89,7 @@ def test_sentry_event_from_a_failing_request_has_no_address(
     assert b"s3cr3t-t0ken-value" not in blob
 
 
+@pytest.mark.slow
 def test_sentry_event_from_a_failing_job_has_no_address(
     redis_conn: redis.Redis, sentry: CapturingTransport, use_runtime: Any, make_settings: Any
 ) -> None:
@@ -173,6 +174,7 @@ def secrets_of(local_text: str) -> list[str]:
     return parts
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(
     local=st.one_of(

@@ -53,6 +53,7 @@ def queued_jobs(conn: redis.Redis) -> list[str]:
     return [i.decode() for i in items(conn.lrange(f"rq:queue:{INGEST}", 0, -1))]
 
 
+@pytest.mark.slow
 def test_requests_are_inbox_entries_and_one_ordinary_rq_job_applies_them(
     redis_conn: redis.Redis, use_runtime: Any, make_settings: Any
 ) -> None:

@@ -130,6 +130,7 @@ def test_an_interrupted_reconcile_resumes_where_it_stopped(
     assert not redis_conn.exists(backfill.CURSOR + "hubspot")  # finished: no cursor left
 
 
+@pytest.mark.slow
 def test_reconcile_of_an_event_stream_is_deduplicated_on_repeat(
     rt: Runtime, redis_conn: redis.Redis, segment: SegmentEmulator
 ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,6 +20,8 @@ from syncworker.ledger import CONTACT, EVENT, PENDING, Ledger, Route
 from syncworker.record import UNSUPPRESS
 from tests import lua_ledger
 from tests.replies import optional
+
+pytestmark = pytest.mark.slow  # a long property search against the reference script
 
 KINDS = [k.value for k in Kind] + [MANUAL, UNSUPPRESS]
 ADDRESSES = ["a@example.com", "b@example.com"]

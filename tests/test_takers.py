@@ -26,6 +26,8 @@ from tests.faults.test_recovery import horses
 from tests.processes import Process, clean_env, start_worker, wait_until
 from tests.replies import items, optional
 
+pytestmark = pytest.mark.slow  # real worker processes taking batches side by side
+
 EMAILS = [f"t{i:04d}@example.com" for i in range(1000)]
 SECRET = new_secret()
 

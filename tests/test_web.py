@@ -180,6 +180,7 @@ def test_redis_refusing_connections_gives_503_with_retry_after(
     assert time.monotonic() - started < 3, "no multi-second retry loop"
 
 
+@pytest.mark.slow
 def test_hung_redis_gives_503_after_the_timeout_not_a_retry_loop(
     make_settings: SettingsFactory, blackhole_port: int
 ) -> None:

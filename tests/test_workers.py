@@ -8,6 +8,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 import redis
 from rq import Queue, Worker
 from rq.registry import StartedJobRegistry
@@ -20,6 +21,8 @@ from syncworker.queue.workers import QuickStopSimpleWorker
 from tests import ledger_reads
 from tests.processes import Process, clean_env, start_worker, wait_until
 from tests.replies import optional
+
+pytestmark = pytest.mark.slow  # real worker processes, stopped and restarted
 
 
 def test_burst_workers_stop_at_once(redis_conn: redis.Redis) -> None:

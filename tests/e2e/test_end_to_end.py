@@ -33,6 +33,8 @@ from tests.intake.signing import (
 )
 from tests.processes import Process, clean_env, start_gunicorn, start_worker, wait_until
 
+pytestmark = pytest.mark.slow  # the whole pipeline in real processes
+
 T0 = 1_790_000_000  # event times: one day from here, well inside the soft-bounce window
 OPT_OUT = {"unsubscribe", "spam_complaint", "hard_bounce"}
 FLAGGED = {"hard_bounce", "soft_bounce", "blocked", "spam_complaint"}

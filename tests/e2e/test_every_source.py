@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import pytest
 import redis
 import requests
 
@@ -12,6 +13,8 @@ from syncworker.intake.registry import ESP_PARSERS
 from tests import ledger_reads
 from tests.intake.signing import headers_of, payload, signer_for
 from tests.processes import Process, clean_env, start_gunicorn, start_worker, wait_until
+
+pytestmark = pytest.mark.slow  # the whole pipeline in real processes
 
 PUBLIC_URL = "https://hooks.example.com"  # what URL-signing ESPs signed; the app is told so
 

@@ -31,6 +31,8 @@ from tests.intake.signing import sendgrid_keypair, sign_sendgrid
 from tests.processes import Process, clean_env, start_gunicorn, start_worker, wait_until
 from tests.replies import fields
 
+pytestmark = pytest.mark.slow  # the whole pipeline in real processes
+
 ADDRESSES = [f"fan{i:03d}@example.com" for i in range(60)]
 CODES = [("bounce", {"type": "bounce"}), ("spamreport", {}), ("unsubscribe", {})]
 

@@ -30,6 +30,8 @@ from tests import replies
 from tests.intake.signing import EspSigner, headers_of, payload, signer_for
 from tests.processes import Process, clean_env, start_gunicorn, start_worker, wait_until
 
+pytestmark = pytest.mark.slow  # the whole pipeline in real processes
+
 MARK = "qzv9"
 # every form the intake may accept (the ESP schemas' rule today is marshmallow's Email; some of
 # these it rejects, and they are then quarantined: they must not leak either)

@@ -40,6 +40,8 @@ from tests.intake.signing import PAYLOADS, EspSigner, headers_of, payload, signe
 from tests.replies import fields, stream_entries
 from tests.test_privacy import ADDRESS, CapturingTransport, sentry  # noqa: F401  (a fixture)
 
+pytestmark = pytest.mark.slow  # property and sweep searches through the whole app
+
 ESPS = sorted(ESP_PARSERS)
 PUBLIC_URL = "https://hooks.example.com"  # what the URL-signing test signers sign
 FUZZ = settings(

@@ -491,6 +491,7 @@ LEGACY_VALUES = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(fields=st.lists(st.tuples(LEGACY_NAMES, LEGACY_VALUES), max_size=12))
 def test_any_signed_legacy_post_gets_a_clear_answer(fields: list[tuple[str, str]]) -> None:
