@@ -95,6 +95,14 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+def found(pattern: str, text: str) -> re.Match[str]:
+    """The first match of ``pattern`` in a tool's output, which must have one."""
+    match = re.search(pattern, text)
+    if match is None:
+        raise RuntimeError(f"no {pattern!r} in the output:\n{text}")
+    return match
+
+
 def wrk_post(
     url: str, body: bytes, headers: dict[str, str], seconds: int, connections: int
 ) -> dict[str, float]:
@@ -116,8 +124,8 @@ def wrk_post(
             text=True,
             check=True,
         ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    rps = float(found(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(found(r"(\d+) requests in", out).group(1))
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return {

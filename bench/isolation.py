@@ -74,8 +74,10 @@ def run(deliver_workers: int, hang: bool, args: argparse.Namespace) -> dict[str,
         rt = Runtime.build(settings, conn)
         for start in range(0, len(backlog), 1000):
             rt.ledger.apply(
-                HygieneEvent(f"b{i}", "bench", "bench", email, Kind.UNSUBSCRIBE, 1.7e9 + i)
-                for i, email in enumerate(backlog[start : start + 1000], start)
+                [
+                    HygieneEvent(f"b{i}", "bench", "bench", email, Kind.UNSUBSCRIBE, 1.7e9 + i)
+                    for i, email in enumerate(backlog[start : start + 1000], start)
+                ]
             )
         for name in STREAMS:  # the backlog is HubSpot's alone
             conn.delete(PENDING + name)

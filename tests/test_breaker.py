@@ -22,6 +22,7 @@ from syncworker.ledger import PENDING
 from syncworker.store.stats import overview
 from syncworker.web.app import create_app
 from tests.conftest import SettingsFactory
+from tests.replies import items
 from tests.test_delivery import unsubscribe_all as unsubscribe
 from tests.test_status import metric_samples
 
@@ -62,7 +63,7 @@ def probe_now(conn: redis.Redis) -> None:
     """The probe interval has passed: its pause is over and the probe is due."""
     conn.delete(PAUSE + "hubspot")
     conn.hset(breaker.BREAKER + "hubspot", "probe_at", 0)
-    conn.zadd(PENDING + "hubspot", {k: 0 for k in conn.zrange(PENDING + "hubspot", 0, -1)})
+    conn.zadd(PENDING + "hubspot", {k: 0 for k in items(conn.zrange(PENDING + "hubspot", 0, -1))})
 
 
 def test_calls_with_no_answer_open_the_breaker_and_pause_the_destination(
@@ -118,7 +119,9 @@ def test_a_probe_that_is_answered_closes_the_breaker_and_the_backlog_drains(
     Delivery(rt, "hubspot").run()
     hubspot.up()
     probe_now(redis_conn)
-    redis_conn.zadd(PENDING + "hubspot", {k: 0 for k in redis_conn.hkeys(ATTEMPTS + "hubspot")})
+    redis_conn.zadd(
+        PENDING + "hubspot", {k: 0 for k in items(redis_conn.hkeys(ATTEMPTS + "hubspot"))}
+    )
     report = Delivery(rt, "hubspot").run()
     assert report.stopped == "drained"
     assert hubspot.opted_out == set(EMAILS)
@@ -161,7 +164,8 @@ def test_throttling_and_refusals_do_not_open_the_breaker(
         assert Delivery(rt, "hubspot").run().stopped == "throttled"
         redis_conn.delete(PAUSE + "hubspot")
         redis_conn.zadd(
-            PENDING + "hubspot", {k: 0 for k in redis_conn.zrange(PENDING + "hubspot", 0, -1)}
+            PENDING + "hubspot",
+            {k: 0 for k in items(redis_conn.zrange(PENDING + "hubspot", 0, -1))},
         )
     assert state(redis_conn)["state"] == "closed"
 

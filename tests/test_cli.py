@@ -5,14 +5,18 @@ from __future__ import annotations
 import re
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+import pytest
 import redis
 import requests
 from click.testing import CliRunner
 
+from syncworker.bootstrap import Runtime
 from syncworker.cli import main
+from syncworker.config import Settings
 from syncworker.devkit.redis_server import free_port
 from syncworker.events import HygieneEvent, Kind
 from syncworker.queue.enqueue import QUARANTINE, store_quarantine
@@ -22,9 +26,9 @@ from tests.processes import Process, clean_env, wait_until
 
 
 def test_lookup_shows_state_history_and_sync_status(
-    redis_url: str, make_settings: SettingsFactory, use_runtime: object
+    redis_url: str, make_settings: SettingsFactory, use_runtime: Callable[[Settings], Runtime]
 ) -> None:
-    rt = use_runtime(make_settings())  # type: ignore[operator]
+    rt = use_runtime(make_settings())
     rt.ledger.apply(
         [HygieneEvent("k", "postmark", "postmark", "a@example.com", Kind.HARD_BOUNCE, 9.0)]
     )
@@ -145,6 +149,7 @@ def test_quarantine_replay_shows_progress_for_many_records(
     assert redis_conn.llen(QUARANTINE) == 0
 
 
+@pytest.mark.slow
 def test_run_starts_an_embedded_redis_web_and_worker(tmp_path: Path) -> None:
     """`syncworker run` with no REDIS_URL: a real Redis of its own, gunicorn and the worker."""
     port = free_port()
@@ -194,6 +199,7 @@ def test_run_starts_an_embedded_redis_web_and_worker(tmp_path: Path) -> None:
     assert proc.proc.returncode is not None
 
 
+@pytest.mark.slow
 def test_run_binds_where_configured_and_says_so(tmp_path: Path) -> None:
     """`syncworker run` listens on SYNCWORKER_BIND (here 127.0.0.2 only) and prints that address,
     not 0.0.0.0 on --port."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 import pytest
@@ -32,7 +33,7 @@ from syncworker.queue.enqueue import INGEST, QUARANTINE
 from syncworker.web.app import create_app
 from tests import ledger_reads
 from tests.conftest import SettingsFactory
-from tests.intake.signing import payload, signer_for
+from tests.intake.signing import headers_of, payload, signer_for
 
 LONG_DOMAIN = ".".join(["d" * 60] * 3) + ".example"  # 191 characters
 ACCEPTED = [
@@ -104,6 +105,7 @@ def test_events_stored_before_reason_and_code_were_apart_still_load() -> None:
 TEXT = st.one_of(st.none(), st.text(max_size=300))
 
 
+@pytest.mark.slow
 @given(
     key=st.text(min_size=1, max_size=400),
     local=st.from_regex(r"[a-zA-Z0-9İçÉ._%+-]{1,64}", fullmatch=True),
@@ -113,7 +115,11 @@ TEXT = st.one_of(st.none(), st.text(max_size=300))
 )
 @settings(max_examples=300, deadline=None)
 def test_every_event_the_codec_admits_round_trips_through_json(
-    key: str, local: str, kind: Kind, at: float, texts: tuple[str | None, ...]
+    key: str,
+    local: str,
+    kind: Kind,
+    at: float,
+    texts: tuple[str | None, str | None, str | None, str | None],
 ) -> None:
     email = normalize_email(f"{local}@example.com")
     event = HygieneEvent(key, "src", "esp", email, kind, at, *texts)
@@ -124,6 +130,7 @@ def test_every_event_the_codec_admits_round_trips_through_json(
             codec.load(codec.dump(event))
 
 
+@pytest.mark.slow
 def test_the_worker_applies_each_event_on_its_own(
     make_settings: SettingsFactory,
     use_runtime: Callable[..., runtime.Runtime],
@@ -206,6 +213,7 @@ def _ascii(value: str) -> bytes:
     return "".join(out).encode()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("esp", ESPS)
 @given(data=st.data())
 @settings(
@@ -234,12 +242,13 @@ def test_what_any_source_accepts_is_applied_or_quarantined(
     body = ID_IN_TEXT.sub(lambda m: m.group(1) + b'"' + _ascii(vendor_id) + b'"', body)
     signed = signer.sign(body)
     redis_conn.delete(QUARANTINE)
-    headers = dict(signed.headers)  # type: ignore[call-overload]
+    headers = headers_of(signed)
     answer = client.post(f"/webhooks/{esp}", data=signed.body, headers=headers)
     assert answer.status_code < 500, answer.text
-    if answer.status_code != 200 or "accepted" not in (answer.json or {}):
+    answered: Any = answer.json or {}
+    if answer.status_code != 200 or "accepted" not in answered:
         return
-    expected = answer.json["accepted"]
+    expected = answered["accepted"]
     run_worker((INGEST,))
     assert len(FailedJobRegistry(INGEST, connection=redis_conn)) == 0
     # every accepted event was applied (its dedupe marker) or quarantined by the worker

@@ -22,6 +22,7 @@ from syncworker.devkit.emulators.segment import SegmentEmulator
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
 from tests.conftest import SettingsFactory
+from tests.replies import scored
 
 EMAILS = [f"c{i}@example.com" for i in range(25)]
 
@@ -62,12 +63,12 @@ def rt(
 
 def unsubscribe_all(rt: Runtime, emails: list[str] = EMAILS) -> None:
     rt.ledger.apply(
-        HygieneEvent(f"k-{e}", "test", "test", e, Kind.UNSUBSCRIBE, 1000.0) for e in emails
+        [HygieneEvent(f"k-{e}", "test", "test", e, Kind.UNSUBSCRIBE, 1000.0) for e in emails]
     )
 
 
 def pending(conn: redis.Redis, dest: str) -> dict[str, float]:
-    return {k.decode(): v for k, v in conn.zrange(PENDING + dest, 0, -1, withscores=True)}
+    return {k.decode(): v for k, v in scored(conn.zrange(PENDING + dest, 0, -1, withscores=True))}
 
 
 def test_batches_reach_the_destination_with_one_request_per_100(
@@ -151,6 +152,7 @@ def test_retrying_stops_at_the_age_cap(
     assert Delivery(rt, "hubspot").run().outcomes["dead"] == 1
 
 
+@pytest.mark.slow
 def test_timeout_is_retried_not_dead_lettered(
     rt: Runtime, redis_conn: redis.Redis, hubspot: HubSpotEmulator
 ) -> None:

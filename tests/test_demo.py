@@ -17,6 +17,8 @@ import pytest
 from syncworker.devkit.redis_server import free_port
 from tests.processes import Process, clean_env, wait_until
 
+pytestmark = pytest.mark.slow  # the demo's every process
+
 MARKER = "DEMO_TEST_RUN"  # inherited by everything the demo starts
 
 

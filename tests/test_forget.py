@@ -17,6 +17,7 @@ from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import FORGOTTEN, PENDING, address_hash
 from syncworker.queue.enqueue import QUARANTINE
 from tests.conftest import SettingsFactory
+from tests.replies import data, fields, items, scored, text
 
 JANE = "jane.doe@example.com"
 BOB = "bob@example.com"
@@ -27,17 +28,18 @@ def everywhere(conn: redis.Redis, needle: str) -> list[str]:
     found = []
     for raw_key in conn.scan_iter(count=1000):
         key = raw_key.decode()
-        kind = conn.type(raw_key).decode()
+        kind = text(conn.type(raw_key))
+        values: list[bytes]
         if kind == "string":
-            values = [conn.get(raw_key) or b""]
+            values = [data(conn.get(raw_key) or b"")]
         elif kind == "hash":
-            values = [k + b"=" + v for k, v in conn.hgetall(raw_key).items()]
+            values = [k + b"=" + v for k, v in fields(conn.hgetall(raw_key)).items()]
         elif kind == "list":
-            values = conn.lrange(raw_key, 0, -1)
+            values = items(conn.lrange(raw_key, 0, -1))
         elif kind == "set":
-            values = list(conn.smembers(raw_key))
+            values = items(conn.smembers(raw_key))
         else:
-            values = [m for m, _ in conn.zrange(raw_key, 0, -1, withscores=True)]
+            values = [m for m, _ in scored(conn.zrange(raw_key, 0, -1, withscores=True))]
         if needle in key or any(needle.encode() in v for v in values):
             found.append(key)
     return found
@@ -107,9 +109,9 @@ def test_forgetting_an_active_address_keeps_nothing(
 
 
 def test_forget_command(
-    redis_url: str, make_settings: SettingsFactory, use_runtime: object
+    redis_url: str, make_settings: SettingsFactory, use_runtime: Callable[[Settings], Runtime]
 ) -> None:
-    rt = use_runtime(make_settings())  # type: ignore[operator]
+    rt = use_runtime(make_settings())
     rt.ledger.apply([HygieneEvent("u", "t", "t", JANE, Kind.UNSUBSCRIBE, 1.0)])
     runner = CliRunner()
     env = {"REDIS_URL": redis_url}
@@ -145,12 +147,12 @@ def test_forget_erases_the_exact_address_only(
     delivery.forget(rt, ann)
     dead = [orjson.loads(r)["email"] for r in redis_conn.lrange(DEAD + "hubspot", 0, -1)]
     assert sorted(dead) == sorted([*others, JANE])
-    quarantine = b"".join(redis_conn.lrange(QUARANTINE, 0, -1)).decode().lower()
+    quarantine = b"".join(items(redis_conn.lrange(QUARANTINE, 0, -1))).decode().lower()
     assert all(e in quarantine for e in others)
     assert len(redis_conn.lrange(QUARANTINE, 0, -1)) == len(others) + 1  # + jane's
     streamed = {
         orjson.loads(redis_conn.get(f"sw:ev:{k.decode()}") or b"{}").get("email")
-        for k in redis_conn.zrange(PENDING + "segment", 0, -1)
+        for k in items(redis_conn.zrange(PENDING + "segment", 0, -1))
     }
     assert set(others) <= streamed and ann not in streamed
     assert all(rt.ledger.state(e).suppressed for e in others)

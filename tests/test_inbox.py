@@ -16,6 +16,7 @@ from syncworker.config import Settings
 from syncworker.events import HygieneEvent, Kind
 from syncworker.queue import inbox, jobs
 from syncworker.queue.enqueue import DRAIN_FUNC, INBOX, INBOX_QUEUED, INGEST, STATS, Enqueuer
+from tests.replies import text
 
 
 def post(conn: redis.Redis, n: int, prefix: str = "e") -> None:
@@ -80,7 +81,7 @@ def test_entries_of_a_live_reader_are_left_to_it(
     jobs.drain_inbox()
     assert applied(redis_conn) == 15
     rows = redis_conn.xpending_range(INBOX, inbox.GROUP, "-", "+", 100, consumername=job.id)
-    assert sorted(r["message_id"].decode() for r in rows) == sorted(held)
+    assert sorted(text(r["message_id"]) for r in rows) == sorted(held)
 
 
 def test_a_reader_holding_entries_is_never_removed(redis_conn: redis.Redis) -> None:
@@ -119,7 +120,7 @@ def test_acknowledging_a_batch_reads_the_next_in_the_same_round_trip(
     assert len(second) == 10 and not set(first) & set(second)
     assert redis_conn.xlen(INBOX) == 15  # the first ten acknowledged and deleted
     pending = redis_conn.xpending_range(INBOX, inbox.GROUP, "-", "+", 100, "reader-1")
-    assert sorted(p["message_id"].decode() for p in pending) == sorted(second)
+    assert sorted(text(p["message_id"]) for p in pending) == sorted(second)
     last = reader.done(second, then_read=10)
     assert len(last) == 5
     assert reader.done([e for e, _ in last], then_read=10) == []  # none left: no wait

@@ -18,6 +18,7 @@ from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.devkit.emulators.webhook_receiver import WebhookReceiver, new_secret
 from syncworker.ledger import PENDING
 from tests.conftest import SettingsFactory
+from tests.replies import items
 from tests.test_delivery import unsubscribe_all as unsubscribe
 
 EMAILS = [f"c{i:03d}@example.com" for i in range(100)]
@@ -107,7 +108,7 @@ def test_a_429_while_splitting_pauses_and_spends_no_attempt(
     assert 29 < delivery.paused_for(redis_conn, "hubspot") <= 30
     assert redis_conn.llen(DEAD + "hubspot") == 0
     assert redis_conn.hlen(ATTEMPTS + "hubspot") == 0
-    waiting = {k.decode() for k in redis_conn.zrange(PENDING + "hubspot", 0, -1)}
+    waiting = {k.decode() for k in items(redis_conn.zrange(PENDING + "hubspot", 0, -1))}
     assert bad in waiting
     assert waiting | hubspot.opted_out == set(EMAILS)  # every contact applied or pending
 

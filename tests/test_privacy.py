@@ -89,6 +89,7 @@ def test_sentry_event_from_a_failing_request_has_no_address(
     assert b"s3cr3t-t0ken-value" not in blob
 
 
+@pytest.mark.slow
 def test_sentry_event_from_a_failing_job_has_no_address(
     redis_conn: redis.Redis, sentry: CapturingTransport, use_runtime: Any, make_settings: Any
 ) -> None:
@@ -139,7 +140,7 @@ atoms = st.text(
 dot_atom = st.lists(atoms, min_size=1, max_size=3).map(".".join).filter(lambda a: "**" not in a)
 # a quoted local part holds any printable character, specials and spaces too; " and \ escaped
 quoted_content = st.text(
-    st.characters(min_codepoint=0x20, max_codepoint=0x7E) | st.characters(categories=("L",)),
+    st.characters(min_codepoint=0x20, max_codepoint=0x7E) | st.characters(categories=["L"]),
     min_size=1,
     max_size=16,
 )
@@ -173,6 +174,7 @@ def secrets_of(local_text: str) -> list[str]:
     return parts
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(
     local=st.one_of(
@@ -180,7 +182,7 @@ def secrets_of(local_text: str) -> list[str]:
         quoted_content.map(lambda c: (quote_local(c), c)),
     ),
     domain=st.sampled_from(DOMAINS) | domains,
-    name=st.none() | st.text(st.characters(categories=("L",)), min_size=3, max_size=10),
+    name=st.none() | st.text(st.characters(categories=["L"]), min_size=3, max_size=10),
 )
 def test_mask_text_leaves_no_local_part_in_any_form_or_encoding(
     local: tuple[str, str], domain: str, name: str | None
@@ -408,7 +410,7 @@ def test_echoed_addresses_are_masked_in_logs_sync_status_dead_letters_and_sentry
                 # a 400 for the batch is split down to single contacts: 3, 2, 1, 1, 1
                 hubspot.fail_next(5 if status == 400 else 1, status)
             Delivery(rt, "hubspot").run()
-            statuses += [rt.ledger.view(e).sync["hubspot"] for e in contacts]  # type: ignore[union-attr]
+            statuses += [rt.ledger.view(e).sync["hubspot"] for e in contacts]
         assert hubspot.injected == 7
     assert [s["status"] for s in statuses[:9]] == ["retrying"] * 3 + ["dead"] * 6
     assert all(" c***@exa" in s["detail"] for s in statuses[3:9])  # the address at the cut

@@ -109,7 +109,8 @@ def post_postmark(client: FlaskClient, event: dict[str, Any]) -> dict[str, Any]:
     answer = client.post("/webhooks/postmark", json=event, headers=AUTH)
     assert answer.status_code == 200, answer.json
     assert answer.json is not None
-    return answer.json
+    result: dict[str, Any] = answer.json
+    return result
 
 
 def history_keys(rt: Runtime, email: str) -> list[str]:
@@ -117,6 +118,7 @@ def history_keys(rt: Runtime, email: str) -> list[str]:
     return [] if view is None else [h["key"] for h in view.history]
 
 
+@pytest.mark.slow
 def test_replay_recovers_what_a_stricter_release_quarantined(
     settings: Settings, rt: Runtime, redis_conn: redis.Redis, run_worker: Worker
 ) -> None:
@@ -258,6 +260,7 @@ def held(conn: redis.Redis, email: str, n: int, limit: int = 10**6) -> None:
     )
 
 
+@pytest.mark.slow
 def test_records_pushed_during_a_replay_are_not_touched(
     rt: Runtime, redis_conn: redis.Redis, run_worker: Worker
 ) -> None:
@@ -283,6 +286,7 @@ def test_records_pushed_during_a_replay_are_not_touched(
     assert not any(rt.ledger.state(f"new{n}@example.com").suppressed for n in pushed)
 
 
+@pytest.mark.slow
 def test_records_pushed_by_another_thread_are_never_lost(
     rt: Runtime, redis_conn: redis.Redis, redis_url: str, run_worker: Worker
 ) -> None:
@@ -351,6 +355,7 @@ class DiesAfterEnqueue(Enqueuer):
         raise KeyboardInterrupt("killed")
 
 
+@pytest.mark.slow
 def test_a_replay_killed_half_way_loses_nothing(
     rt: Runtime, redis_conn: redis.Redis, run_worker: Worker
 ) -> None:

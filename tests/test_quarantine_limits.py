@@ -9,6 +9,7 @@ import hashlib
 from typing import Any
 
 import orjson
+import pytest
 import redis
 from click.testing import CliRunner
 
@@ -42,6 +43,7 @@ def used_memory(conn: redis.Redis) -> int:
     return int(conn.info("memory")["used_memory"])
 
 
+@pytest.mark.slow
 def test_many_large_bodies_keep_prefixes_and_memory_stays_bounded(
     make_settings: SettingsFactory, redis_conn: redis.Redis
 ) -> None:

@@ -55,6 +55,7 @@ def test_an_endpoint_limit_holds_that_endpoint_only(
     assert [r.path for r in emulator.requests].count("/slow/lookup") == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("rate", "interval"),
     [

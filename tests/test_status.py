@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import orjson
+import pytest
 import redis
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
@@ -49,6 +50,7 @@ def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
     }
 
 
+@pytest.mark.slow
 def test_failed_jobs_show_in_status_stats_metrics_and_sentry(
     redis_url: str, redis_conn: redis.Redis, make_settings: SettingsFactory, tmp_path: Path
 ) -> None:

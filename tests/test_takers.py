@@ -24,6 +24,9 @@ from syncworker.ledger import PENDING
 from syncworker.queue.enqueue import INGEST, Enqueuer
 from tests.faults.test_recovery import horses
 from tests.processes import Process, clean_env, start_worker, wait_until
+from tests.replies import items, optional
+
+pytestmark = pytest.mark.slow  # real worker processes taking batches side by side
 
 EMAILS = [f"t{i:04d}@example.com" for i in range(1000)]
 SECRET = new_secret()
@@ -185,17 +188,17 @@ def test_a_killed_takers_slot_and_batch_are_taken_over_while_the_other_goes_on(
 def held_taker(conn: redis.Redis, hubspot: HubSpotEmulator) -> str:
     """The worker running the taker whose batch is in flight and unanswered."""
     answered = set(sent(hubspot))
-    for raw in conn.hkeys(FLUSH + "hubspot"):
+    for raw in items(conn.hkeys(FLUSH + "hubspot")):
         job_id = raw.decode()
-        batch = {k.decode() for k in conn.hkeys(taken_key("hubspot", job_id))}
+        batch = {k.decode() for k in items(conn.hkeys(taken_key("hubspot", job_id)))}
         if (
             batch
             and not batch & answered
             and all(conn.zscore(INFLIGHT + "hubspot", i) for i in batch)
         ):
-            worker = conn.hget(f"rq:job:{job_id}", "worker_name")
+            worker = optional(conn.hget(f"rq:job:{job_id}", "worker_name"))
             if worker is not None:
-                return str(worker.decode())
+                return worker.decode()
     raise AssertionError("no taker holds the unanswered batch")
 
 

@@ -33,6 +33,8 @@ from tests.intake.signing import (
 )
 from tests.processes import Process, clean_env, start_gunicorn, start_worker, wait_until
 
+pytestmark = pytest.mark.slow  # the whole pipeline in real processes
+
 T0 = 1_790_000_000  # event times: one day from here, well inside the soft-bounce window
 OPT_OUT = {"unsubscribe", "spam_complaint", "hard_bounce"}
 FLAGGED = {"hard_bounce", "soft_bounce", "blocked", "spam_complaint"}
@@ -74,7 +76,9 @@ class Model:
         return Counter({e: len(v) for e, v in self.events.items()})
 
 
-def sendgrid_events(rng: random.Random, model: Model) -> tuple[list[dict[str, Any]], list[dict]]:
+def sendgrid_events(
+    rng: random.Random, model: Model
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """1,000 events: every scenario per address, shuffled, with duplicates and engagement noise;
     plus a second request holding an unsubscribe older than its address's resubscribe."""
     events: list[dict[str, Any]] = []
@@ -137,7 +141,6 @@ def emulators() -> Iterator[tuple[HubSpotEmulator, SegmentEmulator, WebhookRecei
         SegmentEmulator(write_key="seg-key") as segment,
         WebhookReceiver(secret) as receiver,
     ):
-        receiver.test_secret = secret  # type: ignore[attr-defined]
         yield hubspot, segment, receiver
 
 
@@ -224,7 +227,7 @@ def test_signed_webhooks_reach_every_destination_exactly(
             "SYNCWORKER_SEGMENT_WRITE_KEY": "seg-key",
             "SYNCWORKER_SEGMENT_BASE_URL": segment.url,
             "SYNCWORKER_WEBHOOK_URL": receiver.endpoint,
-            "SYNCWORKER_WEBHOOK_SECRET": receiver.test_secret,  # type: ignore[attr-defined]
+            "SYNCWORKER_WEBHOOK_SECRET": receiver.secrets[0],
         }
     )
     web, url = start_gunicorn(env, tmp_path / "web.log")

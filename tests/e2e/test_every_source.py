@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import pytest
 import redis
 import requests
 
 from syncworker.intake.registry import ESP_PARSERS
 from tests import ledger_reads
-from tests.intake.signing import payload, signer_for
+from tests.intake.signing import headers_of, payload, signer_for
 from tests.processes import Process, clean_env, start_gunicorn, start_worker, wait_until
+
+pytestmark = pytest.mark.slow  # the whole pipeline in real processes
 
 PUBLIC_URL = "https://hooks.example.com"  # what URL-signing ESPs signed; the app is told so
 
@@ -54,7 +57,7 @@ def test_every_source_yields_its_kinds_in_the_ledger(
                 signed = signer.sign(payload(esp, signer.sample[0]))
                 if ESP_PARSERS[esp].signs_url:
                     assert signed.url == f"{PUBLIC_URL}/webhooks/{esp}", f"{esp}: sign that URL"
-                headers = dict(signed.headers)  # type: ignore[call-overload]
+                headers = headers_of(signed)
                 answer = http.post(f"{url}/webhooks/{esp}", data=signed.body, headers=headers)
                 assert answer.status_code == 200, (esp, answer.text)
                 assert answer.json()["accepted"] == sum(signer.sample[1].values()), esp

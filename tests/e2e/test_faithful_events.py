@@ -21,6 +21,8 @@ from syncworker.queue.enqueue import Enqueuer
 from tests.conftest import SettingsFactory
 from tests.intake.signing import payload, signer_for
 
+pytestmark = pytest.mark.slow  # the whole pipeline in real processes
+
 FIELDS = ("source", "esp", "reason", "smtp_code", "message_id", "list_id")
 
 

@@ -26,8 +26,11 @@ from syncworker.delivery.loop import DEAD, INFLIGHT
 from syncworker.devkit.emulators.base import Emulator, Request, Response
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.ledger import PENDING
-from tests.intake.signing import EspSigner, payload, signer_for
+from tests import replies
+from tests.intake.signing import EspSigner, headers_of, payload, signer_for
 from tests.processes import Process, clean_env, start_gunicorn, start_worker, wait_until
+
+pytestmark = pytest.mark.slow  # the whole pipeline in real processes
 
 MARK = "qzv9"
 # every form the intake may accept (the ESP schemas' rule today is marshmallow's Email; some of
@@ -143,7 +146,7 @@ def postmark_body(address: str, n: int) -> bytes:
 
 def post(http: requests.Session, url: str, signer: EspSigner, body: bytes) -> dict[str, Any]:
     signed = signer.sign(body)
-    headers = dict(signed.headers)  # type: ignore[call-overload]
+    headers = headers_of(signed)
     answer = http.post(f"{url}/webhooks/{signer.esp}", data=signed.body, headers=headers)
     assert answer.status_code == 200, (signer.esp, answer.status_code, answer.text)
     result: dict[str, Any] = answer.json()
@@ -152,12 +155,12 @@ def post(http: requests.Session, url: str, signer: EspSigner, body: bytes) -> di
 
 def job_descriptions(conn: redis.Redis) -> list[str]:
     keys = [k for k in conn.scan_iter("rq:job:*") if conn.type(k) == b"hash"]
-    return [(conn.hget(k, "description") or b"").decode() for k in keys]
+    return [replies.text(conn.hget(k, "description") or b"") for k in keys]
 
 
 def inbox_notes(conn: redis.Redis) -> list[str]:
     """The note each accepted request's inbox entry carries (logged like a job description)."""
-    return [fields[b"d"].decode() for _, fields in conn.xrange("sw:inbox")]
+    return [fields[b"d"].decode() for _, fields in replies.stream_entries(conn, "sw:inbox")]
 
 
 @pytest.fixture()

@@ -31,6 +31,7 @@ import requests
 from syncworker.delivery.loop import BATCH_API_CALLS, FLUSH, INFLIGHT
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.queue.workers import WORKER_DEAD_AFTER_S
+from tests import replies
 from tests.intake.signing import sendgrid_keypair, sign_sendgrid
 from tests.processes import Process, clean_env, descendants, start_gunicorn, wait_until
 
@@ -116,9 +117,9 @@ def hubspot() -> Iterator[HubSpotEmulator]:
 def rq_workers(conn: redis.Redis) -> dict[str, dict[str, str]]:
     """Every registered RQ worker's hash (hostname, pid, queues, job counts), by worker name."""
     found = {}
-    for raw in conn.smembers("rq:workers"):
+    for raw in replies.items(conn.smembers("rq:workers")):
         key = raw.decode()
-        fields = {k.decode(): v.decode() for k, v in conn.hgetall(key).items()}
+        fields = {k.decode(): v.decode() for k, v in replies.fields(conn.hgetall(key)).items()}
         if fields:
             found[key.removeprefix("rq:worker:")] = fields
     return found
@@ -212,12 +213,12 @@ def test_hosts_share_the_work_hold_the_rate_and_take_over_a_dead_host(
         hubspot.slow_next(1, 3600)
         wait_until(lambda: hubspot.slow_pending == 0, 30, "a batch held in flight", 0.02)
         # the deliver job holding HubSpot's one slot (a slot each; one here: no spare processes)
-        (holder,) = redis_conn.hkeys(FLUSH + "hubspot")
-        dead_worker = redis_conn.hget(f"rq:job:{holder.decode()}", "worker_name")
+        (holder,) = replies.items(redis_conn.hkeys(FLUSH + "hubspot"))
+        dead_worker = replies.optional(redis_conn.hget(f"rq:job:{holder.decode()}", "worker_name"))
         assert dead_worker is not None
         dead_key = f"rq:worker:{dead_worker.decode()}"
-        victim = (redis_conn.hget(dead_key, "hostname") or b"").decode()
-        held = {m.decode() for m in redis_conn.zrange(INFLIGHT + "hubspot", 0, -1)}
+        victim = replies.text(redis_conn.hget(dead_key, "hostname") or b"")
+        held = {m.decode() for m in replies.items(redis_conn.zrange(INFLIGHT + "hubspot", 0, -1))}
         assert victim in HOSTS and len(held) == BATCH
         ran_before = jobs_by_host(rq_workers(redis_conn))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 from rq import Queue
-from rq.registry import ScheduledJobRegistry, StartedJobRegistry
+from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from syncworker import codec
@@ -106,7 +106,7 @@ def test_worker_killed_mid_ingest_job_is_retried_and_applied_once(
     # worker's supervisor sooner: test_recovery.py): run RQ's sweep now, as of 10 minutes later
     assert job_id in started.get_job_ids(cleanup=False)
     started.cleanup(timestamp=time.time() + 600)
-    scheduled = ScheduledJobRegistry(queue=queue)
+    scheduled = queue.scheduled_job_registry
     assert job_id in scheduled.get_job_ids(), "an abandoned job with retries left is retried"
 
     restarted = start_worker(env, tmp_path / "worker2.log")

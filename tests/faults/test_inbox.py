@@ -25,6 +25,7 @@ from syncworker.events import HygieneEvent, Kind
 from syncworker.queue.enqueue import INBOX, INGEST, QUARANTINE, STATS, Enqueuer
 from syncworker.queue.inbox import GROUP, MAX_ALONE, TRIES
 from tests.processes import clean_env, descendants, start_worker, wait_until
+from tests.replies import fields, optional, stream_entries, text
 
 N = 20_000
 EMAILS = [f"inbox{i:05d}@example.com" for i in range(N)]
@@ -75,11 +76,11 @@ def ingest_horse(conn: redis.Redis) -> tuple[str, int] | None:
     """The id of a running ingest job and the pid of the work-horse running it."""
     registry = StartedJobRegistry(INGEST, connection=conn, serializer=JSONSerializer)
     for job_id in registry.get_job_ids(cleanup=False):
-        worker = conn.hget(f"rq:job:{job_id}", "worker_name")
+        worker = optional(conn.hget(f"rq:job:{job_id}", "worker_name"))
         if worker is None:
             continue
         pid = int(conn.hget(f"rq:worker:{worker.decode()}", "pid") or 0)
-        current = conn.hget(f"rq:worker:{worker.decode()}", "current_job")
+        current = optional(conn.hget(f"rq:worker:{worker.decode()}", "current_job"))
         if current is None or current.decode() != job_id:
             continue  # the registry still lists a job its worker has left: its horse is another
         for child in descendants(pid):
@@ -94,7 +95,7 @@ def ingest_horse(conn: redis.Redis) -> tuple[str, int] | None:
 def holding(conn: redis.Redis, job_id: str) -> set[str]:
     """Ids of the entries the ingest job ``job_id`` has read and not acknowledged."""
     rows = conn.xpending_range(INBOX, GROUP, min="-", max="+", count=10_000, consumername=job_id)
-    return {row["message_id"].decode() for row in rows}
+    return {text(row["message_id"]) for row in rows}
 
 
 def reading(conn: redis.Redis) -> int:
@@ -136,12 +137,12 @@ def _gone(pid: int) -> bool:
 
 def ledger_calls(conn: redis.Redis) -> int:
     """Events the ledger's script has run on, duplicates included."""
-    return sum(int(v) for k, v in conn.hgetall(STATS).items() if k.startswith(b"ledger:"))
+    return sum(int(v) for k, v in fields(conn.hgetall(STATS)).items() if k.startswith(b"ledger:"))
 
 
 def applied(conn: redis.Redis) -> int:
     """Events the ledger has applied, from the counters its script keeps."""
-    counts = conn.hgetall(STATS)
+    counts = fields(conn.hgetall(STATS))
     return sum(
         int(v) for k, v in counts.items() if k.startswith(b"ledger:") and k != b"ledger:duplicate"
     )
@@ -161,13 +162,11 @@ def test_sigkill_mid_batch_loses_nothing_and_applies_nothing_twice(
     try:
         cut_short = 0
         for threshold in (N // 10, N // 3, 2 * N // 3):
-            if kill_when(
-                redis_conn,
-                lambda job, t=threshold: (
-                    applied(redis_conn) >= t and bool(holding(redis_conn, job))
-                ),
-                60,
-            ):
+
+            def past(job: str, t: int = threshold) -> bool:
+                return applied(redis_conn) >= t and bool(holding(redis_conn, job))
+
+            if kill_when(redis_conn, past, 60):
                 cut_short += 1
         assert cut_short >= 1, "no kill landed while a batch was being applied"
         killed = time.monotonic()
@@ -203,7 +202,7 @@ def test_an_entry_that_kills_its_process_is_quarantined_and_spares_its_neighbour
     read with its neighbours, then tried alone, then quarantined; the neighbours are applied."""
     big = [event(f"big-{i}", EMAILS[i % 100], i) for i in range(20_000)]
     Enqueuer(redis_conn).ingest({"source": "t", "esp": "t", "events": big}, "ingest big", {})
-    (big_id,) = [i.decode() for i, _ in redis_conn.xrange(INBOX)]
+    (big_id,) = [i.decode() for i, _ in stream_entries(redis_conn, INBOX)]
     neighbours = EMAILS[200:210]
     post_singles(redis_conn, neighbours, prefix="small")
 
@@ -248,5 +247,5 @@ def test_an_entry_that_kills_its_process_is_quarantined_and_spares_its_neighbour
     assert {r["reason"] for r in records} == {
         "not applied: the ingest process died 2 times applying it alone"
     }
-    assert sorted(r["event"]["key"] for r in records) == sorted(e["key"] for e in big)  # type: ignore[misc]
+    assert sorted(r["event"]["key"] for r in records) == sorted(str(e["key"]) for e in big)
     assert reading(redis_conn) == 0

@@ -33,6 +33,7 @@ from tests import ledger_reads
 from tests.conftest import SettingsFactory
 from tests.faults.test_crashes import EMAILS, events, worker_env
 from tests.processes import descendants, queued_ingest_job, start_worker, wait_until
+from tests.replies import items, optional
 
 LONG_LEASE = "60"  # s: the lease of a batch in flight; a dead job's must not be waited for
 
@@ -63,7 +64,7 @@ def deliver_horse(conn: redis.Redis) -> int:
 
     def a_horse() -> bool:
         for job_id in registry.get_job_ids(cleanup=False):
-            worker = conn.hget(f"rq:job:{job_id}", "worker_name")
+            worker = optional(conn.hget(f"rq:job:{job_id}", "worker_name"))
             if worker is not None:
                 pid = int(conn.hget(f"rq:worker:{worker.decode()}", "pid") or 0)
                 found[:] = horses(pid)
@@ -82,14 +83,14 @@ def held_horse(conn: redis.Redis, hubspot: HubSpotEmulator) -> int:
 
     def one_left() -> bool:
         held = []
-        for raw in conn.hkeys(FLUSH + "hubspot"):
-            batch = [k.decode() for k in conn.hkeys(taken_key("hubspot", raw.decode()))]
+        for raw in items(conn.hkeys(FLUSH + "hubspot")):
+            batch = [k.decode() for k in items(conn.hkeys(taken_key("hubspot", raw.decode())))]
             out = [i for i in batch if conn.zscore(INFLIGHT + "hubspot", i) is not None]
             if out and not set(out) & hubspot.opted_out:
                 held.append(raw.decode())
         if len(held) != 1:
             return False
-        worker = conn.hget(f"rq:job:{held[0]}", "worker_name")
+        worker = optional(conn.hget(f"rq:job:{held[0]}", "worker_name"))
         pid = int(conn.hget(f"rq:worker:{worker.decode()}", "pid") or 0) if worker else 0
         found[:] = horses(pid) if pid else []
         return bool(found)
@@ -265,7 +266,7 @@ def test_tick_frees_a_flush_lock_whose_job_does_not_exist(
     redis_conn.hset(FLUSH + "hubspot", "no-such-job", "0")
     assert redis_conn.zcard(PENDING + "hubspot") == 1
     assert delivery.tick(rt) == ["hubspot"]
-    holders = [h.decode() for h in redis_conn.hkeys(FLUSH + "hubspot")]
+    holders = [h.decode() for h in items(redis_conn.hkeys(FLUSH + "hubspot"))]
     assert len(holders) == 1 and holders[0] in Queue(DELIVER, connection=redis_conn).job_ids
 
 
@@ -274,7 +275,7 @@ def test_flush_lock_and_job_are_written_together_and_name_each_other(
 ) -> None:
     assert delivery.ensure_flush(rt, "hubspot")
     assert not delivery.ensure_flush(rt, "hubspot")  # no backlog for a second taker
-    (holder,) = redis_conn.hkeys(FLUSH + "hubspot")
+    (holder,) = items(redis_conn.hkeys(FLUSH + "hubspot"))
     job = Job.fetch(holder.decode(), redis_conn, serializer=JSONSerializer)
     assert job.args == ["hubspot", holder.decode()]
 
@@ -285,7 +286,7 @@ def test_deliver_job_timeout_covers_its_budget_rate_waits_and_http_timeout(
     """A short lease does not shorten it: RQ would kill the job mid-batch."""
     s = rt.settings
     assert delivery.ensure_flush(rt, "hubspot")
-    (holder,) = redis_conn.hkeys(FLUSH + "hubspot")
+    (holder,) = items(redis_conn.hkeys(FLUSH + "hubspot"))
     job = Job.fetch(holder.decode(), redis_conn, serializer=JSONSerializer)
     assert job.timeout is not None
     assert job.timeout >= s.job_budget_s + 2 * s.rate_wait_cap_s + s.http_timeout_s
@@ -304,7 +305,7 @@ def test_a_job_whose_horse_is_starting_is_not_taken_for_a_dead_workers(
     rt.ledger.apply([HygieneEvent("k1", "t", "t", EMAILS[0], Kind.UNSUBSCRIBE, 1000.0)])
     assert delivery.ensure_flush(rt, "hubspot")
     worker = QuickStopWorker([DELIVER], connection=redis_conn, serializer=JSONSerializer)
-    worker.register_birth()
+    worker.register_birth()  # type: ignore[no-untyped-call]  # RQ's, untyped
     taken = worker.dequeue_job_and_maintain_ttl(timeout=1)
     assert taken is not None
     job, queue = taken
@@ -316,4 +317,4 @@ def test_a_job_whose_horse_is_starting_is_not_taken_for_a_dead_workers(
     worker.perform_job(job, queue)  # what the horse does
     assert hubspot.opted_out == {EMAILS[0]}
     assert redis_conn.hlen(FLUSH + "hubspot") == 0
-    worker.register_death()
+    worker.register_death()  # type: ignore[no-untyped-call]  # RQ's, untyped

@@ -25,6 +25,7 @@ from syncworker.ledger import PENDING
 from syncworker.queue.enqueue import Enqueuer
 from syncworker.queue.workers import WORKER_DEAD_AFTER_S
 from tests.processes import clean_env, start_worker, wait_until
+from tests.replies import items, optional
 
 FIRST = [f"first{i:03d}@example.com" for i in range(200)]
 LATER = [f"later{i:03d}@example.com" for i in range(20)]
@@ -140,14 +141,14 @@ def test_a_silent_taker_with_a_request_out_keeps_its_slot(
     stopped = 0
     try:
         wait_until(lambda: receiver.slow_pending == 0, 30, "the webhook's request to be held")
-        (holder,) = redis_conn.hkeys(FLUSH + "webhook")
-        name = redis_conn.hget(b"rq:job:" + holder, "worker_name")
+        (holder,) = items(redis_conn.hkeys(FLUSH + "webhook"))
+        name = optional(redis_conn.hget(b"rq:job:" + holder, "worker_name"))
         assert name is not None
         stopped = int(redis_conn.hget(b"rq:worker:" + name, "pid") or 0)
         os.kill(stopped, signal.SIGSTOP)  # its heartbeat stops; its horse still waits
 
         def beat_age() -> float:
-            beat = redis_conn.hget(b"rq:worker:" + name, "last_heartbeat")
+            beat = optional(redis_conn.hget(b"rq:worker:" + name, "last_heartbeat"))
             return time.time() - utcparse((beat or b"").decode()).timestamp()
 
         wait_until(lambda: beat_age() > WORKER_DEAD_AFTER_S, 40, "the heartbeat to be late")

@@ -15,7 +15,7 @@ import json
 import pkgutil
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,13 @@ def payload(esp: str, case: str) -> bytes:
 
 def request(body: bytes, headers: dict[str, str] | None = None, path: str = "") -> InboundRequest:
     return InboundRequest(body=body, headers=headers or {}, url=URL + path)
+
+
+def headers_of(req: InboundRequest) -> dict[str, str]:
+    """The headers a signer put on ``req`` (a plain mapping here), as a dict to send."""
+    headers = req.headers
+    assert isinstance(headers, Mapping), type(headers)
+    return dict(headers)
 
 
 # -- SendGrid: ECDSA P-256 over timestamp + body -----------------------------------------------

@@ -16,9 +16,10 @@ import redis
 from syncworker.bootstrap import load_settings
 from syncworker.config import SourceConfig
 from syncworker.devkit.redis_server import free_port
-from syncworker.errors import ConfigError, PayloadInvalid, SignatureInvalid
+from syncworker.errors import ConfigError, PayloadInvalid, SignatureInvalid, Unavailable
 from syncworker.events import Kind
 from syncworker.intake.auth import sns
+from syncworker.intake.contract import iso_seconds
 from syncworker.intake.esps.amazon_ses import AmazonSesParser
 from syncworker.queue import inbox
 from syncworker.queue.enqueue import INBOX, QUARANTINE
@@ -33,7 +34,8 @@ from tests.intake.signers.amazon_ses import (
     sns_signer,
     sns_time,
 )
-from tests.intake.signing import payload, request
+from tests.intake.signing import headers_of, payload, request
+from tests.replies import stream_entries
 
 TOPIC = "arn:aws:sns:us-east-1:123456789012:ses-events"
 DEFAULTS = AmazonSesParser.optional_settings
@@ -91,7 +93,7 @@ def test_a_bounce_fans_out_to_one_event_per_recipient(signer: SnsSigner) -> None
     first = result.events[0]
     assert first.key == f"amazon_ses:{doc['MessageId']}:jane.doe@example.com"
     assert first.message_id == "0100018f6d9e4a2b-3f1c6a55-7e9d-4b1e-9a2c-5d8f0e1b2c3d-000000"
-    assert first.occurred_at == sns.iso_seconds("2026-03-02T09:15:03.412Z")
+    assert first.occurred_at == iso_seconds("2026-03-02T09:15:03.412Z")
     assert (first.smtp_code, first.reason) == ("5.1.1", "smtp; 550 5.1.1 user unknown")
     # the SNS MessageId keys the events, and each keeps the message with its own recipient
     message = orjson.loads(doc["Message"])
@@ -366,13 +368,13 @@ def test_a_certificate_host_that_fails_is_unavailable_so_sns_retries(signer: Sns
     url = server.serve(b"")
     server.statuses[url.removeprefix(server.base)] = 502
     body = SnsSigner(signer.key, url, TOPIC).request(stored("complaint")).body
-    with pytest.raises(sns.Unavailable) as exc:
+    with pytest.raises(Unavailable) as exc:
         make_parser().verify(request(body))
     assert exc.value.status == 503
     port = free_port()  # nothing listens there
     down = SnsSigner(signer.key, f"http://127.0.0.1:{port}/certs/x.pem", TOPIC)
     parser = make_parser(CERT_URL_PATTERN=rf"http://127\.0\.0\.1:{port}/certs/x\.pem")
-    with pytest.raises(sns.Unavailable):
+    with pytest.raises(Unavailable):
         parser.verify(down.request(stored("complaint")))
 
 
@@ -428,7 +430,7 @@ def test_a_failing_certificate_host_is_503_briefly_then_asked_again(
     parser = clocked_parser(clock)
     genuine = SnsSigner(signer.key, url, TOPIC)
     for _ in range(3):
-        with pytest.raises(sns.Unavailable):
+        with pytest.raises(Unavailable):
             parser.verify(genuine.request(stored("complaint")))
     assert server.hits[path] == 1
     assert sns.TRANSIENT_FAILURE_TTL_S < 20
@@ -456,11 +458,11 @@ def test_an_unreachable_certificate_host_is_503_and_not_dialled_again_at_once(
     parser = AmazonSesParser(source, clock=clock, http=http)
     down = SnsSigner(signer.key, url, TOPIC)
     for _ in range(3):
-        with pytest.raises(sns.Unavailable):
+        with pytest.raises(Unavailable):
             parser.verify(down.request(stored("complaint")))
     assert calls == [url]
     clock.now += sns.TRANSIENT_FAILURE_TTL_S
-    with pytest.raises(sns.Unavailable):
+    with pytest.raises(Unavailable):
         parser.verify(down.request(stored("complaint")))
     assert calls == [url, url]
 
@@ -494,7 +496,7 @@ def test_a_message_type_header_that_disagrees_with_the_signed_type_is_400(
     signer: SnsSigner, said: str
 ) -> None:
     req = signer.request(stored("complaint"))
-    headers = {**dict(req.headers), "x-amz-sns-message-type": said}  # type: ignore[call-overload]
+    headers = {**headers_of(req), "x-amz-sns-message-type": said}
     with pytest.raises(PayloadInvalid) as exc:
         make_parser().verify(request(req.body, headers))
     assert exc.value.status == 400 and "x-amz-sns-message-type" in str(exc.value.detail)
@@ -626,7 +628,7 @@ def post(client: Any, body: bytes) -> Any:
 
 def ingest_payloads(conn: redis.Redis) -> list[Any]:
     """What accepted requests left in the inbox for ingest, oldest first."""
-    return [inbox.decode(fields[b"p"]) for _, fields in conn.xrange(INBOX)]
+    return [inbox.decode(fields[b"p"]) for _, fields in stream_entries(conn, INBOX)]
 
 
 def confirmation(

@@ -77,6 +77,7 @@ def test_unsigned_request_is_401(signer: EspSigner) -> None:
     assert exc.value.status == 401
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("garbage", GARBAGE)
 def test_garbage_after_valid_auth_is_400(signer: EspSigner, garbage: bytes) -> None:
     parser = signer.parser()
@@ -105,6 +106,7 @@ def test_unknown_event_code_is_ignored(signer: EspSigner) -> None:
     assert dict(result.ignored) == {UNKNOWN_CODE: 1}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("body", NASTY)
 def test_only_intake_errors_escape(signer: EspSigner, body: bytes) -> None:
     parser: EspParser = signer.parser()

@@ -31,6 +31,8 @@ from syncworker.intake.esps.sendgrid import SendGridParser
 from syncworker.intake.fastload import loader
 from syncworker.intake.fields import Address
 
+pytestmark = pytest.mark.slow  # property searches over every ESP schema
+
 
 def esp_schemas() -> dict[str, Schema]:
     """Every schema instance an ESP module defines, by module and name."""

@@ -27,6 +27,8 @@ from tests.intake.signing import (
 )
 from tests.intake.signing import signer_for as new_signer
 
+pytestmark = pytest.mark.slow  # property searches over every ESP
+
 ESPS = sorted(ESP_PARSERS)
 FUZZ = settings(max_examples=200, deadline=None)
 

@@ -36,8 +36,11 @@ from syncworker.intake.routes import PARSER_ERROR, VERIFIER_ERROR
 from syncworker.queue import inbox
 from syncworker.queue.enqueue import INBOX, QUARANTINE, STATS, to_json
 from syncworker.web.app import create_app
-from tests.intake.signing import PAYLOADS, EspSigner, payload, signer_for
+from tests.intake.signing import PAYLOADS, EspSigner, headers_of, payload, signer_for
+from tests.replies import fields, stream_entries
 from tests.test_privacy import ADDRESS, CapturingTransport, sentry  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.slow  # property and sweep searches through the whole app
 
 ESPS = sorted(ESP_PARSERS)
 PUBLIC_URL = "https://hooks.example.com"  # what the URL-signing test signers sign
@@ -263,10 +266,7 @@ def post(client: FlaskClient, esp: str, doc: Any) -> tuple[Any, bytes]:
         signed = signer(esp).sign(splice(text, raws))
         body = signed.body
     # a header cannot hold a line break (the SNS signer copies Type into one; nothing signs it)
-    headers = {
-        k: " ".join(v.splitlines())
-        for k, v in dict(signed.headers).items()  # type: ignore[call-overload]
-    }
+    headers = {k: " ".join(v.splitlines()) for k, v in headers_of(signed).items()}
     return client.post(f"/webhooks/{esp}", data=body, headers=headers), body
 
 
@@ -284,7 +284,7 @@ def check_answer(conn: redis.Redis, esp: str, response: Any, body: bytes) -> Non
     status = response.status_code
     assert status < 500, (esp, status, response.get_data()[:300])
     answer = orjson.loads(response.get_data())
-    entries = conn.xrange(INBOX)  # what the worker will apply
+    entries = stream_entries(conn, INBOX)  # what the worker will apply
     stored = [orjson.loads(entry) for entry in conn.lrange(QUARANTINE, 0, -1)]
     if status != 200:
         assert isinstance(answer, dict) and answer.get("error") and answer.get("detail"), answer
@@ -304,7 +304,7 @@ def check_answer(conn: redis.Redis, esp: str, response: Any, body: bytes) -> Non
         return
     counted = {
         k.decode(): int(v)
-        for k, v in conn.hgetall(STATS).items()
+        for k, v in fields(conn.hgetall(STATS)).items()
         if k.startswith(f"in:{esp}:".encode())
     }
     assert sum(counted.values()) == answer["accepted"] + answer["ignored"] + answer["quarantined"]
@@ -312,14 +312,14 @@ def check_answer(conn: redis.Redis, esp: str, response: Any, body: bytes) -> Non
     if answer["accepted"] + answer["quarantined"] == 0:
         assert entries == []
         return
-    ((_, fields),) = entries
-    payload = inbox.decode(fields[b"p"])
+    ((_, entry),) = entries
+    payload = inbox.decode(entry[b"p"])
     # the limit holds on every way in: a quarantined item keeps at most its body's depth
     # (below 2 levels of payload, 2 of the quarantined list and 1 of SNS's {MessageId, Message})
     assert depth(payload["quarantined"]) <= MAX_JSON_DEPTH + 3
     assert len(payload["events"]) == answer["accepted"]
     assert len(payload["quarantined"]) == answer["quarantined"]
-    assert b"@" not in fields[b"d"]
+    assert b"@" not in entry[b"d"]
 
 
 @pytest.mark.parametrize("esp", ESPS)
@@ -356,7 +356,7 @@ def test_payload_fixtures_exist_for_every_esp() -> None:
     assert sorted(p.name for p in Path(PAYLOADS).iterdir() if p.is_dir()) == ESPS
 
 
-SWEEP_VALUES = (None, {}, [], nested(990, "object"))
+SWEEP_VALUES: tuple[object, ...] = (None, {}, [], nested(990, "object"))
 
 
 @pytest.mark.parametrize("esp", ESPS)
@@ -439,7 +439,7 @@ def test_a_mailtrap_json_lines_body_nested_past_the_limit_is_refused(
     response = client.post(
         "/webhooks/mailtrap",
         data=signed.body,
-        headers=dict(signed.headers),  # type: ignore[call-overload]
+        headers=headers_of(signed),
     )
     refused_and_kept(conn, response, signed.body)
 

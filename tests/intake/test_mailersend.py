@@ -208,6 +208,7 @@ def test_the_published_test_secret_authenticates_nothing_but_the_ping() -> None:
         make_parser().verify(request(body, signature(body, TEST_SECRET)))
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(
     header=st.one_of(st.text(max_size=80), st.from_regex(r"[0-9a-fA-F]{60,66}", fullmatch=True)),

@@ -31,6 +31,7 @@ from syncworker.queue.enqueue import INGEST
 from syncworker.web.app import create_app
 from tests.conftest import SettingsFactory
 from tests.intake.signing import (
+    headers_of,
     mailgun_body,
     mailgun_legacy_request,
     payload,
@@ -490,6 +491,7 @@ LEGACY_VALUES = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(fields=st.lists(st.tuples(LEGACY_NAMES, LEGACY_VALUES), max_size=12))
 def test_any_signed_legacy_post_gets_a_clear_answer(fields: list[tuple[str, str]]) -> None:
@@ -513,7 +515,7 @@ def test_legacy_signature_is_accepted_once_through_the_app(
 ) -> None:
     client = _mailgun_app(make_settings)
     req = mailgun_legacy_request(legacy_fields("legacy_bounced"), KEY)
-    headers = dict(req.headers)  # type: ignore[call-overload]
+    headers = headers_of(req)
     assert client.post("/webhooks/mailgun", data=req.body, headers=headers).status_code == 200
     # the same signature with another recipient
     forged = req.body.replace(b"Alice%40Example.com", b"victim%40example.com")
@@ -694,6 +696,7 @@ def test_redis_refusing_the_claim_is_503(
     body = {"signature": sign_mailgun(KEY), "event-data": _event("complained")}
     limit = redis_conn.config_get("maxmemory")["maxmemory"]
     policy = redis_conn.config_get("maxmemory-policy")["maxmemory-policy"]
+    assert limit is not None and policy is not None
     redis_conn.config_set("maxmemory-policy", "noeviction")
     redis_conn.config_set("maxmemory", 1)
     try:

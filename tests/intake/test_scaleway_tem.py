@@ -17,6 +17,7 @@ from syncworker.config import SourceConfig
 from syncworker.errors import ConfigError, PayloadInvalid, SignatureInvalid
 from syncworker.events import Kind
 from syncworker.intake.auth import sns
+from syncworker.intake.contract import iso_seconds
 from syncworker.intake.esps.scaleway_tem import ScalewayTemParser
 from tests.intake.signers.amazon_ses import (
     SnsSigner,
@@ -85,7 +86,7 @@ def test_a_dropped_email_is_a_hard_bounce_with_its_details(ca: CA, signer: SnsSi
     assert (event.email, event.kind) == ("gone.user@example.com", Kind.HARD_BOUNCE)
     assert event.key == "scaleway_tem:efc57ea6-3f0c-4a4d-8b3a-6a6e3c1d2f0a"
     assert event.message_id == "d4fbec9d-eed9-44d5-af47-c1126467a5ca"
-    assert event.occurred_at == sns.iso_seconds("2026-01-15T10:32:00Z")
+    assert event.occurred_at == iso_seconds("2026-01-15T10:32:00Z")
     assert event.smtp_code == "550"
     assert event.reason == "5.1.1 The email account that you tried to reach does not exist"
     assert event.raw == event_of("email_dropped")

@@ -191,6 +191,7 @@ HEADER_VALUES = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(headers=st.dictionaries(HEADER_NAMES, HEADER_VALUES), body=st.binary(max_size=200))
 def test_any_headers_get_a_clear_answer(headers: dict[str, str], body: bytes) -> None:

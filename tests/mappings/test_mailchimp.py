@@ -318,6 +318,7 @@ def test_a_server_error_stops_the_batch_and_keeps_what_was_done(
     assert len(mailchimp.requests) == 3
 
 
+@pytest.mark.slow
 def test_the_concurrent_connection_limit_is_throttled(
     mailchimp: MailchimpEmulator, session: requests.Session
 ) -> None:

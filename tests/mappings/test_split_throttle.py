@@ -40,6 +40,7 @@ from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
 from tests.conftest import SettingsFactory
 from tests.mappings.contract import state_change
+from tests.replies import scored
 
 SECRET = new_secret()
 EMAILS = [f"p{i}@example.com" for i in range(8)]
@@ -74,14 +75,16 @@ def hard_bounces(rt: Runtime) -> list[str]:
 
 
 def pending(conn: redis.Redis, dest: str) -> dict[str, float]:
-    return {k.decode(): v for k, v in conn.zrange(PENDING + dest, 0, -1, withscores=True)}
+    return {k.decode(): v for k, v in scored(conn.zrange(PENDING + dest, 0, -1, withscores=True))}
 
 
 def apply(rt: Runtime, kinds: list[Kind]) -> None:
     """One event per address, of the given kinds."""
     rt.ledger.apply(
-        HygieneEvent(f"ev-{e}", "test", "test", e, kind, T0 + i, reason="550 no such user")
-        for i, (e, kind) in enumerate(zip(EMAILS, kinds, strict=True))
+        [
+            HygieneEvent(f"ev-{e}", "test", "test", e, kind, T0 + i, reason="550 no such user")
+            for i, (e, kind) in enumerate(zip(EMAILS, kinds, strict=True))
+        ]
     )
 
 
@@ -375,7 +378,7 @@ def test_salesforce_addresses_saved_before_the_request_limit_are_not_written_aga
             },
         )
         rt.ledger.apply(
-            HygieneEvent(f"ev-{e}", "test", "test", e, Kind.UNSUBSCRIBE, T0) for e in emails
+            [HygieneEvent(f"ev-{e}", "test", "test", e, Kind.UNSUBSCRIBE, T0) for e in emails]
         )
         salesforce.api_limit = salesforce.api_used + 3  # two queries and one PATCH
 
