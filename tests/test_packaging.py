@@ -71,7 +71,7 @@ def parse_constraints(text: str) -> dict[NormalizedName, str]:
     return pins
 
 
-HERE: dict[str, str] = dict(default_environment())
+HERE: dict[str, str] = {k: str(v) for k, v in default_environment().items()}
 
 
 def environments(pythons: Iterable[str]) -> list[dict[str, str]]:

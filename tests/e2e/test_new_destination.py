@@ -20,6 +20,8 @@ from syncworker.events import HygieneEvent, Kind
 from syncworker.queue.enqueue import Enqueuer
 from tests.processes import clean_env, start_worker, wait_until
 
+pytestmark = pytest.mark.slow  # real worker processes
+
 ACME = '''
 """Acme CRM: opt contacts out; one batch call per batch."""
 

@@ -25,6 +25,7 @@ from syncworker.destinations import (
     Kind,
     NotConfigured,
     OutcomeStatus,
+    Secret,
     Throttled,
 )
 from syncworker.devkit.emulators.mixpanel import MixpanelEmulator
@@ -299,7 +300,7 @@ def test_a_profile_update_with_a_wrong_token_is_bad_credentials(
     mixpanel: MixpanelEmulator, session: requests.Session
 ) -> None:
     destination = make(mixpanel, session, PROFILE_SET="true", API_SECRET=mixpanel.api_secret)
-    destination.token = "stale-token"
+    destination.token = Secret("stale-token")
     with pytest.raises(BadCredentials):
         destination.sync([event_change("a@example.com", Kind.UNSUBSCRIBE)])
 
