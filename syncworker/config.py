@@ -46,7 +46,6 @@ class Plugins(Protocol):
         ...
 
 
-
 PREFIX = "SYNCWORKER_"
 _SLUG = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 
