@@ -13,6 +13,8 @@ from pathlib import Path
 
 import requests
 
+from syncworker.devkit.supervisor import cpu_seconds
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -51,18 +53,7 @@ def gunicorn(
     return proc
 
 
-def process_cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds used so far by ``pids`` and their children (Linux /proc)."""
-    total = 0
-    for pid in pids:
-        for child in _descendants(pid) + [pid]:
-            try:
-                with open(f"/proc/{child}/stat") as stat:
-                    fields = stat.read().rsplit(")", 1)[1].split()
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+process_cpu_seconds = cpu_seconds  # pids and every process below them (Linux /proc)
 
 
 def wait_idle(pids: list[int], timeout: float = 60.0, busy: float = 0.05) -> float:
@@ -75,15 +66,6 @@ def wait_idle(pids: list[int], timeout: float = 60.0, busy: float = 0.05) -> flo
         time.sleep(0.3)
         if process_cpu_seconds(pids) - before < busy * 0.3 or time.monotonic() - start > timeout:
             return time.monotonic() - start
-
-
-def _descendants(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as children:
-            kids = [int(k) for k in children.read().split()]
-    except (FileNotFoundError, ProcessLookupError):
-        return []
-    return kids + [d for k in kids for d in _descendants(k)]
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 import redis
 
-from bench.common import ROOT, _descendants
+from bench.common import ROOT
 from syncworker import codec
 from syncworker.bootstrap import Runtime
 from syncworker.config import DestinationConfig, Settings
@@ -44,6 +44,7 @@ from syncworker.delivery import loop as delivery
 from syncworker.delivery.loop import INFLIGHT, PAUSE
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.devkit.redis_server import RedisServer
+from syncworker.devkit.supervisor import descendants
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
 from syncworker.queue.enqueue import Enqueuer
@@ -56,7 +57,7 @@ def tree_cpu_seconds(pid: int) -> float:
     """CPU seconds of ``pid`` and its descendants, with the children they have reaped (RQ's
     work-horses, one per job, end before the round does)."""
     total = 0
-    for proc in [pid, *_descendants(pid)]:
+    for proc in [pid, *descendants(pid)]:
         try:
             with open(f"/proc/{proc}/stat") as stat:
                 fields = stat.read().rsplit(")", 1)[1].split()

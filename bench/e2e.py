@@ -58,9 +58,10 @@ import orjson
 import redis
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from bench.common import ROOT, _descendants, gunicorn
+from bench.common import ROOT, gunicorn
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.devkit.redis_server import RedisServer, free_port
+from syncworker.devkit.supervisor import descendants
 from tests.intake.signing import basic_auth_header, sendgrid_keypair, sign_sendgrid
 
 SYSTEMS = ("syncworker", "naive", "naive_simple")
@@ -250,7 +251,7 @@ class Stack:
 
     def stop(self) -> None:
         """SIGKILL every process of the stack, RQ's horses included: the measurement is over."""
-        pids = [p for proc in self.procs for p in [proc.pid, *_descendants(proc.pid)]]
+        pids = [p for proc in self.procs for p in [proc.pid, *descendants(proc.pid)]]
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -15,6 +12,7 @@ import redis
 import requests
 
 from syncworker.devkit.redis_server import free_port
+from syncworker.devkit.supervisor import Child
 from syncworker.queue.enqueue import INBOX_QUEUED
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,71 +35,13 @@ def wait_until(
         time.sleep(interval)
 
 
-class Process:
-    """A child process with its output in a log file, in a process group of its own."""
+class Process(Child):
+    """A child process run from the repository, its output in ``log``, leading its own group
+    (the devkit's :class:`~syncworker.devkit.supervisor.Child`)."""
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
-        self.log_path = log
-        self._log = log.open("wb")
-        self.proc = subprocess.Popen(
-            args,
-            cwd=ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def output(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def kill_tree(self) -> None:
-        """SIGKILL the process and every process it started, as a dead machine would: nothing
-        gets to clean up. RQ's work-horses lead process groups of their own, so the tree is
-        found by parent ids, not by the process group."""
-        if self.proc.poll() is None:
-            tree = descendants(self.proc.pid)
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            for pid in tree:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        self.proc.wait()
-        self._log.close()
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
-
-
-def descendants(root: int) -> list[int]:
-    """Every living process below ``root`` (children, grandchildren, ...), from /proc."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(entry))
-    found: list[int] = []
-    todo = [root]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+        super().__init__(Path(args[0]).name, args, env=env, log=log, cwd=ROOT)
+        self.log_file: Path = log
 
 
 def start_gunicorn(env: dict[str, str], log: Path, workers: int = 2) -> tuple[Process, str]:

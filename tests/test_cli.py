@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -195,7 +194,7 @@ def test_run_starts_an_embedded_redis_web_and_worker(tmp_path: Path) -> None:
         assert embedded.exists("sw:c:run@example.com")
         embedded.close()
     finally:
-        proc.stop(signal.SIGTERM)
+        proc.stop()
     assert proc.proc.returncode is not None
 
 
@@ -235,4 +234,4 @@ def test_run_binds_where_configured_and_says_so(tmp_path: Path) -> None:
                 continue
             raise AssertionError(f"{elsewhere} answered: the web process bound too widely")
     finally:
-        proc.stop(signal.SIGTERM)
+        proc.stop()

@@ -89,7 +89,7 @@ def started(worker: Process, conn: redis.Redis) -> None:
         assert worker.alive(), worker.output()
         return (
             conn.llen(f"rq:queue:{INGEST}") == 0
-            and b"worker: queues" in worker.log_path.read_bytes()
+            and b"worker: queues" in worker.log_file.read_bytes()
         )
 
     wait_until(ready, 30, "the worker")

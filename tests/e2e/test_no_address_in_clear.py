@@ -249,8 +249,8 @@ def test_no_address_in_clear_in_logs_sentry_or_job_descriptions(
         if worker is not None:
             worker.stop()
         web.stop()
-    web_log = web.log_path.read_text(errors="replace")
-    worker_log = worker.log_path.read_text(errors="replace") if worker is not None else ""
+    web_log = web.log_file.read_text(errors="replace")
+    worker_log = worker.log_file.read_text(errors="replace") if worker is not None else ""
     # the paths that carry echoed bodies did run, and said so (masked)
     assert "outcome=failed" in worker_log and "reason=bad_credentials" in worker_log
     assert "k***@example.com" in worker_log

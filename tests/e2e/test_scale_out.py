@@ -30,10 +30,11 @@ import requests
 
 from syncworker.delivery.loop import BATCH_API_CALLS, FLUSH, INFLIGHT
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
+from syncworker.devkit.supervisor import descendants
 from syncworker.queue.workers import WORKER_DEAD_AFTER_S
 from tests import replies
 from tests.intake.signing import sendgrid_keypair, sign_sendgrid
-from tests.processes import Process, clean_env, descendants, start_gunicorn, wait_until
+from tests.processes import Process, clean_env, start_gunicorn, wait_until
 
 pytestmark = pytest.mark.slow
 

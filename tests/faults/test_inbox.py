@@ -21,10 +21,11 @@ from syncworker.bootstrap import Runtime
 from syncworker.config import Settings
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.devkit.emulators.segment import SegmentEmulator
+from syncworker.devkit.supervisor import descendants
 from syncworker.events import HygieneEvent, Kind
 from syncworker.queue.enqueue import INBOX, INGEST, QUARANTINE, STATS, Enqueuer
 from syncworker.queue.inbox import GROUP, MAX_ALONE, TRIES
-from tests.processes import clean_env, descendants, start_worker, wait_until
+from tests.processes import clean_env, start_worker, wait_until
 from tests.replies import fields, optional, stream_entries, text
 
 N = 20_000

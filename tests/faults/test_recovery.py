@@ -25,6 +25,7 @@ from syncworker.config import Settings
 from syncworker.delivery import loop as delivery
 from syncworker.delivery.loop import FLUSH, INFLIGHT, taken_key
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
+from syncworker.devkit.supervisor import descendants
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
 from syncworker.queue.enqueue import DELIVER, INGEST, QUEUES, Enqueuer
@@ -32,7 +33,7 @@ from syncworker.queue.workers import WORKER_DEAD_AFTER_S, QuickStopWorker, rescu
 from tests import ledger_reads
 from tests.conftest import SettingsFactory
 from tests.faults.test_crashes import EMAILS, events, worker_env
-from tests.processes import descendants, queued_ingest_job, start_worker, wait_until
+from tests.processes import queued_ingest_job, start_worker, wait_until
 from tests.replies import items, optional
 
 LONG_LEASE = "60"  # s: the lease of a batch in flight; a dead job's must not be waited for

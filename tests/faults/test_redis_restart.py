@@ -135,6 +135,6 @@ def test_worker_waits_out_a_redis_outage_without_restart_loops(
         finally:
             worker.stop()
             conn.close()
-        output = worker.log_path.read_text(errors="replace")
+        output = worker.log_file.read_text(errors="replace")
         restarts = output.count("; restarting")
         assert restarts <= 1, f"{restarts} restarts of RQ worker processes:\n{output[-3000:]}"

@@ -155,7 +155,7 @@ def test_a_silent_taker_with_a_request_out_keeps_its_slot(
         ingest(redis_conn, "later", LATER)
         wait_until(
             lambda: (
-                b"slot kept dest=webhook" in worker.log_path.read_bytes()
+                b"slot kept dest=webhook" in worker.log_file.read_bytes()
                 or len(receiver.requests) > 0
             ),
             20,
