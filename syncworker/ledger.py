@@ -68,7 +68,6 @@ from syncworker.events import (
     ReasonEntry,
     normalize_email,
 )
-from syncworker.queue.enqueue import STATS
 from syncworker.record import (
     EFFECT_CODES,
     EFFECT_NAMES,
@@ -76,20 +75,21 @@ from syncworker.record import (
     KIND_NAMES,
     UNSUPPRESS,
 )
+from syncworker.store.keys import (
+    CONFIRMED,
+    CONTACT,
+    CONTACT_COUNT,
+    CONTACTS,
+    DEDUPE,
+    EVENT,
+    FORGOTTEN,
+    HISTORY,
+    PENDING,
+    STATS,
+    SYNC,
+)
 
 COUNTERS = "ledger:"  # + effect: a counter in the STATS hash
-
-CONTACT = "sw:c:"  # + address: the record
-CONTACT_COUNT = "sw:contacts:n"  # how many records there are
-EVENT = "sw:ev:"
-PENDING = "sw:pending:"
-FORGOTTEN = "sw:forgotten:"  # sha256 of an erased address -> the suppression reasons it had
-# the layout before the compact record (read and converted by the scripts; ``migrate``)
-HISTORY = "sw:h:"
-SYNC = "sw:sync:"
-CONFIRMED = "sw:confirmed:"
-DEDUPE = "sw:k:"
-CONTACTS = "sw:contacts"
 
 #: event keys remembered for dedupe beyond the history, per address (within ``dedupe_ttl_s``)
 MAX_SEEN = 1000

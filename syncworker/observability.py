@@ -128,10 +128,8 @@ class RedisStatsCollector(Collector):
         self.destinations = destinations
 
     def collect(self) -> Iterator[Metric]:
-        from syncworker.delivery.loop import DEAD, DSTATS, INFLIGHT
-        from syncworker.ledger import PENDING
-        from syncworker.queue.enqueue import INBOX, STATS
         from syncworker.queue.workers import FAILED
+        from syncworker.store.keys import DEAD, DSTATS, INBOX, INFLIGHT, PENDING, STATS
         from syncworker.store.stats import failed_job_keys
 
         failed_keys = failed_job_keys()

@@ -17,6 +17,7 @@ from syncworker.devkit.emulators.segment import SegmentEmulator
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import PENDING
 from syncworker.ops import reconcile as backfill
+from syncworker.store.keys import RECONCILE
 from tests import ledger_reads
 from tests.conftest import SettingsFactory
 
@@ -126,7 +127,7 @@ def test_an_interrupted_reconcile_resumes_where_it_stopped(
     assert result.exit_code == 0, result.output
     assert f"resuming: {walked} of 1200 addresses already walked" in result.output
     assert redis_conn.zcard(PENDING + "hubspot") == 400
-    assert not redis_conn.exists(backfill.CURSOR + "hubspot")  # finished: no cursor left
+    assert not redis_conn.exists(RECONCILE + "hubspot")  # finished: no cursor left
 
 
 def test_reconcile_of_an_event_stream_is_deduplicated_on_repeat(

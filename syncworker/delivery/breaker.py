@@ -16,7 +16,8 @@ from typing import Any
 import orjson
 import redis
 
-BREAKER = "sw:breaker:"  # hash: state, since, failures, probe_at, last_success_at, last_error(_at)
+from syncworker.store.keys import BREAKER
+
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 PROBE = "probe"  # what ``admit`` answers the one job that is to send the probe
 PAUSE_REASON = "breaker open"

@@ -32,27 +32,27 @@ from syncworker.delivery.breaker import CLOSED, OPEN, PROBE, Breaker, pause_payl
 from syncworker.destinations import ContactChange, Destination, Mode, Outcome, OutcomeStatus
 from syncworker.errors import BadCredentials, PermanentError, RetryableError, Throttled
 from syncworker.events import HygieneEvent, normalize_email
-from syncworker.ledger import EVENT, PENDING, SyncWrite
+from syncworker.ledger import SyncWrite
 from syncworker.privacy import mask, mask_text
-from syncworker.queue.enqueue import (
+from syncworker.queue.enqueue import QUARANTINE_REMOVE_LUA, queue
+from syncworker.queue.workers import heartbeat_stale_s, job_alive, job_gone
+from syncworker.store.keys import (
+    ATTEMPTS,
+    CONFIRMED,
+    DEAD,
     DELIVER,
+    DSTATS,
+    EVENT,
+    FLUSH,
+    INFLIGHT,
+    PAUSE,
+    PENDING,
     QUARANTINE,
     QUARANTINE_BYTES,
-    QUARANTINE_REMOVE_LUA,
-    queue,
+    taken_key,
 )
-from syncworker.queue.workers import heartbeat_stale_s, job_alive, job_gone
 
 log = logging.getLogger(__name__)
-
-INFLIGHT = "sw:inflight:"
-ATTEMPTS = "sw:attempts:"
-DEAD = "sw:dead:"
-PAUSE = "sw:pause:"
-FLUSH = "sw:takers:"  # hash: deliver job id -> when it was queued; one field per taker
-TAKEN = "sw:taken:"  # + dest:job -> that taker's batch in flight (see taken_key)
-DSTATS = "sw:dstats:"
-CONFIRMED = "sw:confirmed:"  # the old ledger layout's confirmed reasons (now in the record)
 
 TAKE_LUA = """
 local now, n, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -117,11 +117,6 @@ return redis.call('HDEL', KEYS[1], ARGV[1])
 """
 
 FILL_POLL_S = 0.02  # how often a deliver job waiting for a full batch looks at the pending set
-
-
-def taken_key(destination: str, token: str) -> str:
-    """The batch a taker (deliver job ``token``) has in flight: id -> lease expiry."""
-    return f"{TAKEN}{destination}:{token}"
 
 
 def batch_bound_s(settings: Settings, dest: DestinationRuntime | None = None) -> float:

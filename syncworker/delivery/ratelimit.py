@@ -18,8 +18,7 @@ import redis
 
 from syncworker.destinations import Rate
 from syncworker.errors import Throttled
-
-RATE = "sw:rate:"
+from syncworker.store.keys import RATE
 
 RESERVE_LUA = """
 local interval, cap = tonumber(ARGV[1]), tonumber(ARGV[2])

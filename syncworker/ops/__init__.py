@@ -1,1 +1,2 @@
-"""Operator work on the ledger: reconcile (backfill), import/export, erasure and quarantine replay."""
+"""Operator work on the ledger: reconcile (backfill), import/export, erasure and quarantine
+replay."""

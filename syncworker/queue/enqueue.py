@@ -31,22 +31,21 @@ from rq.serializers import JSONSerializer
 from rq.utils import now
 
 from syncworker import codec
+from syncworker.store.keys import (
+    INBOX,
+    INBOX_GROUP,
+    INBOX_QUEUED,
+    INGEST,
+    QUARANTINE,
+    QUARANTINE_BYTES,
+    STATS,
+)
 
 if TYPE_CHECKING:
     from syncworker.config import Settings
     from syncworker.events import HygieneEvent
     from syncworker.intake.contract import Quarantined
 
-INGEST = "syncworker-ingest"
-DELIVER = "syncworker-deliver"
-QUEUES = (INGEST, DELIVER)
-STATS = "sw:stats"
-QUARANTINE = "sw:quarantine"  # verified requests whose events failed validation
-QUARANTINE_BYTES = "sw:quarantine:bytes"  # the byte total of its records (store_quarantine)
-
-INBOX = "sw:inbox"  # stream of accepted requests' payloads (see syncworker/inbox.py)
-INBOX_GROUP = "ingest"  # the consumer group ingest jobs read it through
-INBOX_QUEUED = "sw:inbox:queued"  # the id of the ingest job queued and not yet started
 INBOX_QUEUED_TTL_S = 3600  # a backstop only: the supervisor frees the flag of a job that is gone
 
 # Writes a batch of accepted requests atomically in one command: the intake counters bumped, each

@@ -32,8 +32,9 @@ import orjson
 import redis
 from rq import get_current_job
 
-from syncworker.queue.enqueue import INBOX, INBOX_GROUP, INBOX_QUEUED, ensure_drain
+from syncworker.queue.enqueue import ensure_drain
 from syncworker.queue.workers import job_alive
+from syncworker.store.keys import INBOX, INBOX_GROUP, INBOX_QUEUED, INBOX_TRIES
 
 GROUP = INBOX_GROUP
 QUEUED = INBOX_QUEUED
@@ -45,7 +46,6 @@ LINGER_MS = 50  # an idle job waits this long for new entries before it ends
 PAGE = 500  # pending entries claimed per call
 SUSPECT_AFTER = 2  # claimed this often (read in batches that died): applied alone
 MAX_ALONE = 2  # the process died this often applying an entry alone: quarantined instead
-TRIES = "sw:inbox:alone"  # entry id -> times applying it alone was begun
 
 # Free the queued flag if it still names ARGV[1].
 CLEAR_LUA = """
@@ -188,7 +188,7 @@ class Reader:
             if ids:
                 pipe.xack(INBOX, GROUP, *ids)
                 pipe.xdel(INBOX, *ids)
-                pipe.hdel(TRIES, *ids)
+                pipe.hdel(INBOX_TRIES, *ids)
             if then_read:  # inside MULTI a read never blocks
                 pipe.xreadgroup(GROUP, self.name, {INBOX: ">"}, count=then_read)
             replies = pipe.execute()
@@ -196,7 +196,7 @@ class Reader:
 
     def try_alone(self, entry_id: str) -> int:
         """Count a start of applying ``entry_id`` alone; how many starts there have been."""
-        return int(self.conn.hincrby(TRIES, entry_id, 1))
+        return int(self.conn.hincrby(INBOX_TRIES, entry_id, 1))
 
     def leave(self) -> None:
         """Remove this consumer from the group if it holds nothing."""

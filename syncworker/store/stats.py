@@ -11,10 +11,22 @@ from rq.registry import FailedJobRegistry
 
 from syncworker.bootstrap import Runtime
 from syncworker.delivery import breaker
-from syncworker.delivery.loop import DEAD, DSTATS, INFLIGHT, PAUSE
-from syncworker.ledger import PENDING
-from syncworker.queue.enqueue import DELIVER, INBOX, INGEST, QUARANTINE, QUARANTINE_BYTES, STATS
 from syncworker.queue.workers import short_name
+from syncworker.store.keys import (
+    BREAKER,
+    DEAD,
+    DELIVER,
+    DSTATS,
+    INBOX,
+    INFLIGHT,
+    INGEST,
+    PAUSE,
+    PENDING,
+    QUARANTINE,
+    QUARANTINE_BYTES,
+    STATS,
+    rq_queue,
+)
 
 
 def failed_job_keys() -> dict[str, str]:
@@ -28,7 +40,7 @@ def health(conn: redis.Redis, names: list[str]) -> dict[str, dict[str, Any]]:
     time of its last answered call and of its last call with no answer (with that error)."""
     with conn.pipeline(transaction=False) as pipe:
         for name in names:
-            pipe.hgetall(breaker.BREAKER + name)
+            pipe.hgetall(BREAKER + name)
             pipe.get(PAUSE + name)
             pipe.zrange(PENDING + name, 0, 0, withscores=True)
         replies = pipe.execute()
@@ -56,8 +68,8 @@ def overview(rt: Runtime) -> dict[str, Any]:
     failed = failed_job_keys()
     with conn.pipeline(transaction=False) as pipe:
         pipe.hgetall(STATS)
-        pipe.llen(f"rq:queue:{INGEST}")
-        pipe.llen(f"rq:queue:{DELIVER}")
+        pipe.llen(rq_queue(INGEST))
+        pipe.llen(rq_queue(DELIVER))
         pipe.llen(QUARANTINE)
         pipe.get(QUARANTINE_BYTES)
         pipe.xlen(INBOX)

@@ -23,7 +23,8 @@ from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.devkit.emulators.segment import SegmentEmulator
 from syncworker.events import HygieneEvent, Kind
 from syncworker.queue.enqueue import INBOX, INGEST, QUARANTINE, STATS, Enqueuer
-from syncworker.queue.inbox import GROUP, MAX_ALONE, TRIES
+from syncworker.queue.inbox import GROUP, MAX_ALONE
+from syncworker.store.keys import INBOX_TRIES as TRIES
 from tests.processes import clean_env, descendants, start_worker, wait_until
 
 N = 20_000
