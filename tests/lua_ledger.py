@@ -14,7 +14,6 @@ import redis
 from syncworker.config import Settings
 from syncworker.events import HygieneEvent
 from syncworker.ledger import (
-    CONFIRMED,
     CONTACT,
     CONTACT_COUNT,
     CONTACTS,
@@ -29,6 +28,7 @@ from syncworker.ledger import (
 )
 from syncworker.queue.enqueue import STATS
 from syncworker.record import EFFECT_CODES, IMMEDIATE, KIND_CODES
+from syncworker.store.keys import CONFIRMED
 
 
 def _lua_table(mapping: Mapping[str, str]) -> str:
