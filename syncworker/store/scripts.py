@@ -357,3 +357,9 @@ WRAPPERS: tuple[type[_Script], ...] = (
     BreakerRelease,
     RateReserve,
 )
+
+# Read every script once, at import: a worker imports this before it forks its work-horses, which
+# then find the texts in memory rather than each reading the files again.
+for _wrapper in WRAPPERS:
+    source(_wrapper.name)
+text("enqueue")
