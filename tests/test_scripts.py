@@ -135,6 +135,11 @@ class _Conn:
         assert text
         return self.recorder
 
+    def eval(self, text: str, numkeys: int, *keys_and_args: Any) -> Any:
+        assert text
+        keys, args = list(keys_and_args[:numkeys]), list(keys_and_args[numkeys:])
+        return self.recorder(keys=keys, args=args)
+
 
 @pytest.mark.parametrize("wrapper", scripts.WRAPPERS, ids=lambda w: w.name)
 def test_a_wrapper_passes_what_its_script_documents(wrapper: type[Any]) -> None:

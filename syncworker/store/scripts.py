@@ -43,13 +43,21 @@ class _Script:
     """One script on one connection."""
 
     name: ClassVar[str]
+    #: sent whole (EVAL) rather than by its SHA (EVALSHA): for a script run seldom, whose first
+    #: call would otherwise add a NOSCRIPT reply and a SCRIPT LOAD to the moment it runs
+    send_whole: ClassVar[bool] = False
 
     def __init__(self, conn: redis.Redis) -> None:
-        self._script = conn.register_script(source(self.name))
+        self._conn = conn
+        self._source = source(self.name)
+        self._script = conn.register_script(self._source)
 
     def _run(
         self, keys: Sequence[str | bytes], args: Sequence[Arg], client: Pipeline | None = None
     ) -> Any:
+        if self.send_whole:
+            target = self._conn if client is None else client
+            return target.eval(self._source, len(keys), *keys, *args)
         return self._script(keys=list(keys), args=list(args), client=client)
 
 
@@ -184,6 +192,7 @@ class QuarantinePush(_Script):
     """Pushes records and trims the oldest to the bounds (``quarantine_push.lua``)."""
 
     name = "quarantine_push"
+    send_whole = True
 
     def __call__(
         self,
@@ -237,6 +246,7 @@ class InboxClear(_Script):
     """Frees the queued flag if it still names the job (``inbox_clear.lua``)."""
 
     name = "inbox_clear"
+    send_whole = True
 
     def __call__(self, queued_flag: str, job_id: str) -> Any:
         return self._run([queued_flag], [job_id])
@@ -247,6 +257,7 @@ class InboxForgetConsumer(_Script):
     (``inbox_forget_consumer.lua``)."""
 
     name = "inbox_forget_consumer"
+    send_whole = True
 
     def __call__(self, inbox: str, group: str, consumer: str) -> Any:
         return self._run([inbox], [group, consumer])
@@ -270,6 +281,7 @@ class Reclaim(_Script):
     """Frees a dead taker's slot and makes its batch due (``reclaim.lua``)."""
 
     name = "reclaim"
+    send_whole = True
 
     def __call__(self, takers: str, inflight: str, taken: str, job_id: str) -> Any:
         return self._run([takers, inflight, taken], [job_id])
