@@ -41,13 +41,12 @@ from syncworker import codec
 from syncworker.bootstrap import Runtime
 from syncworker.config import DestinationConfig, Settings
 from syncworker.delivery import loop as delivery
-from syncworker.delivery.loop import INFLIGHT, PAUSE
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.devkit.redis_server import RedisServer
 from syncworker.devkit.supervisor import descendants
 from syncworker.events import HygieneEvent, Kind
-from syncworker.ledger import PENDING
 from syncworker.queue.enqueue import Enqueuer
+from syncworker.store.keys import INFLIGHT, PAUSE, PENDING
 
 BATCH = 100
 UNLIMITED = "1000000/1"  # the worker's rate when the emulator has none: the limiter never waits

@@ -30,15 +30,9 @@ from bench.drain import machine_busy, tree_cpu_seconds
 from syncworker import codec
 from syncworker.devkit.redis_server import RedisServer
 from syncworker.events import HygieneEvent, Kind
-from syncworker.queue.enqueue import (
-    DRAIN_FUNC,
-    INBOX,
-    INBOX_QUEUED,
-    STATS,
-    encode_payload,
-    ensure_drain,
-)
+from syncworker.queue.enqueue import DRAIN_FUNC, encode_payload, ensure_drain
 from syncworker.queue.workers import FAILED
+from syncworker.store.keys import INBOX, INBOX_QUEUED, STATS
 
 
 def write_requests(conn: redis.Redis, n: int) -> None:

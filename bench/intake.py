@@ -35,7 +35,7 @@ import redis
 
 from bench.common import gunicorn, process_cpu_seconds, stop, wait_idle, wrk_post
 from syncworker.devkit.redis_server import RedisServer, free_port
-from syncworker.queue.enqueue import INGEST
+from syncworker.store.keys import INGEST
 from tests.intake.signing import basic_auth_header, sendgrid_keypair, sign_sendgrid
 
 HYGIENE: list[dict[str, Any]] = [

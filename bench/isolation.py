@@ -33,7 +33,8 @@ from syncworker.devkit.emulators.segment import SegmentEmulator
 from syncworker.devkit.emulators.webhook_receiver import WebhookReceiver, new_secret
 from syncworker.devkit.redis_server import RedisServer
 from syncworker.events import HygieneEvent, Kind
-from syncworker.ledger import PENDING, Ledger, Route
+from syncworker.ledger import Ledger, Route
+from syncworker.store.keys import PENDING
 
 DESTINATIONS = ("hubspot", "segment", "webhook")
 STREAMS = ("segment", "webhook")

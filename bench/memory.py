@@ -24,10 +24,10 @@ import orjson
 import redis
 
 from syncworker.config import Settings
-from syncworker.delivery.loop import INFLIGHT
 from syncworker.devkit.redis_server import RedisServer
 from syncworker.events import HygieneEvent, Kind
-from syncworker.ledger import PENDING, Ledger, Route
+from syncworker.ledger import Ledger, Route
+from syncworker.store.keys import INFLIGHT, PENDING
 from tests.legacy_ledger import SYNC as OLD_SYNC
 from tests.legacy_ledger import Ledger as OldLedger
 from tests.legacy_ledger import Route as OldRoute

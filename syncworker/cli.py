@@ -17,7 +17,7 @@ import click
 import orjson
 import redis
 
-from syncworker import __version__, ledger
+from syncworker import __version__
 from syncworker import bootstrap as runtime
 from syncworker.config import Settings
 from syncworker.delivery import loop as delivery
@@ -25,7 +25,8 @@ from syncworker.errors import ConfigError
 from syncworker.events import Kind, address_problem, normalize_email
 from syncworker.observability import setup_logging, setup_sentry
 from syncworker.queue import inbox
-from syncworker.queue.enqueue import DELIVER, INGEST, QUEUES, connect_worker
+from syncworker.queue.enqueue import connect_worker
+from syncworker.store.keys import CONTACTS, DELIVER, INGEST, QUEUES
 
 log = logging.getLogger("syncworker.cli")
 
@@ -370,7 +371,8 @@ def lookup(email: str) -> None:
     rt = load_runtime()
     view = rt.ledger.view(email)
     if view is None:
-        from syncworker.ledger import FORGOTTEN, address_hash
+        from syncworker.ledger import address_hash
+        from syncworker.store.keys import FORGOTTEN
 
         if rt.conn.exists(FORGOTTEN + address_hash(email)):
             raise click.ClickException("forgotten; a hashed suppression is kept for it")
@@ -502,7 +504,7 @@ def migrate(batch: int) -> None:
     letters are not touched."""
     rt = load_runtime()
     started = time.monotonic()
-    total = int(rt.conn.scard(ledger.CONTACTS))
+    total = int(rt.conn.scard(CONTACTS))
     click.echo(f"{total} address(es) in the old layout")
 
     def step(converted: int) -> None:
@@ -532,7 +534,7 @@ def quarantine(ctx: click.Context, limit: int) -> None:
     `quarantine replay` parses them again."""
     if ctx.invoked_subcommand is not None:
         return
-    from syncworker.queue.enqueue import QUARANTINE
+    from syncworker.store.keys import QUARANTINE
 
     rt = load_runtime()
     for raw in rt.conn.lrange(QUARANTINE, 0, limit - 1):
@@ -547,7 +549,7 @@ def quarantine_replay(source: str | None, dry_run: bool) -> None:
     now validate. Run it after an upgrade or a configuration fix; running it twice is harmless."""
     from syncworker.ops import replay as replaying
     from syncworker.privacy import mask_text
-    from syncworker.queue.enqueue import QUARANTINE
+    from syncworker.store.keys import QUARANTINE
 
     rt = load_runtime()
     if source is not None and source not in rt.settings.sources:

@@ -68,7 +68,6 @@ from syncworker.events import (
     ReasonEntry,
     normalize_email,
 )
-from syncworker.queue.enqueue import STATS
 from syncworker.record import (
     EFFECT_CODES,
     EFFECT_NAMES,
@@ -76,20 +75,21 @@ from syncworker.record import (
     KIND_NAMES,
     UNSUPPRESS,
 )
+from syncworker.store import scripts
+from syncworker.store.keys import (
+    CONTACT,
+    CONTACT_COUNT,
+    CONTACTS,
+    DEDUPE,
+    EVENT,
+    FORGOTTEN,
+    HISTORY,
+    PENDING,
+    STATS,
+    SYNC,
+)
 
 COUNTERS = "ledger:"  # + effect: a counter in the STATS hash
-
-CONTACT = "sw:c:"  # + address: the record
-CONTACT_COUNT = "sw:contacts:n"  # how many records there are
-EVENT = "sw:ev:"
-PENDING = "sw:pending:"
-FORGOTTEN = "sw:forgotten:"  # sha256 of an erased address -> the suppression reasons it had
-# the layout before the compact record (read and converted by the scripts; ``migrate``)
-HISTORY = "sw:h:"
-SYNC = "sw:sync:"
-CONFIRMED = "sw:confirmed:"
-DEDUPE = "sw:k:"
-CONTACTS = "sw:contacts"
 
 #: event keys remembered for dedupe beyond the history, per address (within ``dedupe_ttl_s``)
 MAX_SEEN = 1000
@@ -104,265 +104,6 @@ CAS_TRIES = 40
 # What a manual change is to an event stream: the README promises them an unsubscribe for a
 # manual suppress and a resubscribe for an unsuppress
 STREAM_KINDS: dict[str, Kind] = {MANUAL: Kind.UNSUBSCRIBE, UNSUPPRESS: Kind.RESUBSCRIBE}
-
-
-def _lua_table(mapping: Mapping[str, str]) -> str:
-    return (
-        "{" + ", ".join(f"[{orjson.dumps(k).decode()}] = '{v}'" for k, v in mapping.items()) + "}"
-    )
-
-
-# Shared by every script: reading a record (converting one still in the old layout) and writing it.
-RECORD_LUA = (
-    f"""
-local C_PREFIX, H_PREFIX, S_PREFIX, F_PREFIX = '{CONTACT}', '{HISTORY}', '{SYNC}', '{CONFIRMED}'
-local OLD_SET, COUNT_KEY = '{CONTACTS}', '{CONTACT_COUNT}'
-local KIND_CODE, EFFECT_CODE = {_lua_table(KIND_CODES)}, {_lua_table(EFFECT_CODES)}
-"""
-    + r"""
-local function invert(t) local o = {} for k, v in pairs(t) do o[v] = k end return o end
-local KIND_NAME, EFFECT_NAME = invert(KIND_CODE), invert(EFFECT_CODE)
-local function code(map, name) return map[name] or name end
-local function same(x, e)
-  return x ~= nil and x.at == e.at and x.source == e.source and x.detail == e.detail
-end
-local function unpack_record(raw)
-  local a = cjson.decode(raw)
-  local r = {}
-  for c, x in pairs(a[4] or {}) do
-    r[code(KIND_NAME, c)] = {at = x[1], source = x[2], detail = x[3]}
-  end
-  local h = {}
-  for i, e in ipairs(a[5] or {}) do
-    local kind = code(KIND_NAME, e[3])
-    local source, detail, effect = e[6], e[7], e[5] or 's'
-    if #e < 6 then local x = r[kind] or {}; source, detail = x.source, x.detail end
-    h[i] = {at = e[1], recorded = e[2], kind = kind, key = e[4], effect = code(EFFECT_NAME, effect),
-      source = source or '', detail = detail}
-  end
-  local updated = a[3]
-  if updated == 0 and h[1] then updated = h[1].recorded end
-  return {version = a[1], suppressed = a[2] == 1, updated_at = updated, reasons = r, history = h,
-    sync = a[6] or {}, soft = a[7] or {}, cleared = a[8] or {}, seen = a[9] or {}}
-end
--- a history entry like the reason held for its kind keeps no source and detail (and, for the
--- event that gave the reason, no effect); updated_at equal to the newest entry's time is 0
-local function pack_record(s)
-  local r = {}
-  for name, x in pairs(s.reasons) do r[code(KIND_CODE, name)] = {x.at, x.source or '', x.detail} end
-  local h = {}
-  for i, e in ipairs(s.history) do
-    local entry = {e.at, e.recorded, code(KIND_CODE, e.kind), e.key or ''}
-    if not same(s.reasons[e.kind], e) then
-      entry[5] = code(EFFECT_CODE, e.effect); entry[6] = e.source or ''; entry[7] = e.detail
-    elseif e.effect ~= 'suppressed' then
-      entry[5] = code(EFFECT_CODE, e.effect)
-    end
-    h[i] = entry
-  end
-  local updated = s.updated_at
-  if h[1] and updated ~= 0 and h[1][2] == updated then updated = 0 end
-  local a = {s.version, s.suppressed and 1 or 0, updated, r, h, s.sync, s.soft, s.cleared, s.seen}
-  local n = 9
-  while n > 3 and next(a[n]) == nil do a[n] = nil; n = n - 1 end
-  return cjson.encode(a)
-end
-local function sync_pack(d, confirmed)
-  local status = d.status or ''
-  local tk = status == 'pending' and 'since' or 'at'
-  local e = {status, d[tk] or 0, d.version or 0, confirmed}
-  local rest = {}
-  for k, v in pairs(d) do
-    if k ~= 'status' and k ~= tk and k ~= 'version' then rest[k] = v end
-  end
-  if next(rest) ~= nil then e[5] = rest end
-  return e
-end
-local function codes(names)
-  local out, plain = {}, true
-  for i, n in ipairs(names) do
-    out[i] = code(KIND_CODE, n)
-    if #out[i] ~= 1 then plain = false end
-  end
-  if plain then return table.concat(out) end
-  return ',' .. table.concat(names, ',')
-end
--- a record still in the old layout (a hash, a history list, a sync hash, confirmed reasons in
--- each destination's hash, a member of the address set) becomes one record, atomically
-local function upgrade(key)
-  local email = string.sub(key, #C_PREFIX + 1)
-  local f = redis.call('HGETALL', key)
-  local o = {}
-  for i = 1, #f, 2 do o[f[i]] = f[i + 1] end
-  local function dec(x) if x and x ~= '' then return cjson.decode(x) end return {} end
-  local reasons = {}
-  for name, x in pairs(dec(o.reasons)) do
-    reasons[name] = {at = x.at, source = x.source or '', detail = x.detail}
-  end
-  local s = {version = tonumber(o.version or '0'), suppressed = o.suppressed == '1',
-    updated_at = tonumber(o.updated_at or '0'), reasons = reasons, history = {}, sync = {},
-    soft = dec(o.soft), cleared = dec(o.cleared), seen = {}}
-  for i, raw in ipairs(redis.call('LRANGE', H_PREFIX .. email, 0, -1)) do
-    local e = cjson.decode(raw)
-    s.history[i] = {at = e.at, recorded = e.recorded, kind = e.kind, key = e.key or '',
-      effect = e.effect, source = e.source or '', detail = e.detail}
-  end
-  local sync = redis.call('HGETALL', S_PREFIX .. email)
-  for i = 1, #sync, 2 do
-    local dest = sync[i]
-    local confirmed = redis.call('HGET', F_PREFIX .. dest, email)
-    local c = ''
-    if confirmed then
-      c = codes(cjson.decode(confirmed))
-      redis.call('HDEL', F_PREFIX .. dest, email)
-    end
-    s.sync[dest] = sync_pack(cjson.decode(sync[i + 1]), c)
-  end
-  redis.call('DEL', key, H_PREFIX .. email, S_PREFIX .. email)
-  redis.call('SREM', OLD_SET, email)
-  redis.call('INCR', COUNT_KEY)
-  redis.call('SET', key, pack_record(s))
-  return s
-end
-local function load_record(key)
-  local raw = redis.pcall('GET', key)
-  if type(raw) == 'table' then  -- not a string: the old layout's hash, or an error
-    if redis.call('TYPE', key).ok == 'hash' then return upgrade(key) end
-    error(raw.err, 0)
-  end
-  if not raw then return nil end
-  return unpack_record(raw)
-end
-"""
-)
-
-# Writes the records a batch of events changed, each only if it is still the one the worker read
-# (compare-and-set), with what goes with it: the pending marks, the events for event streams, the
-# count of records, the effect counters. Each address on its own: 1 written, 0 changed meanwhile
-# (the worker reads it again and applies its events again), {'!', why} when Redis refused.
-WRITE_LUA = """
--- KEYS[1] the STATS hash; KEYS[2] the count of records; then per address: its record
--- sw:c:<addr>, sw:forgotten:<sha256 of addr>, sw:pending:<dest> of the state destinations to
--- mark, then per event for event streams: sw:ev:<event key> and sw:pending:<dest> of its streams
--- ARGV[1] number of addresses; ARGV[2] now; ARGV[3] dedupe TTL (s); ARGV[4] counter prefix
--- ('' = not counted); then per address: the record read ('' none); what sw:forgotten held when
--- none was read ('' none); the record to write ('' = leave it); '1' it is new; '1' drop
--- sw:forgotten; the address; number of state destinations; number of events for streams;
--- the effects to count (names, comma-separated); then per event for streams: its form, its
--- number of streams, its key
-local now, ttl, prefix = ARGV[2], ARGV[3], ARGV[4]
-local function write(a, k, ns, ne)
-  local rkey, fkey, expected = KEYS[k], KEYS[k + 1], ARGV[a]
-  local cur = redis.pcall('GET', rkey)
-  if type(cur) == 'table' then return 0 end  -- the old layout's hash: read it again, converted
-  if (cur or '') ~= expected then return 0 end
-  if expected == '' and (redis.call('GET', fkey) or '') ~= ARGV[a + 1] then return 0 end
-  if ARGV[a + 2] ~= '' then redis.call('SET', rkey, ARGV[a + 2]) end
-  if ARGV[a + 4] == '1' then redis.call('DEL', fkey) end
-  for j = 1, ns do redis.call('ZADD', KEYS[k + 1 + j], 'NX', now, ARGV[a + 5]) end
-  local kk, aa = k + 2 + ns, a + 9
-  for _ = 1, ne do
-    local nd = tonumber(ARGV[aa + 1])
-    redis.call('SET', KEYS[kk], ARGV[aa], 'EX', ttl)
-    for d = 1, nd do redis.call('ZADD', KEYS[kk + d], 'NX', now, ARGV[aa + 2]) end
-    kk, aa = kk + 1 + nd, aa + 3
-  end
-  return 1
-end
-local out, effects, created = {}, {}, 0
-local a, k = 5, 3
-for i = 1, tonumber(ARGV[1]) do
-  local ns, ne = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
-  local keys = 2 + ns
-  for j = 1, ne do keys = keys + 1 + tonumber(ARGV[a + 9 + (j - 1) * 3 + 1]) end
-  local ok, res = pcall(write, a, k, ns, ne)
-  if not ok then
-    if type(res) == 'table' then res = res.err or cjson.encode(res) end
-    out[i] = {'!', tostring(res)}
-  else
-    out[i] = res
-    if res == 1 then
-      if ARGV[a + 3] == '1' then created = created + 1 end
-      for name in string.gmatch(ARGV[a + 8], '[^,]+') do
-        effects[name] = (effects[name] or 0) + 1
-      end
-    end
-  end
-  a, k = a + 9 + 3 * ne, k + keys
-end
-if created > 0 then redis.call('INCRBY', KEYS[2], created) end
-if prefix ~= '' then
-  for name, n in pairs(effects) do redis.call('HINCRBY', KEYS[1], prefix .. name, n) end
-end
-return out
-"""
-
-# Sets one destination's sync status in a record (none: nothing to do, the address was erased).
-SYNC_LUA = (
-    """
--- KEYS: the records sw:c:<addr>; per record, 9 ARGV: destination; status; its time; the version
--- it is of; its other fields (JSON object, '' for none); '1': set the confirmed reasons to the
--- next (kind codes), '0': keep them; the record as the worker read it and that record with the
--- status set ('' and '': none), written as they are if the record is still the one read. Each
--- record on its own: one Redis cannot write is skipped ({'!', why} in its place) and the others
--- are written; 1 written, 0 erased meanwhile.
-"""
-    + RECORD_LUA
-    + r"""
-local function sync_one(key, a)
-  if ARGV[a + 7] ~= '' then  -- the worker's version, if the record has not changed since
-    local cur = redis.pcall('GET', key)
-    if cur == ARGV[a + 7] then
-      redis.call('SET', key, ARGV[a + 8])
-      return 1
-    end
-  end
-  local rec = load_record(key)
-  if rec == nil then return 0 end
-  local old = rec.sync[ARGV[a]]
-  local confirmed = ARGV[a + 5] == '1' and ARGV[a + 6] or (old and old[4] or '')
-  local e = {ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), confirmed}
-  if ARGV[a + 4] ~= '' then e[5] = cjson.decode(ARGV[a + 4]) end
-  rec.sync[ARGV[a]] = e
-  redis.call('SET', key, pack_record(rec))
-  return 1
-end
-local out = {}
-for i, key in ipairs(KEYS) do
-  local ok, res = pcall(sync_one, key, (i - 1) * 9 + 1)
-  if ok then
-    out[i] = res
-  else
-    if type(res) == 'table' then res = res.err or cjson.encode(res) end
-    out[i] = {'!', tostring(res)}
-  end
-end
-return out
-"""
-)
-
-# A record, converted first if it is still in the old layout.
-LOAD_LUA = (
-    """
--- KEYS[1] the record sw:c:<addr>
-"""
-    + RECORD_LUA
-    + r"""
-if redis.call('TYPE', KEYS[1]).ok == 'hash' then upgrade(KEYS[1]) end
-return redis.call('GET', KEYS[1])
-"""
-)
-
-FORGET_LUA = f"""
--- KEYS[1] the record; KEYS[2], KEYS[3] the old layout's history and sync keys
--- KEYS[4] sw:forgotten:<sha256 of addr>
--- ARGV[1] the address; ARGV[2] the reasons it keeps (JSON; '' for none)
-if redis.call('DEL', KEYS[1]) == 1 then redis.call('DECR', '{CONTACT_COUNT}') end
-redis.call('DEL', KEYS[2], KEYS[3])
-redis.call('SREM', '{CONTACTS}', ARGV[1])
-if ARGV[2] ~= '' then redis.call('SET', KEYS[4], ARGV[2]) end
-return 1
-"""
 
 
 @dataclass(frozen=True)
@@ -465,10 +206,10 @@ class Ledger:
         self.conn = conn
         self.settings = settings
         self.route = route
-        self._write = conn.register_script(WRITE_LUA)
-        self._sync = conn.register_script(SYNC_LUA)
-        self._load = conn.register_script(LOAD_LUA)
-        self._forget = conn.register_script(FORGET_LUA)
+        self._write = scripts.LedgerWrite(conn)
+        self._sync = scripts.LedgerSync(conn)
+        self._load = scripts.LedgerLoad(conn)
+        self._forget = scripts.LedgerForget(conn)
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -685,18 +426,12 @@ class Ledger:
         with self.conn.pipeline(transaction=False) as pipe:
             for start in range(0, len(ready), APPLY_CHUNK):
                 chunk = ready[start : start + APPLY_CHUNK]
-                keys: list[str] = [STATS, CONTACT_COUNT]
-                args: list[bytes | str | int | float] = [
-                    len(chunk),
-                    now,
-                    self.settings.dedupe_ttl_s,
-                    counters,
-                ]
+                addresses: list[scripts.Group] = []
                 for p in chunk:
                     mark = sorted(p.mark)
-                    keys += [CONTACT + p.email, FORGOTTEN + hashes[p.email]]
+                    keys = [CONTACT + p.email, FORGOTTEN + hashes[p.email]]
                     keys += [PENDING + d for d in mark]
-                    args += [
+                    args: list[scripts.Arg] = [
                         p.expected,
                         p.kept,
                         p.new,
@@ -710,7 +445,16 @@ class Ledger:
                     for key, form, dests in p.streams:
                         keys += [EVENT + key, *(PENDING + d for d in dests)]
                         args += [form, len(dests), key]
-                self._write(keys=keys, args=args, client=pipe)
+                    addresses.append((keys, args))
+                self._write(
+                    STATS,
+                    CONTACT_COUNT,
+                    now,
+                    self.settings.dedupe_ttl_s,
+                    counters,
+                    addresses,
+                    client=pipe,
+                )
             for reply in pipe.execute(raise_on_error=False):
                 if isinstance(reply, Exception):  # refused whole (out of memory...)
                     replies += [reply] * min(APPLY_CHUNK, len(ready) - len(replies))
@@ -760,7 +504,7 @@ class Ledger:
         if old:  # the old layout's hash (or a key of another type): converted, then read
             with self.conn.pipeline(transaction=False) as pipe:
                 for i in old:
-                    self._load(keys=[CONTACT + emails[i]], client=pipe)
+                    self._load(CONTACT + emails[i], client=pipe)
                 for i, row in zip(old, pipe.execute(raise_on_error=False), strict=True):
                     rows[i] = row
         return rows
@@ -825,8 +569,7 @@ class Ledger:
         each is written with the status set here, in the worker, if it is still the one read,
         and otherwise changed by the script."""
         for start in range(0, len(writes), APPLY_CHUNK):
-            keys: list[str] = []
-            args: list[str | int | float | bytes] = []
+            records: list[scripts.Group] = []
             for w in writes[start : start + APPLY_CHUNK]:
                 rest = dict(w.status)
                 label = str(rest.pop("status", ""))
@@ -834,8 +577,7 @@ class Ledger:
                 version = rest.pop("version", 0)
                 codes = None if w.confirmed is None else _codes(w.confirmed)
                 raw = read.get(w.email) if read is not None else None
-                keys.append(CONTACT + w.email)
-                args += [
+                args: list[scripts.Arg] = [
                     w.destination,
                     label,
                     at,
@@ -846,7 +588,8 @@ class Ledger:
                 ]
                 new = _with_sync(raw, w.destination, label, at, version, rest, codes)
                 args += [raw, new] if raw and new else ["", ""]
-            self._sync(keys=keys, args=args, client=pipe)
+                records.append(([CONTACT + w.email], args))
+            self._sync(records, client=pipe)
 
     # -- the whole ledger ---------------------------------------------------------------------
 
@@ -877,7 +620,7 @@ class Ledger:
             if keys:
                 with self.conn.pipeline(transaction=False) as pipe:
                     for key in keys:
-                        self._load(keys=[key], client=pipe)
+                        self._load(key, client=pipe)
                     pipe.execute()
                 report.converted += len(keys)
                 on_batch(report.converted)
@@ -900,8 +643,16 @@ class Ledger:
             kept = orjson.dumps(
                 {name: {"at": r.at, "source": "forgotten"} for name, r in state.reasons.items()}
             )
-        keys = [CONTACT + email, HISTORY + email, SYNC + email, FORGOTTEN + address_hash(email)]
-        self._forget(keys=keys, args=[email, kept])
+        self._forget(
+            CONTACT + email,
+            HISTORY + email,
+            SYNC + email,
+            FORGOTTEN + address_hash(email),
+            CONTACT_COUNT,
+            CONTACTS,
+            email,
+            kept,
+        )
         return state.suppressed
 
 
@@ -936,7 +687,7 @@ def _with_sync(
     rest: dict[str, Any],
     codes: str | None,
 ) -> bytes | None:
-    """The record ``raw`` with ``destination``'s sync status set, as SYNC_LUA sets it (None
+    """The record ``raw`` with ``destination``'s sync status set, as ledger_sync.lua sets it (None
     when it cannot be read: the script then sets it)."""
     try:
         record = orjson.loads(raw) if raw else None

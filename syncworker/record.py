@@ -7,7 +7,7 @@ batch); a record that changed meanwhile is read and applied again. So Redis only
 the work that grows with traffic runs in the worker processes, which scale out.
 
 The Lua scripts that also read and write records (sync statuses, the old layout's conversion)
-share this layout: ``RECORD_LUA`` in syncworker/ledger.py is its other implementation, and the
+share this layout: syncworker/store/lua/_record.lua is its other implementation, and the
 tests check that each reads what the other writes.
 """
 

@@ -14,8 +14,8 @@ from rq.serializers import JSONSerializer
 from syncworker import bootstrap as runtime
 from syncworker.config import DestinationConfig, Settings, SourceConfig
 from syncworker.devkit.redis_server import RedisServer
-from syncworker.queue.enqueue import DELIVER, INGEST
 from syncworker.queue.workers import QuickStopSimpleWorker
+from syncworker.store.keys import DELIVER, INGEST
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import redis
 
 from syncworker.config import Settings
 from syncworker.ledger import COUNTERS, ContactView, Ledger, Route
-from syncworker.queue.enqueue import STATS
+from syncworker.store.keys import STATS
 
 
 def reader(conn: redis.Redis) -> Ledger:

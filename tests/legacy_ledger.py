@@ -37,7 +37,7 @@ from syncworker.events import (
     ReasonEntry,
     normalize_email,
 )
-from syncworker.queue.enqueue import STATS
+from syncworker.store.keys import STATS
 
 UNSUPPRESS = "manual_unsuppress"
 COUNTERS = "ledger:"  # + effect: a counter in the STATS hash

@@ -13,7 +13,9 @@ import redis
 
 from syncworker.config import Settings
 from syncworker.events import HygieneEvent
-from syncworker.ledger import (
+from syncworker.ledger import MAX_SEEN, address_hash
+from syncworker.record import EFFECT_CODES, IMMEDIATE, KIND_CODES
+from syncworker.store.keys import (
     CONFIRMED,
     CONTACT,
     CONTACT_COUNT,
@@ -22,13 +24,10 @@ from syncworker.ledger import (
     EVENT,
     FORGOTTEN,
     HISTORY,
-    MAX_SEEN,
     PENDING,
+    STATS,
     SYNC,
-    address_hash,
 )
-from syncworker.queue.enqueue import STATS
-from syncworker.record import EFFECT_CODES, IMMEDIATE, KIND_CODES
 
 
 def _lua_table(mapping: Mapping[str, str]) -> str:

@@ -13,7 +13,7 @@ import requests
 
 from syncworker.devkit.redis_server import free_port
 from syncworker.devkit.supervisor import Child
-from syncworker.queue.enqueue import INBOX_QUEUED
+from syncworker.store.keys import INBOX_QUEUED
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,10 +15,11 @@ from syncworker.bootstrap import Runtime
 from syncworker.config import Settings
 from syncworker.delivery import breaker
 from syncworker.delivery import loop as delivery
-from syncworker.delivery.loop import ATTEMPTS, DEAD, DSTATS, PAUSE, Delivery
+from syncworker.delivery.loop import Delivery
 from syncworker.destinations import Outcome
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
-from syncworker.ledger import PENDING
+from syncworker.store import keys
+from syncworker.store.keys import ATTEMPTS, DEAD, DSTATS, PAUSE, PENDING
 from syncworker.store.stats import overview
 from syncworker.web.app import create_app
 from tests.conftest import SettingsFactory
@@ -62,7 +63,7 @@ def state(conn: redis.Redis) -> dict[str, object]:
 def probe_now(conn: redis.Redis) -> None:
     """The probe interval has passed: its pause is over and the probe is due."""
     conn.delete(PAUSE + "hubspot")
-    conn.hset(breaker.BREAKER + "hubspot", "probe_at", 0)
+    conn.hset(keys.BREAKER + "hubspot", "probe_at", 0)
     conn.zadd(PENDING + "hubspot", {k: 0 for k in items(conn.zrange(PENDING + "hubspot", 0, -1))})
 
 
@@ -99,8 +100,8 @@ def test_an_open_breaker_sends_one_small_probe_and_spends_no_attempt(
     before = dict(redis_conn.hgetall(ATTEMPTS + "hubspot"))
     for probe in range(1, 6):  # far more probes than MAX_ATTEMPTS
         probe_now(redis_conn)
-        assert "hubspot" in delivery.tick(rt) or redis_conn.exists(delivery.FLUSH + "hubspot")
-        redis_conn.delete(delivery.FLUSH + "hubspot")
+        assert "hubspot" in delivery.tick(rt) or redis_conn.exists(keys.FLUSH + "hubspot")
+        redis_conn.delete(keys.FLUSH + "hubspot")
         report = Delivery(rt, "hubspot").run()
         assert report.stopped == "breaker_open" and report.batches == 1
         assert len(hubspot.requests) == 2 + probe

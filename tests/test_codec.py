@@ -27,9 +27,8 @@ from syncworker.events import (
 )
 from syncworker.intake.fields import load_address
 from syncworker.intake.registry import ESP_PARSERS
-from syncworker.ledger import CONTACT
 from syncworker.ops.replay import replay
-from syncworker.queue.enqueue import INGEST, QUARANTINE
+from syncworker.store.keys import CONTACT, INGEST, QUARANTINE
 from syncworker.web.app import create_app
 from tests import ledger_reads
 from tests.conftest import SettingsFactory

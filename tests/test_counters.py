@@ -12,7 +12,7 @@ from syncworker.bootstrap import Runtime
 from syncworker.config import Settings
 from syncworker.events import HygieneEvent, Kind
 from syncworker.queue import jobs
-from syncworker.queue.enqueue import QUARANTINE, STATS
+from syncworker.store.keys import QUARANTINE, STATS
 from tests.conftest import SettingsFactory
 
 

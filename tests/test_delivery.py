@@ -15,12 +15,12 @@ from syncworker.bootstrap import Runtime
 from syncworker.cli import main
 from syncworker.config import Settings
 from syncworker.delivery import loop as delivery
-from syncworker.delivery.loop import ATTEMPTS, DEAD, DSTATS, INFLIGHT, Delivery
+from syncworker.delivery.loop import Delivery
 from syncworker.destinations import Outcome
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.devkit.emulators.segment import SegmentEmulator
 from syncworker.events import HygieneEvent, Kind
-from syncworker.ledger import PENDING
+from syncworker.store.keys import ATTEMPTS, DEAD, DSTATS, INFLIGHT, PENDING
 from tests.conftest import SettingsFactory
 from tests.replies import scored
 

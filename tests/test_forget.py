@@ -12,10 +12,9 @@ from syncworker.bootstrap import Runtime
 from syncworker.cli import main
 from syncworker.config import Settings
 from syncworker.delivery import loop as delivery
-from syncworker.delivery.loop import DEAD
 from syncworker.events import HygieneEvent, Kind
-from syncworker.ledger import FORGOTTEN, PENDING, address_hash
-from syncworker.queue.enqueue import QUARANTINE
+from syncworker.ledger import address_hash
+from syncworker.store.keys import DEAD, FORGOTTEN, PENDING, QUARANTINE
 from tests.conftest import SettingsFactory
 from tests.replies import data, fields, items, scored, text
 

@@ -15,7 +15,8 @@ from syncworker.bootstrap import Runtime
 from syncworker.config import Settings
 from syncworker.events import HygieneEvent, Kind
 from syncworker.queue import inbox, jobs
-from syncworker.queue.enqueue import DRAIN_FUNC, INBOX, INBOX_QUEUED, INGEST, STATS, Enqueuer
+from syncworker.queue.enqueue import DRAIN_FUNC, Enqueuer
+from syncworker.store.keys import INBOX, INBOX_QUEUED, INGEST, STATS
 from tests.replies import text
 
 

@@ -13,10 +13,10 @@ import redis
 from syncworker.bootstrap import Runtime
 from syncworker.config import Settings
 from syncworker.delivery import loop as delivery
-from syncworker.delivery.loop import ATTEMPTS, DEAD, DSTATS, PAUSE, Delivery
+from syncworker.delivery.loop import Delivery
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.devkit.emulators.webhook_receiver import WebhookReceiver, new_secret
-from syncworker.ledger import PENDING
+from syncworker.store.keys import ATTEMPTS, DEAD, DSTATS, PAUSE, PENDING
 from tests.conftest import SettingsFactory
 from tests.replies import items
 from tests.test_delivery import unsubscribe_all as unsubscribe

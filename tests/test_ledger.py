@@ -12,7 +12,8 @@ import redis
 from syncworker import codec
 from syncworker.config import Settings
 from syncworker.events import HygieneEvent, Kind
-from syncworker.ledger import APPLY_CHUNK, EVENT, PENDING, Ledger, Route, SyncWrite
+from syncworker.ledger import APPLY_CHUNK, Ledger, Route, SyncWrite
+from syncworker.store.keys import EVENT, PENDING
 from tests.replies import data, items
 
 ALL = frozenset(k.value for k in Kind)

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from syncworker.intake.contract import OTHER_CODE
 from syncworker.intake.registry import ESP_PARSERS
-from syncworker.queue.enqueue import STATS
+from syncworker.store.keys import STATS
 from syncworker.web.app import create_app
 from tests.conftest import SettingsFactory
 from tests.intake.signing import UNKNOWN_CODE, headers_of, signer_for

@@ -17,10 +17,18 @@ from click.testing import CliRunner
 from syncworker.bootstrap import Runtime
 from syncworker.cli import main
 from syncworker.config import Settings
-from syncworker.delivery.loop import ATTEMPTS, DEAD, INFLIGHT
 from syncworker.events import HygieneEvent, Kind
-from syncworker.ledger import CONTACT, CONTACTS, EVENT, FORGOTTEN, PENDING
 from syncworker.ops import reconcile, transfer
+from syncworker.store.keys import (
+    ATTEMPTS,
+    CONTACT,
+    CONTACTS,
+    DEAD,
+    EVENT,
+    FORGOTTEN,
+    INFLIGHT,
+    PENDING,
+)
 from syncworker.store.stats import overview
 from tests.conftest import SettingsFactory
 from tests.legacy_ledger import Ledger as OldLedger

@@ -23,15 +23,14 @@ from rq.serializers import JSONSerializer
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
 
-from syncworker.delivery.loop import DEAD, PAUSE, Delivery
+from syncworker.delivery.loop import Delivery
 from syncworker.devkit.emulators.base import Request, Response
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.events import HygieneEvent, Kind
-from syncworker.ledger import PENDING
 from syncworker.observability import LOG_FORMAT, MaskingFormatter, before_send, setup_sentry
 from syncworker.privacy import mask, mask_text, scrub, scrub_body
-from syncworker.queue.enqueue import INGEST
 from syncworker.queue.workers import QuickStopSimpleWorker
+from syncworker.store.keys import DEAD, INGEST, PAUSE, PENDING
 from syncworker.web.app import create_app
 from tests.conftest import SettingsFactory
 

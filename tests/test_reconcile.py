@@ -15,8 +15,8 @@ from syncworker.delivery.loop import Delivery
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.devkit.emulators.segment import SegmentEmulator
 from syncworker.events import HygieneEvent, Kind
-from syncworker.ledger import PENDING
 from syncworker.ops import reconcile as backfill
+from syncworker.store.keys import PENDING, RECONCILE
 from tests import ledger_reads
 from tests.conftest import SettingsFactory
 from tests.replies import items
@@ -127,7 +127,7 @@ def test_an_interrupted_reconcile_resumes_where_it_stopped(
     assert result.exit_code == 0, result.output
     assert f"resuming: {walked} of 1200 addresses already walked" in result.output
     assert redis_conn.zcard(PENDING + "hubspot") == 400
-    assert not redis_conn.exists(backfill.CURSOR + "hubspot")  # finished: no cursor left
+    assert not redis_conn.exists(RECONCILE + "hubspot")  # finished: no cursor left
 
 
 @pytest.mark.slow

@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 from syncworker import codec, record
 from syncworker.config import Settings
 from syncworker.events import MANUAL, HygieneEvent, Kind
-from syncworker.ledger import CONTACT, EVENT, PENDING, Ledger, Route
+from syncworker.ledger import Ledger, Route
 from syncworker.record import UNSUPPRESS
+from syncworker.store.keys import CONTACT, EVENT, PENDING
 from tests import lua_ledger
 from tests.replies import optional
 

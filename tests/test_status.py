@@ -17,7 +17,7 @@ from rq.serializers import JSONSerializer
 
 from syncworker.cli import main
 from syncworker.devkit.emulators.base import Emulator, Request, Response
-from syncworker.queue.enqueue import DELIVER, INGEST
+from syncworker.store.keys import DELIVER, INGEST
 from syncworker.web.app import create_app
 from tests.conftest import SettingsFactory
 from tests.processes import clean_env, start_worker, wait_until

@@ -16,12 +16,11 @@ import pytest
 import redis
 
 from syncworker import codec
-from syncworker.delivery.loop import FLUSH, INFLIGHT, taken_key
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.devkit.emulators.webhook_receiver import WebhookReceiver, new_secret
 from syncworker.events import HygieneEvent, Kind
-from syncworker.ledger import PENDING
-from syncworker.queue.enqueue import INGEST, Enqueuer
+from syncworker.queue.enqueue import Enqueuer
+from syncworker.store.keys import FLUSH, INFLIGHT, INGEST, PENDING, taken_key
 from tests.faults.test_recovery import horses
 from tests.processes import Process, clean_env, start_worker, wait_until
 from tests.replies import items, optional

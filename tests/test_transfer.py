@@ -10,7 +10,7 @@ import redis
 from click.testing import CliRunner
 
 from syncworker.cli import main
-from syncworker.ledger import PENDING
+from syncworker.store.keys import PENDING
 
 SENDGRID_BOUNCES = """\ufeffcreated,email,reason,status
 1700000000,Alice@Example.com,550 5.1.1 unknown,5.1.1

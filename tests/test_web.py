@@ -17,7 +17,7 @@ from rq.serializers import JSONSerializer
 
 from syncworker.devkit.redis_server import RedisServer, free_port
 from syncworker.queue import inbox
-from syncworker.queue.enqueue import INBOX, INGEST, QUARANTINE, STATS
+from syncworker.store.keys import INBOX, INGEST, QUARANTINE, STATS
 from syncworker.web.app import create_app
 from tests.conftest import SettingsFactory
 from tests.replies import optional, stream_entries

@@ -16,8 +16,9 @@ from rq.serializers import JSONSerializer
 
 from syncworker import codec
 from syncworker.events import HygieneEvent, Kind
-from syncworker.queue.enqueue import DELIVER, INBOX_QUEUED, INGEST, Enqueuer
+from syncworker.queue.enqueue import Enqueuer
 from syncworker.queue.workers import QuickStopSimpleWorker
+from syncworker.store.keys import DELIVER, INBOX_QUEUED, INGEST
 from tests import ledger_reads
 from tests.processes import Process, clean_env, start_worker, wait_until
 from tests.replies import optional

@@ -32,96 +32,33 @@ from syncworker.delivery.breaker import CLOSED, OPEN, PROBE, Breaker, pause_payl
 from syncworker.destinations import ContactChange, Destination, Mode, Outcome, OutcomeStatus
 from syncworker.errors import BadCredentials, PermanentError, RetryableError, Throttled
 from syncworker.events import HygieneEvent, normalize_email
-from syncworker.ledger import EVENT, PENDING, SyncWrite
+from syncworker.ledger import SyncWrite
 from syncworker.privacy import mask, mask_text
-from syncworker.queue.enqueue import (
+from syncworker.queue.enqueue import queue
+from syncworker.queue.workers import heartbeat_stale_s, job_alive, job_gone
+from syncworker.store import scripts
+from syncworker.store.keys import (
+    ATTEMPTS,
+    CONFIRMED,
+    DEAD,
     DELIVER,
+    DSTATS,
+    EVENT,
+    FLUSH,
+    INFLIGHT,
+    PAUSE,
+    PENDING,
     QUARANTINE,
     QUARANTINE_BYTES,
-    QUARANTINE_REMOVE_LUA,
-    queue,
+    taken_key,
 )
-from syncworker.queue.workers import heartbeat_stale_s, job_alive, job_gone
 
 log = logging.getLogger(__name__)
-
-INFLIGHT = "sw:inflight:"
-ATTEMPTS = "sw:attempts:"
-DEAD = "sw:dead:"
-PAUSE = "sw:pause:"
-FLUSH = "sw:takers:"  # hash: deliver job id -> when it was queued; one field per taker
-TAKEN = "sw:taken:"  # + dest:job -> that taker's batch in flight (see taken_key)
-DSTATS = "sw:dstats:"
-CONFIRMED = "sw:confirmed:"  # the old ledger layout's confirmed reasons (now in the record)
-
-TAKE_LUA = """
-local now, n, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, n)
-for _, id in ipairs(expired) do
-  redis.call('ZADD', KEYS[1], 'NX', now, id)
-  redis.call('ZREM', KEYS[2], id)
-end
--- due ids, except those another taker has in flight (a contact changed again while its last
--- state is being sent waits for that request: two takers never send one contact at once)
-local ids, offset = {}, 0
-while #ids < n and offset < 10 * n do
-  local chunk = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', offset, n)
-  if #chunk == 0 then break end
-  for _, id in ipairs(chunk) do
-    if #ids < n and not redis.call('ZSCORE', KEYS[2], id) then ids[#ids + 1] = id end
-  end
-  offset = offset + #chunk
-end
--- this taker's batch (id -> its lease), so that a dead taker's batch is told from the others'
-local until_ = math.floor((now + lease) * 1000) / 1000
-redis.call('DEL', KEYS[3])
-if #ids > 0 then  -- one command each for the whole batch
-  local scored, leases = {}, {}
-  for i, id in ipairs(ids) do
-    scored[2 * i - 1], scored[2 * i] = until_, id
-    leases[2 * i - 1], leases[2 * i] = id, until_
-  end
-  redis.call('ZREM', KEYS[1], unpack(ids))
-  redis.call('ZADD', KEYS[2], unpack(scored))
-  redis.call('HSET', KEYS[3], unpack(leases))
-  redis.call('PEXPIRE', KEYS[3], math.ceil(lease * 1000) + 60000)
-end
-return ids
-"""
 
 BATCH_API_CALLS = 3  # requests one batch of a batch API may make (a lookup, a write, a retry)
 DELIVER_MARGIN_S = 30  # s: recording a batch's outcomes and re-queueing after the budget
 
-# Frees the slot of the dead taker ARGV[1] in KEYS[1] (the destination's takers), and makes the
-# ids of its batch (KEYS[3]) that are still in flight (KEYS[2]) under its lease due now: nobody is
-# sending them. An id whose lease has changed since was retaken by another taker and is left be.
-RECLAIM_LUA = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return -1 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-local taken = redis.call('HGETALL', KEYS[3])
-local n = 0
-for i = 1, #taken, 2 do
-  local score = redis.call('ZSCORE', KEYS[2], taken[i])
-  if score and math.abs(tonumber(score) - tonumber(taken[i + 1])) < 0.01 then
-    redis.call('ZADD', KEYS[2], 'XX', 0, taken[i])
-    n = n + 1
-  end
-end
-redis.call('DEL', KEYS[3])
-return n
-"""
-
-RELEASE_LUA = """
-redis.call('DEL', KEYS[2])
-return redis.call('HDEL', KEYS[1], ARGV[1])
-"""
-
 FILL_POLL_S = 0.02  # how often a deliver job waiting for a full batch looks at the pending set
-
-
-def taken_key(destination: str, token: str) -> str:
-    """The batch a taker (deliver job ``token``) has in flight: id -> lease expiry."""
-    return f"{TAKEN}{destination}:{token}"
 
 
 def batch_bound_s(settings: Settings, dest: DestinationRuntime | None = None) -> float:
@@ -255,13 +192,8 @@ def release_dead_flush(runtime: Runtime, destination: str) -> bool:
                 )
                 continue
         reclaimed = int(
-            conn.eval(
-                RECLAIM_LUA,
-                3,
-                key,
-                INFLIGHT + destination,
-                taken_key(destination, job_id),
-                job_id,
+            scripts.Reclaim(conn)(
+                key, INFLIGHT + destination, taken_key(destination, job_id), job_id
             )
         )
         if reclaimed < 0:
@@ -331,8 +263,8 @@ class Delivery:
         self.dest: DestinationRuntime = runtime.destinations[destination]
         self.name = destination
         self.token = uuid.uuid4().hex  # names this run's batch when it holds no slot
-        self._take = self.conn.register_script(TAKE_LUA)
-        self._release = self.conn.register_script(RELEASE_LUA)
+        self._take = scripts.Take(self.conn)
+        self._release = scripts.Release(self.conn)
         self._raw_events: dict[str, dict[str, Any]] = {}  # ledger form, kept for dead letters
         self._read: dict[str, bytes] = {}  # the batch's records as read (state destinations)
         self.breaker = Breaker(
@@ -383,9 +315,7 @@ class Delivery:
             else:
                 report.stopped = "budget"
         finally:
-            self._release(
-                keys=[FLUSH + self.name, taken_key(self.name, self.token)], args=[self.token]
-            )
+            self._release(FLUSH + self.name, taken_key(self.name, self.token), self.token)
             if paused_for(self.conn, self.name) == 0 and has_due(self.conn, self.name):
                 ensure_flush(self.rt, self.name)
         log.info(
@@ -424,8 +354,12 @@ class Delivery:
     def take(self, limit: int | None = None) -> list[str]:
         size = self.dest.batch_size if limit is None else max(1, min(limit, self.dest.batch_size))
         ids = self._take(
-            keys=[PENDING + self.name, INFLIGHT + self.name, taken_key(self.name, self.token)],
-            args=[time.time(), size, self.s.lease_s],
+            PENDING + self.name,
+            INFLIGHT + self.name,
+            taken_key(self.name, self.token),
+            time.time(),
+            size,
+            self.s.lease_s,
         )
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
@@ -861,11 +795,11 @@ def _drop_from_list(conn: redis.Redis, key: str, email: str) -> int:
     meanwhile are kept (each is removed by its value)."""
     matched = {raw for raw in conn.lrange(key, 0, -1) if mentions(raw, email)}
     if matched:
-        remove = conn.register_script(QUARANTINE_REMOVE_LUA)  # keeps the quarantine's byte total
+        remove = scripts.QuarantineRemove(conn)  # keeps the quarantine's byte total
         with conn.pipeline(transaction=True) as pipe:
             for raw in matched:
                 if key == QUARANTINE:
-                    remove(keys=[key, QUARANTINE_BYTES], args=[raw, 0], client=pipe)
+                    remove(key, QUARANTINE_BYTES, raw, 0, client=pipe)
                 else:
                     pipe.lrem(key, 0, raw)  # type: ignore[arg-type]  # bytes work
             pipe.execute()

@@ -18,21 +18,8 @@ import redis
 
 from syncworker.destinations import Rate
 from syncworker.errors import Throttled
-
-RATE = "sw:rate:"
-
-RESERVE_LUA = """
-local interval, cap = tonumber(ARGV[1]), tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local wait = tat - now
-if wait > cap then return {0, tostring(wait)} end
-local nxt = tat + interval
-redis.call('SET', KEYS[1], tostring(nxt), 'PX', math.ceil((nxt - now) * 1000) + 1000)
-return {1, tostring(wait)}
-"""
+from syncworker.store import scripts
+from syncworker.store.keys import RATE
 
 
 class RateLimiter:
@@ -46,12 +33,12 @@ class RateLimiter:
         self.slack = max(self.MIN_SLACK_S, rate.per_seconds * self.SLACK_SHARE)
         self.interval = (rate.per_seconds + self.slack) / rate.requests
         self.wait_cap = wait_cap
-        self._reserve = conn.register_script(RESERVE_LUA)
+        self._reserve = scripts.RateReserve(conn)
         self.waited = 0.0
 
     def acquire(self) -> None:
         """Wait for this destination's next request slot, or raise Throttled if it is far off."""
-        reserved, wait_text = self._reserve(keys=[self.key], args=[self.interval, self.wait_cap])
+        reserved, wait_text = self._reserve(self.key, self.interval, self.wait_cap)
         wait = float(wait_text)
         if not int(reserved):
             raise Throttled(self.destination, wait, "local rate limit")

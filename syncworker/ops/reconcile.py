@@ -21,9 +21,7 @@ from syncworker.bootstrap import Runtime
 from syncworker.delivery.loop import ensure_flush
 from syncworker.destinations import Mode
 from syncworker.events import MANUAL, Kind
-from syncworker.ledger import EVENT, PENDING
-
-CURSOR = "sw:reconcile:"
+from syncworker.store.keys import EVENT, PENDING, RECONCILE
 
 
 @dataclass
@@ -37,8 +35,8 @@ class Progress:
 def start(rt: Runtime, destination: str, *, restart: bool = False) -> Progress:
     """Where a run begins: a saved cursor, unless ``restart``."""
     if restart:
-        rt.conn.delete(CURSOR + destination)
-    saved = {_text(k): int(v) for k, v in rt.conn.hgetall(CURSOR + destination).items()}
+        rt.conn.delete(RECONCILE + destination)
+    saved = {_text(k): int(v) for k, v in rt.conn.hgetall(RECONCILE + destination).items()}
     return Progress(
         total=rt.ledger.contact_count(),
         done=saved.get("done", 0),
@@ -57,7 +55,7 @@ def run(
 ) -> Progress:
     """Walk the ledger from the saved cursor, marking what ``destination`` must receive."""
     conn, dest = rt.conn, rt.destinations[destination]
-    cursor_key = CURSOR + destination
+    cursor_key = RECONCILE + destination
     cursor = int(conn.hget(cursor_key, "cursor") or 0)
     stream = dest.mode is Mode.EVENTS
     kinds = {k.value for k in dest.cls.kinds}

@@ -24,45 +24,15 @@ from syncworker.errors import IntakeError, PayloadInvalid
 from syncworker.events import HygieneEvent
 from syncworker.intake.contract import EspParser, InboundRequest, ParseResult, Quarantined, admit
 from syncworker.intake.registry import ESP_PARSERS
-from syncworker.queue.enqueue import (
-    QUARANTINE,
-    QUARANTINE_BYTES,
-    QUARANTINE_REMOVE_LUA,
-    Enqueuer,
-    to_json,
-)
+from syncworker.queue.enqueue import Enqueuer, to_json
+from syncworker.store import scripts
+from syncworker.store.keys import QUARANTINE, QUARANTINE_BYTES
 
 log = logging.getLogger(__name__)
 
 PAGE = 100  # records read per round trip; their events go out in one ingest job per source
 JOB_EVENTS = 1000  # events from which a page's job for one source is sent at once
 MANY = 100  # records from which the command shows a progress bar
-# The next page: up to ARGV[2] records toward the head from the newest record read that stays
-# (ARGV[1]), or from the tail if there is none or it is gone (the tail was trimmed past it).
-# Found by value, so pushes at the head and trims at the tail do not move the walk.
-PAGE_LUA = """
-local start = redis.call('LLEN', KEYS[1])
-if ARGV[1] ~= '' then
-  local at = redis.call('LPOS', KEYS[1], ARGV[1], 'RANK', -1)
-  if at then start = at end
-end
-if start == 0 then return {} end
-return redis.call('LRANGE', KEYS[1], math.max(0, start - tonumber(ARGV[2])), start - 1)
-"""
-# Rewrite one record where it is: at the index the replay expects it (counted from the tail,
-# the end it walks from), or, if a trim or a removal by someone else has moved it, wherever it is
-# now (found by its exact value); gone, it is left gone. KEYS[2], the list's byte total, follows.
-REWRITE_LUA = """
-local at = tonumber(ARGV[3])
-if redis.call('LINDEX', KEYS[1], at) ~= ARGV[1] then
-  at = redis.call('LPOS', KEYS[1], ARGV[1], 'RANK', -1)
-  if not at then return 0 end
-end
-redis.call('LSET', KEYS[1], at, ARGV[2])
-if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('INCRBY', KEYS[2], #ARGV[2] - #ARGV[1]) end
-return 1
-"""
-# Remove one record (the oldest copy of ARGV[1]) and lower the list's byte total (KEYS[2]) by it.
 TRUNCATED = "stored truncated (larger than the record size): cannot be parsed again"
 
 
@@ -135,11 +105,11 @@ def replay(
         dry_run,
         enqueuer,
     )
-    next_page = conn.register_script(PAGE_LUA)
+    next_page = scripts.QuarantinePage(conn)
     total = conn.llen(QUARANTINE)
     seen = 0
     while seen < total:
-        page = next_page(keys=[QUARANTINE], args=[run.anchor or "", PAGE])
+        page = next_page(QUARANTINE, run.anchor or "", PAGE)
         if not page:
             break  # trimmed or removed by others meanwhile
         for value in reversed(page):  # oldest first
@@ -176,8 +146,8 @@ class _Replay:
         self.source = source
         self.dry_run = dry_run
         self._enqueuer = enqueuer
-        self._rewrite = self.conn.register_script(REWRITE_LUA)
-        self._remove = self.conn.register_script(QUARANTINE_REMOVE_LUA)
+        self._rewrite = scripts.QuarantineRewrite(self.conn)
+        self._remove = scripts.QuarantineRemove(self.conn)
         self.report = ReplayReport(dry_run=dry_run)
         self.batches: dict[str, _Batch] = {}  # source -> what its replayed records yield
         # the newest record read that stays in the list: the next page starts past it
@@ -259,7 +229,7 @@ class _Replay:
         kept.update(now)
         if kept != record and not self.dry_run:
             rewritten = to_json(kept)
-            self._rewrite(keys=[QUARANTINE, QUARANTINE_BYTES], args=[value, rewritten, at])
+            self._rewrite(QUARANTINE, QUARANTINE_BYTES, value, rewritten, at)
             self.anchor = rewritten  # what the next page starts past
 
     def flush(self, source: str | None = None) -> None:
@@ -276,7 +246,7 @@ class _Replay:
                 )
             with self.conn.pipeline(transaction=False) as pipe:
                 for value in batch.values:
-                    self._remove(keys=[QUARANTINE, QUARANTINE_BYTES], args=[value, -1], client=pipe)
+                    self._remove(QUARANTINE, QUARANTINE_BYTES, value, -1, client=pipe)
                 pipe.execute()
             self.behind -= len(batch.values)
 

@@ -31,60 +31,24 @@ from rq.serializers import JSONSerializer
 from rq.utils import now
 
 from syncworker import codec
+from syncworker.store import scripts
+from syncworker.store.keys import (
+    INBOX,
+    INBOX_GROUP,
+    INBOX_QUEUED,
+    INGEST,
+    QUARANTINE,
+    QUARANTINE_BYTES,
+    STATS,
+)
 
 if TYPE_CHECKING:
     from syncworker.config import Settings
     from syncworker.events import HygieneEvent
     from syncworker.intake.contract import Quarantined
 
-INGEST = "syncworker-ingest"
-DELIVER = "syncworker-deliver"
-QUEUES = (INGEST, DELIVER)
-STATS = "sw:stats"
-QUARANTINE = "sw:quarantine"  # verified requests whose events failed validation
-QUARANTINE_BYTES = "sw:quarantine:bytes"  # the byte total of its records (store_quarantine)
-
-INBOX = "sw:inbox"  # stream of accepted requests' payloads (see syncworker/inbox.py)
-INBOX_GROUP = "ingest"  # the consumer group ingest jobs read it through
-INBOX_QUEUED = "sw:inbox:queued"  # the id of the ingest job queued and not yet started
 INBOX_QUEUED_TTL_S = 3600  # a backstop only: the supervisor frees the flag of a job that is gone
 
-# Writes a batch of accepted requests atomically in one command: the intake counters bumped, each
-# request's payload appended to the inbox stream, and, unless an ingest job is queued and not yet
-# started, one ingest job queued (its hash as ``Job.to_dict()`` gives it, its id pushed on the
-# queue). Every ingest job is alike but for its id and times: the fixed fields are written into
-# the script itself (FIXED_FIELDS, from RQ's own ``Job.to_dict()``).
-#   ARGV[1] queue key  [2] RQ's set of queues  [3] stats hash  [4] job key prefix  [5] inbox
-#   [6] its group  [7] the queued flag  [8] its TTL  [9] a new job id  [10] now, as RQ writes it
-#   [11] how many counters, then name, amount pairs, then ref, note, payload triples
-ENQUEUE_LUA = """
-local queue, queues, stats, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local inbox, group, flag = ARGV[5], ARGV[6], ARGV[7]
-local i = 12
-for _ = 1, tonumber(ARGV[11]) do
-  redis.call('HINCRBY', stats, ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-if i > #ARGV then return 0 end
-if redis.call('EXISTS', inbox) == 0 then
-  redis.call('XGROUP', 'CREATE', inbox, group, '0', 'MKSTREAM')
-end
-local pushed = 0
-while i <= #ARGV do
-  redis.call('XADD', inbox, '*', 'r', ARGV[i], 'd', ARGV[i + 1], 'p', ARGV[i + 2])
-  pushed = pushed + 1
-  i = i + 3
-end
-if redis.call('EXISTS', flag) == 0 then
-  local fixed = {FIXED_FIELDS}
-  local id, stamp = ARGV[9], ARGV[10]
-  redis.call('SET', flag, id, 'EX', ARGV[8])
-  redis.call('HSET', prefix .. id, 'created_at', stamp, 'enqueued_at', stamp, unpack(fixed))
-  redis.call('RPUSH', queue, id)
-  redis.call('SADD', queues, queue)
-end
-return pushed
-"""
 INGEST_FUNC = "syncworker.jobs.ingest"  # one request's payload (jobs queued by older releases)
 DRAIN_FUNC = "syncworker.jobs.drain_inbox"  # what ingest jobs run now: the inbox, in batches
 DRAIN_DESCRIPTION = "ingest inbox"
@@ -202,13 +166,19 @@ class Enqueuer:
         )
         probe.enqueued_at = now()
         fixed = [x for item in probe.to_dict().items() if item[0] not in VARYING for x in item]
-        self.script = ENQUEUE_LUA.replace("FIXED_FIELDS", ", ".join(map(_lua_string, fixed)))
+        self.script = scripts.enqueue_source(fixed)
         self._sha = hashlib.sha1(self.script.encode()).hexdigest()
-        self._head = [
-            "EVALSHA", self._sha, "0",
-            self.queue.key, self.queue.redis_queues_keys, STATS, Job.key_for(""),
-            INBOX, INBOX_GROUP, INBOX_QUEUED, INBOX_QUEUED_TTL_S,
-        ]  # fmt: skip
+        self._head = scripts.enqueue_head(
+            self._sha,
+            queue_key=self.queue.key,
+            queues_key=self.queue.redis_queues_keys,
+            stats=STATS,
+            job_prefix=Job.key_for(""),
+            inbox=INBOX,
+            group=INBOX_GROUP,
+            queued_flag=INBOX_QUEUED,
+            queued_ttl_s=INBOX_QUEUED_TTL_S,
+        )
         self._connection: redis.connection.AbstractConnection | None = None
         self._pid = os.getpid()
         self._second = (-1, "")  # a second, and its text: one attribute, so threads see a pair
@@ -382,48 +352,6 @@ class QuarantineLimits:
         )
 
 
-# Push records at the head, then drop records from the tail (the oldest) while the list holds
-# more than ARGV[1] records or more than ARGV[2] bytes. KEYS[2] keeps the list's byte total so
-# that no push reads the list; it is computed once from the list if missing (a list written by
-# an older release), and reset when the list is empty. Whatever removes a record elsewhere
-# should lower it (the replay does); where it does not, the total errs high and the list is
-# trimmed further than it needs to be, never less.
-#   KEYS[1] the quarantine list   KEYS[2] its byte total   KEYS[3] the stats hash
-#   ARGV[1] most records   ARGV[2] most bytes   ARGV[3..] the records, oldest first
-QUARANTINE_PUSH_LUA = """
-local limit, most = tonumber(ARGV[1]), tonumber(ARGV[2])
-local total = tonumber(redis.call('GET', KEYS[2]))
-if total == nil then
-  total = 0
-  for _, value in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do total = total + #value end
-end
-for i = 3, #ARGV do
-  redis.call('LPUSH', KEYS[1], ARGV[i])
-  total = total + #ARGV[i]
-end
-local dropped = 0
-local n = redis.call('LLEN', KEYS[1])
-while n > 0 and (n > limit or total > most) do
-  total = total - #redis.call('RPOP', KEYS[1])
-  n = n - 1
-  dropped = dropped + 1
-end
-if n == 0 or total < 0 then total = 0 end
-redis.call('SET', KEYS[2], total)
-redis.call('HINCRBY', KEYS[3], 'quarantined', #ARGV - 2)
-if dropped > 0 then redis.call('HINCRBY', KEYS[3], 'quarantine_dropped', dropped) end
-return dropped
-"""
-# Remove a record by its value and lower the byte total by what left.
-#   KEYS[1] the quarantine list   KEYS[2] its byte total
-#   ARGV[1] the record   ARGV[2] LREM's count (-1: one, from the tail; 0: every copy)
-QUARANTINE_REMOVE_LUA = """
-local removed = redis.call('LREM', KEYS[1], ARGV[2], ARGV[1])
-if removed > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('DECRBY', KEYS[2], #ARGV[1] * removed)
-end
-return removed
-"""
 REASON_CHARS = 2000  # most of a truncated record's reason (marshmallow lists every bad field)
 
 
@@ -444,15 +372,13 @@ def store_quarantine(
         limits = QuarantineLimits(records=limits)
     now = time.time()
     records = [_fit({"source": source, "at": now, **item}, limits.record_bytes) for item in items]
-    conn.eval(
-        QUARANTINE_PUSH_LUA,
-        3,
+    scripts.QuarantinePush(conn)(
         QUARANTINE,
         QUARANTINE_BYTES,
         STATS,
         max(0, limits.records),
         max(0, limits.total_bytes),
-        *records,
+        records,
     )
 
 
@@ -552,17 +478,3 @@ def _digits(value: int) -> str:
         return str(value)
     except ValueError:  # more digits than sys.get_int_max_str_digits()
         return f"[an integer of {value.bit_length()} bits]"
-
-
-def _lua_string(value: Any) -> str:
-    """A Lua string literal of ``value`` as redis-py would encode it (str, enum by value, int)."""
-    if isinstance(value, bytes):
-        raw = value
-    elif isinstance(value, str):
-        raw = value.encode()
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        raw = repr(value).encode()
-    else:
-        raise TypeError(f"cannot put {type(value).__name__} in the enqueue script")
-    safe = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _-.:,[]"
-    return "'" + "".join(chr(b) if b in safe else f"\\{b:03d}" for b in raw) + "'"

@@ -32,8 +32,10 @@ import orjson
 import redis
 from rq import get_current_job
 
-from syncworker.queue.enqueue import INBOX, INBOX_GROUP, INBOX_QUEUED, ensure_drain
+from syncworker.queue.enqueue import ensure_drain
 from syncworker.queue.workers import job_alive
+from syncworker.store import scripts
+from syncworker.store.keys import INBOX, INBOX_GROUP, INBOX_QUEUED, INBOX_TRIES
 
 GROUP = INBOX_GROUP
 QUEUED = INBOX_QUEUED
@@ -45,22 +47,6 @@ LINGER_MS = 50  # an idle job waits this long for new entries before it ends
 PAGE = 500  # pending entries claimed per call
 SUSPECT_AFTER = 2  # claimed this often (read in batches that died): applied alone
 MAX_ALONE = 2  # the process died this often applying an entry alone: quarantined instead
-TRIES = "sw:inbox:alone"  # entry id -> times applying it alone was begun
-
-# Free the queued flag if it still names ARGV[1].
-CLEAR_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-# Remove consumer ARGV[2] of group ARGV[1] if it holds no entry, atomically: a consumer that reads
-# between a check and the removal would lose its entries' place in the pending list.
-FORGET_CONSUMER_LUA = """
-if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) == 0 then
-  return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
-end
-return -1
-"""
 
 Entry = tuple[str, dict[bytes, bytes]]
 
@@ -99,7 +85,7 @@ def tick(conn: redis.Redis, stale_s: float | None) -> bool:
         job_id = holder.decode() if isinstance(holder, bytes) else str(holder)
         if drain_alive(conn, job_id, stale_s):
             return False
-        conn.eval(CLEAR_LUA, 1, QUEUED, job_id)
+        scripts.InboxClear(conn)(QUEUED, job_id)
         log.warning("queued ingest job is gone; its flag freed job=%s", job_id)
     if not conn.xlen(INBOX):
         return False
@@ -125,7 +111,7 @@ class Reader:
     def started(self) -> None:
         """This job runs: the next accepted request queues another (which a second ingest
         process can run alongside this one)."""
-        self.conn.eval(CLEAR_LUA, 1, QUEUED, self.name)
+        scripts.InboxClear(self.conn)(QUEUED, self.name)
         ensure_group(self.conn)
 
     def claim_from_dead(self, alive: Callable[[str], bool]) -> Claimed:
@@ -188,7 +174,7 @@ class Reader:
             if ids:
                 pipe.xack(INBOX, GROUP, *ids)
                 pipe.xdel(INBOX, *ids)
-                pipe.hdel(TRIES, *ids)
+                pipe.hdel(INBOX_TRIES, *ids)
             if then_read:  # inside MULTI a read never blocks
                 pipe.xreadgroup(GROUP, self.name, {INBOX: ">"}, count=then_read)
             replies = pipe.execute()
@@ -196,14 +182,14 @@ class Reader:
 
     def try_alone(self, entry_id: str) -> int:
         """Count a start of applying ``entry_id`` alone; how many starts there have been."""
-        return int(self.conn.hincrby(TRIES, entry_id, 1))
+        return int(self.conn.hincrby(INBOX_TRIES, entry_id, 1))
 
     def leave(self) -> None:
         """Remove this consumer from the group if it holds nothing."""
         self.forget(self.name)
 
     def forget(self, consumer: str) -> None:
-        self.conn.eval(FORGET_CONSUMER_LUA, 1, INBOX, GROUP, consumer)
+        scripts.InboxForgetConsumer(self.conn)(INBOX, GROUP, consumer)
 
 
 def current_name() -> str:

@@ -16,8 +16,9 @@ from syncworker import codec
 from syncworker.delivery import loop as delivery
 from syncworker.events import HygieneEvent
 from syncworker.queue import inbox
-from syncworker.queue.enqueue import INBOX, STATS, QuarantineLimits, ensure_drain, store_quarantine
+from syncworker.queue.enqueue import QuarantineLimits, ensure_drain, store_quarantine
 from syncworker.queue.workers import heartbeat_stale_s
+from syncworker.store.keys import INBOX, STATS
 
 log = logging.getLogger(__name__)
 

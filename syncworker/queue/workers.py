@@ -32,7 +32,7 @@ from rq.scripts import release_lock
 from rq.serializers import JSONSerializer
 from rq.utils import utcparse
 
-from syncworker.queue.enqueue import STATS
+from syncworker.store.keys import STATS, rq_execution, rq_job, rq_scheduler, rq_worker
 
 if TYPE_CHECKING:
     from syncworker.config import Settings
@@ -170,7 +170,7 @@ def _beat_is_old(raw: Any, limit: float | None) -> bool:
 
 def worker_alive(conn: redis.Redis, name: str, stale_s: float | None) -> bool:
     """Whether the RQ worker ``name`` may still be running a job."""
-    hostname, pid, beat = conn.hmget(f"rq:worker:{name}", ["hostname", "pid", "last_heartbeat"])
+    hostname, pid, beat = conn.hmget(rq_worker(name), ["hostname", "pid", "last_heartbeat"])
     if hostname is None:
         return False  # its key expired: no heartbeat for longer than its TTL
     if process_gone(_text(hostname), int(_text(pid or b"0"))):
@@ -182,14 +182,14 @@ def worker_gone(conn: redis.Redis, name: str) -> bool:
     """Whether the RQ worker ``name`` is known to have ended: its process, on this host, is gone.
     A late heartbeat or an expired key says only that it is silent (stopped, starved, or on a
     host that cannot be asked)."""
-    hostname, pid = conn.hmget(f"rq:worker:{name}", ["hostname", "pid"])
+    hostname, pid = conn.hmget(rq_worker(name), ["hostname", "pid"])
     return hostname is not None and process_gone(_text(hostname), int(_text(pid or b"0")))
 
 
 def job_gone(conn: redis.Redis, job_id: str) -> bool:
     """Whether a job is known not to be running: ended (or never written), or started on a
     worker known to have ended."""
-    status, worker = conn.hmget(f"rq:job:{job_id}", ["status", "worker_name"])
+    status, worker = conn.hmget(rq_job(job_id), ["status", "worker_name"])
     if status is None:
         return True
     if _text(status) == JobStatus.QUEUED.value:
@@ -201,7 +201,7 @@ def job_gone(conn: redis.Redis, job_id: str) -> bool:
 
 def job_alive(conn: redis.Redis, job_id: str, stale_s: float | None) -> bool:
     """Whether a job is queued, or started on a worker that is alive."""
-    status, worker = conn.hmget(f"rq:job:{job_id}", ["status", "worker_name"])
+    status, worker = conn.hmget(rq_job(job_id), ["status", "worker_name"])
     if status is None:
         return False  # finished (results are not kept) or never written
     if _text(status) == JobStatus.QUEUED.value:
@@ -220,9 +220,9 @@ def started_by(conn: redis.Redis, member: str) -> str:
     abandoned by a dead worker, on a loaded machine where the fork takes a while. RQ then failed
     the job while its horse went on to run it, and a deliver job's slot was freed under it, so
     a second job sent to the same destination at the same time."""
-    worker = conn.hget(f"rq:execution:{member}", "worker_name")
+    worker = conn.hget(rq_execution(member), "worker_name")
     if not worker:
-        worker = conn.hget(f"rq:job:{member.split(':', 1)[0]}", "worker_name")
+        worker = conn.hget(rq_job(member.split(":", 1)[0]), "worker_name")
     return _text(worker) if worker else ""
 
 
@@ -280,7 +280,7 @@ class Scheduling:
         if holder is None or _text(holder) == self.scheduler.name:
             return
         hostname, pid, beat = self.conn.hmget(
-            f"rq:scheduler:{_text(holder)}", ["hostname", "pid", "last_heartbeat"]
+            rq_scheduler(_text(holder)), ["hostname", "pid", "last_heartbeat"]
         )
         if hostname is None and self.conn.pttl(key) > (self.scheduler.interval + 55) * 1000:
             return  # acquired in the last seconds: its hash is written once its process starts

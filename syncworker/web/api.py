@@ -12,8 +12,8 @@ from werkzeug.exceptions import BadRequest, NotFound, Unauthorized
 from syncworker.bootstrap import app_state
 from syncworker.delivery import loop as delivery
 from syncworker.events import address_problem, normalize_email
-from syncworker.observability import RedisStatsCollector
 from syncworker.store.stats import overview
+from syncworker.web.metrics import RedisStatsCollector
 
 bp = Blueprint("api", __name__)
 

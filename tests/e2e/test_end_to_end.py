@@ -19,11 +19,10 @@ import pytest
 import redis
 import requests
 
-from syncworker.delivery.loop import INFLIGHT
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.devkit.emulators.segment import SegmentEmulator
 from syncworker.devkit.emulators.webhook_receiver import WebhookReceiver, new_secret
-from syncworker.ledger import PENDING
+from syncworker.store.keys import INFLIGHT, PENDING
 from tests import ledger_reads
 from tests.intake.signing import (
     basic_auth_header,

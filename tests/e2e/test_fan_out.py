@@ -15,7 +15,6 @@ import pytest
 import redis
 import requests
 
-from syncworker.delivery.loop import DEAD, INFLIGHT
 from syncworker.devkit.emulators.amplitude import AmplitudeEmulator
 from syncworker.devkit.emulators.braze import BrazeEmulator
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
@@ -25,7 +24,7 @@ from syncworker.devkit.emulators.rd_station import RDStationEmulator
 from syncworker.devkit.emulators.salesforce import SalesforceEmulator
 from syncworker.devkit.emulators.segment import SegmentEmulator
 from syncworker.devkit.emulators.webhook_receiver import WebhookReceiver, new_secret
-from syncworker.ledger import PENDING
+from syncworker.store.keys import DEAD, INFLIGHT, PENDING
 from tests import ledger_reads
 from tests.intake.signing import sendgrid_keypair, sign_sendgrid
 from tests.processes import Process, clean_env, start_gunicorn, start_worker, wait_until

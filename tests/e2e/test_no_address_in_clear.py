@@ -22,10 +22,9 @@ import redis
 import requests
 from marshmallow import ValidationError, validate
 
-from syncworker.delivery.loop import DEAD, INFLIGHT
 from syncworker.devkit.emulators.base import Emulator, Request, Response
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
-from syncworker.ledger import PENDING
+from syncworker.store.keys import DEAD, INFLIGHT, PENDING
 from tests import replies
 from tests.intake.signing import EspSigner, headers_of, payload, signer_for
 from tests.processes import Process, clean_env, start_gunicorn, start_worker, wait_until

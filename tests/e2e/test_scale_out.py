@@ -28,10 +28,11 @@ import pytest
 import redis
 import requests
 
-from syncworker.delivery.loop import BATCH_API_CALLS, FLUSH, INFLIGHT
+from syncworker.delivery.loop import BATCH_API_CALLS
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.devkit.supervisor import descendants
 from syncworker.queue.workers import WORKER_DEAD_AFTER_S
+from syncworker.store.keys import FLUSH, INFLIGHT
 from tests import replies
 from tests.intake.signing import sendgrid_keypair, sign_sendgrid
 from tests.processes import Process, clean_env, start_gunicorn, wait_until

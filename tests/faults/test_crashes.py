@@ -14,11 +14,10 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from syncworker import codec
-from syncworker.delivery.loop import DEAD, INFLIGHT
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.events import HygieneEvent, Kind
-from syncworker.ledger import PENDING
-from syncworker.queue.enqueue import INGEST, Enqueuer
+from syncworker.queue.enqueue import Enqueuer
+from syncworker.store.keys import DEAD, INFLIGHT, INGEST, PENDING
 from tests import ledger_reads
 from tests.processes import clean_env, queued_ingest_job, start_worker, wait_until
 

@@ -23,8 +23,10 @@ from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.devkit.emulators.segment import SegmentEmulator
 from syncworker.devkit.supervisor import descendants
 from syncworker.events import HygieneEvent, Kind
-from syncworker.queue.enqueue import INBOX, INGEST, QUARANTINE, STATS, Enqueuer
-from syncworker.queue.inbox import GROUP, MAX_ALONE, TRIES
+from syncworker.queue.enqueue import Enqueuer
+from syncworker.queue.inbox import GROUP, MAX_ALONE
+from syncworker.store.keys import INBOX, INGEST, QUARANTINE, STATS
+from syncworker.store.keys import INBOX_TRIES as TRIES
 from tests.processes import clean_env, start_worker, wait_until
 from tests.replies import fields, optional, stream_entries, text
 

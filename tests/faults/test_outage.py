@@ -16,11 +16,10 @@ from click.testing import CliRunner
 from syncworker import codec
 from syncworker.cli import main
 from syncworker.delivery import breaker
-from syncworker.delivery.loop import DEAD, INFLIGHT
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.events import HygieneEvent, Kind
-from syncworker.ledger import PENDING
 from syncworker.queue.enqueue import Enqueuer
+from syncworker.store.keys import DEAD, INFLIGHT, PENDING
 from syncworker.web.app import create_app
 from tests.conftest import SettingsFactory
 from tests.processes import clean_env, start_worker, wait_until

@@ -23,13 +23,12 @@ from syncworker import codec
 from syncworker.bootstrap import Runtime
 from syncworker.config import Settings
 from syncworker.delivery import loop as delivery
-from syncworker.delivery.loop import FLUSH, INFLIGHT, taken_key
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.devkit.supervisor import descendants
 from syncworker.events import HygieneEvent, Kind
-from syncworker.ledger import PENDING
-from syncworker.queue.enqueue import DELIVER, INGEST, QUEUES, Enqueuer
+from syncworker.queue.enqueue import Enqueuer
 from syncworker.queue.workers import WORKER_DEAD_AFTER_S, QuickStopWorker, rescue_abandoned
+from syncworker.store.keys import DELIVER, FLUSH, INFLIGHT, INGEST, PENDING, QUEUES, taken_key
 from tests import ledger_reads
 from tests.conftest import SettingsFactory
 from tests.faults.test_crashes import EMAILS, events, worker_env

@@ -10,12 +10,11 @@ import pytest
 import redis
 
 from syncworker import codec
-from syncworker.delivery.loop import INFLIGHT
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.devkit.redis_server import RedisServer
 from syncworker.events import HygieneEvent, Kind
-from syncworker.ledger import PENDING
-from syncworker.queue.enqueue import INGEST, Enqueuer
+from syncworker.queue.enqueue import Enqueuer
+from syncworker.store.keys import INFLIGHT, INGEST, PENDING
 from tests.ledger_reads import reader
 from tests.processes import clean_env, start_worker, wait_until
 

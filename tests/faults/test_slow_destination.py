@@ -16,14 +16,13 @@ import redis
 from rq.utils import utcparse
 
 from syncworker import codec
-from syncworker.delivery.loop import FLUSH, INFLIGHT
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.devkit.emulators.segment import SegmentEmulator
 from syncworker.devkit.emulators.webhook_receiver import WebhookReceiver, new_secret
 from syncworker.events import HygieneEvent, Kind
-from syncworker.ledger import PENDING
 from syncworker.queue.enqueue import Enqueuer
 from syncworker.queue.workers import WORKER_DEAD_AFTER_S
+from syncworker.store.keys import FLUSH, INFLIGHT, PENDING
 from tests.processes import clean_env, start_worker, wait_until
 from tests.replies import items, optional
 

@@ -22,7 +22,7 @@ from syncworker.intake.auth import sns
 from syncworker.intake.contract import iso_seconds
 from syncworker.intake.esps.amazon_ses import AmazonSesParser
 from syncworker.queue import inbox
-from syncworker.queue.enqueue import INBOX, QUARANTINE
+from syncworker.store.keys import INBOX, QUARANTINE
 from syncworker.web.app import create_app
 from tests.conftest import SettingsFactory
 from tests.intake.signers.amazon_ses import (

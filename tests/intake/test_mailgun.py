@@ -27,7 +27,7 @@ from syncworker.errors import PayloadInvalid, SignatureInvalid
 from syncworker.events import Kind
 from syncworker.intake.contract import InboundRequest
 from syncworker.intake.esps.mailgun import MailgunParser
-from syncworker.queue.enqueue import INGEST
+from syncworker.store.keys import INGEST
 from syncworker.web.app import create_app
 from tests.conftest import SettingsFactory
 from tests.intake.signing import (

@@ -17,7 +17,7 @@ from mappings.salesforce import OPT_OUT
 from syncworker.bootstrap import Runtime
 from syncworker.config import Settings
 from syncworker.delivery import loop as delivery
-from syncworker.delivery.loop import ATTEMPTS, PAUSE, Delivery
+from syncworker.delivery.loop import Delivery
 from syncworker.destinations import (
     ContactChange,
     Destination,
@@ -37,7 +37,7 @@ from syncworker.devkit.emulators.salesforce import SalesforceEmulator
 from syncworker.devkit.emulators.segment import SegmentEmulator
 from syncworker.devkit.emulators.webhook_receiver import WebhookReceiver, new_secret
 from syncworker.events import HygieneEvent, Kind
-from syncworker.ledger import PENDING
+from syncworker.store.keys import ATTEMPTS, PAUSE, PENDING
 from tests.conftest import SettingsFactory
 from tests.mappings.contract import state_change
 from tests.replies import scored

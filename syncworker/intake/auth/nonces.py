@@ -17,16 +17,15 @@ import logging
 import redis
 
 from syncworker.errors import Unavailable
+from syncworker.store import keys
 
 log = logging.getLogger(__name__)
-
-NONCE = "sw:nonce:"  # sw:nonce:<esp>:<sha256 of the nonce> -> "1", expires with the skew window
 
 
 def nonce_key(esp: str, nonce: str) -> str:
     # per ESP, not per source: two sources of one account share its signing key, so a signature
     # sent to one must not be good once more at the other; hashed: a fixed-length key
-    return f"{NONCE}{esp}:{hashlib.sha256(nonce.encode()).hexdigest()}"
+    return keys.nonce_key(esp, hashlib.sha256(nonce.encode()).hexdigest())
 
 
 def claim(conn: redis.Redis, esp: str, nonce: str, ttl_s: int) -> bool:
