@@ -40,7 +40,7 @@ from bench.common import ROOT
 from syncworker import codec
 from syncworker.bootstrap import Runtime
 from syncworker.config import DestinationConfig, Settings
-from syncworker.delivery import loop as delivery
+from syncworker.delivery import schedule
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.devkit.redis_server import RedisServer
 from syncworker.devkit.supervisor import descendants
@@ -129,7 +129,7 @@ def one_round(
             started = time.monotonic()
             if args.arrival == "pending":
                 conn.delete(PAUSE + "hubspot")
-                delivery.ensure_flush(runtime(server, conn), "hubspot")
+                schedule.ensure_taker(runtime(server, conn), "hubspot")
             else:
                 trickle(conn, emails)
             deadline = started + args.timeout

@@ -79,7 +79,7 @@ class DestinationRuntime:
     def mode(self) -> Mode:
         return self.cls.mode
 
-    def build(self, conn: redis.Redis, settings: Settings) -> tuple[Destination, RateLimiter]:
+    def instantiate(self, conn: redis.Redis, settings: Settings) -> tuple[Destination, RateLimiter]:
         """A destination instance whose every HTTP request waits at the shared rate limiter."""
         if self._session is None:
             self._session = requests.Session()

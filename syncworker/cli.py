@@ -20,10 +20,11 @@ import redis
 from syncworker import __version__
 from syncworker import bootstrap as runtime
 from syncworker.config import Settings
-from syncworker.delivery import loop as delivery
+from syncworker.delivery import deadletters, schedule
 from syncworker.errors import ConfigError
 from syncworker.events import Kind, address_problem, normalize_email
 from syncworker.observability import setup_logging, setup_sentry
+from syncworker.ops import erasure
 from syncworker.queue import inbox
 from syncworker.queue.enqueue import connect_worker
 from syncworker.store.keys import CONTACTS, DELIVER, INGEST, QUEUES
@@ -194,10 +195,10 @@ def worker(queue_name: str | None, burst: bool) -> None:
         while not stop.is_set():
             try:
                 # dead workers' jobs and scheduler locks first: then their retries are due
-                rescue_abandoned(rt.conn, QUEUES, stale_s, busy=lambda job: delivery.busy(rt, job))
+                rescue_abandoned(rt.conn, QUEUES, stale_s, busy=lambda job: schedule.busy(rt, job))
                 scheduling.step()
                 inbox.tick(rt.conn, stale_s)  # entries waiting with no ingest job to read them
-                delivery.tick(rt)
+                schedule.tick(rt)
             except redis.RedisError as exc:
                 log.warning("tick failed error=%s", type(exc).__name__)
             for name, child in list(children.items()):
@@ -402,7 +403,7 @@ def _manual(email: str, reason: str, *, suppress: bool) -> None:
     rt = load_runtime()
     change = rt.ledger.suppress if suppress else rt.ledger.unsuppress
     result = change(email, reason, source="cli")
-    delivery.flush(rt, result.marked)
+    schedule.wake(rt, result.marked)
     state = rt.ledger.state(email)
     verb = "suppressed" if state.suppressed else "active"
     click.echo(
@@ -419,7 +420,7 @@ def forget(email: str, yes: bool) -> None:
         raise click.BadParameter("not an email address", param_hint="EMAIL")
     if not yes:
         click.confirm(f"Erase everything syncworker holds about {email}?", abort=True)
-    suppressed = delivery.forget(load_runtime(), email)
+    suppressed = erasure.forget(load_runtime(), email)
     kept = "its suppression is kept as a hash" if suppressed else "nothing was kept"
     click.echo(f"{email}: forgotten; {kept}")
 
@@ -444,7 +445,7 @@ def import_(csv_file: TextIO, kind: str, source: str) -> None:
         raise click.ClickException(str(exc)) from None
     with click.progressbar(length=len(rows), label=f"import {kind}") as bar:
         report = transfer.import_rows(rt, rows, on_chunk=bar.update)
-    delivery.flush(rt, report.marked)
+    schedule.wake(rt, report.marked)
     click.echo(
         f"{report.applied} applied, {report.duplicates} already imported, "
         f"{len(report.rejected)} rejected"
@@ -471,7 +472,7 @@ def export(everyone: bool) -> None:
 def replay(destination: str) -> None:
     """Send a destination's dead letters again."""
     rt = load_runtime(destination)
-    n = delivery.replay_dead(rt, destination)
+    n = deadletters.replay_dead(rt, destination)
     click.echo(f"{destination}: {n} dead letter(s) back to pending")
 
 

@@ -13,8 +13,7 @@ import redis
 
 from syncworker.bootstrap import Runtime
 from syncworker.config import Settings
-from syncworker.delivery import breaker
-from syncworker.delivery import loop as delivery
+from syncworker.delivery import breaker, deadletters, schedule
 from syncworker.delivery.loop import Delivery
 from syncworker.destinations import Outcome
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
@@ -80,14 +79,14 @@ def test_calls_with_no_answer_open_the_breaker_and_pause_the_destination(
     assert "503" in str(seen["last_error"])
     pause = orjson.loads(redis_conn.get(PAUSE + "hubspot") or b"{}")
     assert pause["reason"] == "breaker open"
-    assert 29 < delivery.paused_for(redis_conn, "hubspot") <= 30
+    assert 29 < schedule.paused_for(redis_conn, "hubspot") <= 30
     # the first failure was an ordinary retry; the one that opened it spent nothing
     assert redis_conn.hlen(ATTEMPTS + "hubspot") == 5
     assert redis_conn.zcard(PENDING + "hubspot") == 20
     view = rt.ledger.view(EMAILS[5])  # of the batch that opened it
     assert view is not None and view.sync["hubspot"]["status"] == "held"
     assert Delivery(rt, "hubspot").run().stopped == "paused"
-    assert "hubspot" not in delivery.tick(rt)
+    assert "hubspot" not in schedule.tick(rt)
     assert len(hubspot.requests) == 2
 
 
@@ -100,8 +99,8 @@ def test_an_open_breaker_sends_one_small_probe_and_spends_no_attempt(
     before = dict(redis_conn.hgetall(ATTEMPTS + "hubspot"))
     for probe in range(1, 6):  # far more probes than MAX_ATTEMPTS
         probe_now(redis_conn)
-        assert "hubspot" in delivery.tick(rt) or redis_conn.exists(keys.FLUSH + "hubspot")
-        redis_conn.delete(keys.FLUSH + "hubspot")
+        assert "hubspot" in schedule.tick(rt) or redis_conn.exists(keys.TAKERS + "hubspot")
+        redis_conn.delete(keys.TAKERS + "hubspot")
         report = Delivery(rt, "hubspot").run()
         assert report.stopped == "breaker_open" and report.batches == 1
         assert len(hubspot.requests) == 2 + probe
@@ -147,7 +146,7 @@ def test_only_one_job_probes_at_a_time(
     sent = len(hubspot.requests)
     assert Delivery(rt, "hubspot").run().stopped == "breaker_open"
     assert len(hubspot.requests) == sent
-    assert delivery.paused_for(redis_conn, "hubspot") > 0
+    assert schedule.paused_for(redis_conn, "hubspot") > 0
 
 
 def test_throttling_and_refusals_do_not_open_the_breaker(
@@ -159,7 +158,7 @@ def test_throttling_and_refusals_do_not_open_the_breaker(
     assert redis_conn.llen(DEAD + "hubspot") == 20
     assert state(redis_conn)["state"] == "closed" and state(redis_conn)["failures"] == 0
     hubspot.refuse = set()
-    delivery.replay_dead(rt, "hubspot")
+    deadletters.replay_dead(rt, "hubspot")
     for _ in range(3):
         hubspot.fail_next(1, 429, headers={"Retry-After": "1"})
         assert Delivery(rt, "hubspot").run().stopped == "throttled"
@@ -240,7 +239,7 @@ def test_a_throttled_probe_gives_no_verdict_and_the_next_job_probes_again(
     assert Delivery(rt, "hubspot").run().stopped == "throttled"
     seen = state(redis_conn)
     assert seen["state"] == "open" and seen["failures"] == 2  # the 429 counted neither way
-    assert 4 < delivery.paused_for(redis_conn, "hubspot") <= 5  # the 429's pause, as usual
+    assert 4 < schedule.paused_for(redis_conn, "hubspot") <= 5  # the 429's pause, as usual
     probe_now(redis_conn)
     assert Delivery(rt, "hubspot").run().stopped == "drained"
     assert state(redis_conn)["state"] == "closed"

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from syncworker.bootstrap import Runtime
 from syncworker.cli import main
 from syncworker.config import Settings
+from syncworker.delivery import deadletters, schedule
 from syncworker.delivery import loop as delivery
 from syncworker.delivery.loop import Delivery
 from syncworker.destinations import Outcome
@@ -91,7 +92,7 @@ def test_429_pauses_until_retry_after_and_spends_no_attempt(
     before = time.time()
     report = Delivery(rt, "hubspot").run()
     assert report.stopped == "throttled" and report.outcomes == {"throttled": 25}
-    assert 29 < delivery.paused_for(redis_conn, "hubspot") <= 30
+    assert 29 < schedule.paused_for(redis_conn, "hubspot") <= 30
     due = pending(redis_conn, "hubspot")
     assert set(due) == set(EMAILS)
     assert all(before + 29 < at <= time.time() + 30 for at in due.values())
@@ -99,7 +100,7 @@ def test_429_pauses_until_retry_after_and_spends_no_attempt(
     assert redis_conn.hget(DSTATS + "hubspot", "throttled") == b"1"
     # paused: a deliver run does nothing, and tick does not schedule one
     assert Delivery(rt, "hubspot").run().stopped == "paused"
-    assert "hubspot" not in delivery.tick(rt)
+    assert "hubspot" not in schedule.tick(rt)
 
 
 def test_bad_credentials_pause_and_keep_contacts_pending(
@@ -108,7 +109,7 @@ def test_bad_credentials_pause_and_keep_contacts_pending(
     unsubscribe_all(rt)
     hubspot.token = "rotated-elsewhere"
     assert Delivery(rt, "hubspot").run().stopped == "bad_credentials"
-    assert 59 < delivery.paused_for(redis_conn, "hubspot") <= 60
+    assert 59 < schedule.paused_for(redis_conn, "hubspot") <= 60
     assert set(pending(redis_conn, "hubspot")) == set(EMAILS)
     assert redis_conn.llen(DEAD + "hubspot") == 0
     assert redis_conn.hlen(ATTEMPTS + "hubspot") == 0
@@ -200,7 +201,7 @@ def test_event_dead_letters_replay_with_their_event(
     segment.fail_next(3, 400)  # the batch, then each half on its own
     Delivery(rt, "segment").run()
     redis_conn.delete(*redis_conn.keys("sw:ev:*"))  # the events' TTL passed meanwhile
-    assert delivery.replay_dead(rt, "segment") == 2
+    assert deadletters.replay_dead(rt, "segment") == 2
     assert Delivery(rt, "segment").run().outcomes == {"applied": 2}
     assert {t["userId"] for t in segment.tracks} == set(EMAILS[:2])
 
@@ -230,7 +231,7 @@ def test_a_crashed_batch_is_retaken_after_its_lease(
     assert len(taken) == 5 and pending(redis_conn, "hubspot") == {}
     assert Delivery(rt, "hubspot").run().outcomes == {}  # lease still running
     redis_conn.zadd(INFLIGHT + "hubspot", dict.fromkeys(taken, time.time() - 1))
-    assert "hubspot" in delivery.tick(rt)
+    assert "hubspot" in schedule.tick(rt)
     Delivery(rt, "hubspot").run()
     assert hubspot.opted_out == set(EMAILS[:5])
     assert redis_conn.zcard(INFLIGHT + "hubspot") == 0
@@ -244,7 +245,7 @@ def test_changes_during_flight_are_synced_again(
     d = Delivery(rt, "hubspot")
     ids = d.take()
     rt.ledger.apply([HygieneEvent("k2", "t", "t", EMAILS[0], Kind.HARD_BOUNCE, 2000.0)])
-    instance, _ = rt.destinations["hubspot"].build(redis_conn, rt.settings)
+    instance, _ = rt.destinations["hubspot"].instantiate(redis_conn, rt.settings)
     d.process(instance, ids, delivery.Report())
     assert set(pending(redis_conn, "hubspot")) == {EMAILS[0]}
     Delivery(rt, "hubspot").run()
@@ -268,7 +269,7 @@ def test_local_rate_limit_wait_beyond_cap_pauses_briefly(
     report = Delivery(rt, "hubspot").run()
     assert report.outcomes == {"applied": 5, "throttled": 5}
     assert len(hubspot.requests) == 1 and hubspot.throttled == 0
-    assert 55 < delivery.paused_for(redis_conn, "hubspot") <= 63
+    assert 55 < schedule.paused_for(redis_conn, "hubspot") <= 63
     assert redis_conn.hget(DSTATS + "hubspot", "rate_waits") == b"1"
 
 
@@ -279,7 +280,7 @@ def test_a_deferred_contact_waits_without_spending_an_attempt(
     unsubscribe_all(rt, EMAILS[:2])
     d = Delivery(rt, "hubspot")
     ids = d.take()
-    changes, _ = d.build(ids)
+    changes, _ = d.read_changes(ids)
     now = time.time()
     outcomes = [Outcome.deferred(3600, "contact update limit"), Outcome.retry("503")]
     d.record(changes, outcomes, delivery.Report())

@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from syncworker.bootstrap import Runtime
 from syncworker.cli import main
 from syncworker.config import Settings
-from syncworker.delivery import loop as delivery
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ledger import address_hash
+from syncworker.ops import erasure
 from syncworker.store.keys import DEAD, FORGOTTEN, PENDING, QUARANTINE
 from tests.conftest import SettingsFactory
 from tests.replies import data, fields, items, scored, text
@@ -72,7 +72,7 @@ def test_forget_leaves_only_a_hashed_suppression(
 ) -> None:
     rt = runtime_with_everything(make_settings, use_runtime)
     assert everywhere(redis_conn, JANE)  # the address is in the ledger, queues, dead letters...
-    assert delivery.forget(rt, "Jane.Doe@Example.com") is True
+    assert erasure.forget(rt, "Jane.Doe@Example.com") is True
     assert everywhere(redis_conn, JANE) == []
     kept = orjson.loads(redis_conn.get(FORGOTTEN + address_hash(JANE)) or b"{}")
     assert set(kept) == {"hard_bounce", "unsubscribe"}
@@ -87,7 +87,7 @@ def test_a_forgotten_address_reported_again_is_suppressed_again(
     redis_conn: redis.Redis,
 ) -> None:
     rt = runtime_with_everything(make_settings, use_runtime)
-    delivery.forget(rt, JANE)
+    erasure.forget(rt, JANE)
     rt.ledger.apply([HygieneEvent("j3", "postmark", "postmark", JANE, Kind.SOFT_BOUNCE, 500.0)])
     state = rt.ledger.state(JANE)
     assert state.suppressed
@@ -102,7 +102,7 @@ def test_forgetting_an_active_address_keeps_nothing(
 ) -> None:
     rt = use_runtime(make_settings())
     rt.ledger.apply([HygieneEvent("s1", "t", "t", JANE, Kind.SOFT_BOUNCE, 1.0)])
-    assert delivery.forget(rt, JANE) is False
+    assert erasure.forget(rt, JANE) is False
     assert everywhere(redis_conn, JANE) == []
     assert redis_conn.get(FORGOTTEN + address_hash(JANE)) is None
 
@@ -143,7 +143,7 @@ def test_forget_erases_the_exact_address_only(
         rt.conn.lpush(QUARANTINE, orjson.dumps({"source": "postmark", "body": body}))
     # the same address, escaped as the stdlib's JSON writes it
     rt.conn.lpush(QUARANTINE, b'{"source": "postmark", "raw": {"Email": "\\u0061nn@example.com"}}')
-    delivery.forget(rt, ann)
+    erasure.forget(rt, ann)
     dead = [orjson.loads(r)["email"] for r in redis_conn.lrange(DEAD + "hubspot", 0, -1)]
     assert sorted(dead) == sorted([*others, JANE])
     quarantine = b"".join(items(redis_conn.lrange(QUARANTINE, 0, -1))).decode().lower()

@@ -12,7 +12,7 @@ import redis
 
 from syncworker.bootstrap import Runtime
 from syncworker.config import Settings
-from syncworker.delivery import loop as delivery
+from syncworker.delivery import schedule
 from syncworker.delivery.loop import Delivery
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.devkit.emulators.webhook_receiver import WebhookReceiver, new_secret
@@ -105,7 +105,7 @@ def test_a_429_while_splitting_pauses_and_spends_no_attempt(
     unsubscribe(rt, EMAILS)
     report = Delivery(rt, "hubspot").run()
     assert report.stopped == "throttled"
-    assert 29 < delivery.paused_for(redis_conn, "hubspot") <= 30
+    assert 29 < schedule.paused_for(redis_conn, "hubspot") <= 30
     assert redis_conn.llen(DEAD + "hubspot") == 0
     assert redis_conn.hlen(ATTEMPTS + "hubspot") == 0
     waiting = {k.decode() for k in items(redis_conn.zrange(PENDING + "hubspot", 0, -1))}

@@ -82,7 +82,7 @@ def test_the_key_strings_are_those_deployments_hold() -> None:
         "ATTEMPTS": "sw:attempts:",
         "DEAD": "sw:dead:",
         "PAUSE": "sw:pause:",
-        "FLUSH": "sw:takers:",
+        "TAKERS": "sw:takers:",
         "TAKEN": "sw:taken:",
         "DSTATS": "sw:dstats:",
         "BREAKER": "sw:breaker:",

@@ -44,7 +44,7 @@ def test_an_endpoint_limit_holds_that_endpoint_only(
         batch_size=1,
         base_url=emulator.url,
     )
-    destination, _ = runtime.build(redis_conn, Settings(rate_wait_cap_s=2.0))
+    destination, _ = runtime.instantiate(redis_conn, Settings(rate_wait_cap_s=2.0))
     destination.http.post("/slow/lookup")
     with pytest.raises(Throttled) as caught:  # the next slot is a minute away: pause, not fail
         destination.http.post("/slow/lookup")

@@ -20,7 +20,7 @@ from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.devkit.emulators.webhook_receiver import WebhookReceiver, new_secret
 from syncworker.events import HygieneEvent, Kind
 from syncworker.queue.enqueue import Enqueuer
-from syncworker.store.keys import FLUSH, INFLIGHT, INGEST, PENDING, taken_key
+from syncworker.store.keys import INFLIGHT, INGEST, PENDING, TAKERS, taken_key
 from tests.faults.test_recovery import horses
 from tests.processes import Process, clean_env, start_worker, wait_until
 from tests.replies import items, optional
@@ -187,7 +187,7 @@ def test_a_killed_takers_slot_and_batch_are_taken_over_while_the_other_goes_on(
 def held_taker(conn: redis.Redis, hubspot: HubSpotEmulator) -> str:
     """The worker running the taker whose batch is in flight and unanswered."""
     answered = set(sent(hubspot))
-    for raw in items(conn.hkeys(FLUSH + "hubspot")):
+    for raw in items(conn.hkeys(TAKERS + "hubspot")):
         job_id = raw.decode()
         batch = {k.decode() for k in items(conn.hkeys(taken_key("hubspot", job_id)))}
         if (

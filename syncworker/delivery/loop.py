@@ -1,249 +1,52 @@
-"""Delivery to one destination: pending sets, batches, outcomes, backoff, pauses, dead letters.
+"""A deliver job: one destination's batches, from its pending set to its outcomes.
 
-Each destination has its own pending set (id -> due time), in-flight set (id -> lease expiry),
-attempt counts, pause, deliver jobs' slots and dead-letter list, so one destination's trouble
-never delays another. A deliver job runs for at most ``job_budget`` seconds, then re-queues
-itself behind the other destinations' jobs. ``tick()`` (run by ``syncworker worker`` every
-second) schedules a job for every destination whose work has come due: after a backoff, a pause,
-or a crashed job's lease.
+A job takes a batch under a lease (the ids move from the pending set to the in-flight set and its
+taker's batch), reads the changes from the ledger, asks the breaker and the shared rate limiter,
+calls the mapping, and records each contact's outcome: synced, retried with backoff, paused (429,
+401/403, breaker) or dead-lettered. Each destination has its own pending set, in-flight set,
+attempt counts, pause, takers and dead letters, so one destination's trouble never delays
+another. A job runs for at most ``job_budget`` seconds, then re-queues itself behind the other
+destinations' jobs; when they run is syncworker/delivery/schedule.py's business.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import random
-import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
-import redis
 import sentry_sdk
 
 from syncworker import codec
 from syncworker.bootstrap import DestinationRuntime, Runtime
-from syncworker.config import Settings
 from syncworker.delivery.breaker import CLOSED, OPEN, PROBE, Breaker, pause_payload
+from syncworker.delivery.schedule import ensure_taker, has_due, paused_for
 from syncworker.destinations import ContactChange, Destination, Mode, Outcome, OutcomeStatus
 from syncworker.errors import BadCredentials, PermanentError, RetryableError, Throttled
-from syncworker.events import HygieneEvent, normalize_email
+from syncworker.events import HygieneEvent
 from syncworker.ledger import SyncWrite
 from syncworker.privacy import mask, mask_text
-from syncworker.queue.enqueue import queue
-from syncworker.queue.workers import heartbeat_stale_s, job_alive, job_gone
 from syncworker.store import scripts
 from syncworker.store.keys import (
     ATTEMPTS,
-    CONFIRMED,
     DEAD,
-    DELIVER,
     DSTATS,
     EVENT,
-    FLUSH,
     INFLIGHT,
     PAUSE,
     PENDING,
-    QUARANTINE,
-    QUARANTINE_BYTES,
+    TAKERS,
     taken_key,
 )
 
 log = logging.getLogger(__name__)
 
-BATCH_API_CALLS = 3  # requests one batch of a batch API may make (a lookup, a write, a retry)
-DELIVER_MARGIN_S = 30  # s: recording a batch's outcomes and re-queueing after the budget
-
 FILL_POLL_S = 0.02  # how often a deliver job waiting for a full batch looks at the pending set
-
-
-def batch_bound_s(settings: Settings, dest: DestinationRuntime | None = None) -> float:
-    """Longest a deliver job may take over one batch: every call of it waiting at two rate
-    limiters (an endpoint's and the destination's) and then for the HTTP timeout."""
-    calls = BATCH_API_CALLS
-    if dest is not None and dest.cls.sync is Destination.sync:  # the per-contact fallback
-        calls = max(calls, dest.batch_size)
-    return calls * (2 * settings.rate_wait_cap_s + settings.http_timeout_s)
-
-
-def deliver_timeout(settings: Settings, dest: DestinationRuntime | None = None) -> int:
-    """Seconds RQ lets a deliver job run: its budget, then the batch it started just before the
-    budget ran out, whose every call may wait at two rate limiters (an endpoint's and the
-    destination's) and then for the HTTP timeout; and a margin for recording the outcomes."""
-    return math.ceil(settings.job_budget_s + batch_bound_s(settings, dest) + DELIVER_MARGIN_S)
-
-
-def ensure_flush(runtime: Runtime, destination: str) -> bool:
-    """Queue a deliver job for ``destination`` unless enough are already queued or running.
-
-    Each job holds a slot among the destination's takers (``FLUSH``): the first whenever none
-    is held, another (up to the destination's ``concurrency``) only while a full batch is due
-    for each job already holding one. The slot names its job and is set in the same transaction
-    as the job is queued, so no crash leaves a slot without a job; ``tick`` frees a slot whose
-    job has died. The key's TTL is only a backstop.
-    """
-    conn, key = runtime.conn, FLUSH + destination
-    dest = runtime.destinations.get(destination)
-    limit = dest.concurrency if dest is not None else 1
-    size = dest.batch_size if dest is not None else 1
-
-    def wanted(holders: int, due: Callable[[], int]) -> bool:
-        # another taker only while each one there is has a full batch of its own to take
-        return holders == 0 or (holders < limit and due() >= (holders + 1) * size)
-
-    # first without a transaction, in one round trip: most calls (every ingest batch, every
-    # full batch a taker takes) find the slots taken and stop here
-    with conn.pipeline(transaction=False) as peek:
-        peek.hlen(key)
-        peek.zcount(PENDING + destination, "-inf", time.time())
-        seen_holders, seen_due = peek.execute()
-    if not wanted(int(seen_holders), lambda: int(seen_due)):
-        return False
-    timeout = deliver_timeout(runtime.settings, dest)
-    job_id = uuid.uuid4().hex
-    with conn.pipeline(transaction=True) as pipe:
-        try:
-            pipe.watch(key)  # type: ignore[no-untyped-call]  # redis-py's, untyped
-            holders = int(pipe.hlen(key))
-            if not wanted(
-                holders, lambda: int(pipe.zcount(PENDING + destination, "-inf", time.time()))
-            ):
-                return False
-            pipe.multi()
-            pipe.hset(key, job_id, str(time.time()))
-            pipe.pexpire(key, (2 * timeout + 60) * 1000)
-            queue(conn, DELIVER).enqueue_call(
-                "syncworker.jobs.deliver",
-                args=(destination, job_id),
-                job_id=job_id,
-                description=f"deliver {destination}",
-                result_ttl=0,
-                failure_ttl=7 * 86400,
-                timeout=timeout,
-                pipeline=pipe,
-            )
-            pipe.execute()
-        except redis.WatchError:
-            return False  # another process took a slot meanwhile
-    return True
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def request_may_be_out(runtime: Runtime, destination: str, job_id: str) -> float:
-    """Seconds for which a request of taker ``job_id`` may still be unanswered: its batch's ids
-    still in flight under its lease, taken less than ``batch_bound_s`` ago (0 if none)."""
-    conn = runtime.conn
-    taken = conn.hgetall(taken_key(destination, job_id))
-    if not taken:
-        return 0.0
-    ids = [_text(i) for i in taken]
-    scores = conn.zmscore(INFLIGHT + destination, ids)
-    leases = [float(v) for v in taken.values()]
-    leases = [
-        lease
-        for lease, score in zip(leases, scores, strict=True)
-        if score is not None and abs(score - lease) < 0.01
-    ]
-    if not leases:
-        return 0.0
-    taken_at = min(leases) - runtime.settings.lease_s
-    bound = batch_bound_s(runtime.settings, runtime.destinations.get(destination))
-    return max(0.0, taken_at + bound - time.time())
-
-
-def busy(runtime: Runtime, job_id: str) -> bool:
-    """Whether deliver job ``job_id`` may still be waiting for a request's answer."""
-    return any(request_may_be_out(runtime, name, job_id) > 0 for name in runtime.destinations)
-
-
-def release_dead_flush(runtime: Runtime, destination: str) -> bool:
-    """Free the slot of each taker of ``destination`` whose job is no longer queued or running
-    on a live worker (a killed work-horse or worker, a slot from an older release), and make the
-    batch it had in flight due now rather than when its lease ends.
-
-    A worker whose process is known to be gone, or whose job has ended, is dead at once. One
-    that only looks dead because its heartbeat is late (a starved or stopped process, a worker on
-    another host) may still be waiting for the answer to its request: its slot and batch are
-    kept until that request must have ended (``batch_bound_s`` after the batch was taken), so
-    that a destination never gets a second request alongside one still unanswered.
-    """
-    conn, key = runtime.conn, FLUSH + destination
-    freed = False
-    for raw in conn.hkeys(key):
-        job_id = _text(raw)
-        if job_alive(conn, job_id, heartbeat_stale_s(runtime.settings)):
-            continue
-        if not job_gone(conn, job_id):  # silent, not known to be gone
-            left = request_may_be_out(runtime, destination, job_id)
-            if left > 0:
-                log.warning(
-                    "deliver job silent, its request may still be out: slot kept "
-                    "dest=%s job=%s for_s=%.0f",
-                    destination,
-                    job_id,
-                    left,
-                )
-                continue
-        reclaimed = int(
-            scripts.Reclaim(conn)(
-                key, INFLIGHT + destination, taken_key(destination, job_id), job_id
-            )
-        )
-        if reclaimed < 0:
-            continue
-        freed = True
-        log.warning(
-            "slot of a dead deliver job released dest=%s job=%s in_flight_reclaimed=%d",
-            destination,
-            job_id,
-            reclaimed,
-        )
-    return freed
-
-
-def flush(runtime: Runtime, destinations: Iterable[str]) -> None:
-    """Queue a deliver job for each destination that has new work (unless one is queued)."""
-    for name in sorted(destinations):
-        ensure_flush(runtime, name)
-
-
-def paused_for(conn: redis.Redis, destination: str) -> float:
-    """Seconds the destination stays paused (0 when it is not)."""
-    ms = conn.pttl(PAUSE + destination)
-    return max(0.0, int(ms) / 1000) if isinstance(ms, int) and ms > 0 else 0.0
-
-
-def has_due(conn: redis.Redis, destination: str, now: float | None = None) -> bool:
-    now = time.time() if now is None else now
-    with conn.pipeline(transaction=False) as pipe:
-        pipe.zrangebyscore(PENDING + destination, "-inf", now, start=0, num=1)
-        pipe.zrangebyscore(INFLIGHT + destination, "-inf", now, start=0, num=1)
-        due, expired = pipe.execute()
-    return bool(due or expired)
-
-
-def tick(runtime: Runtime) -> list[str]:
-    """Queue a deliver job for each destination with due work, freeing the slots of takers that
-    died first; return the destinations scheduled."""
-    scheduled = []
-    conn = runtime.conn
-    for name in runtime.destinations:
-        if paused_for(conn, name):
-            continue
-        due = has_due(conn, name)
-        if due or conn.zcard(INFLIGHT + name):
-            # a batch leased by a dead job is due now, even with nothing else to do
-            due = release_dead_flush(runtime, name) or due
-        if due and ensure_flush(runtime, name):
-            scheduled.append(name)
-    return scheduled
 
 
 @dataclass
@@ -280,7 +83,7 @@ class Delivery:
         report = Report()
         if token is not None:
             self.token = token
-        instance, limiter = self.dest.build(self.conn, self.s)
+        instance, limiter = self.dest.instantiate(self.conn, self.s)
         started = time.monotonic()
         try:
             while time.monotonic() - started < self.s.job_budget_s:
@@ -305,7 +108,7 @@ class Delivery:
                 if gate == PROBE:
                     self.count("probes")
                 elif len(ids) == self.dest.batch_size and self.dest.concurrency > 1:
-                    ensure_flush(self.rt, self.name)  # a backlog: another taker, if allowed
+                    ensure_taker(self.rt, self.name)  # a backlog: another taker, if allowed
                 report.batches += 1
                 going = self.process(instance, ids, report)
                 if gate == PROBE:
@@ -315,9 +118,9 @@ class Delivery:
             else:
                 report.stopped = "budget"
         finally:
-            self._release(FLUSH + self.name, taken_key(self.name, self.token), self.token)
+            self._release(TAKERS + self.name, taken_key(self.name, self.token), self.token)
             if paused_for(self.conn, self.name) == 0 and has_due(self.conn, self.name):
-                ensure_flush(self.rt, self.name)
+                ensure_taker(self.rt, self.name)
         log.info(
             "deliver dest=%s batches=%d outcomes=%s stopped=%s rate_wait_s=%.2f",
             self.name,
@@ -377,7 +180,7 @@ class Delivery:
         whose call got no answer go back to pending without spending an attempt, and the batch
         stops there (what is left of it goes back too).
         """
-        changes, gone = self.build(ids)
+        changes, gone = self.read_changes(ids)
         if gone:
             self.conn.zrem(INFLIGHT + self.name, *gone)
             report.outcomes["expired"] += len(gone)
@@ -527,7 +330,7 @@ class Delivery:
             pipe.execute()
         report.outcomes["dry_run"] += len(changes)
 
-    def build(self, ids: list[str]) -> tuple[list[ContactChange], list[str]]:
+    def read_changes(self, ids: list[str]) -> tuple[list[ContactChange], list[str]]:
         """ContactChanges for ids taken from the pending set, with the ledger's state *now*."""
         ledger = self.rt.ledger
         self._read = {}
@@ -694,113 +497,3 @@ class Delivery:
 
 def _unanswered(outcome: Outcome) -> bool:
     return outcome.status is OutcomeStatus.RETRY and outcome.counts
-
-
-def replay_dead(runtime: Runtime, destination: str) -> int:
-    """Move every dead letter of ``destination`` back to pending; return how many."""
-    conn, name = runtime.conn, destination
-    with conn.pipeline(transaction=True) as pipe:
-        pipe.lrange(DEAD + name, 0, -1)
-        pipe.delete(DEAD + name)
-        entries, _ = pipe.execute()
-    if not entries:
-        return 0
-    now = time.time()
-    with conn.pipeline(transaction=True) as pipe:
-        for raw in entries:
-            entry = orjson.loads(raw)
-            if "event" in entry:
-                pipe.set(
-                    EVENT + entry["id"],
-                    orjson.dumps(entry["event"]),
-                    ex=runtime.settings.dedupe_ttl_s,
-                )
-            pipe.zadd(PENDING + name, {entry["id"]: now})
-            pipe.hdel(ATTEMPTS + name, entry["id"])
-        pipe.execute()
-    ensure_flush(runtime, name)
-    return len(entries)
-
-
-def forget(runtime: Runtime, email: str) -> bool:
-    """Erase an address from the ledger and from all delivery state: pending and in-flight
-    entries, attempts, confirmations, dead letters, queued stream events, quarantined payloads.
-    A suppressed address keeps only a hashed suppression (see ``Ledger.forget``)."""
-    conn, email = runtime.conn, normalize_email(email)
-    for name, dest in runtime.destinations.items():
-        ids = [email]
-        if dest.mode is Mode.EVENTS:
-            queued = [
-                k.decode() if isinstance(k, bytes) else str(k)
-                for zset in (PENDING + name, INFLIGHT + name)
-                for k in conn.zrange(zset, 0, -1)
-            ]
-            with conn.pipeline(transaction=False) as pipe:
-                for key in queued:
-                    pipe.get(EVENT + key)
-                raws = pipe.execute()
-            ids = [k for k, raw in zip(queued, raws, strict=True) if raw and mentions(raw, email)]
-        with conn.pipeline(transaction=True) as pipe:
-            if ids:
-                pipe.zrem(PENDING + name, *ids)
-                pipe.zrem(INFLIGHT + name, *ids)
-                pipe.hdel(ATTEMPTS + name, *ids)
-                if dest.mode is Mode.EVENTS:
-                    pipe.delete(*(EVENT + k for k in ids))
-            pipe.hdel(CONFIRMED + name, email)
-            pipe.execute()
-        _drop_from_list(conn, DEAD + name, email)
-    _drop_from_list(conn, QUARANTINE, email)
-    return runtime.ledger.forget(email)
-
-
-def mentions(raw: bytes | str, email: str) -> bool:
-    """Whether a stored JSON entry names exactly ``email`` (normalized) in any string or key.
-
-    Exact: ``joann@example.com`` and ``ann@example.com.au`` do not name ``ann@example.com``. JSON
-    is read first so escaped text (``\\u00e9``, an escaped body) is compared as it reads.
-    """
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    if email not in text.lower() and "\\" not in text:
-        return False  # the common case, without parsing
-    pattern = _exact(email)
-    try:
-        doc = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return bool(pattern.search(text.lower()))
-    return any(pattern.search(value.lower()) for value in _strings(doc))
-
-
-def _exact(email: str) -> re.Pattern[str]:
-    # not preceded by a character of a local part, not followed by one of a domain
-    return re.compile(rf"(?<![\w.!#$%&'*+/=?^`{{|}}~-]){re.escape(email)}(?![\w-]|\.[\w-])")
-
-
-def _strings(value: Any) -> Iterator[str]:
-    """Every string in a JSON document, keys included, depth-first without recursion."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            yield item
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-
-
-def _drop_from_list(conn: redis.Redis, key: str, email: str) -> int:
-    """Remove every entry of a JSON list that names the address exactly; entries pushed
-    meanwhile are kept (each is removed by its value)."""
-    matched = {raw for raw in conn.lrange(key, 0, -1) if mentions(raw, email)}
-    if matched:
-        remove = scripts.QuarantineRemove(conn)  # keeps the quarantine's byte total
-        with conn.pipeline(transaction=True) as pipe:
-            for raw in matched:
-                if key == QUARANTINE:
-                    remove(key, QUARANTINE_BYTES, raw, 0, client=pipe)
-                else:
-                    pipe.lrem(key, 0, raw)  # type: ignore[arg-type]  # bytes work
-            pipe.execute()
-    return len(matched)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import orjson
 
 from syncworker.bootstrap import Runtime
-from syncworker.delivery.loop import ensure_flush
+from syncworker.delivery.schedule import ensure_taker
 from syncworker.destinations import Mode
 from syncworker.events import MANUAL, Kind
 from syncworker.store.keys import EVENT, PENDING, RECONCILE
@@ -103,7 +103,7 @@ def run(
         if cursor == 0:
             break
     conn.delete(cursor_key)
-    ensure_flush(rt, destination)
+    ensure_taker(rt, destination)
     return progress
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from syncworker import bootstrap as runtime
 from syncworker import codec
 from syncworker.delivery import loop as delivery
+from syncworker.delivery import schedule
 from syncworker.events import HygieneEvent
 from syncworker.queue import inbox
 from syncworker.queue.enqueue import QuarantineLimits, ensure_drain, store_quarantine
@@ -188,7 +189,7 @@ def apply_payloads(rt: runtime.Runtime, payloads: list[dict[str, Any]]) -> Count
         if refused:
             pipe.hincrby(STATS, "ingest:refused", refused)
         pipe.execute()
-    delivery.flush(rt, result.marked)
+    schedule.wake(rt, result.marked)
     quarantined = sum(len(kept) for kept in items.values())
     log.info(
         "ingested requests=%d events=%d effects=%s quarantined=%d refused=%d",

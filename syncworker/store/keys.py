@@ -172,7 +172,7 @@ PAUSE: Final = "sw:pause:"
 """String ``sw:pause:<destination>``: why and until when the destination is paused (JSON). Owner:
 syncworker/delivery/loop.py and syncworker/delivery/breaker.py. TTL: the pause."""
 
-FLUSH: Final = "sw:takers:"
+TAKERS: Final = "sw:takers:"
 """Hash ``sw:takers:<destination>``: deliver job id -> when it was queued; one field per taker (a
 slot among the destination's concurrency). Owner: syncworker/delivery/loop.py. No TTL: a dead
 taker's field is freed by the supervisor's tick."""

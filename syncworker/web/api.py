@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from werkzeug.exceptions import BadRequest, NotFound, Unauthorized
 
 from syncworker.bootstrap import app_state
-from syncworker.delivery import loop as delivery
+from syncworker.delivery import schedule
 from syncworker.events import address_problem, normalize_email
 from syncworker.store.stats import overview
 from syncworker.web.metrics import RedisStatsCollector
@@ -54,7 +54,7 @@ def _manual(email: str, suppress: bool) -> Response:
     reason = body.get("reason", "") or ("api suppress" if suppress else "api unsuppress")
     change = ledger.suppress if suppress else ledger.unsuppress
     result = change(normalize_email(email), reason, source="api")
-    delivery.flush(state.runtime, result.marked)
+    schedule.wake(state.runtime, result.marked)
     view = ledger.view(email)
     if view is None:  # erased meanwhile
         raise NotFound("the ledger has no record of this address")

@@ -28,11 +28,11 @@ import pytest
 import redis
 import requests
 
-from syncworker.delivery.loop import BATCH_API_CALLS
+from syncworker.delivery.schedule import BATCH_API_CALLS
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.devkit.supervisor import descendants
 from syncworker.queue.workers import WORKER_DEAD_AFTER_S
-from syncworker.store.keys import FLUSH, INFLIGHT
+from syncworker.store.keys import INFLIGHT, TAKERS
 from tests import replies
 from tests.intake.signing import sendgrid_keypair, sign_sendgrid
 from tests.processes import Process, clean_env, start_gunicorn, wait_until
@@ -215,7 +215,7 @@ def test_hosts_share_the_work_hold_the_rate_and_take_over_a_dead_host(
         hubspot.slow_next(1, 3600)
         wait_until(lambda: hubspot.slow_pending == 0, 30, "a batch held in flight", 0.02)
         # the deliver job holding HubSpot's one slot (a slot each; one here: no spare processes)
-        (holder,) = replies.items(redis_conn.hkeys(FLUSH + "hubspot"))
+        (holder,) = replies.items(redis_conn.hkeys(TAKERS + "hubspot"))
         dead_worker = replies.optional(redis_conn.hget(f"rq:job:{holder.decode()}", "worker_name"))
         assert dead_worker is not None
         dead_key = f"rq:worker:{dead_worker.decode()}"
@@ -231,7 +231,7 @@ def test_hosts_share_the_work_hold_the_rate_and_take_over_a_dead_host(
 
         # its flush lock and batch in flight are back in the other hosts' hands within seconds
         wait_until(
-            lambda: holder not in redis_conn.hkeys(FLUSH + "hubspot"),
+            lambda: holder not in redis_conn.hkeys(TAKERS + "hubspot"),
             TAKEOVER_S,
             "the takeover",
             0.1,

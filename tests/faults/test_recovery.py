@@ -22,13 +22,13 @@ from rq.serializers import JSONSerializer
 from syncworker import codec
 from syncworker.bootstrap import Runtime
 from syncworker.config import Settings
-from syncworker.delivery import loop as delivery
+from syncworker.delivery import schedule
 from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.devkit.supervisor import descendants
 from syncworker.events import HygieneEvent, Kind
 from syncworker.queue.enqueue import Enqueuer
 from syncworker.queue.workers import WORKER_DEAD_AFTER_S, QuickStopWorker, rescue_abandoned
-from syncworker.store.keys import DELIVER, FLUSH, INFLIGHT, INGEST, PENDING, QUEUES, taken_key
+from syncworker.store.keys import DELIVER, INFLIGHT, INGEST, PENDING, QUEUES, TAKERS, taken_key
 from tests import ledger_reads
 from tests.conftest import SettingsFactory
 from tests.faults.test_crashes import EMAILS, events, worker_env
@@ -83,7 +83,7 @@ def held_horse(conn: redis.Redis, hubspot: HubSpotEmulator) -> int:
 
     def one_left() -> bool:
         held = []
-        for raw in items(conn.hkeys(FLUSH + "hubspot")):
+        for raw in items(conn.hkeys(TAKERS + "hubspot")):
             batch = [k.decode() for k in items(conn.hkeys(taken_key("hubspot", raw.decode())))]
             out = [i for i in batch if conn.zscore(INFLIGHT + "hubspot", i) is not None]
             if out and not set(out) & hubspot.opted_out:
@@ -262,20 +262,20 @@ def test_tick_frees_a_flush_lock_whose_job_does_not_exist(
 ) -> None:
     """As a process killed between taking the lock and queueing its job would leave it."""
     rt.ledger.apply([HygieneEvent("k1", "t", "t", EMAILS[0], Kind.UNSUBSCRIBE, 1000.0)])
-    redis_conn.delete(f"rq:queue:{DELIVER}", FLUSH + "hubspot")
-    redis_conn.hset(FLUSH + "hubspot", "no-such-job", "0")
+    redis_conn.delete(f"rq:queue:{DELIVER}", TAKERS + "hubspot")
+    redis_conn.hset(TAKERS + "hubspot", "no-such-job", "0")
     assert redis_conn.zcard(PENDING + "hubspot") == 1
-    assert delivery.tick(rt) == ["hubspot"]
-    holders = [h.decode() for h in items(redis_conn.hkeys(FLUSH + "hubspot"))]
+    assert schedule.tick(rt) == ["hubspot"]
+    holders = [h.decode() for h in items(redis_conn.hkeys(TAKERS + "hubspot"))]
     assert len(holders) == 1 and holders[0] in Queue(DELIVER, connection=redis_conn).job_ids
 
 
 def test_flush_lock_and_job_are_written_together_and_name_each_other(
     rt: Runtime, redis_conn: redis.Redis
 ) -> None:
-    assert delivery.ensure_flush(rt, "hubspot")
-    assert not delivery.ensure_flush(rt, "hubspot")  # no backlog for a second taker
-    (holder,) = items(redis_conn.hkeys(FLUSH + "hubspot"))
+    assert schedule.ensure_taker(rt, "hubspot")
+    assert not schedule.ensure_taker(rt, "hubspot")  # no backlog for a second taker
+    (holder,) = items(redis_conn.hkeys(TAKERS + "hubspot"))
     job = Job.fetch(holder.decode(), redis_conn, serializer=JSONSerializer)
     assert job.args == ["hubspot", holder.decode()]
 
@@ -285,12 +285,12 @@ def test_deliver_job_timeout_covers_its_budget_rate_waits_and_http_timeout(
 ) -> None:
     """A short lease does not shorten it: RQ would kill the job mid-batch."""
     s = rt.settings
-    assert delivery.ensure_flush(rt, "hubspot")
-    (holder,) = items(redis_conn.hkeys(FLUSH + "hubspot"))
+    assert schedule.ensure_taker(rt, "hubspot")
+    (holder,) = items(redis_conn.hkeys(TAKERS + "hubspot"))
     job = Job.fetch(holder.decode(), redis_conn, serializer=JSONSerializer)
     assert job.timeout is not None
     assert job.timeout >= s.job_budget_s + 2 * s.rate_wait_cap_s + s.http_timeout_s
-    assert redis_conn.pttl(FLUSH + "hubspot") > job.timeout * 1000
+    assert redis_conn.pttl(TAKERS + "hubspot") > job.timeout * 1000
 
 
 def test_a_job_whose_horse_is_starting_is_not_taken_for_a_dead_workers(
@@ -303,7 +303,7 @@ def test_a_job_whose_horse_is_starting_is_not_taken_for_a_dead_workers(
     so two jobs sent to the destination at once. Here the worker is stopped in that gap: the job
     is left alone, its slot kept, and the horse then runs it."""
     rt.ledger.apply([HygieneEvent("k1", "t", "t", EMAILS[0], Kind.UNSUBSCRIBE, 1000.0)])
-    assert delivery.ensure_flush(rt, "hubspot")
+    assert schedule.ensure_taker(rt, "hubspot")
     worker = QuickStopWorker([DELIVER], connection=redis_conn, serializer=JSONSerializer)
     worker.register_birth()  # type: ignore[no-untyped-call]  # RQ's, untyped
     taken = worker.dequeue_job_and_maintain_ttl(timeout=1)
@@ -311,10 +311,10 @@ def test_a_job_whose_horse_is_starting_is_not_taken_for_a_dead_workers(
     job, queue = taken
     worker.prepare_execution(job)  # what the worker does just before it forks the horse
     assert rescue_abandoned(redis_conn, QUEUES, WORKER_DEAD_AFTER_S) == []
-    assert delivery.tick(rt) == []
-    assert redis_conn.hkeys(FLUSH + "hubspot") == [job.id.encode()]
+    assert schedule.tick(rt) == []
+    assert redis_conn.hkeys(TAKERS + "hubspot") == [job.id.encode()]
     assert Queue(DELIVER, connection=redis_conn).count == 0  # no second deliver job
     worker.perform_job(job, queue)  # what the horse does
     assert hubspot.opted_out == {EMAILS[0]}
-    assert redis_conn.hlen(FLUSH + "hubspot") == 0
+    assert redis_conn.hlen(TAKERS + "hubspot") == 0
     worker.register_death()  # type: ignore[no-untyped-call]  # RQ's, untyped

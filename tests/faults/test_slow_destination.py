@@ -22,7 +22,7 @@ from syncworker.devkit.emulators.webhook_receiver import WebhookReceiver, new_se
 from syncworker.events import HygieneEvent, Kind
 from syncworker.queue.enqueue import Enqueuer
 from syncworker.queue.workers import WORKER_DEAD_AFTER_S
-from syncworker.store.keys import FLUSH, INFLIGHT, PENDING
+from syncworker.store.keys import INFLIGHT, PENDING, TAKERS
 from tests.processes import clean_env, start_worker, wait_until
 from tests.replies import items, optional
 
@@ -140,7 +140,7 @@ def test_a_silent_taker_with_a_request_out_keeps_its_slot(
     stopped = 0
     try:
         wait_until(lambda: receiver.slow_pending == 0, 30, "the webhook's request to be held")
-        (holder,) = items(redis_conn.hkeys(FLUSH + "webhook"))
+        (holder,) = items(redis_conn.hkeys(TAKERS + "webhook"))
         name = optional(redis_conn.hget(b"rq:job:" + holder, "worker_name"))
         assert name is not None
         stopped = int(redis_conn.hget(b"rq:worker:" + name, "pid") or 0)
@@ -161,7 +161,7 @@ def test_a_silent_taker_with_a_request_out_keeps_its_slot(
             "the supervisor to judge the silent webhook taker",
         )
         assert receiver.requests == [], worker.output()  # no second request went out
-        assert redis_conn.hexists(FLUSH + "webhook", holder)
+        assert redis_conn.hexists(TAKERS + "webhook", holder)
         assert redis_conn.zcard(INFLIGHT + "webhook") == 100  # the held batch, still leased
     finally:
         if stopped:

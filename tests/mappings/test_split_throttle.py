@@ -16,7 +16,7 @@ import requests
 from mappings.salesforce import OPT_OUT
 from syncworker.bootstrap import Runtime
 from syncworker.config import Settings
-from syncworker.delivery import loop as delivery
+from syncworker.delivery import schedule
 from syncworker.delivery.loop import Delivery
 from syncworker.destinations import (
     ContactChange,
@@ -101,7 +101,7 @@ def throttle_then_resume(
     before = time.time()
     report = Delivery(rt, dest).run()
     assert report.stopped == "throttled"
-    assert 20 < delivery.paused_for(conn, dest) <= 30  # Retry-After, less the time since
+    assert 20 < schedule.paused_for(conn, dest) <= 30  # Retry-After, less the time since
     first = delivered_keys()
     assert first and first < set(keys)  # some parts went through, some did not
     due = pending(conn, dest)
@@ -172,19 +172,19 @@ def test_webhook_through_the_worker_delivers_each_event_once_after_a_429(
     )
     keys = hard_bounces(rt)
     receiver.fail_next(1, 429, after=1, headers={"Retry-After": "30"})
-    delivery.flush(rt, ["webhook"])
+    schedule.wake(rt, ["webhook"])
     run_worker()
     first = {e["key"] for e in webhook_events(receiver)}
     assert first and first < set(keys)
     due = pending(redis_conn, "webhook")
     assert set(due) == set(keys) - first
     assert redis_conn.hlen(ATTEMPTS + "webhook") == 0
-    assert 20 < delivery.paused_for(redis_conn, "webhook") <= 30  # Retry-After, less the time since
-    assert delivery.tick(rt) == []
+    assert 20 < schedule.paused_for(redis_conn, "webhook") <= 30  # Retry-After, less the time since
+    assert schedule.tick(rt) == []
     # Retry-After has passed
     redis_conn.delete(PAUSE + "webhook")
     redis_conn.zadd(PENDING + "webhook", dict.fromkeys(due, time.time()))
-    assert delivery.tick(rt) == ["webhook"]
+    assert schedule.tick(rt) == ["webhook"]
     run_worker()
     assert Counter(e["key"] for e in webhook_events(receiver)) == Counter(keys)
     assert receiver.duplicates == 0
@@ -398,7 +398,7 @@ def test_salesforce_addresses_saved_before_the_request_limit_are_not_written_aga
         report = Delivery(rt, "salesforce").run()
         assert report.stopped == "throttled"
         assert (
-            20 < delivery.paused_for(redis_conn, "salesforce") <= 30
+            20 < schedule.paused_for(redis_conn, "salesforce") <= 30
         )  # Retry-After, less the time since
         first = saved()
         assert 0 < len(first) < len(emails)
