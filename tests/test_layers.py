@@ -7,6 +7,7 @@ type-checking ones included), so a lazy import inside a function counts like any
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -179,3 +180,23 @@ def test_each_layer_names_existing_modules(layer: int) -> None:
     known = set(modules())
     for prefix in LAYERS[layer]:
         assert any(m == prefix or m.startswith(prefix + ".") for m in known), prefix
+
+
+def test_docs_architecture_lists_the_same_layers() -> None:
+    """docs/architecture.md's numbered list names each layer's modules on its own line."""
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    section = doc.split("## Imports, in layers", 1)[1].split("\n## ", 1)[0]
+    lines: dict[int, str] = {}
+    current = 0
+    for line in section.splitlines():
+        match = re.match(r"^(\d+)\. ", line)
+        if match:
+            current = int(match.group(1))
+            lines[current] = line
+        elif current and line.startswith("   "):
+            lines[current] += line
+    assert sorted(lines) == list(range(1, len(LAYERS) + 1))
+    for index, layer in enumerate(LAYERS, start=1):
+        for name in layer:
+            short = name.removeprefix("syncworker.") if name != "syncworker" else name
+            assert f"`{short}`" in lines[index], f"{short} is not on line {index}"
