@@ -40,40 +40,39 @@ class NotConfigured(ConfigError):
 
 
 class IntakeError(SyncWorkerError):
+    """A request the intake refuses: answered with ``status`` and ``{"error", "detail"}``."""
+
     status = 400
     error = "bad_request"
+
+    def __init_subclass__(cls, *, status: int, error: str, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.status, cls.error = status, error
 
     def __init__(self, detail: Any = None) -> None:
         self.detail = detail
         super().__init__(f"{self.error}: {detail}")
 
 
-class UnknownSource(IntakeError):
-    status = 404
-    error = "unknown_source"
+class UnknownSource(IntakeError, status=404, error="unknown_source"):
+    """No source of that name is configured."""
 
 
-class SignatureInvalid(IntakeError):
-    status = 401
-    error = "signature_invalid"
+class SignatureInvalid(IntakeError, status=401, error="signature_invalid"):
+    """The request's signature or credentials do not verify (or were used already)."""
 
 
-class PayloadTooLarge(IntakeError):
-    status = 413
-    error = "payload_too_large"
+class PayloadTooLarge(IntakeError, status=413, error="payload_too_large"):
+    """The body is larger than ``SYNCWORKER_MAX_BODY_BYTES``."""
 
 
-class PayloadInvalid(IntakeError):
-    status = 400
-    error = "payload_invalid"
+class PayloadInvalid(IntakeError, status=400, error="payload_invalid"):
+    """A verified body that cannot be read; ``detail`` says what is wrong."""
 
 
-class Unavailable(IntakeError):
+class Unavailable(IntakeError, status=503, error="unavailable"):
     """A host a verified request depends on (an SNS certificate, a SubscribeURL) did not answer:
     503 with Retry-After, so the ESP delivers again, as when Redis is down."""
-
-    status = 503
-    error = "unavailable"
 
 
 class DestinationError(SyncWorkerError):

@@ -141,6 +141,19 @@ class _Read:
     marked: list[bool]
 
 
+class _Batch:
+    """A batch being applied: its events with their ledger kinds, each address's events (their
+    indexes, in order), the hash of each address, and the prefix its effects are counted under."""
+
+    def __init__(self, items: list[tuple[HygieneEvent, str]], counters: str) -> None:
+        self.items = items
+        self.counters = counters
+        self.by_address: dict[str, list[int]] = {}
+        for i, (event, _kind) in enumerate(items):
+            self.by_address.setdefault(event.email, []).append(i)
+        self.hashes = {email: address_hash(email) for email in self.by_address}
+
+
 @dataclass
 class _Plan:
     """What applying an address's events changes, to be written if its record is still
@@ -254,10 +267,8 @@ class Ledger:
         result = ApplyResult()
         if not items:
             return result
-        by_address: dict[str, list[int]] = {}
-        for i, (event, _kind) in enumerate(items):
-            by_address.setdefault(event.email, []).append(i)
-        hashes = {email: address_hash(email) for email in by_address}
+        batch = _Batch(items, counters)
+        by_address = batch.by_address
         # slices of about SLICE_EVENTS events (an address's events all in one): bounded round
         # trips, and a long batch applied (and counted) as it goes
         slices: list[list[str]] = [[]]
@@ -269,7 +280,7 @@ class Ledger:
             slices[-1].append(email)
             size += len(indexes)
         for emails in slices:
-            left = self._apply_slice(emails, items, by_address, hashes, counters, result)
+            left = self._apply_slice(emails, batch, result)
             for email in left:
                 for i in by_address[email]:
                     result.failed.append((i, "the record kept changing while it was applied"))
@@ -279,15 +290,7 @@ class Ledger:
             del result.effects["failed"]
         return result
 
-    def _apply_slice(
-        self,
-        todo: list[str],
-        items: list[tuple[HygieneEvent, str]],
-        by_address: dict[str, list[int]],
-        hashes: dict[str, str],
-        counters: str,
-        result: ApplyResult,
-    ) -> list[str]:
+    def _apply_slice(self, todo: list[str], batch: _Batch, result: ApplyResult) -> list[str]:
         """Read, apply and compare-and-set the records of ``todo``, again for those changed
         meanwhile; the addresses still changing after CAS_TRIES."""
         s = self.settings
@@ -306,35 +309,32 @@ class Ledger:
             )
             # the first read is cheap (MGET cannot tell a missing record from one in the old
             # layout, which the write then finds); any read again is one GET per record
-            reads = self._read_for_apply(todo, items, by_address, hashes, careful=attempt > 0)
+            reads = self._read_for_apply(todo, batch, careful=attempt > 0)
             plans: list[_Plan] = []
             for email in todo:
                 read = reads[email]
                 if isinstance(read, str):
-                    plans.append(_Plan(email, by_address[email], failed=read))
+                    plans.append(_Plan(email, batch.by_address[email], failed=read))
                 else:
-                    plans.append(self._plan(email, by_address[email], items, read, policy))
-            todo = self._write_plans(plans, policy.now, counters, hashes, result)
+                    plans.append(
+                        self._plan(email, batch.by_address[email], batch.items, read, policy)
+                    )
+            todo = self._write_plans(plans, policy.now, batch.counters, batch.hashes, result)
         return todo
 
     def _read_for_apply(
-        self,
-        emails: list[str],
-        items: list[tuple[HygieneEvent, str]],
-        by_address: dict[str, list[int]],
-        hashes: dict[str, str],
-        careful: bool = True,
+        self, emails: list[str], batch: _Batch, careful: bool = True
     ) -> dict[str, _Read | str]:
         """Each address's record as stored, what sw:forgotten holds for it, and which of its
         events the old layout marked as seen; or why its record cannot be read. ``careful``:
         a record in the old layout is converted and read (one GET per record); otherwise the
         records are one MGET, which reads one in the old layout as none (the write then finds
         it changed, and the next read is careful)."""
-        markers = [DEDUPE + items[i][0].key for e in emails for i in by_address[e]]
+        markers = [DEDUPE + batch.items[i][0].key for e in emails for i in batch.by_address[e]]
         with self.conn.pipeline(transaction=False) as pipe:
             if not careful:
                 pipe.mget([CONTACT + e for e in emails])
-            pipe.mget([FORGOTTEN + hashes[e] for e in emails])
+            pipe.mget([FORGOTTEN + batch.hashes[e] for e in emails])
             pipe.exists(*markers)  # the old layout's dedupe markers: almost always none
             replies = pipe.execute()
         raws: list[Any] = replies[0] if not careful else self._raw_records(emails)
@@ -348,7 +348,7 @@ class Ledger:
         out: dict[str, _Read | str] = {}
         n = 0
         for email, raw, kept_raw in zip(emails, raws, kept, strict=True):
-            count = len(by_address[email])
+            count = len(batch.by_address[email])
             if isinstance(raw, Exception):
                 out[email] = str(raw)[:300]
             else:

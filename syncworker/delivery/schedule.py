@@ -21,14 +21,7 @@ from syncworker.destinations import Destination
 from syncworker.queue.enqueue import queue
 from syncworker.queue.workers import heartbeat_stale_s, job_alive, job_gone
 from syncworker.store import scripts
-from syncworker.store.keys import (
-    DELIVER,
-    INFLIGHT,
-    PAUSE,
-    PENDING,
-    TAKERS,
-    taken_key,
-)
+from syncworker.store.keys import DELIVER, INFLIGHT, PAUSE, PENDING, TAKERS, taken_key
 
 log = logging.getLogger(__name__)
 

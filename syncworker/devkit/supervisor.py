@@ -22,10 +22,19 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, TypedDict, Unpack
 
 #: seconds a child gets between SIGTERM and SIGKILL unless told otherwise
 STOP_GRACE_S = 20.0
+
+
+class Where(TypedDict, total=False):
+    """How a child runs: its environment (the parent's by default), its log file (the parent's
+    terminal by default) and its working directory."""
+
+    env: Mapping[str, str] | None
+    log: Path | None
+    cwd: Path | None
 
 
 class ChildExited(RuntimeError):
@@ -42,22 +51,15 @@ class ChildExited(RuntimeError):
 class Child:
     """A process leading a group of its own, its output in ``log`` (or the parent's terminal)."""
 
-    def __init__(
-        self,
-        name: str,
-        args: list[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        log: Path | None = None,
-        cwd: Path | None = None,
-    ) -> None:
+    def __init__(self, name: str, args: list[str], **where: Unpack[Where]) -> None:
         self.name = name
         self.args = args
+        log, env = where.get("log"), where.get("env")
         self.log_path = log
         self._log: IO[bytes] | None = log.open("wb") if log is not None else None
         self.proc = subprocess.Popen(
             args,
-            cwd=cwd,
+            cwd=where.get("cwd"),
             env=dict(env) if env is not None else None,
             stdout=self._log,
             stderr=subprocess.STDOUT if self._log is not None else None,
@@ -147,18 +149,10 @@ class Supervisor:
     ) -> None:
         self.stop()
 
-    def start(
-        self,
-        name: str,
-        args: list[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        log: Path | None = None,
-        cwd: Path | None = None,
-    ) -> Child:
+    def start(self, name: str, args: list[str], **where: Unpack[Where]) -> Child:
         if name in self.children:
             raise ValueError(f"a child named {name!r} is already supervised")
-        child = Child(name, args, env=env, log=log, cwd=cwd)
+        child = Child(name, args, **where)
         self.children[name] = child
         return child
 

@@ -10,18 +10,20 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain, compress, repeat
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import orjson
 from marshmallow import Schema, ValidationError, fields, validate
 
-from syncworker.errors import PayloadInvalid, SignatureInvalid
+from syncworker.errors import ConfigError, PayloadInvalid, SignatureInvalid
 from syncworker.events import MAX_TS as MAX_TS  # ESP modules bound their times with it
 from syncworker.events import HygieneEvent, Kind, content_key
 from syncworker.intake.fastload import loader
 
 if TYPE_CHECKING:  # avoids an import cycle with config
     from syncworker.config import SourceConfig
+
+T = TypeVar("T")
 
 # Arrays and objects nested in one another in a verified body, counting the outermost. ESPs'
 # documented payloads nest fewer than 10; past 254 orjson cannot write a quarantined item back,
@@ -170,6 +172,22 @@ class EspParser:
             if previous != current:
                 found.append(previous)
         return found
+
+    def load_keys(self, key: str, load: Callable[[str], T]) -> list[T]:
+        """``key``'s value and, while it rotates, ``key_PREVIOUS``'s, each turned into a key
+        once with ``load``: a value ``load`` refuses (ValueError) is a configuration error naming
+        the setting, raised with every other one, not a 401 on each request."""
+        keys: list[T] = []
+        problems: list[str] = []
+        for setting in (key, key + "_PREVIOUS"):
+            if value := self.source.get(setting):
+                try:
+                    keys.append(load(value))
+                except ValueError as exc:
+                    problems.append(f"SYNCWORKER_{self.source.name.upper()}_{setting}: {exc}")
+        if problems:
+            raise ConfigError(problems)
+        return keys
 
     def event_key(
         self,

@@ -155,6 +155,19 @@ def _plain_float(field: fields.Field[Any]) -> bool:
     )
 
 
+def _json_float(value: Any) -> Any:
+    """A JSON number (not a string, not a bool) as a finite float, else ``_REFUSED``: an
+    infinity or an integer past a float's range is refused as ``fields.Float`` refuses it."""
+    kind = type(value)
+    if kind is not int and kind is not float:
+        return _REFUSED
+    try:
+        number = float(value)
+    except OverflowError:
+        return _REFUSED
+    return number if math.isfinite(number) else _REFUSED
+
+
 def _float(validators: list[Callable[[Any], Any]]) -> _Check:
     """JSON numbers only (a numeric string goes to marshmallow, which also takes it): the
     number as a float, checked with the field's validators; an inclusive ``Range`` inline."""
@@ -169,29 +182,16 @@ def _float(validators: list[Callable[[Any], Any]]) -> _Check:
         low, high = bounds.min, bounds.max
 
         def in_range(value: Any, item: dict[str, Any]) -> Any:
-            kind = type(value)
-            if kind is not int and kind is not float:
+            number = _json_float(value)
+            if number is _REFUSED or not low <= number <= high:
                 return _REFUSED
-            try:
-                number = float(value)
-            except OverflowError:
-                return _REFUSED
-            # NaN fails both comparisons; an infinity is refused as Float refuses it
-            if low <= number <= high and math.isfinite(number):
-                return number
-            return _REFUSED
+            return number
 
         return in_range
 
     def check(value: Any, item: dict[str, Any]) -> Any:
-        kind = type(value)
-        if kind is not int and kind is not float:
-            return _REFUSED
-        try:
-            number = float(value)
-        except OverflowError:
-            return _REFUSED
-        if not math.isfinite(number):
+        number = _json_float(value)
+        if number is _REFUSED:
             return _REFUSED
         try:
             for validator in validators:

@@ -27,6 +27,31 @@ def _intake_labels() -> frozenset[str]:
     return frozenset({*known, *(kind.value for kind in Kind), "quarantined", OTHER_CODE})
 
 
+# the per-destination health gauges: name (after ``syncworker_``), help, labels beside
+# ``destination``; in the order :meth:`RedisStatsCollector.health` fills them
+HEALTH_GAUGES: tuple[tuple[str, str, list[str]], ...] = (
+    ("breaker_state", "1 for the breaker's current state (closed, open, half_open)", ["state"]),
+    ("breaker_since_seconds", "Unix time the breaker's state began (0: never changed)", []),
+    ("breaker_failures", "Calls in a row with no answer (5xx, timeout)", []),
+    (
+        "paused_until_seconds",
+        "Unix time a paused destination resumes, by reason (absent: not paused)",
+        ["reason"],
+    ),
+    (
+        "oldest_pending_age_seconds",
+        "How long the longest-waiting due contact has waited (0: none due)",
+        [],
+    ),
+    (
+        "last_success_seconds",
+        "Unix time of the last call the destination answered (0: none yet)",
+        [],
+    ),
+    ("last_error_seconds", "Unix time of the last call with no answer (0: none yet)", []),
+)
+
+
 class RedisStatsCollector(Collector):
     """Exposes the counters kept in Redis (shared by every web and worker process)."""
 
@@ -106,40 +131,9 @@ class RedisStatsCollector(Collector):
     def health(self, snapshot: stats.Snapshot) -> Iterator[Metric]:
         """Per destination: breaker state and since when, failures in a row, pause (reason and
         until when), the longest wait of a due contact, last answered and last failed call."""
-        state = GaugeMetricFamily(
-            "syncworker_breaker_state",
-            "1 for the breaker's current state (closed, open, half_open)",
-            labels=["destination", "state"],
-        )
-        since = GaugeMetricFamily(
-            "syncworker_breaker_since_seconds",
-            "Unix time the breaker's state began (0: never changed)",
-            labels=["destination"],
-        )
-        failures = GaugeMetricFamily(
-            "syncworker_breaker_failures",
-            "Calls in a row with no answer (5xx, timeout)",
-            labels=["destination"],
-        )
-        paused = GaugeMetricFamily(
-            "syncworker_paused_until_seconds",
-            "Unix time a paused destination resumes, by reason (absent: not paused)",
-            labels=["destination", "reason"],
-        )
-        oldest = GaugeMetricFamily(
-            "syncworker_oldest_pending_age_seconds",
-            "How long the longest-waiting due contact has waited (0: none due)",
-            labels=["destination"],
-        )
-        success = GaugeMetricFamily(
-            "syncworker_last_success_seconds",
-            "Unix time of the last call the destination answered (0: none yet)",
-            labels=["destination"],
-        )
-        error = GaugeMetricFamily(
-            "syncworker_last_error_seconds",
-            "Unix time of the last call with no answer (0: none yet)",
-            labels=["destination"],
+        state, since, failures, paused, oldest, success, error = (
+            GaugeMetricFamily(f"syncworker_{name}", text, labels=["destination", *more])
+            for name, text, more in HEALTH_GAUGES
         )
         for name in self.destinations:
             seen = stats.health(snapshot, name)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
-from syncworker.errors import ConfigError, SignatureInvalid
+from syncworker.errors import SignatureInvalid
 from syncworker.intake.contract import EspParser, InboundRequest, ParseResult, equal
 
 if TYPE_CHECKING:
@@ -83,16 +83,7 @@ class StandardWebhooksSignedParser(EspParser):
     def __init__(self, source: SourceConfig, *, clock: Callable[[], float] = time.time) -> None:
         super().__init__(source, clock=clock)
         # decoded once: a secret that is not whsec_ + base64 is a configuration error, not a 401
-        self._keys: list[bytes] = []
-        problems: list[str] = []
-        for setting in (self.settings[0], self.settings[0] + "_PREVIOUS"):
-            if value := source.get(setting):
-                try:
-                    self._keys.append(decode_secret(value))
-                except ValueError as exc:
-                    problems.append(f"SYNCWORKER_{source.name.upper()}_{setting}: {exc}")
-        if problems:
-            raise ConfigError(problems)
+        self._keys: list[bytes] = self.load_keys(self.settings[0], decode_secret)
 
     def verify(self, request: InboundRequest) -> None:
         msg_id, timestamp, header = _signed_headers(request)

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from marshmallow import EXCLUDE, Schema, fields, validate
 
-from syncworker.errors import ConfigError, PayloadInvalid, SignatureInvalid
+from syncworker.errors import PayloadInvalid, SignatureInvalid
 from syncworker.events import HygieneEvent, Kind, normalize_email
 from syncworker.intake.contract import (
     EspParser,
@@ -166,16 +166,8 @@ class PostalParser(EspParser):
     def __init__(self, source: SourceConfig, *, clock: Callable[[], float] = time.time) -> None:
         super().__init__(source, clock=clock)
         # parsed once: a key that does not load stops startup instead of failing every request
-        self._keys: list[rsa.RSAPublicKey] = []
-        problems: list[str] = []
-        for setting in ("PUBLIC_KEY", "PUBLIC_KEY_PREVIOUS"):
-            if value := source.get(setting):
-                try:
-                    self._keys += load_public_keys(value)
-                except ValueError as exc:
-                    problems.append(f"SYNCWORKER_{source.name.upper()}_{setting}: {exc}")
-        if problems:
-            raise ConfigError(problems)
+        loaded = self.load_keys("PUBLIC_KEY", load_public_keys)  # a value may hold several
+        self._keys: list[rsa.RSAPublicKey] = [key for keys in loaded for key in keys]
         allow = source.get("ALLOW_SHA1", self.optional_settings["ALLOW_SHA1"])
         self._allow_sha1 = allow.strip().lower() in _TRUE
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from marshmallow import EXCLUDE, Schema, fields
 
-from syncworker.errors import ConfigError, PayloadInvalid, SignatureInvalid
+from syncworker.errors import PayloadInvalid, SignatureInvalid
 from syncworker.events import HygieneEvent, Kind, content_key
 from syncworker.intake.contract import (
     EspParser,
@@ -120,16 +120,7 @@ class SendGridParser(EspParser):
     def __init__(self, source: SourceConfig, *, clock: Callable[[], float] = time.time) -> None:
         super().__init__(source, clock=clock)
         # parsed once: a key that does not load is a configuration error, not a 401 per request
-        self._keys: list[ec.EllipticCurvePublicKey] = []
-        problems: list[str] = []
-        for setting in ("PUBLIC_KEY", "PUBLIC_KEY_PREVIOUS"):
-            if value := source.get(setting):
-                try:
-                    self._keys.append(load_public_key(value))
-                except ValueError as exc:
-                    problems.append(f"SYNCWORKER_{source.name.upper()}_{setting}: {exc}")
-        if problems:
-            raise ConfigError(problems)
+        self._keys: list[ec.EllipticCurvePublicKey] = self.load_keys("PUBLIC_KEY", load_public_key)
 
     def verify(self, request: InboundRequest) -> None:
         signature = request.headers.get(SIGNATURE_HEADER, "")
