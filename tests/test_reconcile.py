@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+import orjson
 import pytest
 import redis
 from click.testing import CliRunner
 
+from syncworker import codec
 from syncworker.bootstrap import Runtime
 from syncworker.cli import main
 from syncworker.config import Settings
@@ -16,10 +18,10 @@ from syncworker.devkit.emulators.hubspot import HubSpotEmulator
 from syncworker.devkit.emulators.segment import SegmentEmulator
 from syncworker.events import HygieneEvent, Kind
 from syncworker.ops import reconcile as backfill
-from syncworker.store.keys import PENDING, RECONCILE
+from syncworker.store.keys import EVENT, PENDING, RECONCILE
 from tests import ledger_reads
 from tests.conftest import SettingsFactory
-from tests.replies import items
+from tests.replies import data, items
 
 ADDRESSES = [f"r{i:04d}@example.com" for i in range(1200)]
 SUPPRESSED = set(ADDRESSES[::3])  # 400 of them
@@ -143,6 +145,21 @@ def test_reconcile_of_an_event_stream_is_deduplicated_on_repeat(
     assert len(first) == 400 and again == first
     assert {t["userId"] for t in segment.tracks} == SUPPRESSED
     assert len(segment.tracks) == 400 and segment.duplicates > 0  # the repeat was deduped
+
+
+def test_reconcile_stores_each_event_in_the_codecs_form(
+    rt: Runtime, redis_conn: redis.Redis
+) -> None:
+    """The events a backfill queues for an event stream are the codec's form, field for field,
+    as the ledger stores them: no second, undeclared shape for delivery to read."""
+    backfill.run(rt, "segment", backfill.start(rt, "segment"))
+    keys = [k.decode() for k in items(redis_conn.zrange(PENDING + "segment", 0, -1))]
+    assert len(keys) == 400
+    for key in keys[:50]:
+        stored = orjson.loads(data(redis_conn.get(EVENT + key)))
+        event = codec.load(stored)
+        assert stored == codec.dump(event)
+        assert event.key == key and event.esp == "reconcile" and event.email in SUPPRESSED
 
 
 def test_reconcile_names_enabled_destinations(redis_url: str) -> None:

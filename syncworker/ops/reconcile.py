@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 import orjson
 
+from syncworker import codec
 from syncworker.bootstrap import Runtime
 from syncworker.delivery.schedule import ensure_taker
 from syncworker.destinations import Mode
-from syncworker.events import MANUAL, Kind
+from syncworker.events import MANUAL, HygieneEvent, Kind
 from syncworker.store.keys import EVENT, PENDING, RECONCILE
 
 
@@ -79,17 +80,17 @@ def run(
                         continue
                     material = f"{state.email}\x1f{name}\x1f{reason.at:.3f}".encode()
                     key = "reconcile:" + hashlib.sha256(material).hexdigest()[:32]
-                    event = {
-                        "key": key,
-                        "email": state.email,
-                        "kind": kind,
-                        "occurred_at": reason.at,
-                        "source": reason.source,
-                        "esp": "reconcile",
-                        "detail": reason.detail,
-                        "stream": 1,
-                    }
-                    pipe.set(EVENT + key, orjson.dumps(event), ex=rt.settings.dedupe_ttl_s)
+                    event = HygieneEvent(
+                        key=key,
+                        source=reason.source,
+                        esp="reconcile",
+                        email=state.email,
+                        kind=Kind(kind),
+                        occurred_at=reason.at,
+                        reason=reason.detail,
+                    )
+                    stored = orjson.dumps(codec.dump(event))  # the one stored form
+                    pipe.set(EVENT + key, stored, ex=rt.settings.dedupe_ttl_s)
                     pipe.zadd(PENDING + destination, {key: now}, nx=True)
                     marked += 1
             progress.done += len(emails)
