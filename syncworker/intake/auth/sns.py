@@ -23,7 +23,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,27 +82,28 @@ def http_get(url: str) -> tuple[int, bytes]:
         raise Unavailable(f"{urlsplit(url).hostname} unreachable: {type(exc).__name__}") from None
 
 
+#: the envelope's fields every type has, as SnsMessage attributes
+ENVELOPE_FIELDS = (
+    ("type", "Type"),
+    ("topic_arn", "TopicArn"),
+    ("message_id", "MessageId"),
+    ("message", "Message"),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class SnsMessage:
     """The SNS envelope: every field checked to be the string the signature covers."""
 
     fields: Mapping[str, str]
+    type: str = field(init=False)
+    topic_arn: str = field(init=False)
+    message_id: str = field(init=False)
+    message: str = field(init=False)
 
-    @property
-    def type(self) -> str:
-        return self.fields["Type"]
-
-    @property
-    def topic_arn(self) -> str:
-        return self.fields["TopicArn"]
-
-    @property
-    def message_id(self) -> str:
-        return self.fields["MessageId"]
-
-    @property
-    def message(self) -> str:
-        return self.fields["Message"]
+    def __post_init__(self) -> None:
+        for name, key in ENVELOPE_FIELDS:
+            object.__setattr__(self, name, self.fields[key])
 
     def string_to_sign(self) -> bytes:
         pairs = ((k, self.fields.get(k)) for k in SIGNED_FIELDS[self.type])
