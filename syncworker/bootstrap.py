@@ -24,12 +24,9 @@ from syncworker.destinations.loader import mappings_dir
 from syncworker.errors import ConfigError
 from syncworker.intake.registry import ESP_PARSERS
 from syncworker.ledger import Ledger, Route
-from syncworker.queue.enqueue import (
-    Enqueuer,
-    QuarantineLimits,
-    connect_worker,
-    store_quarantine,
-)
+from syncworker.queue.enqueue import Enqueuer
+from syncworker.store.connections import connect_worker
+from syncworker.store.quarantine import QuarantineLimits, store_quarantine
 
 if TYPE_CHECKING:
     from syncworker.intake.contract import EspParser

@@ -26,7 +26,7 @@ from syncworker.events import Kind, address_problem, normalize_email
 from syncworker.observability import setup_logging, setup_sentry
 from syncworker.ops import erasure
 from syncworker.queue import inbox
-from syncworker.queue.enqueue import connect_worker
+from syncworker.store.connections import connect_worker
 from syncworker.store.keys import CONTACTS, DELIVER, INGEST, QUEUES
 
 log = logging.getLogger("syncworker.cli")

@@ -18,8 +18,8 @@ from syncworker.cli import main
 from syncworker.config import Settings
 from syncworker.devkit.redis_server import free_port
 from syncworker.events import HygieneEvent, Kind
-from syncworker.queue.enqueue import store_quarantine
 from syncworker.store.keys import QUARANTINE
+from syncworker.store.quarantine import store_quarantine
 from tests.conftest import SettingsFactory
 from tests.intake.signing import basic_auth_header
 from tests.processes import Process, clean_env, wait_until

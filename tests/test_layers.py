@@ -20,8 +20,20 @@ PACKAGE = ROOT / "syncworker"
 # A name is a module or a package (then every module in it, unless a longer name claims it).
 LAYERS: list[list[str]] = [
     ["syncworker", "syncworker.errors", "syncworker.events", "syncworker.privacy"],
-    ["syncworker.codec", "syncworker.config", "syncworker.store.keys", "syncworker.store.scripts"],
-    ["syncworker.intake", "syncworker.record", "syncworker.destinations"],
+    [
+        "syncworker.codec",
+        "syncworker.config",
+        "syncworker.store.keys",
+        "syncworker.store.scripts",
+        "syncworker.store.connections",
+        "syncworker.store.encoding",
+    ],
+    [
+        "syncworker.intake",
+        "syncworker.record",
+        "syncworker.destinations",
+        "syncworker.store.quarantine",
+    ],
     ["syncworker.ledger", "syncworker.queue", "syncworker.delivery"],
     ["syncworker.bootstrap", "syncworker.observability"],
     [

@@ -22,8 +22,9 @@ from syncworker.intake.esps.amazon_ses import AmazonSesParser
 from syncworker.intake.esps.postmark import PostmarkParser
 from syncworker.intake.esps.standard_webhooks import StandardWebhooksParser
 from syncworker.ops import replay as quarantine
-from syncworker.queue.enqueue import Enqueuer, store_quarantine
+from syncworker.queue.enqueue import Enqueuer
 from syncworker.store.keys import INBOX, QUARANTINE
+from syncworker.store.quarantine import store_quarantine
 from syncworker.web.app import create_app
 from tests.conftest import SettingsFactory
 from tests.intake.signers.amazon_ses import sns_server, sns_signer, sns_time

@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from syncworker.bootstrap import Runtime
 from syncworker.cli import main
 from syncworker.ops import replay as quarantine
-from syncworker.queue.enqueue import QuarantineLimits, store_quarantine
 from syncworker.store.keys import QUARANTINE, QUARANTINE_BYTES, STATS
+from syncworker.store.quarantine import QuarantineLimits, store_quarantine
 from syncworker.web.app import create_app
 from tests.conftest import SettingsFactory
 

@@ -17,8 +17,9 @@ from rq.serializers import JSONSerializer
 
 from syncworker.devkit.redis_server import RedisServer, free_port
 from syncworker.queue import inbox
-from syncworker.queue.enqueue import DRAIN_DESCRIPTION, DRAIN_FUNC, Enqueuer, connect
+from syncworker.queue.enqueue import DRAIN_DESCRIPTION, DRAIN_FUNC, Enqueuer
 from syncworker.queue.workers import QuickStopSimpleWorker
+from syncworker.store.connections import connect
 from syncworker.store.keys import INBOX, INBOX_QUEUED, INGEST, STATS
 from tests.replies import fields, items, optional, stream_entries
 

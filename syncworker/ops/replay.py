@@ -24,8 +24,9 @@ from syncworker.errors import IntakeError, PayloadInvalid
 from syncworker.events import HygieneEvent
 from syncworker.intake.contract import EspParser, InboundRequest, ParseResult, Quarantined, admit
 from syncworker.intake.registry import ESP_PARSERS
-from syncworker.queue.enqueue import Enqueuer, to_json
+from syncworker.queue.enqueue import Enqueuer
 from syncworker.store import scripts
+from syncworker.store.encoding import to_json
 from syncworker.store.keys import QUARANTINE, QUARANTINE_BYTES
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
-"""Redis connections, the two RQ queues, and the one-round-trip write of an accepted request to
-the ingest inbox.
+"""The two RQ queues, and the one-round-trip write of accepted requests to the ingest inbox (the
+group commit: requests arriving together go in one atomic call).
 
 Jobs carry JSON only (RQ's JSON serializer) and descriptions without addresses, because RQ logs
 job descriptions at INFO.
@@ -8,22 +8,17 @@ job descriptions at INFO.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import threading
 import time
 import uuid
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import hiredis
-import orjson
 import redis
 import redis.connection
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from rq import Queue
 from rq import Retry as JobRetry
 from rq.job import Job, JobStatus
@@ -32,18 +27,16 @@ from rq.utils import now
 
 from syncworker import codec
 from syncworker.store import scripts
+from syncworker.store.encoding import to_json
 from syncworker.store.keys import (
     INBOX,
     INBOX_GROUP,
     INBOX_QUEUED,
     INGEST,
-    QUARANTINE,
-    QUARANTINE_BYTES,
     STATS,
 )
 
 if TYPE_CHECKING:
-    from syncworker.config import Settings
     from syncworker.events import HygieneEvent
     from syncworker.intake.contract import Quarantined
 
@@ -90,23 +83,6 @@ def ensure_drain(conn: redis.Redis) -> bool:
         except redis.WatchError:
             return False
     return True
-
-
-def connect(url: str, timeout: float = 1.0) -> redis.Redis:
-    """A client that fails fast: no retry loop, so intake can answer 503 within ~``timeout``."""
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=timeout,
-        socket_timeout=max(timeout, 0.1),
-        retry=Retry(NoBackoff(), 0),
-        retry_on_timeout=False,
-        health_check_interval=30,
-    )
-
-
-def connect_worker(url: str) -> redis.Redis:
-    """A client for workers: RQ blocks on BLMOVE, so no short read timeout here."""
-    return redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
 
 
 def queue(conn: redis.Redis, name: str) -> Queue:
@@ -333,148 +309,3 @@ def _copy(exc: BaseException) -> BaseException:
         return type(exc)(*exc.args)
     except Exception:  # an exception type with an unusual constructor
         return redis.ConnectionError(f"queue write failed: {type(exc).__name__}")
-
-
-@dataclass(frozen=True)
-class QuarantineLimits:
-    """How much the quarantine keeps: records, bytes per record, bytes in all (oldest dropped)."""
-
-    records: int = 10000
-    record_bytes: int = 64 * 1024
-    total_bytes: int = 64 * 1024 * 1024
-
-    @classmethod
-    def of(cls, settings: Settings) -> QuarantineLimits:
-        return cls(
-            settings.quarantine_limit,
-            settings.quarantine_record_bytes,
-            settings.quarantine_max_bytes,
-        )
-
-
-REASON_CHARS = 2000  # most of a truncated record's reason (marshmallow lists every bad field)
-
-
-def store_quarantine(
-    conn: redis.Redis,
-    source: str,
-    items: list[dict[str, Any]],
-    limits: QuarantineLimits | int,
-) -> None:
-    """Keep what a verified request carried but could not be used, newest first, bounded in
-    records and bytes (an int: the most records, with the default byte bounds).
-
-    An item's ``body`` (bytes or text) or ``raw`` that would make its record larger than
-    ``record_bytes`` is not kept whole: the record holds a ``prefix`` of it and ``truncated``,
-    its key, original length and SHA-256, so that an operator can match it to the ESP's logs.
-    """
-    if isinstance(limits, int):
-        limits = QuarantineLimits(records=limits)
-    now = time.time()
-    records = [_fit({"source": source, "at": now, **item}, limits.record_bytes) for item in items]
-    scripts.QuarantinePush(conn)(
-        QUARANTINE,
-        QUARANTINE_BYTES,
-        STATS,
-        max(0, limits.records),
-        max(0, limits.total_bytes),
-        records,
-    )
-
-
-def _fit(record: dict[str, Any], cap: int) -> bytes:
-    """The record encoded, its body or raw cut to a prefix if it would exceed ``cap`` bytes."""
-    body = record.get("body")
-    if isinstance(body, bytes):
-        record["body"] = body.decode("utf-8", "replace")
-    encoded = to_json(record)
-    if len(encoded) <= cap:
-        return encoded
-    key = "body" if "body" in record else "raw" if "raw" in record else None
-    whole = record.pop(key) if key is not None else None
-    original = body if isinstance(body, bytes) and key == "body" else _original(whole)
-    reason = record.get("reason")
-    most = min(REASON_CHARS, cap // 4)  # leave room for the prefix
-    if isinstance(reason, str) and len(reason) > most:
-        record["reason"] = reason[:most] + "…"
-    record["truncated"] = {
-        "key": key,
-        "length": len(original),
-        "sha256": hashlib.sha256(original).hexdigest(),
-    }
-    record["prefix"] = ""
-    room = cap - len(to_json(record))
-    while room > 0:  # JSON escapes may make the prefix longer than its bytes: shrink until it fits
-        record["prefix"] = original[:room].decode("utf-8", "ignore")
-        encoded = to_json(record)
-        if len(encoded) <= cap:
-            return encoded
-        room -= len(encoded) - cap
-    record["prefix"] = ""
-    return to_json(record)
-
-
-def _original(value: Any) -> bytes:
-    if value is None:
-        return b""
-    if isinstance(value, str):
-        return value.encode("utf-8", "replace")
-    return to_json(value)
-
-
-def to_json(value: Any) -> bytes:
-    """The JSON of a job's data or a quarantine record. It cannot fail on a value made of JSON
-    types, whatever a parser read into it, since a request the intake answered 200 (or kept)
-    must be written; a value of another type (a set, an object) is a bug and raises TypeError.
-
-    orjson first (15x the stdlib). It refuses integers beyond 64 bits, nesting deeper than 254,
-    keys that are not strings and lone surrogates: the stdlib writes those exactly, unless the
-    nesting also exhausts its recursion. Last, a copy that orjson can write (:func:`_writable`).
-    """
-    try:
-        return orjson.dumps(value)
-    except TypeError:  # orjson.JSONEncodeError
-        pass
-    try:
-        return json.dumps(value, allow_nan=False).encode()
-    except (TypeError, ValueError, RecursionError):
-        pass
-    return orjson.dumps(_writable(value, MAX_WRITTEN_DEPTH), option=orjson.OPT_NON_STR_KEYS)
-
-
-MAX_WRITTEN_DEPTH = 128  # levels :func:`_writable` keeps (orjson writes 254; intake takes 64)
-_INT64 = range(-(2**63), 2**64)
-
-
-def _writable(value: Any, depth: int) -> Any:
-    """``value`` as orjson can write it: containers nested past ``depth`` replaced by a note,
-    integers beyond 64 bits by their digits, lone surrogates by "?", non-finite floats by
-    null (as orjson writes them). TypeError for a value of a type JSON does not have."""
-    if value is None or isinstance(value, bool | float):
-        return value
-    if isinstance(value, int):
-        return value if value in _INT64 else _digits(value)
-    if isinstance(value, str):
-        return value.encode("utf-8", "replace").decode("utf-8")
-    if isinstance(value, dict | list | tuple):
-        if depth <= 0:
-            return f"[{type(value).__name__} nested deeper than {MAX_WRITTEN_DEPTH} levels]"
-        if isinstance(value, dict):
-            return {_writable_key(k): _writable(v, depth - 1) for k, v in value.items()}
-        return [_writable(v, depth - 1) for v in value]
-    raise TypeError(f"{type(value).__name__} is not a JSON type")
-
-
-def _writable_key(key: Any) -> str:
-    if isinstance(key, str):
-        return str(_writable(key, 0))
-    if isinstance(key, int | float | bool) or key is None:  # as json.dumps writes such keys
-        return json.dumps(_writable(key, 0))
-    raise TypeError(f"a key of type {type(key).__name__} is not JSON")
-
-
-def _digits(value: int) -> str:
-    try:
-        return str(value)
-    except ValueError:  # more digits than sys.get_int_max_str_digits()
-        return f"[an integer of {value.bit_length()} bits]"

@@ -17,9 +17,10 @@ from syncworker.delivery import loop as delivery
 from syncworker.delivery import schedule
 from syncworker.events import HygieneEvent
 from syncworker.queue import inbox
-from syncworker.queue.enqueue import QuarantineLimits, ensure_drain, store_quarantine
+from syncworker.queue.enqueue import ensure_drain
 from syncworker.queue.workers import heartbeat_stale_s
 from syncworker.store.keys import INBOX, STATS
+from syncworker.store.quarantine import QuarantineLimits, store_quarantine
 
 log = logging.getLogger(__name__)
 

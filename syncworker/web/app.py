@@ -15,7 +15,8 @@ from syncworker.config import Settings
 from syncworker.errors import IntakeError
 from syncworker.intake.registry import ESP_PARSERS
 from syncworker.observability import setup_logging, setup_sentry
-from syncworker.queue.enqueue import Enqueuer, connect
+from syncworker.queue.enqueue import Enqueuer
+from syncworker.store.connections import connect
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from syncworker.intake.contract import MAX_JSON_DEPTH, EspParser, ParseResult
 from syncworker.intake.registry import ESP_PARSERS
 from syncworker.intake.routes import PARSER_ERROR, VERIFIER_ERROR
 from syncworker.queue import inbox
-from syncworker.queue.enqueue import to_json
+from syncworker.store.encoding import to_json
 from syncworker.store.keys import INBOX, QUARANTINE, STATS
 from syncworker.web.app import create_app
 from tests.intake.signing import PAYLOADS, EspSigner, headers_of, payload, signer_for
