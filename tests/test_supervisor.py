@@ -16,19 +16,19 @@ from tests.processes import wait_until
 # a child that starts a grandchild in its own session (as RQ's work-horse leads its own group),
 # prints both pids, then waits
 FAMILY = """
-import os, subprocess, sys, time
-grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+import os, signal, subprocess, sys
+grandchild = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"],
                               start_new_session=True)
 print(os.getpid(), grandchild.pid, flush=True)
-time.sleep(600)
+signal.pause()
 """
 # a child that ignores SIGTERM, with a grandchild in its group
 STUBBORN = """
-import signal, subprocess, sys, time
+import signal, subprocess, sys
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+grandchild = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
 print(grandchild.pid, flush=True)
-time.sleep(600)
+signal.pause()
 """
 
 
@@ -81,22 +81,22 @@ def test_a_child_that_dies_is_reported_with_the_end_of_its_log(tmp_path: Path) -
 
 def test_wait_any_returns_the_child_that_exited_or_none_when_stopped(tmp_path: Path) -> None:
     with Supervisor() as children:
-        children.start("long", [sys.executable, "-c", "import time; time.sleep(600)"])
+        children.start("long", [sys.executable, "-c", "import signal; signal.pause()"])
         quick = children.start("quick", [sys.executable, "-c", "pass"])
         assert children.wait_any(threading.Event(), poll=0.05) is quick
     stop = threading.Event()
     stop.set()
     with Supervisor() as children:
-        children.start("long", [sys.executable, "-c", "import time; time.sleep(600)"])
+        children.start("long", [sys.executable, "-c", "import signal; signal.pause()"])
         assert children.wait_any(stop) is None
 
 
 def test_cpu_seconds_counts_the_processes_below(tmp_path: Path) -> None:
     """A parent that only waits, and a grandchild that burns: the parent's tree has the time."""
     burn = "while True: pass"
-    parent = "import subprocess, sys, time\n"
+    parent = "import signal, subprocess, sys\n"
     parent += f"p = subprocess.Popen([sys.executable, '-c', {burn!r}])\n"
-    parent += "print(p.pid, flush=True)\ntime.sleep(600)\n"
+    parent += "print(p.pid, flush=True)\nsignal.pause()\n"
     with Supervisor() as children:
         child = children.start("p", [sys.executable, "-c", parent], log=tmp_path / "p.log")
         (burner,) = pids(tmp_path / "p.log", 1)
