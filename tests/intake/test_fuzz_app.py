@@ -27,6 +27,7 @@ import sentry_sdk
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from werkzeug.test import TestResponse
 
 from syncworker.config import Settings, SourceConfig
 from syncworker.devkit.redis_server import RedisServer
@@ -507,6 +508,17 @@ def test_to_json_refuses_what_is_not_json() -> None:
         to_json({"x": [{1, 2}] * 300})
 
 
+def post_with_parser(client: FlaskClient, parser: type[EspParser]) -> TestResponse:
+    """POST a body quoting an address to the postmark source while ``parser`` serves it."""
+    state = client.application.extensions["syncworker"]
+    real = state.parsers["postmark"]
+    state.parsers["postmark"] = parser(real.source)
+    try:
+        return client.post("/webhooks/postmark", data=b'{"Email": "jane.doe@example.com"}')
+    finally:
+        state.parsers["postmark"] = real
+
+
 class Exploding(EspParser):
     """A parser with a bug whose message quotes an address."""
 
@@ -526,14 +538,8 @@ def test_a_parser_that_raises_gets_a_400_and_its_body_kept(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     conn.flushall()
-    state = client.application.extensions["syncworker"]
-    real = state.parsers["postmark"]
-    state.parsers["postmark"] = Exploding(real.source)
-    try:
-        with caplog.at_level(logging.INFO):
-            response = client.post("/webhooks/postmark", data=b'{"Email": "jane.doe@example.com"}')
-    finally:
-        state.parsers["postmark"] = real
+    with caplog.at_level(logging.INFO):
+        response = post_with_parser(client, Exploding)
     assert response.status_code == 400
     answer = orjson.loads(response.get_data())
     assert answer["error"] == "payload_invalid" and "KeyError" in answer["detail"]
@@ -591,14 +597,8 @@ def test_an_unexpected_error_outside_the_parser_is_a_503_that_changes_nothing(
     the ESP sends the request again once it is mended; nothing is queued or kept, and neither
     the log nor Sentry sees the address the error quotes."""
     conn.flushall()
-    state = client.application.extensions["syncworker"]
-    real = state.parsers["postmark"]
-    state.parsers["postmark"] = broken(real.source)
-    try:
-        with caplog.at_level(logging.INFO):
-            response = client.post("/webhooks/postmark", data=b'{"Email": "jane.doe@example.com"}')
-    finally:
-        state.parsers["postmark"] = real
+    with caplog.at_level(logging.INFO):
+        response = post_with_parser(client, broken)
     assert response.status_code == 503
     assert response.headers["Retry-After"].isdigit()
     answer = orjson.loads(response.get_data())
